@@ -1,0 +1,146 @@
+// kvwire/kv_view.h — non-owning views of a KV cache in the layouts inference engines use,
+// and an owning contiguous KV cache for tools and tests.
+//
+// Layout (DESIGN.md section 2): per layer l, K_l and V_l are [tokens, kv_heads, head_dim]
+// (vLLM's per-layer "NHD"). Contiguous: one base pointer per (layer, K|V). Paged: one base
+// pointer per (layer, K|V) to [num_blocks, block_size, kv_heads, head_dim], and one block
+// table shared by all layers: token t lives in block block_table[t / block_size], slot
+// t % block_size. K is post-RoPE as cached.
+//
+// Thread-safety: a KvView is an immutable description; reading concurrently is safe, writing
+// different (layer, K|V, token ranges) concurrently is safe.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kvwire/status.h"
+
+namespace kvwire {
+
+enum class DType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+/// Bytes per element (4, 2, 2).
+size_t DTypeSize(DType dtype);
+/// "f32", "f16", "bf16".
+std::string_view DTypeName(DType dtype);
+/// Accepts f32/fp32/float32, f16/fp16/float16, bf16/bfloat16.
+Result<DType> ParseDType(std::string_view name);
+
+enum class KvKind : uint8_t { kKey = 0, kValue = 1 };
+inline std::string_view KvKindName(KvKind kind) { return kind == KvKind::kKey ? "K" : "V"; }
+
+struct KvShape {
+  uint32_t layers = 0;
+  uint32_t tokens = 0;
+  uint32_t kv_heads = 0;
+  uint32_t head_dim = 0;
+
+  /// Elements of one (layer, K|V) tensor.
+  uint64_t tensor_elements() const { return uint64_t{tokens} * kv_heads * head_dim; }
+  /// Elements of the whole cache: layers x 2 x tokens x kv_heads x head_dim (the denominator
+  /// of bits/element, DESIGN.md section 3).
+  uint64_t elements() const { return tensor_elements() * 2 * layers; }
+  bool operator==(const KvShape&) const = default;
+};
+
+/// Upper bounds that every untrusted shape is checked against before anything is allocated.
+inline constexpr uint32_t kMaxLayers = 1024;
+inline constexpr uint32_t kMaxKvHeads = 1024;
+inline constexpr uint32_t kMaxHeadDim = 1024;
+inline constexpr uint32_t kMaxTokens = 1u << 24;
+
+/// Checks a shape against the bounds above (all fields > 0).
+Status ValidateShape(const KvShape& shape);
+
+/// A non-owning view of one sequence's KV cache. Cheap to copy.
+class KvView {
+ public:
+  KvView() = default;
+
+  /// k[l] and v[l] point to [tokens, kv_heads, head_dim] of `dtype`; both vectors have
+  /// shape.layers entries. The caller keeps the memory alive while the view is used.
+  static Result<KvView> Contiguous(const KvShape& shape, DType dtype, std::vector<void*> k,
+                                   std::vector<void*> v);
+
+  /// k[l] and v[l] point to [num_blocks, block_size, kv_heads, head_dim]; block_table has
+  /// ceil(tokens / block_size) entries, each in [0, num_blocks). The table is copied.
+  static Result<KvView> Paged(const KvShape& shape, DType dtype, uint32_t block_size,
+                              uint32_t num_blocks, std::vector<void*> k, std::vector<void*> v,
+                              std::span<const int32_t> block_table);
+
+  const KvShape& shape() const { return shape_; }
+  DType dtype() const { return dtype_; }
+  bool paged() const { return block_size_ != 0; }
+  uint32_t block_size() const { return block_size_; }
+
+  /// Bytes of one token row [kv_heads, head_dim].
+  size_t row_bytes() const { return size_t{shape_.kv_heads} * shape_.head_dim * DTypeSize(dtype_); }
+
+  /// Address of token `token`'s row [kv_heads, head_dim] in (layer, kind). No bounds check in
+  /// release builds: callers index within shape().
+  void* Row(uint32_t layer, KvKind kind, uint32_t token) const;
+
+  /// Gathers tokens [token_begin, token_begin + tokens) of (layer, kind) into `out`, converted
+  /// to float32, layout [tokens, kv_heads, head_dim].
+  Status ReadF32(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
+                 float* out) const;
+  /// Scatters float32 [tokens, kv_heads, head_dim] into the view, rounding to its dtype
+  /// (round to nearest even).
+  Status WriteF32(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
+                  const float* in) const;
+
+ private:
+  KvShape shape_{};
+  DType dtype_ = DType::kF16;
+  uint32_t block_size_ = 0;
+  uint32_t num_blocks_ = 0;
+  std::vector<void*> k_, v_;
+  std::vector<int32_t> block_table_;
+};
+
+/// Metadata that travels with a KV dump (safetensors `__metadata__`) and a stream header.
+struct KvMetadata {
+  int64_t positions_start = 0;     // position id of token 0 (for RoPE)
+  double rope_theta = 10000.0;     // 0 when unknown
+  std::string rope_style = "none"; // "interleaved" (llama2.c/GGUF llama), "neox" (HF/qwen), "none"
+  std::string model_fingerprint;   // empty when unknown
+};
+
+/// An owning, contiguous KV cache (optionally with queries), e.g. loaded from a KV dump.
+class KvCache {
+ public:
+  KvCache() = default;
+  /// Zero-filled cache. `q_heads` > 0 also allocates queries [tokens, q_heads, head_dim].
+  static Result<KvCache> Create(const KvShape& shape, DType dtype, uint32_t q_heads = 0);
+
+  const KvShape& shape() const { return shape_; }
+  DType dtype() const { return dtype_; }
+  uint32_t q_heads() const { return q_heads_; }
+  KvMetadata& metadata() { return metadata_; }
+  const KvMetadata& metadata() const { return metadata_; }
+
+  /// Raw bytes of tensor (layer, kind): [tokens, kv_heads, head_dim] of dtype().
+  std::span<uint8_t> tensor(uint32_t layer, KvKind kind);
+  std::span<const uint8_t> tensor(uint32_t layer, KvKind kind) const;
+  /// Raw bytes of queries of `layer` ([tokens, q_heads, head_dim]); empty when q_heads() == 0.
+  std::span<uint8_t> queries(uint32_t layer);
+  std::span<const uint8_t> queries(uint32_t layer) const;
+
+  /// A contiguous view over this cache's storage (valid while the cache lives and is not moved).
+  KvView view() const;
+
+ private:
+  KvShape shape_{};
+  DType dtype_ = DType::kF16;
+  uint32_t q_heads_ = 0;
+  KvMetadata metadata_;
+  std::vector<std::vector<uint8_t>> k_, v_, q_;
+};
+
+}  // namespace kvwire

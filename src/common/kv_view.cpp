@@ -1,0 +1,196 @@
+#include "kvwire/kv_view.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "common/fp16.h"
+
+namespace kvwire {
+
+size_t DTypeSize(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
+
+std::string_view DTypeName(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return "f32";
+    case DType::kF16: return "f16";
+    case DType::kBF16: return "bf16";
+  }
+  return "?";
+}
+
+Result<DType> ParseDType(std::string_view name) {
+  if (name == "f32" || name == "fp32" || name == "float32" || name == "F32") return DType::kF32;
+  if (name == "f16" || name == "fp16" || name == "float16" || name == "F16") return DType::kF16;
+  if (name == "bf16" || name == "bfloat16" || name == "BF16") return DType::kBF16;
+  return Status(StatusCode::kInvalidArgument,
+                "unknown dtype '" + std::string(name) + "' (expected f32, f16 or bf16)");
+}
+
+Status ValidateShape(const KvShape& s) {
+  auto bad = [&](const char* what, uint32_t v, uint32_t max) {
+    return Status(StatusCode::kInvalidArgument, std::string(what) + " = " + std::to_string(v) +
+                                                    " out of range [1, " + std::to_string(max) + "]");
+  };
+  if (s.layers == 0 || s.layers > kMaxLayers) return bad("layers", s.layers, kMaxLayers);
+  if (s.tokens == 0 || s.tokens > kMaxTokens) return bad("tokens", s.tokens, kMaxTokens);
+  if (s.kv_heads == 0 || s.kv_heads > kMaxKvHeads) return bad("kv_heads", s.kv_heads, kMaxKvHeads);
+  if (s.head_dim == 0 || s.head_dim > kMaxHeadDim) return bad("head_dim", s.head_dim, kMaxHeadDim);
+  return Status::Ok();
+}
+
+Result<KvView> KvView::Contiguous(const KvShape& shape, DType dtype, std::vector<void*> k,
+                                  std::vector<void*> v) {
+  KVWIRE_RETURN_IF_ERROR(ValidateShape(shape));
+  KVWIRE_RETURN_ERROR_IF(k.size() != shape.layers || v.size() != shape.layers, kInvalidArgument,
+                         "KvView: need one K and one V pointer per layer");
+  for (uint32_t l = 0; l < shape.layers; ++l) {
+    KVWIRE_RETURN_ERROR_IF(!k[l] || !v[l], kInvalidArgument,
+                           "KvView: null pointer for layer " + std::to_string(l));
+  }
+  KvView view;
+  view.shape_ = shape;
+  view.dtype_ = dtype;
+  view.k_ = std::move(k);
+  view.v_ = std::move(v);
+  return view;
+}
+
+Result<KvView> KvView::Paged(const KvShape& shape, DType dtype, uint32_t block_size,
+                             uint32_t num_blocks, std::vector<void*> k, std::vector<void*> v,
+                             std::span<const int32_t> block_table) {
+  KVWIRE_RETURN_ERROR_IF(block_size == 0, kInvalidArgument, "KvView: block_size must be > 0");
+  KVWIRE_ASSIGN_OR_RETURN(KvView view, Contiguous(shape, dtype, std::move(k), std::move(v)));
+  const uint64_t needed = (uint64_t{shape.tokens} + block_size - 1) / block_size;
+  KVWIRE_RETURN_ERROR_IF(block_table.size() < needed, kInvalidArgument,
+                         "KvView: block table has " + std::to_string(block_table.size()) +
+                             " entries, " + std::to_string(needed) + " needed");
+  for (uint64_t i = 0; i < needed; ++i) {
+    KVWIRE_RETURN_ERROR_IF(block_table[i] < 0 || static_cast<uint32_t>(block_table[i]) >= num_blocks,
+                           kInvalidArgument,
+                           "KvView: block table entry " + std::to_string(i) + " = " +
+                               std::to_string(block_table[i]) + " outside [0, " +
+                               std::to_string(num_blocks) + ")");
+  }
+  view.block_size_ = block_size;
+  view.num_blocks_ = num_blocks;
+  view.block_table_.assign(block_table.begin(), block_table.begin() + needed);
+  return view;
+}
+
+void* KvView::Row(uint32_t layer, KvKind kind, uint32_t token) const {
+  auto* base = static_cast<uint8_t*>(kind == KvKind::kKey ? k_[layer] : v_[layer]);
+  size_t slot = token;
+  if (block_size_ != 0) {
+    slot = size_t(block_table_[token / block_size_]) * block_size_ + token % block_size_;
+  }
+  return base + slot * row_bytes();
+}
+
+namespace {
+
+Status CheckRange(const KvShape& s, uint32_t layer, uint32_t begin, uint32_t tokens) {
+  KVWIRE_RETURN_ERROR_IF(layer >= s.layers, kInvalidArgument,
+                         "layer " + std::to_string(layer) + " >= " + std::to_string(s.layers));
+  KVWIRE_RETURN_ERROR_IF(uint64_t{begin} + tokens > s.tokens, kInvalidArgument,
+                         "tokens [" + std::to_string(begin) + ", " +
+                             std::to_string(uint64_t{begin} + tokens) + ") exceed " +
+                             std::to_string(s.tokens));
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status KvView::ReadF32(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
+                       float* out) const {
+  KVWIRE_RETURN_IF_ERROR(CheckRange(shape_, layer, token_begin, tokens));
+  const size_t n = size_t{shape_.kv_heads} * shape_.head_dim;
+  for (uint32_t t = 0; t < tokens; ++t) {
+    const void* row = Row(layer, kind, token_begin + t);
+    float* dst = out + size_t{t} * n;
+    switch (dtype_) {
+      case DType::kF32:
+        std::memcpy(dst, row, n * 4);
+        break;
+      case DType::kF16: {
+        const auto* src = static_cast<const uint16_t*>(row);
+        for (size_t i = 0; i < n; ++i) dst[i] = HalfToFloat(src[i]);
+        break;
+      }
+      case DType::kBF16: {
+        const auto* src = static_cast<const uint16_t*>(row);
+        for (size_t i = 0; i < n; ++i) dst[i] = Bf16ToFloat(src[i]);
+        break;
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status KvView::WriteF32(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
+                        const float* in) const {
+  KVWIRE_RETURN_IF_ERROR(CheckRange(shape_, layer, token_begin, tokens));
+  const size_t n = size_t{shape_.kv_heads} * shape_.head_dim;
+  for (uint32_t t = 0; t < tokens; ++t) {
+    void* row = Row(layer, kind, token_begin + t);
+    const float* src = in + size_t{t} * n;
+    switch (dtype_) {
+      case DType::kF32:
+        std::memcpy(row, src, n * 4);
+        break;
+      case DType::kF16: {
+        auto* dst = static_cast<uint16_t*>(row);
+        for (size_t i = 0; i < n; ++i) dst[i] = FloatToHalf(src[i]);
+        break;
+      }
+      case DType::kBF16: {
+        auto* dst = static_cast<uint16_t*>(row);
+        for (size_t i = 0; i < n; ++i) dst[i] = FloatToBf16(src[i]);
+        break;
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Result<KvCache> KvCache::Create(const KvShape& shape, DType dtype, uint32_t q_heads) {
+  KVWIRE_RETURN_IF_ERROR(ValidateShape(shape));
+  KVWIRE_RETURN_ERROR_IF(q_heads > kMaxKvHeads, kInvalidArgument, "too many query heads");
+  KvCache c;
+  c.shape_ = shape;
+  c.dtype_ = dtype;
+  c.q_heads_ = q_heads;
+  const size_t bytes = shape.tensor_elements() * DTypeSize(dtype);
+  c.k_.assign(shape.layers, std::vector<uint8_t>(bytes));
+  c.v_.assign(shape.layers, std::vector<uint8_t>(bytes));
+  if (q_heads) {
+    c.q_.assign(shape.layers,
+                std::vector<uint8_t>(size_t{shape.tokens} * q_heads * shape.head_dim * DTypeSize(dtype)));
+  }
+  return c;
+}
+
+std::span<uint8_t> KvCache::tensor(uint32_t layer, KvKind kind) {
+  return kind == KvKind::kKey ? std::span<uint8_t>(k_[layer]) : std::span<uint8_t>(v_[layer]);
+}
+std::span<const uint8_t> KvCache::tensor(uint32_t layer, KvKind kind) const {
+  return kind == KvKind::kKey ? std::span<const uint8_t>(k_[layer])
+                              : std::span<const uint8_t>(v_[layer]);
+}
+std::span<uint8_t> KvCache::queries(uint32_t layer) {
+  return q_.empty() ? std::span<uint8_t>() : std::span<uint8_t>(q_[layer]);
+}
+std::span<const uint8_t> KvCache::queries(uint32_t layer) const {
+  return q_.empty() ? std::span<const uint8_t>() : std::span<const uint8_t>(q_[layer]);
+}
+
+KvView KvCache::view() const {
+  std::vector<void*> k(shape_.layers), v(shape_.layers);
+  for (uint32_t l = 0; l < shape_.layers; ++l) {
+    k[l] = const_cast<uint8_t*>(k_[l].data());
+    v[l] = const_cast<uint8_t*>(v_[l].data());
+  }
+  auto r = KvView::Contiguous(shape_, dtype_, std::move(k), std::move(v));
+  return r.ok() ? std::move(r).value() : KvView();
+}
+
+}  // namespace kvwire
