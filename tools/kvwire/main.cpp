@@ -1,3 +1,53 @@
-// Placeholder entry point; the CLI engineer replaces this file.
+// kvwire — the single command-line tool (DESIGN.md section 9).
+#include <algorithm>
 #include <cstdio>
-int main() { std::puts("kvwire: CLI not built yet"); return 1; }
+#include <iostream>
+#include <map>
+
+#include "command.h"
+
+namespace kvwire::cli {
+
+std::vector<CommandEntry>& Commands() {
+  static std::vector<CommandEntry> commands;
+  return commands;
+}
+
+int Fail(const std::string& command, const std::string& reason) {
+  std::cerr << "kvwire " << command << ": " << reason << "\n";
+  return 1;
+}
+
+}  // namespace kvwire::cli
+
+int main(int argc, char** argv) {
+  using namespace kvwire::cli;
+  CLI::App app{
+      "kvwire: compress and ship the KV cache of an LLM between machines.\n"
+      "Run `kvwire <command> --help` for the options of one command."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "kvwire 0.1.0");
+  auto& commands = Commands();
+  std::sort(commands.begin(), commands.end(),
+            [](const CommandEntry& a, const CommandEntry& b) { return std::string(a.name) < b.name; });
+  std::map<CLI::App*, std::function<int()>> runners;
+  for (const auto& c : commands) {
+    CLI::App* sub = app.add_subcommand(c.name, c.help);
+    runners[sub] = c.setup(sub);
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  for (auto& [sub, run] : runners) {
+    if (sub->parsed()) {
+      try {
+        return run();
+      } catch (const std::exception& e) {
+        return Fail(sub->get_name(), std::string("unexpected error: ") + e.what());
+      }
+    }
+  }
+  return Fail("", "no command given (see --help)");
+}
