@@ -28,6 +28,12 @@ inline constexpr uint32_t kStreamFormatVersion = 1;
 inline constexpr uint32_t kMaxHeaderBytes = 1u << 20;
 inline constexpr uint64_t kMaxChunkPayloadBytes = 1ull << 31;
 inline constexpr uint32_t kMaxLevels = 64;
+/// Most elements (tokens x kv_heads x head_dim) one chunk may hold: bounds the float32 scratch
+/// buffer a reader allocates per chunk (256 MiB). Writers split tensors to stay below it.
+inline constexpr uint64_t kMaxChunkElements = 1ull << 26;
+/// A chunk may not decode to more than this many elements per payload byte (a floor of 1/32
+/// bit per element on every payload), so a tiny hostile stream cannot announce a huge cache.
+inline constexpr uint64_t kMaxElementsPerPayloadByte = 256;
 
 /// What the stream header says about the KV it carries.
 struct StreamInfo {
@@ -52,11 +58,15 @@ struct ChunkHeader {
 };
 inline constexpr size_t kChunkHeaderBytes = 40;
 
-/// CRC32C (Castagnoli), the checksum of every chunk payload and of the stream.
+/// CRC32C (Castagnoli), the checksum of every chunk payload and of the stream. `crc` is the
+/// value of a previous call (0 to start): Crc32c(b, Crc32c(a)) == Crc32c(a followed by b).
 uint32_t Crc32c(std::span<const uint8_t> data, uint32_t crc = 0);
 
 struct StreamWriterOptions {
-  /// Tokens per chunk; 0 = one chunk per (layer, K|V). Rounded up to the codec's alignment.
+  /// Tokens per chunk; 0 = one chunk per (layer, K|V). Rounded up to the codec's alignment;
+  /// lowered (to a multiple of the alignment) where a chunk would exceed kMaxChunkElements.
+  /// Chunk boundaries fall on multiples of the alignment in sequence coordinates
+  /// (info.token_begin + stream token), so the first chunk may be shorter.
   uint32_t chunk_tokens = 0;
   /// Worker threads used to encode the chunks of one layer (output bytes do not depend on it).
   int threads = 1;
@@ -64,6 +74,12 @@ struct StreamWriterOptions {
 };
 
 /// Encodes a KV cache into a stream, layer by layer. Not thread-safe (one writer per stream).
+///
+/// Source views: a KvView given to the writer (and a destination given to the reader) has the
+/// stream's layers, kv_heads and head_dim, and either exactly info.shape.tokens tokens (view
+/// token t is stream token t) or at least info.token_begin + info.shape.tokens tokens (the view
+/// holds the whole sequence; stream token t is view token info.token_begin + t). Its dtype may
+/// differ from info.dtype.
 class StreamWriter {
  public:
   /// `info.levels` must name at least one codec; `profile` is needed by profile-based codecs
@@ -111,6 +127,10 @@ class StreamReader {
   /// Validates the preamble and header; `bytes` must outlive the reader.
   static Result<std::unique_ptr<StreamReader>> Open(std::span<const uint8_t> bytes,
                                                     const Profile* profile = nullptr);
+  /// Like Open, but creates no codecs: Next() still validates everything but payload contents
+  /// (fields, bounds, ordering, every CRC32C, the trailer), without the profile and for codecs
+  /// this build lacks; DecodeChunk returns kUnsupported. What InspectStream uses.
+  static Result<std::unique_ptr<StreamReader>> OpenForInspection(std::span<const uint8_t> bytes);
   ~StreamReader();
 
   const StreamInfo& info() const;
@@ -123,8 +143,17 @@ class StreamReader {
   Status DecodeChunk(const ChunkRef& chunk, const KvView& dst, CodecImpl impl = CodecImpl::kOptimized);
 
   /// Reads every chunk and decodes it into `dst`, then verifies the trailer and that every
-  /// (layer, K|V, token) was written exactly once.
+  /// (layer, K|V, token) was written exactly once. Always starts from the first chunk, whatever
+  /// Next() calls came before. On error `dst` may be partly written.
   Status DecodeAll(const KvView& dst, CodecImpl impl = CodecImpl::kOptimized);
+
+  /// Validates one chunk frame (40-byte header + payload, as StreamWriter::EncodeChunk makes it)
+  /// against this stream's header — every field, the bounds, the stream tag, the payload
+  /// CRC32C — but not the ordering rules of a whole stream, for transports that ship frames
+  /// one by one and keep their own bookkeeping. `frame` must be exactly one frame and must
+  /// outlive the returned ChunkRef; `offset` only appears in error messages. Open() needs only
+  /// the header bytes for this use.
+  Result<ChunkRef> ParseFrame(std::span<const uint8_t> frame, uint64_t offset = 0) const;
 
  private:
   StreamReader();
@@ -135,11 +164,13 @@ class StreamReader {
 /// Decodes a whole stream into a new contiguous cache of the stream's dtype.
 Result<KvCache> DecodeStream(std::span<const uint8_t> bytes, const Profile* profile = nullptr);
 
-/// Summary for `kvwire inspect`: validates the whole stream (every CRC, the trailer).
+/// Summary for `kvwire inspect`: validates the whole stream (every CRC, the trailer) without
+/// decoding payloads or creating codecs, so it works without the profile or for codecs this
+/// build lacks. header_bytes + chunk_header_bytes + payload_bytes + trailer_bytes == bytes.
 struct StreamSummary {
   StreamInfo info;
   uint64_t bytes = 0;            // whole stream
-  uint64_t header_bytes = 0;     // preamble + protobuf header
+  uint64_t header_bytes = 0;     // preamble + protobuf header + its CRC32C
   uint64_t chunk_header_bytes = 0;
   uint64_t payload_bytes = 0;
   uint64_t trailer_bytes = 0;
@@ -148,6 +179,7 @@ struct StreamSummary {
   double bits_per_element = 0;
   /// Per level: chunks and payload bytes.
   std::vector<uint32_t> chunks_per_level;
+  std::vector<uint64_t> payload_bytes_per_level;
 };
 Result<StreamSummary> InspectStream(std::span<const uint8_t> bytes);
 

@@ -1,0 +1,346 @@
+// StreamWriter: KV view -> stream bytes (docs/FORMAT.md). The layouts live in stream_format.h.
+//
+// Determinism: the chunks of a layer may be encoded by several threads, but each lands in its
+// own buffer and the buffers are appended in chunk order, so the bytes never depend on the
+// thread count. Nothing is appended to the caller's buffer unless the whole call succeeds.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <new>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <utility>
+
+#include "codec/stream_format.h"
+#include "kvwire/profile.h"
+#include "kvwire/stream.h"
+#include "kvwire_stream.pb.h"
+
+namespace kvwire {
+namespace format {
+
+std::vector<uint8_t> EncodeHeader(const HeaderFields& f, uint16_t major, uint16_t minor) {
+  proto::StreamHeader pb;
+  auto* shape = pb.mutable_shape();
+  shape->set_layers(f.info.shape.layers);
+  shape->set_tokens(f.info.shape.tokens);
+  shape->set_kv_heads(f.info.shape.kv_heads);
+  shape->set_head_dim(f.info.shape.head_dim);
+  pb.set_dtype(static_cast<proto::StreamHeader::DType>(f.info.dtype));
+  pb.set_token_begin(f.info.token_begin);
+  pb.set_positions_start(f.info.metadata.positions_start);
+  pb.set_rope_theta(f.info.metadata.rope_theta);
+  pb.set_rope_style(f.info.metadata.rope_style);
+  pb.set_model_fingerprint(f.info.metadata.model_fingerprint);
+  pb.set_profile_id(f.info.profile_id);
+  for (size_t i = 0; i < f.info.levels.size(); ++i) {
+    auto* level = pb.add_levels();
+    level->set_spec(f.info.levels[i]);
+    level->set_codec_id(i < f.codec_ids.size() ? f.codec_ids[i] : 0);
+    level->set_token_alignment(i < f.alignments.size() ? f.alignments[i] : 0);
+  }
+  pb.mutable_writer()->set_chunk_tokens(f.chunk_tokens);
+
+  // Fields are written in field-number order and the message has no maps: deterministic.
+  std::string body;
+  pb.SerializeToString(&body);
+
+  std::vector<uint8_t> out(preamble::kSize + body.size() + 4);
+  EncodePreamble(Preamble{major, minor, static_cast<uint32_t>(body.size())}, out.data());
+  std::memcpy(out.data() + preamble::kSize, body.data(), body.size());
+  const size_t crc_at = preamble::kSize + body.size();
+  StoreLE32(out.data() + crc_at, Crc32c({out.data(), crc_at}));
+  return out;
+}
+
+}  // namespace format
+
+namespace {
+
+std::string ChunkName(uint32_t layer, KvKind kind, uint32_t begin, uint32_t tokens) {
+  return "layer " + std::to_string(layer) + " " + std::string(KvKindName(kind)) + " tokens [" +
+         std::to_string(begin) + ", " + std::to_string(uint64_t{begin} + tokens) + ")";
+}
+
+Status ValidateInfo(const StreamInfo& info) {
+  KVWIRE_RETURN_IF_ERROR(ValidateShape(info.shape).WithContext("stream shape"));
+  KVWIRE_RETURN_ERROR_IF(
+      uint64_t{info.token_begin} + info.shape.tokens > kMaxTokens, kInvalidArgument,
+      "token_begin " + std::to_string(info.token_begin) + " + tokens " +
+          std::to_string(info.shape.tokens) + " exceeds " + std::to_string(kMaxTokens));
+  KVWIRE_RETURN_ERROR_IF(static_cast<uint8_t>(info.dtype) > static_cast<uint8_t>(DType::kBF16),
+                         kInvalidArgument, "unknown dtype");
+  KVWIRE_RETURN_ERROR_IF(info.levels.empty() || info.levels.size() > kMaxLevels, kInvalidArgument,
+                         "a stream needs 1 to " + std::to_string(kMaxLevels) + " levels, got " +
+                             std::to_string(info.levels.size()));
+  KVWIRE_RETURN_ERROR_IF(!std::isfinite(info.metadata.rope_theta) || info.metadata.rope_theta < 0,
+                         kInvalidArgument, "rope_theta must be finite and >= 0");
+  KVWIRE_RETURN_ERROR_IF(
+      info.metadata.positions_start < 0 ||
+          info.metadata.positions_start > format::kMaxPositionsStart,
+      kInvalidArgument,
+      "positions_start " + std::to_string(info.metadata.positions_start) + " outside [0, 2^40]");
+  return Status::Ok();
+}
+
+}  // namespace
+
+struct StreamWriter::Impl {
+  StreamInfo info;
+  StreamWriterOptions options;
+  std::vector<std::unique_ptr<Codec>> codecs;  // one per level
+  std::vector<uint32_t> alignments;            // one per level
+  std::vector<uint32_t> chunk_step;            // tokens per chunk, one per level
+  std::vector<uint8_t> header;                 // the whole header region
+  uint32_t stream_tag = 0;                     // CRC32C of the header region
+
+  bool header_written = false;
+  bool finished = false;
+  uint32_t next_layer = 0;
+  uint64_t chunks = 0;
+  uint64_t bytes = 0;
+  uint32_t crc = 0;  // running CRC32C of every byte written so far
+
+  void Account(std::span<const uint8_t> written) {
+    crc = Crc32c(written, crc);
+    bytes += written.size();
+  }
+
+  // Encodes one frame (header + payload) into `frame` (replacing its contents).
+  Status EncodeFrame(const KvView& kv, uint32_t view_offset, uint32_t layer, KvKind kind,
+                     uint32_t token_begin, uint32_t tokens, uint8_t level,
+                     std::vector<uint8_t>* frame) const;
+};
+
+Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, uint32_t layer,
+                                       KvKind kind, uint32_t token_begin, uint32_t tokens,
+                                       uint8_t level, std::vector<uint8_t>* frame) const {
+  const std::string where = ChunkName(layer, kind, token_begin, tokens);
+  const uint64_t elements = uint64_t{tokens} * info.shape.kv_heads * info.shape.head_dim;
+  try {
+    std::vector<float> values(elements);
+    KVWIRE_RETURN_IF_ERROR(kv.ReadF32(layer, kind, view_offset + token_begin, tokens, values.data())
+                               .WithContext(where));
+    frame->assign(kChunkHeaderBytes, 0);
+    const ChunkDesc desc = format::MakeChunkDesc(info, layer, kind, token_begin, tokens);
+    KVWIRE_RETURN_IF_ERROR(
+        codecs[level]->Encode(desc, values.data(), frame, options.impl).WithContext(where));
+  } catch (const std::bad_alloc&) {
+    return Status(StatusCode::kResourceExhausted, where + ": out of memory");
+  }
+  const uint64_t payload = frame->size() - kChunkHeaderBytes;
+  KVWIRE_RETURN_ERROR_IF(payload > kMaxChunkPayloadBytes, kResourceExhausted,
+                         where + ": payload of " + std::to_string(payload) +
+                             " bytes exceeds the format's bound; use a smaller chunk_tokens");
+  KVWIRE_RETURN_ERROR_IF(elements > payload * kMaxElementsPerPayloadByte, kUnsupported,
+                         where + ": codec '" + info.levels[level] + "' produced " +
+                             std::to_string(payload) + " bytes for " + std::to_string(elements) +
+                             " elements, below the format's floor of 1/32 bit per element");
+  ChunkHeader h;
+  h.layer = layer;
+  h.kind = kind;
+  h.level = level;
+  h.codec_id = codecs[level]->Id();
+  h.token_begin = token_begin;
+  h.tokens = tokens;
+  h.payload_bytes = static_cast<uint32_t>(payload);
+  h.payload_crc32c = Crc32c({frame->data() + kChunkHeaderBytes, payload});
+  format::EncodeChunkHeader(h, stream_tag, frame->data());
+  return Status::Ok();
+}
+
+StreamWriter::StreamWriter() : impl_(std::make_unique<Impl>()) {}
+StreamWriter::~StreamWriter() = default;
+
+const StreamInfo& StreamWriter::info() const { return impl_->info; }
+
+Result<std::unique_ptr<StreamWriter>> StreamWriter::Create(StreamInfo info,
+                                                           StreamWriterOptions options,
+                                                           const Profile* profile) {
+  KVWIRE_RETURN_IF_ERROR(ValidateInfo(info));
+  KVWIRE_RETURN_ERROR_IF(options.threads < 1 || options.threads > 256, kInvalidArgument,
+                         "threads must be in [1, 256], got " + std::to_string(options.threads));
+  if (profile != nullptr) {
+    // The header names the profile the decoder must hold (DESIGN.md section 4).
+    KVWIRE_ASSIGN_OR_RETURN(std::string id, profile->Id());
+    KVWIRE_RETURN_ERROR_IF(!info.profile_id.empty() && info.profile_id != id, kInvalidArgument,
+                           "info.profile_id '" + info.profile_id + "' is not the id '" + id +
+                               "' of the profile given");
+    info.profile_id = std::move(id);
+  }
+  std::unique_ptr<StreamWriter> writer(new StreamWriter());
+  Impl& w = *writer->impl_;
+  const uint64_t row = uint64_t{info.shape.kv_heads} * info.shape.head_dim;
+  format::HeaderFields fields;
+  for (size_t i = 0; i < info.levels.size(); ++i) {
+    const std::string level = "level " + std::to_string(i);
+    KVWIRE_ASSIGN_OR_RETURN(auto codec, CreateCodec(info.levels[i], profile));
+    const uint32_t align = codec->TokenAlignment();
+    KVWIRE_RETURN_ERROR_IF(
+        align == 0 || align > kMaxTokens, kInternal,
+        level + ": codec '" + codec->Spec() + "' has token alignment " + std::to_string(align));
+    KVWIRE_RETURN_ERROR_IF(align * row > kMaxChunkElements, kInvalidArgument,
+                           level + ": one aligned group of " + std::to_string(align) +
+                               " tokens exceeds the chunk bound of " +
+                               std::to_string(kMaxChunkElements) + " elements");
+    const uint64_t want = options.chunk_tokens == 0 ? info.shape.tokens : options.chunk_tokens;
+    const uint64_t rounded = (want + align - 1) / align * align;
+    const uint64_t cap = kMaxChunkElements / row / align * align;
+    w.chunk_step.push_back(static_cast<uint32_t>(std::min(rounded, cap)));
+    w.alignments.push_back(align);
+    fields.codec_ids.push_back(codec->Id());
+    fields.alignments.push_back(align);
+    info.levels[i] = codec->Spec();  // record the canonical spec
+    w.codecs.push_back(std::move(codec));
+  }
+  fields.info = info;
+  fields.chunk_tokens = options.chunk_tokens;
+  w.header = format::EncodeHeader(fields);
+  KVWIRE_RETURN_ERROR_IF(w.header.size() - format::kHeaderOverheadBytes > kMaxHeaderBytes,
+                         kInvalidArgument,
+                         "stream header of " + std::to_string(w.header.size()) +
+                             " bytes exceeds the bound of " + std::to_string(kMaxHeaderBytes));
+  w.stream_tag = format::LoadLE32(w.header.data() + w.header.size() - 4);
+  w.info = std::move(info);
+  w.options = options;
+  return writer;
+}
+
+Status StreamWriter::WriteHeader(std::vector<uint8_t>* out) {
+  Impl& w = *impl_;
+  KVWIRE_RETURN_ERROR_IF(w.header_written, kInvalidArgument, "stream header already written");
+  out->insert(out->end(), w.header.begin(), w.header.end());
+  w.Account(w.header);
+  w.header_written = true;
+  return Status::Ok();
+}
+
+Status StreamWriter::WriteLayer(const KvView& kv, uint32_t layer, uint8_t level,
+                                std::vector<uint8_t>* out) {
+  Impl& w = *impl_;
+  KVWIRE_RETURN_ERROR_IF(!w.header_written, kInvalidArgument, "WriteLayer before WriteHeader");
+  KVWIRE_RETURN_ERROR_IF(w.finished, kInvalidArgument, "WriteLayer after Finish");
+  KVWIRE_RETURN_ERROR_IF(layer != w.next_layer, kInvalidArgument,
+                         "layers must be written in order: expected layer " +
+                             std::to_string(w.next_layer) + ", got " + std::to_string(layer));
+  KVWIRE_RETURN_ERROR_IF(
+      level >= w.codecs.size(), kInvalidArgument,
+      "level " + std::to_string(level) + " >= " + std::to_string(w.codecs.size()) + " levels");
+  KVWIRE_ASSIGN_OR_RETURN(const uint32_t view_offset, format::ViewTokenOffset(kv, w.info));
+
+  struct Job {
+    KvKind kind;
+    uint32_t begin, tokens;
+  };
+  std::vector<Job> jobs;
+  // Chunk boundaries fall on multiples of the alignment in sequence coordinates; when the
+  // stream starts off a multiple (token_begin % align = phase), the first chunk is shorter.
+  const uint32_t step = w.chunk_step[level];
+  const uint32_t phase = w.info.token_begin % w.alignments[level];
+  for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+    for (uint32_t t = 0; t < w.info.shape.tokens;) {
+      const uint32_t len = std::min(step - (t == 0 ? phase : 0), w.info.shape.tokens - t);
+      jobs.push_back(Job{kind, t, len});
+      t += len;
+    }
+  }
+  KVWIRE_RETURN_ERROR_IF(w.chunks + jobs.size() > UINT32_MAX, kResourceExhausted,
+                         "more than 2^32-1 chunks in one stream; use a larger chunk_tokens");
+
+  std::vector<std::vector<uint8_t>> frames(jobs.size());
+  std::vector<Status> status(jobs.size());
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < jobs.size();) {
+      status[i] = w.EncodeFrame(kv, view_offset, layer, jobs[i].kind, jobs[i].begin, jobs[i].tokens,
+                                level, &frames[i]);
+    }
+  };
+  const size_t helpers = std::min<size_t>(w.options.threads, jobs.size()) - 1;
+  std::vector<std::thread> pool;
+  try {
+    for (size_t i = 0; i < helpers; ++i) pool.emplace_back(work);
+  } catch (const std::system_error&) {
+    // Fewer threads than asked: the calling thread still does all remaining work.
+  }
+  work();
+  for (std::thread& t : pool) t.join();
+
+  for (const Status& s : status) KVWIRE_RETURN_IF_ERROR(s);  // first error in chunk order
+  for (const std::vector<uint8_t>& frame : frames) {
+    out->insert(out->end(), frame.begin(), frame.end());
+    w.Account(frame);
+  }
+  w.chunks += jobs.size();
+  ++w.next_layer;
+  return Status::Ok();
+}
+
+Status StreamWriter::Finish(std::vector<uint8_t>* out) {
+  Impl& w = *impl_;
+  KVWIRE_RETURN_ERROR_IF(!w.header_written, kInvalidArgument, "Finish before WriteHeader");
+  KVWIRE_RETURN_ERROR_IF(w.finished, kInvalidArgument, "Finish called twice");
+  KVWIRE_RETURN_ERROR_IF(w.next_layer != w.info.shape.layers, kInvalidArgument,
+                         "Finish after " + std::to_string(w.next_layer) + " of " +
+                             std::to_string(w.info.shape.layers) + " layers");
+  format::Trailer t;
+  t.chunk_count = static_cast<uint32_t>(w.chunks);
+  t.total_bytes = w.bytes + format::trailer::kSize;
+  t.stream_crc = w.crc;
+  uint8_t bytes[format::trailer::kSize];
+  format::EncodeTrailer(t, bytes);
+  out->insert(out->end(), bytes, bytes + sizeof(bytes));
+  w.Account(bytes);
+  w.finished = true;
+  return Status::Ok();
+}
+
+Status StreamWriter::EncodeChunk(const KvView& kv, uint32_t layer, KvKind kind,
+                                 uint32_t token_begin, uint32_t tokens, uint8_t level,
+                                 std::vector<uint8_t>* out) const {
+  const Impl& w = *impl_;
+  const KvShape& s = w.info.shape;
+  KVWIRE_RETURN_ERROR_IF(
+      level >= w.codecs.size(), kInvalidArgument,
+      "level " + std::to_string(level) + " >= " + std::to_string(w.codecs.size()) + " levels");
+  KVWIRE_RETURN_ERROR_IF(layer >= s.layers, kInvalidArgument,
+                         "layer " + std::to_string(layer) + " >= " + std::to_string(s.layers));
+  KVWIRE_RETURN_ERROR_IF(kind != KvKind::kKey && kind != KvKind::kValue, kInvalidArgument,
+                         "bad K|V kind");
+  KVWIRE_RETURN_ERROR_IF(tokens == 0 || uint64_t{token_begin} + tokens > s.tokens, kInvalidArgument,
+                         "chunk tokens [" + std::to_string(token_begin) + ", " +
+                             std::to_string(uint64_t{token_begin} + tokens) +
+                             ") empty or outside the stream's " + std::to_string(s.tokens));
+  KVWIRE_RETURN_ERROR_IF(
+      !format::ChunkStartAligned(w.info, token_begin, w.alignments[level]), kInvalidArgument,
+      "chunk at stream token " + std::to_string(token_begin) + " (sequence token " +
+          std::to_string(w.info.token_begin + token_begin) +
+          ") does not start at a multiple of the codec's alignment " +
+          std::to_string(w.alignments[level]));
+  KVWIRE_RETURN_ERROR_IF(uint64_t{tokens} * s.kv_heads * s.head_dim > kMaxChunkElements,
+                         kInvalidArgument,
+                         "chunk of " + std::to_string(tokens) + " tokens exceeds " +
+                             std::to_string(kMaxChunkElements) + " elements");
+  KVWIRE_ASSIGN_OR_RETURN(const uint32_t view_offset, format::ViewTokenOffset(kv, w.info));
+  std::vector<uint8_t> frame;
+  KVWIRE_RETURN_IF_ERROR(
+      w.EncodeFrame(kv, view_offset, layer, kind, token_begin, tokens, level, &frame));
+  out->insert(out->end(), frame.begin(), frame.end());
+  return Status::Ok();
+}
+
+Result<std::vector<uint8_t>> EncodeStream(const KvView& kv, StreamInfo info,
+                                          StreamWriterOptions options, const Profile* profile) {
+  KVWIRE_ASSIGN_OR_RETURN(auto writer, StreamWriter::Create(std::move(info), options, profile));
+  std::vector<uint8_t> out;
+  KVWIRE_RETURN_IF_ERROR(writer->WriteHeader(&out));
+  for (uint32_t l = 0; l < writer->info().shape.layers; ++l) {
+    KVWIRE_RETURN_IF_ERROR(writer->WriteLayer(kv, l, 0, &out));
+  }
+  KVWIRE_RETURN_IF_ERROR(writer->Finish(&out));
+  return out;
+}
+
+}  // namespace kvwire
