@@ -76,8 +76,12 @@ void RotateRows(double* m, size_t n, size_t k, double c, double s) {
 void TridiagonalQr(size_t n, std::vector<double>& d, std::vector<double>& e,
                    std::vector<double>& vt) {
   constexpr double kEps = 2.220446049250313e-16;
+  constexpr double kTiny = 1e-150;
   auto negligible = [&](size_t i) {  // e[i] couples d[i] and d[i+1]
-    return std::fabs(e[i]) <= kEps * (std::fabs(d[i]) + std::fabs(d[i + 1]));
+    // The absolute floor keeps e^2 out of the subnormal range, where the Wilkinson shift below
+    // would divide 0 by 0 (a fuzzer found this on a rank-deficient 4-token chunk).
+    return std::fabs(e[i]) <= kEps * (std::fabs(d[i]) + std::fabs(d[i + 1])) ||
+           std::fabs(e[i]) < kTiny;
   };
   size_t budget = 64 * n + 64;  // QR steps; convergence normally needs about 2 per eigenvalue
   size_t hi = n - 1;
@@ -95,7 +99,8 @@ void TridiagonalQr(size_t n, std::vector<double>& d, std::vector<double>& e,
     const double delta = 0.5 * (d[hi - 1] - d[hi]);
     const double b = e[hi - 1];
     const double root = std::sqrt(delta * delta + b * b);
-    const double mu = d[hi] - b * b / (delta + (delta >= 0.0 ? root : -root));
+    const double denom = delta + (delta >= 0.0 ? root : -root);
+    const double mu = denom != 0.0 ? d[hi] - b * b / denom : d[hi];
     // Chase the bulge from lo down to hi with Givens rotations T <- R T R^T.
     double x = d[lo] - mu, z = e[lo];
     for (size_t k = lo; k < hi; ++k) {
