@@ -375,12 +375,19 @@ def greedy_sample(model, prompt, n_new):
     return bytes(toks).decode("utf-8", errors="replace")
 
 
-def lr_at(step, args):
+def schedule_progress(step, elapsed, args):
+    """Fraction of the cosine decay done: by steps, or with --time-aware-lr by
+    whichever of steps and wall-clock (--max-minutes) is further along."""
+    frac = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
+    if args.time_aware_lr and args.max_minutes > 0:
+        frac = max(frac, elapsed / (args.max_minutes * 60.0))
+    return min(max(frac, 0.0), 1.0)
+
+
+def lr_at(step, elapsed, args):
     if step < args.warmup_steps:
         return args.lr * (step + 1) / args.warmup_steps
-    if step >= args.steps:
-        return args.min_lr
-    frac = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
+    frac = schedule_progress(step, elapsed, args)
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * frac))
 
 
@@ -418,6 +425,11 @@ def build_args():
     g.add_argument("--max-minutes", type=float, default=0.0,
                    help="hard wall-clock stop (0 = none). The run then ends early, keeping the "
                         "best checkpoint; the LR schedule is not shortened")
+    g.add_argument("--time-aware-lr", action="store_true",
+                   help="with --max-minutes: the cosine decay follows whichever of step count and "
+                        "wall-clock is further along, so a run slowed by a busy machine still anneals "
+                        "to --min-lr by the deadline (the data order stays seeded; the step count at "
+                        "which training ends then depends on the machine)")
     g.add_argument("--batch-size", type=int, default=8, help="windows per step (default 8)")
     g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     g.add_argument("--min-lr", type=float, default=2e-4, help="final learning rate (default 2e-4)")
@@ -448,6 +460,9 @@ def build_args():
     g.add_argument("--ckpt", default=None,
                    help="torch checkpoint of the best model (default /tmp/kvwire-train/<out-dir name>.pt; "
                         "kept out of the repository)")
+    g.add_argument("--init-from", default=None,
+                   help="start from the weights of this torch checkpoint (same shape) instead of a random "
+                        "init: continues an earlier run with a fresh optimizer and LR schedule")
     g.add_argument("--sample-bytes", type=int, default=240, help="length of greedy samples (default 240)")
     return p
 
@@ -505,12 +520,19 @@ def main():
                n_kv_heads=args.n_kv_heads, vocab_size=256, seq_len=args.seq_len,
                shared_classifier=args.shared_classifier)
     model = TinyLlama(cfg)
+    if args.init_from:
+        init = torch.load(args.init_from)
+        if init["cfg"] != cfg:
+            sys.exit("--init-from %s: its shape %s differs from %s" % (args.init_from, init["cfg"], cfg))
+        model.load_state_dict(init["model"])
+        log("# initialised from %s (its step %s, val_loss %s)" % (args.init_from, init.get("step"), init.get("val")))
     n_params = count_params(model)
     log("# model: %s, head_dim %d, params %d (%.2f MB fp32)" % (
         json.dumps(cfg), args.dim // args.n_heads, n_params, n_params * 4 / 1e6))
-    log("# optim: AdamW lr %g -> %g cosine, warmup %d, steps %d, batch %d x %d tokens, wd %g, clip %g, seed %d"
-        % (args.lr, args.min_lr, args.warmup_steps, args.steps, args.batch_size, args.seq_len,
-           args.weight_decay, args.grad_clip, args.seed))
+    log("# optim: AdamW lr %g -> %g cosine, warmup %d, steps %d, batch %d x %d tokens, wd %g, clip %g, "
+        "seed %d, max-minutes %g, time-aware-lr %s" % (
+            args.lr, args.min_lr, args.warmup_steps, args.steps, args.batch_size, args.seq_len,
+            args.weight_decay, args.grad_clip, args.seed, args.max_minutes, args.time_aware_lr))
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -542,7 +564,7 @@ def main():
     step = 0
     val = float("nan")
     while step < args.steps:
-        lr = lr_at(step, args)
+        lr = lr_at(step, time.time() - t_train, args)
         for group in opt.param_groups:
             group["lr"] = lr
         ix = torch.randint(len(train_data) - T - 1, (args.batch_size,), generator=gen)
@@ -558,6 +580,8 @@ def main():
         step += 1
         elapsed = time.time() - t_train
         out_of_time = args.max_minutes > 0 and elapsed > args.max_minutes * 60
+        if args.time_aware_lr and step > args.warmup_steps:
+            out_of_time = out_of_time or schedule_progress(step, elapsed, args) >= 1.0
         last = step == args.steps or out_of_time or stop["flag"]
         do_eval = step % args.eval_interval == 0 or last
         if step % args.log_interval == 0 or do_eval:

@@ -17,6 +17,7 @@ std::vector<CodecFamily>& Registry() {
   static std::vector<CodecFamily> families = [] {
     std::vector<CodecFamily> f;
     detail::RegisterBaselineCodecs(&f);
+    detail::RegisterFraqtlCodecs(&f);
     return f;
   }();
   return families;

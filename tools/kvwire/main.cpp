@@ -14,7 +14,7 @@ std::vector<CommandEntry>& Commands() {
 }
 
 int Fail(const std::string& command, const std::string& reason) {
-  std::cerr << "kvwire " << command << ": " << reason << "\n";
+  std::cerr << "kvwire" << (command.empty() ? "" : " ") << command << ": " << reason << "\n";
   return 1;
 }
 
@@ -38,7 +38,15 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version print and exit 0; every other parse error is one line with the
+    // command it belongs to, like the errors the commands themselves report.
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);
+    std::string command;
+    for (auto& [sub, run] : runners) {
+      if (sub->parsed()) command = sub->get_name();
+    }
+    Fail(command, std::string(e.what()) + " (see --help)");
+    return e.get_exit_code();
   }
   for (auto& [sub, run] : runners) {
     if (sub->parsed()) {

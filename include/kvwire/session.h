@@ -1,0 +1,159 @@
+// kvwire/session.h — sending and receiving KV caches over a Transport (DESIGN.md section 7),
+// the API an engine connector calls (cf. vLLM's save_kv_layer / start_load_kv /
+// wait_for_layer_load).
+//
+// Sender (prefill node): Sender::Connect, then per sequence Open(kv, options) -> SendRequest;
+// PushLayer(l) as the prefill finishes layer l (a worker thread encodes it while earlier layers
+// are on the wire); Poll()/Wait() for the completion (the receiver confirmed every chunk).
+//
+// Receiver (decode node): Receiver::Listen, NextRequest() announces an incoming request (shape,
+// dtype, levels), SetDestination(id, view) hands over the caller's contiguous or paged buffers,
+// WaitLayer(id, l) returns once layer l is decoded there; Wait(id) once all of it is.
+//
+// Wire: docs/PROTOCOL.md. Each chunk is a stream chunk frame (docs/FORMAT.md) with its CRC32C;
+// the receiver validates, decodes, then acknowledges it. The sender keeps unacknowledged frames
+// (bounded by max_inflight_bytes: back-pressure) and, after a broken connection, reconnects
+// (bounded retries) and resends what the receiver does not hold. Duplicates are acknowledged
+// and dropped. Per chunk the sender picks a level (codec) from the request's levels from the
+// measured goodput, the deadline and the accuracy budget, and logs each change with its reason.
+//
+// Status convention: "in progress" is StatusCode::kInProgress (not an error); Wait/WaitLayer
+// return it when their timeout expires first.
+//
+// Thread-safety: Sender, Receiver and SendRequest methods may be called from any thread.
+// Ownership: the KvViews given to Open/SetDestination must stay valid until the request is
+// complete (or failed); a `profile` must outlive the session.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvwire/kv_view.h"
+#include "kvwire/status.h"
+#include "kvwire/stream.h"
+#include "kvwire/transport.h"
+
+namespace kvwire {
+
+/// One rate-distortion level a request may use: a codec spec and what it costs/loses.
+struct LevelSpec {
+  std::string codec;             // e.g. "fp16", "q4_0", "fraqtl@2.5"
+  double bits_per_element = 16;  // all-in, from the profile's table or measured
+  double kl = -1;                // mean KL from the profile's table; < 0 = unknown
+};
+
+struct SenderOptions {
+  std::string backend = "tcp";
+  TransportOptions transport;                 // address = the receiver's HOST:PORT (or inproc name)
+  uint64_t max_inflight_bytes = 64ull << 20;  // unacknowledged chunk bytes, all requests
+  int stall_timeout_ms = 10000;               // no ack for this long while waiting: kTimeout
+  int max_reconnects = 3;                     // per broken connection
+  int reconnect_backoff_ms = 100;             // doubled after each failed attempt
+  const Profile* profile = nullptr;
+  bool verbose = false;  // log level choices and reconnects to stderr
+};
+
+struct SendRequestOptions {
+  uint64_t request_id = 0;        // != 0, unique per sender
+  std::vector<LevelSpec> levels;  // 1..kMaxLevels; the chooser picks per chunk
+  double max_kl = 0;              // accuracy budget; <= 0 = none
+  double min_bits = 0;            // never below this many bits/element; <= 0 = none
+  int deadline_ms = 0;            // 0 = none; from Open()
+  uint32_t chunk_tokens = 0;      // tokens per chunk; 0 = whole layer (split if too large)
+  uint32_t token_begin = 0;       // position of kv's token 0 within the sequence
+  KvMetadata metadata;
+  std::string profile_id;
+};
+
+struct SendStats {
+  uint64_t chunks = 0;
+  uint64_t wire_bytes = 0;  // chunk frames + descriptors (every byte of chunk traffic)
+  uint64_t resent_chunks = 0;
+  uint32_t reconnects = 0;
+  std::vector<uint64_t> chunks_per_level;
+  double seconds = 0;              // Open() to completion
+  double goodput_bytes_per_s = 0;  // acknowledged bytes per second, at completion
+};
+
+/// One request being sent. Obtained from Sender::Open.
+class SendRequest {
+ public:
+  virtual ~SendRequest() = default;
+  /// Layer `layer` of the view is ready: encode and send it (asynchronous). Layers must be pushed
+  /// in increasing order, each once.
+  virtual Status PushLayer(uint32_t layer) = 0;
+  /// Pushes every layer not pushed yet.
+  virtual Status PushAll() = 0;
+  /// kInProgress, Ok once the receiver confirmed every chunk, or the error.
+  virtual Status Poll() const = 0;
+  /// Like Poll, waiting up to `timeout_ms` (< 0: until done).
+  virtual Status Wait(int timeout_ms) = 0;
+  virtual SendStats stats() const = 0;
+};
+
+class Sender {
+ public:
+  virtual ~Sender() = default;
+  /// Connects and authenticates to a receiver.
+  static Result<std::unique_ptr<Sender>> Connect(const SenderOptions& options);
+  /// Opens a request: sends its description and returns its handle. `kv` must cover the whole
+  /// request (shape, dtype) and stay valid until it completes.
+  virtual Result<std::shared_ptr<SendRequest>> Open(const KvView& kv,
+                                                    const SendRequestOptions& options) = 0;
+  /// Fails every unfinished request with kCancelled and closes the connection.
+  virtual void Close() = 0;
+};
+
+struct ReceiverOptions {
+  std::string backend = "tcp";
+  TransportOptions transport;                  // address to listen on ("127.0.0.1:0": ephemeral)
+  uint64_t max_buffered_bytes = 256ull << 20;  // chunks held before SetDestination, all requests
+  int stall_timeout_ms = 30000;  // an unfinished request idle this long fails (kTimeout)
+  const Profile* profile = nullptr;
+  bool verbose = false;
+};
+
+/// What the receiver learns of an incoming request.
+struct IncomingRequest {
+  uint64_t request_id = 0;
+  StreamInfo info;  // shape, dtype, token_begin, metadata, levels (codec specs)
+  std::vector<LevelSpec> levels;
+  double max_kl = 0;
+  uint64_t deadline_ms = 0;
+  std::string peer;  // the sender's node name
+};
+
+struct ReceiveStats {
+  uint64_t chunks = 0;
+  uint64_t duplicate_chunks = 0;
+  uint64_t wire_bytes = 0;
+  std::vector<uint64_t> chunks_per_level;
+  double seconds = 0;  // first message to complete
+};
+
+class Receiver {
+ public:
+  virtual ~Receiver() = default;
+  /// Listens and serves any number of authenticated senders.
+  static Result<std::unique_ptr<Receiver>> Listen(const ReceiverOptions& options);
+  /// The bound address ("127.0.0.1:40123").
+  virtual std::string address() const = 0;
+  /// The next new request (not resumed ones). kTimeout after `timeout_ms` (< 0: forever).
+  virtual Result<IncomingRequest> NextRequest(int timeout_ms) = 0;
+  /// Where request `id` decodes to: the announced layers/kv_heads/head_dim, and either exactly
+  /// the announced tokens or token_begin + tokens (the whole sequence). Any dtype.
+  virtual Status SetDestination(uint64_t id, const KvView& dst) = 0;
+  /// Ok once layer `layer` (K and V) is decoded into the destination; kInProgress on timeout.
+  virtual Status WaitLayer(uint64_t id, uint32_t layer, int timeout_ms) = 0;
+  /// Ok once every chunk is decoded; kInProgress on timeout; the error if the request failed.
+  virtual Status Wait(uint64_t id, int timeout_ms) = 0;
+  virtual Result<ReceiveStats> stats(uint64_t id) const = 0;
+  /// Forgets a finished or failed request (its destination is no longer touched).
+  virtual Status Release(uint64_t id) = 0;
+  /// Stops listening, closes every connection, fails unfinished requests (kCancelled).
+  virtual void Close() = 0;
+};
+
+}  // namespace kvwire

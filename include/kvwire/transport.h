@@ -1,0 +1,135 @@
+// kvwire/transport.h — one abstract transport that moves framed messages between two peers.
+//
+// A backend is chosen by name ("inproc", "tcp", "ucx") from a factory, NIXL-style: every backend
+// answers the same capability queries, and an optional operation a backend lacks returns
+// StatusCode::kUnsupported instead of being special-cased by callers.
+//
+// A connection carries two kinds of messages, in order, exactly once, or fails:
+//   - control: `meta` is one serialized kvwire.control.Control (proto/kvwire_control.proto),
+//     at most kMaxControlMessageBytes;
+//   - data:    `meta` is one serialized kvwire.control.ChunkDescriptor and `payload` one chunk
+//     frame (docs/FORMAT.md), at most kMaxDataMessageBytes in all.
+// The backend enforces those bounds on what it receives before it allocates anything; the
+// contents of `meta` are validated by the session layer (docs/PROTOCOL.md).
+//
+// Connection set-up authenticates both ends with a pre-shared key (HMAC-SHA256
+// challenge-response, docs/PROTOCOL.md) before any other message is accepted; a peer that
+// fails is refused and logged. The ucx backend bootstraps over an authenticated TCP control
+// connection, on which the UCP worker addresses are exchanged.
+//
+// Thread-safety: a Connection may be used by one sending thread and one receiving thread at the
+// same time (Send and Receive are independent); Close may be called from any thread and wakes
+// both. Listener::Accept is for one thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kvwire/status.h"
+
+namespace kvwire {
+
+inline constexpr uint32_t kMaxControlMessageBytes = 1u << 20;  // 1 MiB
+inline constexpr uint32_t kMaxDataMessageBytes = 64u << 20;    // 64 MiB, meta + payload
+inline constexpr uint32_t kMaxMetaBytes = 64u << 10;           // data-frame meta bound
+
+enum class MessageKind : uint8_t { kControl = 1, kData = 2 };
+
+/// One message. Owns its bytes.
+struct Message {
+  MessageKind kind = MessageKind::kControl;
+  std::vector<uint8_t> meta;
+  std::vector<uint8_t> payload;  // empty for control messages
+
+  size_t bytes() const { return meta.size() + payload.size(); }
+};
+
+/// What a backend can do (answers do not change after creation).
+struct TransportCaps {
+  bool remote = false;          // reaches other processes / hosts
+  bool rendezvous = false;      // large payloads move by rendezvous (receiver pulls)
+  bool zero_copy_send = false;  // sends from the caller's buffer without a copy
+  bool gpu_memory = false;      // accepts device buffers
+  bool tls = false;             // can encrypt the stream
+  uint64_t max_message_bytes = kMaxDataMessageBytes;
+};
+
+/// Options of Listen/Connect. Fields may be added; defaults stay valid.
+struct TransportOptions {
+  /// "HOST:PORT" for tcp/ucx (port 0 = ephemeral when listening), any name for inproc.
+  std::string address;
+  /// Pre-shared key (raw bytes, >= 16). Empty: no authentication, allowed only when
+  /// `allow_unauthenticated` is set on both ends (tests, trusted loopback).
+  std::vector<uint8_t> key;
+  bool allow_unauthenticated = false;
+  std::string node_name = "kvwire";
+  int connect_timeout_ms = 5000;
+  int handshake_timeout_ms = 5000;
+  /// Bytes a connection may hold in its send queue before Send blocks (back-pressure).
+  uint64_t max_queued_bytes = 256ull << 20;
+};
+
+/// One authenticated, bidirectional, ordered message connection.
+class Connection {
+ public:
+  virtual ~Connection() = default;
+
+  /// Queues `msg` for sending. Blocks while more than max_queued_bytes are queued
+  /// (back-pressure). Errors: kInvalidArgument (too large), kIoError/kCancelled (closed).
+  virtual Status Send(Message msg) = 0;
+
+  /// Next message from the peer. kTimeout after `timeout_ms` (< 0: wait forever) with nothing
+  /// received, kCancelled once closed locally, kIoError when the peer went away, kCorrupt on a
+  /// malformed frame (the connection is then closed).
+  virtual Result<Message> Receive(int timeout_ms) = 0;
+
+  /// Closes both directions; pending and later Send/Receive fail. Idempotent.
+  virtual void Close() = 0;
+
+  /// The peer's node name, as it announced it during the handshake.
+  virtual const std::string& peer_name() const = 0;
+
+  /// Optional: registers `bytes` for zero-copy sends from that memory. Default: kUnsupported.
+  virtual Status RegisterMemory(void* /*ptr*/, size_t /*bytes*/) {
+    return Status(StatusCode::kUnsupported, "this backend does not register memory");
+  }
+};
+
+/// Accepts connections on one address.
+class Listener {
+ public:
+  virtual ~Listener() = default;
+  /// Next authenticated connection; kTimeout after `timeout_ms` (< 0: wait forever). A peer
+  /// that fails the handshake is logged and skipped (Accept keeps waiting).
+  virtual Result<std::unique_ptr<Connection>> Accept(int timeout_ms) = 0;
+  /// The address actually bound ("127.0.0.1:40123"; the inproc name).
+  virtual std::string address() const = 0;
+  /// Stops accepting and wakes Accept. Idempotent.
+  virtual void Close() = 0;
+};
+
+/// A backend. Create one with CreateTransport.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual std::string_view name() const = 0;
+  virtual TransportCaps caps() const = 0;
+  virtual Result<std::unique_ptr<Listener>> Listen(const TransportOptions& options) = 0;
+  virtual Result<std::unique_ptr<Connection>> Connect(const TransportOptions& options) = 0;
+};
+
+/// Backend by name: "inproc", "tcp", "ucx" (kUnsupported when built without UCX, kNotFound
+/// for an unknown name).
+Result<std::unique_ptr<Transport>> CreateTransport(std::string_view name);
+/// Names of the backends this build provides.
+std::vector<std::string> AvailableTransports();
+
+/// Reads a pre-shared key file: 64+ hex characters (whitespace ignored) or >= 16 raw bytes.
+/// Warns on stderr if the file is readable by group or others.
+Result<std::vector<uint8_t>> LoadKeyFile(const std::string& path);
+
+}  // namespace kvwire

@@ -1,0 +1,539 @@
+// The fraqtl codec: encode/decode of one chunk (layout in fraqtl_codec.h).
+//
+// Reference and optimized paths compute every float with the same operations in the same order
+// (dot products as ascending sums; the optimized path walks transposed matrices as axpy
+// updates, which adds the same terms in the same order, and skips exact zeros, which does not
+// change a float sum), so they give identical bytes and identical decoded values.
+#include "codec/fraqtl_codec.h"
+
+#include <zstd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+
+#include "codec/codec_ids.h"
+#include "codec/fraqtl_math.h"
+#include "codec/lloyd_max.h"
+#include "codec/quant_common.h"
+
+namespace kvwire::fraqtl {
+namespace {
+
+using baseline::CheckChunkShape;
+using baseline::CheckFinite;
+using baseline::HalfSaturate;
+using baseline::LoadU16;
+using baseline::LoadU32;
+using baseline::StoreU16;
+using baseline::StoreU32;
+
+constexpr uint8_t kPayloadVersion = 1;
+constexpr uint8_t kFlagZstd = 1;
+constexpr size_t kPayloadHeader = 12;
+constexpr size_t kChunkHeaderBytes = 40;
+constexpr int kZstdLevel = 3;
+
+// One (layer, slot, head) basis, prepared for coding.
+struct Prepared {
+  std::vector<float> mean;        // [D]
+  std::vector<float> fwd, fwd_t;  // F and F^T, [D, D]
+  std::vector<float> inv, inv_t;  // G and G^T, [D, D]
+  std::vector<float> sigma;       // sqrt(lambda_i)
+  std::vector<double> variance;
+  std::vector<double> distortion;                    // [9]
+  std::vector<float> levels[kMaxCodedBits + 1];      // [b]: 2^b levels
+  std::vector<float> thresholds[kMaxCodedBits + 1];  // [b]: 2^b - 1 midpoints
+};
+
+// Index bits of a chunk: `total` = bpt * quantized tokens + extra; the first `extra` tokens
+// get the allocation of bpt + 1 bits, the others that of bpt bits.
+struct Allocation {
+  uint64_t total = 0, extra = 0;
+  std::vector<uint8_t> lo, hi;
+  uint64_t bits_lo = 0, bits_hi = 0;  // sums of lo and hi
+  uint64_t PackedBytes(uint64_t nq) const {
+    return (bits_hi * extra + bits_lo * (nq - extra) + 7) / 8;
+  }
+};
+
+struct ChunkPlan {
+  std::vector<uint32_t> fp_tokens, q_tokens;  // chunk-relative token indices
+  std::vector<uint8_t> alloc;                 // [kv_heads * D]
+};
+
+class FraqtlCodec final : public Codec {
+ public:
+  FraqtlCodec(const Config& config, const Profile& p)
+      : cfg_(config),
+        spec_(CanonicalSpec(config)),
+        layers_(p.layers),
+        kv_heads_(p.kv_heads),
+        d_(p.head_dim) {
+    rope_.theta = p.rope_theta;
+    rope_.neox = p.rope_style == "neox";
+    rope_.rope_dim = p.rope_dim;
+    prerope_ = cfg_.prerope && p.has_prerope();
+    budgets_.assign(size_t{layers_} * 2, cfg_.bits);
+    if (const ProfileLevel* lv = cfg_.level.empty() ? nullptr : p.FindLevel(cfg_.level)) {
+      for (size_t i = 0; i < budgets_.size(); ++i)
+        budgets_[i] = lv->budgets[i] * cfg_.bits / lv->bits;
+    }
+    // Stream header + trailer, shared by all chunks: preamble/CRC 16, trailer 24, fixed proto
+    // fields ~60, fingerprint and profile id ~73 each, the level spec.
+    stream_overhead_ = 16 + 24 + 60 + 2 * 73 + static_cast<double>(spec_.size());
+    prepared_.resize(size_t{layers_} * 2 * kv_heads_);
+    for (uint32_t l = 0; l < layers_; ++l) {
+      for (uint32_t k = 0; k < 2; ++k) {
+        const ProfileSlot slot = k == 1 ? ProfileSlot::kValue
+                                        : (prerope_ ? ProfileSlot::kKeyPreRope : ProfileSlot::kKey);
+        for (uint32_t h = 0; h < kv_heads_; ++h) {
+          Prepare(p.basis(l, slot, h), &prepared_[(size_t{l} * 2 + k) * kv_heads_ + h]);
+        }
+      }
+    }
+  }
+
+  std::string Spec() const override { return spec_; }
+  uint16_t Id() const override { return baseline::kIdFraqtl; }
+
+  Status Encode(const ChunkDesc& desc, const float* in, std::vector<uint8_t>* out,
+                CodecImpl impl) const override;
+  Status Decode(const ChunkDesc& desc, std::span<const uint8_t> payload, float* out,
+                CodecImpl impl) const override;
+
+ private:
+  void Prepare(const ProfileBasis& b, Prepared* o) const {
+    const size_t d = d_;
+    o->mean = b.mean;
+    o->fwd = b.forward;
+    o->inv = b.inverse;
+    o->fwd_t.resize(d * d);
+    o->inv_t.resize(d * d);
+    for (size_t i = 0; i < d; ++i) {
+      for (size_t j = 0; j < d; ++j) {
+        o->fwd_t[j * d + i] = b.forward[i * d + j];
+        o->inv_t[j * d + i] = b.inverse[i * d + j];
+      }
+    }
+    o->variance = b.variance;
+    o->sigma.resize(d);
+    for (size_t i = 0; i < d; ++i) o->sigma[i] = static_cast<float>(std::sqrt(b.variance[i]));
+    const bool calib = cfg_.calibrated_books && b.has_codebooks();
+    o->distortion.assign(kMaxCodedBits + 1, 1.0);
+    for (int bits = 1; bits <= kMaxCodedBits; ++bits) {
+      if (calib) {
+        const auto lv = b.levels(bits);
+        o->levels[bits].assign(lv.begin(), lv.end());
+        o->distortion[bits] = b.distortion[bits];
+      } else {
+        const auto& g = baseline::GaussianLloydMax(bits);
+        o->levels[bits] = g.levels;
+        o->distortion[bits] = g.distortion;
+      }
+      auto& th = o->thresholds[bits];
+      th.resize(o->levels[bits].size() - 1);
+      for (size_t i = 0; i + 1 < o->levels[bits].size(); ++i) {
+        th[i] = 0.5f * (o->levels[bits][i] + o->levels[bits][i + 1]);
+      }
+    }
+    if (calib) o->distortion[0] = b.distortion[0];
+  }
+
+  const Prepared& prep(uint32_t layer, KvKind kind, uint32_t h) const {
+    return prepared_[(size_t{layer} * 2 + static_cast<uint32_t>(kind)) * kv_heads_ + h];
+  }
+
+  Status CheckDesc(const ChunkDesc& desc) const {
+    KVWIRE_RETURN_IF_ERROR(CheckChunkShape(desc, "fraqtl"));
+    KVWIRE_RETURN_ERROR_IF(
+        desc.layer >= layers_ || desc.kv_heads != kv_heads_ || desc.head_dim != d_,
+        kInvalidArgument,
+        "fraqtl: chunk (layer " + std::to_string(desc.layer) + ", " +
+            std::to_string(desc.kv_heads) + " kv heads, head_dim " + std::to_string(desc.head_dim) +
+            ") does not match the profile (" + std::to_string(layers_) + " layers, " +
+            std::to_string(kv_heads_) + " kv heads, head_dim " + std::to_string(d_) + ")");
+    KVWIRE_RETURN_ERROR_IF(uint64_t{desc.token_begin} + desc.tokens > desc.seq_tokens,
+                           kInvalidArgument, "fraqtl: chunk token range beyond seq_tokens");
+    return Status::Ok();
+  }
+
+  // Splits the chunk's tokens into fp16 (sink/window) and quantized ones; sizes the allocation.
+  ChunkPlan Plan(const ChunkDesc& desc) const {
+    ChunkPlan plan;
+    const uint64_t win_begin =
+        desc.seq_tokens > cfg_.window ? uint64_t{desc.seq_tokens} - cfg_.window : 0;
+    for (uint32_t t = 0; t < desc.tokens; ++t) {
+      const uint64_t s = uint64_t{desc.token_begin} + t;
+      (s < cfg_.sink || s >= win_begin ? plan.fp_tokens : plan.q_tokens).push_back(t);
+    }
+    return plan;
+  }
+
+  // Bytes of the payload before the index section.
+  size_t FixedBytes(const ChunkPlan& plan) const {
+    return kPayloadHeader + plan.fp_tokens.size() * kv_heads_ * d_ * 2 +
+           (cfg_.gain ? plan.q_tokens.size() * kv_heads_ * 2 : 0);
+  }
+
+  // Payload bytes the budget allows for this chunk (may be negative).
+  double TargetPayloadBytes(const ChunkDesc& desc) const {
+    const double budget = budgets_[size_t{desc.layer} * 2 + static_cast<uint32_t>(desc.kind)];
+    const double share = desc.seq_tokens == 0
+                             ? 0.0
+                             : stream_overhead_ * desc.tokens /
+                                   (static_cast<double>(desc.seq_tokens) * 2.0 * layers_);
+    return budget * static_cast<double>(desc.elements()) / 8.0 - kChunkHeaderBytes - share;
+  }
+
+  Allocation AllocateChunk(const ChunkDesc& desc, uint64_t total, uint64_t nq) const {
+    Allocation a;
+    a.total = total;
+    const uint64_t bpt = nq ? total / nq : 0;
+    a.extra = nq ? total % nq : 0;
+    a.lo = Allocate(desc, bpt);
+    a.hi = a.extra ? Allocate(desc, bpt + 1) : a.lo;
+    for (uint8_t b : a.lo) a.bits_lo += b;
+    for (uint8_t b : a.hi) a.bits_hi += b;
+    return a;
+  }
+
+  std::vector<uint8_t> Allocate(const ChunkDesc& desc, uint64_t bits_per_token) const {
+    std::vector<AllocationItem> items(size_t{kv_heads_} * d_);
+    for (uint32_t h = 0; h < kv_heads_; ++h) {
+      const Prepared& p = prep(desc.layer, desc.kind, h);
+      for (uint32_t i = 0; i < d_; ++i)
+        items[size_t{h} * d_ + i] = {p.variance[i], p.distortion.data()};
+    }
+    AllocationOptions opt;
+    opt.floor_one_bit = cfg_.floor;
+    opt.protect = cfg_.protect;
+    return AllocateBits(items, bits_per_token, opt);
+  }
+
+  // Pre-RoPE (K) input rows: undo the rotation at each token's position.
+  void LoadRow(const ChunkDesc& desc, const float* in, uint32_t t, uint32_t h, float* row,
+               std::vector<float>* cs) const {
+    std::memcpy(row, in + (size_t{t} * kv_heads_ + h) * d_, d_ * sizeof(float));
+    if (prerope_ && desc.kind == KvKind::kKey) {
+      const uint32_t half = rope_.rope_dim / 2;
+      rope_.Rotate(row, cs->data(), cs->data() + half, /*undo=*/true);
+    }
+  }
+
+  void Transform(const Prepared& p, const float* x, float* z, float* tmp, CodecImpl impl) const {
+    const size_t d = d_;
+    for (size_t j = 0; j < d; ++j) tmp[j] = x[j] - p.mean[j];
+    if (impl == CodecImpl::kReference) {
+      for (size_t i = 0; i < d; ++i) {
+        float acc = 0.0f;
+        for (size_t j = 0; j < d; ++j) acc += p.fwd[i * d + j] * tmp[j];
+        z[i] = acc;
+      }
+    } else {
+      std::fill(z, z + d, 0.0f);
+      for (size_t j = 0; j < d; ++j) {
+        const float xj = tmp[j];
+        if (xj == 0.0f) continue;
+        const float* col = p.fwd_t.data() + j * d;
+        for (size_t i = 0; i < d; ++i) z[i] += col[i] * xj;
+      }
+    }
+  }
+
+  void Inverse(const Prepared& p, const float* z, float* x, CodecImpl impl) const {
+    const size_t d = d_;
+    if (impl == CodecImpl::kReference) {
+      for (size_t j = 0; j < d; ++j) {
+        float acc = 0.0f;
+        for (size_t i = 0; i < d; ++i) acc += p.inv[j * d + i] * z[i];
+        x[j] = p.mean[j] + acc;
+      }
+    } else {
+      std::fill(x, x + d, 0.0f);
+      for (size_t i = 0; i < d; ++i) {
+        const float zi = z[i];
+        if (zi == 0.0f) continue;
+        const float* col = p.inv_t.data() + i * d;
+        for (size_t j = 0; j < d; ++j) x[j] += col[j] * zi;
+      }
+      for (size_t j = 0; j < d; ++j) x[j] = p.mean[j] + x[j];
+    }
+  }
+
+  // Packs the indices of all quantized tokens for `alloc` (z: [q_tokens, kv_heads, D]).
+  // Tokens [0, extra) use `hi` (one more bit per token), the others `lo`.
+  void PackIndices(const ChunkDesc& desc, const std::vector<float>& z,
+                   const std::vector<float>& gains, size_t q_count, const Allocation& al,
+                   std::vector<uint8_t>* out, CodecImpl impl) const {
+    BitWriter w(out);
+    for (size_t t = 0; t < q_count; ++t) {
+      const std::vector<uint8_t>& alloc = t < al.extra ? al.hi : al.lo;
+      for (uint32_t h = 0; h < kv_heads_; ++h) {
+        const Prepared& p = prep(desc.layer, desc.kind, h);
+        const float* zr = z.data() + (t * kv_heads_ + h) * d_;
+        const float g = cfg_.gain ? gains[t * kv_heads_ + h] : 1.0f;
+        const uint8_t* a = alloc.data() + size_t{h} * d_;
+        for (uint32_t i = 0; i < d_; ++i) {
+          const int b = a[i];
+          if (b == 0) continue;
+          uint32_t v;
+          if (b == kProtectedBits) {
+            v = HalfSaturate(zr[i]);
+          } else {
+            const float scale = p.sigma[i] * g;
+            const float u = scale > 0.0f ? zr[i] / scale : 0.0f;
+            const std::vector<float>& th = p.thresholds[b];
+            if (impl == CodecImpl::kReference) {
+              v = 0;
+              while (v < th.size() && u > th[v]) ++v;
+            } else {  // binary search: the number of thresholds strictly below u
+              v = static_cast<uint32_t>(std::lower_bound(th.begin(), th.end(), u) - th.begin());
+            }
+          }
+          impl == CodecImpl::kReference ? w.PutRef(v, b) : w.Put(v, b);
+        }
+      }
+    }
+    w.Finish();
+  }
+
+  Config cfg_;
+  std::string spec_;
+  uint32_t layers_, kv_heads_, d_;
+  Rope rope_;
+  bool prerope_ = false;
+  std::vector<double> budgets_;  // [layers * 2]
+  double stream_overhead_ = 0;
+  std::vector<Prepared> prepared_;  // [layers, 2, kv_heads]
+};
+
+Status FraqtlCodec::Encode(const ChunkDesc& desc, const float* in, std::vector<uint8_t>* out,
+                           CodecImpl impl) const {
+  KVWIRE_RETURN_IF_ERROR(CheckDesc(desc));
+  KVWIRE_RETURN_IF_ERROR(CheckFinite(desc, in, "fraqtl"));
+  ChunkPlan plan = Plan(desc);
+  const size_t d = d_, H = kv_heads_, nq = plan.q_tokens.size(), nf = plan.fp_tokens.size();
+  const size_t fixed = FixedBytes(plan);
+  const double avail = TargetPayloadBytes(desc) - static_cast<double>(fixed);
+  const uint64_t max_total = uint64_t{kProtectedBits} * H * d * nq;
+  uint64_t total = 0;
+  if (nq > 0 && avail > 0) {
+    total = std::min<uint64_t>(max_total, static_cast<uint64_t>(std::floor(avail * 8.0)));
+  }
+
+  // Coefficients (and gains) of the quantized tokens.
+  std::vector<float> z(nq * H * d), gains(cfg_.gain ? nq * H : 0), row(d), tmp(d), cs(d + 2);
+  int64_t last_pos = INT64_MIN;
+  for (size_t qi = 0; qi < nq; ++qi) {
+    const uint32_t t = plan.q_tokens[qi];
+    if (prerope_ && desc.kind == KvKind::kKey) {
+      const int64_t pos = desc.positions_start + int64_t{desc.token_begin} + t;
+      if (pos != last_pos) rope_.Angles(pos, cs.data(), cs.data() + rope_.rope_dim / 2);
+      last_pos = pos;
+    }
+    for (uint32_t h = 0; h < H; ++h) {
+      const Prepared& p = prep(desc.layer, desc.kind, h);
+      LoadRow(desc, in, t, h, row.data(), &cs);
+      float* zr = z.data() + (qi * H + h) * d;
+      Transform(p, row.data(), zr, tmp.data(), impl);
+      if (cfg_.gain) {
+        double ss = 0;
+        for (size_t i = 0; i < d; ++i) {
+          if (p.variance[i] > 0) ss += static_cast<double>(zr[i]) * zr[i] / p.variance[i];
+        }
+        const float g = HalfToFloat(HalfSaturate(static_cast<float>(std::sqrt(ss / d))));
+        gains[qi * H + h] = g > 0.0f ? g : 1.0f;  // fp16-exact; a zero gain codes as 1
+      }
+    }
+  }
+
+  std::vector<uint8_t> packed;
+  Allocation alloc = AllocateChunk(desc, total, nq);
+  PackIndices(desc, z, gains, nq, alloc, &packed, impl);
+  bool zstd = false;
+  std::vector<uint8_t> section = packed;
+  if (cfg_.entropy == Entropy::kZstd && nq > 0) {
+    // Largest index-bit total whose compressed section still fits the budget.
+    auto compress = [&](const std::vector<uint8_t>& raw, std::vector<uint8_t>* dst) {
+      dst->resize(ZSTD_compressBound(raw.size()));
+      const size_t n = ZSTD_compress(dst->data(), dst->size(), raw.data(), raw.size(), kZstdLevel);
+      dst->resize(ZSTD_isError(n) ? 0 : n);
+    };
+    std::vector<uint8_t> best_comp, trial, comp;
+    compress(packed, &best_comp);
+    uint64_t lo = total, hi = std::min<uint64_t>(max_total, total * 2 + 8 * nq);
+    while (lo < hi) {
+      const uint64_t mid = lo + (hi - lo + 1) / 2;
+      Allocation a = AllocateChunk(desc, mid, nq);
+      trial.clear();
+      PackIndices(desc, z, gains, nq, a, &trial, impl);
+      compress(trial, &comp);
+      if (!comp.empty() && static_cast<double>(std::min(comp.size(), trial.size())) <= avail) {
+        lo = mid;
+        packed.swap(trial);
+        best_comp.swap(comp);
+        alloc = std::move(a);
+      } else {
+        hi = mid - 1;
+      }
+    }
+    total = lo;
+    zstd = !best_comp.empty() && best_comp.size() < packed.size();
+    section = zstd ? std::move(best_comp) : packed;
+  }
+
+  const size_t base = out->size();
+  out->resize(base + fixed + section.size());
+  uint8_t* o = out->data() + base;
+  o[0] = kPayloadVersion;
+  o[1] = zstd ? kFlagZstd : 0;
+  StoreU16(o + 2, 0);
+  StoreU32(o + 4, static_cast<uint32_t>(total));
+  StoreU32(o + 8, static_cast<uint32_t>(section.size()));
+  uint8_t* fp = o + kPayloadHeader;
+  for (size_t k = 0; k < nf; ++k) {
+    const float* r = in + size_t{plan.fp_tokens[k]} * H * d;
+    impl == CodecImpl::kReference ? baseline::StoreHalvesRef(r, H * d, fp + k * H * d * 2)
+                                  : baseline::StoreHalves(r, H * d, fp + k * H * d * 2);
+  }
+  uint8_t* g = fp + nf * H * d * 2;
+  for (size_t i = 0; i < gains.size(); ++i) StoreU16(g + 2 * i, FloatToHalf(gains[i]));
+  std::memcpy(o + fixed, section.data(), section.size());
+  return Status::Ok();
+}
+
+Status FraqtlCodec::Decode(const ChunkDesc& desc, std::span<const uint8_t> payload, float* out,
+                           CodecImpl impl) const {
+  KVWIRE_RETURN_IF_ERROR(CheckDesc(desc).WithContext("decode"));
+  const ChunkPlan plan = Plan(desc);
+  const size_t d = d_, H = kv_heads_, nq = plan.q_tokens.size(), nf = plan.fp_tokens.size();
+  const size_t fixed = FixedBytes(plan);
+  KVWIRE_RETURN_ERROR_IF(payload.size() < fixed, kCorrupt,
+                         "fraqtl: payload of " + std::to_string(payload.size()) +
+                             " bytes, shorter than its fixed part (" + std::to_string(fixed) + ")");
+  const uint8_t* p = payload.data();
+  KVWIRE_RETURN_ERROR_IF(p[0] != kPayloadVersion, kCorrupt,
+                         "fraqtl: payload version " + std::to_string(p[0]) + ", expected 1");
+  KVWIRE_RETURN_ERROR_IF((p[1] & ~kFlagZstd) != 0 || LoadU16(p + 2) != 0, kCorrupt,
+                         "fraqtl: unknown payload flags");
+  const uint64_t total = LoadU32(p + 4);
+  const uint64_t section_bytes = LoadU32(p + 8);
+  KVWIRE_RETURN_ERROR_IF(total > uint64_t{kProtectedBits} * H * d * nq, kCorrupt,
+                         "fraqtl: " + std::to_string(total) + " index bits for " +
+                             std::to_string(nq) + " tokens is impossible");
+  KVWIRE_RETURN_ERROR_IF(fixed + section_bytes != payload.size(), kCorrupt,
+                         "fraqtl: payload of " + std::to_string(payload.size()) +
+                             " bytes, its fields announce " +
+                             std::to_string(fixed + section_bytes));
+  const Allocation alloc = AllocateChunk(desc, total, nq);
+  const uint64_t packed_bytes = alloc.PackedBytes(nq);
+  std::vector<uint8_t> inflated;
+  std::span<const uint8_t> section = payload.subspan(fixed);
+  if (p[1] & kFlagZstd) {
+    const unsigned long long n = ZSTD_getFrameContentSize(section.data(), section.size());
+    KVWIRE_RETURN_ERROR_IF(n != packed_bytes, kCorrupt,
+                           "fraqtl: zstd frame does not announce the " +
+                               std::to_string(packed_bytes) + " index bytes the allocation needs");
+    inflated.resize(packed_bytes);
+    const size_t got =
+        ZSTD_decompress(inflated.data(), inflated.size(), section.data(), section.size());
+    KVWIRE_RETURN_ERROR_IF(ZSTD_isError(got) || got != packed_bytes, kCorrupt,
+                           "fraqtl: zstd index section does not decompress");
+    section = inflated;
+  } else {
+    KVWIRE_RETURN_ERROR_IF(section.size() != packed_bytes, kCorrupt,
+                           "fraqtl: index section of " + std::to_string(section.size()) +
+                               " bytes, the allocation needs " + std::to_string(packed_bytes));
+  }
+  const uint8_t* fp = p + kPayloadHeader;
+  KVWIRE_RETURN_ERROR_IF(!baseline::HalvesFinite(fp, nf * H * d), kCorrupt,
+                         "fraqtl: a pass-through value is not finite");
+  const uint8_t* gp = fp + nf * H * d * 2;
+  if (cfg_.gain) {
+    KVWIRE_RETURN_ERROR_IF(!baseline::HalvesAreScales(gp, nq * H), kCorrupt,
+                           "fraqtl: a gain is negative or not finite");
+  }
+  for (size_t k = 0; k < nf; ++k) {
+    float* r = out + size_t{plan.fp_tokens[k]} * H * d;
+    impl == CodecImpl::kReference ? baseline::LoadHalvesRef(fp + k * H * d * 2, H * d, r)
+                                  : baseline::LoadHalves(fp + k * H * d * 2, H * d, r);
+  }
+  BitReader reader(section);
+  std::vector<float> z(d), cs(d + 2);
+  for (size_t qi = 0; qi < nq; ++qi) {
+    const uint32_t t = plan.q_tokens[qi];
+    const bool rot = prerope_ && desc.kind == KvKind::kKey;
+    if (rot)
+      rope_.Angles(desc.positions_start + int64_t{desc.token_begin} + t, cs.data(),
+                   cs.data() + rope_.rope_dim / 2);
+    for (uint32_t h = 0; h < H; ++h) {
+      const Prepared& pr = prep(desc.layer, desc.kind, h);
+      float g = 1.0f;
+      if (cfg_.gain) {
+        g = baseline::LoadHalf(gp, qi * H + h);
+        g = g > 0.0f ? g : 1.0f;
+      }
+      const uint8_t* a = (qi < alloc.extra ? alloc.hi : alloc.lo).data() + size_t{h} * d;
+      for (size_t i = 0; i < d; ++i) {
+        const int b = a[i];
+        if (b == 0) {
+          z[i] = 0.0f;
+          continue;
+        }
+        const uint32_t v = impl == CodecImpl::kReference ? reader.GetRef(b) : reader.Get(b);
+        if (b == kProtectedBits) {
+          const uint16_t hv = static_cast<uint16_t>(v);
+          KVWIRE_RETURN_ERROR_IF(!baseline::HalfIsFinite(hv), kCorrupt,
+                                 "fraqtl: a protected coefficient is not finite");
+          z[i] = HalfToFloat(hv);
+        } else {
+          z[i] = pr.levels[b][v] * (pr.sigma[i] * g);  // v < 2^b by construction
+        }
+      }
+      float* o = out + (size_t{t} * H + h) * d;
+      Inverse(pr, z.data(), o, impl);
+      if (rot) rope_.Rotate(o, cs.data(), cs.data() + rope_.rope_dim / 2, /*undo=*/false);
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::string CanonicalSpec(const Config& c) {
+  char b[32];
+  auto [end, ec] = std::to_chars(b, b + sizeof(b), c.bits);
+  std::string s = "fraqtl@" + std::string(b, end) + ":";
+  if (!c.level.empty()) s += "level=" + c.level + ",";
+  s += "sink=" + std::to_string(c.sink) + ",window=" + std::to_string(c.window) +
+       ",prerope=" + std::to_string(int{c.prerope}) + ",";
+  if (!c.basis.empty()) s += "basis=" + c.basis + ",";
+  s += "floor=" + std::to_string(int{c.floor}) + ",protect=" + std::to_string(c.protect) +
+       ",gain=" + std::to_string(int{c.gain}) +
+       ",entropy=" + std::string(c.entropy == Entropy::kZstd ? "zstd" : "none") +
+       ",book=" + std::string(c.calibrated_books ? "calib" : "gauss");
+  return s;
+}
+
+Result<std::unique_ptr<Codec>> MakeFraqtlCodec(const Config& config, const Profile& profile) {
+  KVWIRE_RETURN_ERROR_IF(config.sign, kUnsupported,
+                         "fraqtl: sign=1 (residual sign sketch) is not implemented in this build");
+  KVWIRE_RETURN_ERROR_IF(config.delta != 0, kUnsupported,
+                         "fraqtl: delta=G (delta encoding) is not implemented in this build");
+  KVWIRE_RETURN_ERROR_IF(config.entropy == Entropy::kRans, kUnsupported,
+                         "fraqtl: entropy=rans is not implemented in this build (use zstd)");
+  KVWIRE_RETURN_ERROR_IF(!(config.bits > 0 && config.bits <= 16), kInvalidArgument,
+                         "fraqtl: target bits/element must be in (0, 16]");
+  KVWIRE_RETURN_IF_ERROR(profile.Validate());
+  KVWIRE_RETURN_ERROR_IF(
+      !config.basis.empty() && config.basis != profile.basis_kind, kInvalidArgument,
+      "fraqtl: basis=" + config.basis + " but the profile was calibrated with '" +
+          profile.basis_kind + "' (calibrate with --basis " + config.basis + ")");
+  KVWIRE_RETURN_ERROR_IF(!config.level.empty() && !profile.FindLevel(config.level), kNotFound,
+                         "fraqtl: the profile has no level '" + config.level + "'");
+  return std::unique_ptr<Codec>(std::make_unique<FraqtlCodec>(config, profile));
+}
+
+}  // namespace kvwire::fraqtl

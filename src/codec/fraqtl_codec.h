@@ -1,0 +1,69 @@
+// The fraqtl codec (DESIGN.md section 3): configuration and factory.
+//
+// Per chunk (one layer, K|V, token range), per kv_head:
+//   1. sequence tokens [0, sink) and [seq_tokens - window, seq_tokens) pass through as fp16;
+//   2. K (prerope=1, profile with pre-RoPE bases): RoPE is undone at position
+//      positions_start + token, coded, and re-applied after decoding;
+//   3. z = F (x - mu) with the profile's forward transform (metric-whitened eigenbasis, PCA or
+//      random rotation, whatever the profile was calibrated with);
+//   4. bits per direction: reverse water-filling over all (kv_head, direction) of the chunk on
+//      lambda_i D(b) under the chunk's index-bit budget; optional 1-bit floor; a direction
+//      that would get more than `protect` bits is kept fp16;
+//   5. u = z_i / (sqrt(lambda_i) g) (g: optional fp16 per-(token, head) gain, else 1) is
+//      quantized with the Lloyd-Max codebook of its bit-width (calibrated or Gaussian);
+//   8. zstd over the packed indices (default; entropy=none turns it off); the budget then buys
+//      more index bits: the largest allocation whose compressed section fits is chosen.
+// Steps 6 (sign sketch), 7 (delta) and rANS are not implemented in this build (kUnsupported).
+//
+// Budget: `fraqtl@B` targets B bits/element all-in for the stream: the chunk's payload is sized
+// so that payload + its 40-byte chunk header + its share of the stream header and trailer
+// (estimated) equal B * elements / 8 bytes; fp16 tokens, gains and the payload header come out
+// of that budget first. With level=NAME the per-(layer, K|V) budgets of that profile level,
+// scaled by B / level.bits, replace the uniform B.
+//
+// Payload (little-endian):
+//   u8  version (1)     u8 flags (bit 0: index section is a zstd frame)     u16 zero
+//   u32 index bits of the chunk: total = bpt * quantized tokens + extra, the first `extra`
+//       tokens use the allocation of bpt + 1 bits per token (the decoder re-derives both)
+//   u32 bytes of the index section
+//   fp16 [fp16 tokens, kv_heads, head_dim]     the pass-through tokens in chunk order
+//   fp16 [quantized tokens, kv_heads]          gains (gain=1 only)
+//   index section: per quantized token, per head, per direction with b > 0: b bits (b = 16:
+//   the fp16 bits of z_i), one variable-width LSB-first bit stream (fraqtl_math.h).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "kvwire/codec.h"
+#include "kvwire/profile.h"
+
+namespace kvwire::fraqtl {
+
+enum class Entropy : uint8_t { kNone = 0, kZstd = 1, kRans = 2 };
+
+struct Config {
+  double bits = 2.0;    // target bits/element, all-in
+  std::string level;    // profile level whose per-(layer, K|V) budgets are used; "" = uniform
+  uint32_t sink = 0;    // leading fp16 tokens
+  uint32_t window = 0;  // trailing fp16 tokens
+  bool prerope = true;  // code K pre-RoPE (when the profile has pre-RoPE bases)
+  std::string basis;    // must equal the profile's basis kind when given
+  bool floor = false;   // 1-bit floor (no deletion)
+  int protect = 8;      // 0 = off; else a direction that would get more than `protect` bits
+                        // is kept fp16 (measured: 8 pays at 2-3 b/e, is inert below)
+  bool gain = false;    // per-(token, head) fp16 gain
+  bool sign = false;    // residual sign sketch (unsupported)
+  uint32_t delta = 0;   // delta groups (unsupported)
+  Entropy entropy = Entropy::kZstd;  // measured: pays at every budget (see the report)
+  bool calibrated_books = true;      // use the profile's codebooks when it has them
+};
+
+/// Canonical spec string of `config`.
+std::string CanonicalSpec(const Config& config);
+
+/// The codec; `profile` is copied from (not kept).
+Result<std::unique_ptr<Codec>> MakeFraqtlCodec(const Config& config, const Profile& profile);
+
+}  // namespace kvwire::fraqtl

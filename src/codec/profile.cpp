@@ -1,0 +1,347 @@
+// Profile files: serialization, parsing and validation (include/kvwire/profile.h).
+#include "kvwire/profile.h"
+
+#include <openssl/evp.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "kvwire/kv_file.h"
+#include "kvwire/kv_view.h"
+#include "kvwire/stream.h"
+#include "kvwire_profile.pb.h"
+
+namespace kvwire {
+namespace {
+
+constexpr uint8_t kMagic[4] = {'K', 'V', 'W', 'P'};
+constexpr size_t kPreambleBytes = 16;
+constexpr size_t kCodebookLevels = (size_t{1} << (kProfileMaxBits + 1)) - 2;  // 510
+
+void PutLE16(uint8_t* p, uint16_t v) {
+  p[0] = static_cast<uint8_t>(v);
+  p[1] = static_cast<uint8_t>(v >> 8);
+}
+void PutLE32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint16_t GetLE16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+uint32_t GetLE32(const uint8_t* p) {
+  return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
+}
+
+template <typename T>
+bool AllFinite(const std::vector<T>& v) {
+  for (T x : v) {
+    if (!std::isfinite(x)) return false;
+  }
+  return true;
+}
+
+Status Bad(const std::string& where, const std::string& why) {
+  return Status(StatusCode::kCorrupt, "profile: " + where + ": " + why);
+}
+
+Status ValidateBasis(const Profile& p, const ProfileBasis& b, const std::string& where,
+                     bool may_be_empty) {
+  const size_t d = p.head_dim;
+  if (b.mean.empty() && may_be_empty) {
+    if (!b.forward.empty() || !b.inverse.empty() || !b.variance.empty() ||
+        !b.codebook_levels.empty() || !b.distortion.empty()) {
+      return Bad(where, "an absent basis carries data");
+    }
+    return Status::Ok();
+  }
+  if (b.mean.size() != d || b.forward.size() != d * d || b.inverse.size() != d * d ||
+      b.variance.size() != d) {
+    return Bad(where, "mean/forward/inverse/variance sizes " + std::to_string(b.mean.size()) + "/" +
+                          std::to_string(b.forward.size()) + "/" +
+                          std::to_string(b.inverse.size()) + "/" +
+                          std::to_string(b.variance.size()) + " do not match head_dim " +
+                          std::to_string(d));
+  }
+  if (!AllFinite(b.mean) || !AllFinite(b.forward) || !AllFinite(b.inverse) ||
+      !AllFinite(b.variance)) {
+    return Bad(where, "non-finite value");
+  }
+  for (size_t i = 0; i < d; ++i) {
+    if (!(b.variance[i] >= 0) || (i > 0 && b.variance[i] > b.variance[i - 1])) {
+      return Bad(where, "variances must be >= 0 and descending (index " + std::to_string(i) + ")");
+    }
+  }
+  if (!b.codebook_levels.empty()) {
+    if (b.codebook_levels.size() != kCodebookLevels) {
+      return Bad(where, "codebooks hold " + std::to_string(b.codebook_levels.size()) +
+                            " levels, expected " + std::to_string(kCodebookLevels));
+    }
+    if (!AllFinite(b.codebook_levels)) return Bad(where, "non-finite codebook level");
+    for (int bits = 1; bits <= kProfileMaxBits; ++bits) {
+      const auto lv = b.levels(bits);
+      for (size_t i = 1; i < lv.size(); ++i) {
+        if (!(lv[i] > lv[i - 1])) {
+          return Bad(where, std::to_string(bits) + "-bit codebook not strictly ascending");
+        }
+      }
+    }
+  }
+  if (b.distortion.size() != kProfileMaxBits + 1 || !AllFinite(b.distortion)) {
+    return Bad(where, "distortion table must hold 9 finite values");
+  }
+  for (double x : b.distortion) {
+    if (!(x >= 0 && x <= 16)) return Bad(where, "distortion outside [0, 16]");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::string ProfileIdOfBytes(std::span<const uint8_t> bytes) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(bytes.data(), bytes.size(), md, &len, EVP_sha256(), nullptr);
+  static const char* kHex = "0123456789abcdef";
+  std::string s = "sha256:";
+  for (unsigned int i = 0; i < len; ++i) {
+    s += kHex[md[i] >> 4];
+    s += kHex[md[i] & 15];
+  }
+  return s;
+}
+
+bool Profile::has_prerope() const {
+  if (!(rope_theta > 0) || (rope_style != "interleaved" && rope_style != "neox") || rope_dim == 0) {
+    return false;
+  }
+  return !bases.empty() && !basis(0, ProfileSlot::kKeyPreRope, 0).mean.empty();
+}
+
+const ProfileLevel* Profile::FindLevel(std::string_view name) const {
+  for (const ProfileLevel& l : levels) {
+    if (l.name == name) return &l;
+  }
+  return nullptr;
+}
+
+Status Profile::Validate() const {
+  if (layers == 0 || layers > kMaxLayers || kv_heads == 0 || kv_heads > kMaxKvHeads ||
+      head_dim == 0 || head_dim > kMaxHeadDim || heads > kMaxKvHeads * 64 ||
+      (heads != 0 && heads % kv_heads != 0)) {
+    return Bad("shape", "layers " + std::to_string(layers) + ", kv_heads " +
+                            std::to_string(kv_heads) + ", heads " + std::to_string(heads) +
+                            ", head_dim " + std::to_string(head_dim) + " out of bounds");
+  }
+  if (rope_style != "none" && rope_style != "interleaved" && rope_style != "neox") {
+    return Bad("rope", "unknown style '" + rope_style + "'");
+  }
+  if (!std::isfinite(rope_theta) || rope_theta < 0 || rope_dim > head_dim || rope_dim % 2 != 0) {
+    return Bad("rope", "theta/rope_dim invalid");
+  }
+  if (basis_kind != "metric" && basis_kind != "pca" && basis_kind != "random") {
+    return Bad("basis_kind", "unknown '" + basis_kind + "'");
+  }
+  const size_t expected = size_t{layers} * kProfileSlots * kv_heads;
+  if (bases.size() != expected) {
+    return Bad("bases",
+               std::to_string(bases.size()) + " entries, expected " + std::to_string(expected));
+  }
+  bool any_pre = false, all_pre = true;
+  for (uint32_t l = 0; l < layers; ++l) {
+    for (uint32_t s = 0; s < kProfileSlots; ++s) {
+      for (uint32_t h = 0; h < kv_heads; ++h) {
+        const auto slot = static_cast<ProfileSlot>(s);
+        const ProfileBasis& b = basis(l, slot, h);
+        const std::string where = "basis (layer " + std::to_string(l) + ", slot " +
+                                  std::to_string(s) + ", head " + std::to_string(h) + ")";
+        KVWIRE_RETURN_IF_ERROR(ValidateBasis(*this, b, where, slot == ProfileSlot::kKeyPreRope));
+        if (slot == ProfileSlot::kKeyPreRope) {
+          any_pre = any_pre || !b.mean.empty();
+          all_pre = all_pre && !b.mean.empty();
+        }
+      }
+    }
+  }
+  if (any_pre && !all_pre) return Bad("bases", "pre-RoPE bases present for some heads only");
+  if (any_pre && (rope_style == "none" || !(rope_theta > 0) || rope_dim == 0)) {
+    return Bad("bases", "pre-RoPE bases without a rope configuration");
+  }
+  if (levels.size() > 64) return Bad("levels", "more than 64 levels");
+  for (size_t i = 0; i < levels.size(); ++i) {
+    const ProfileLevel& lv = levels[i];
+    const std::string where = "level " + std::to_string(i);
+    if (lv.name.empty() || lv.name.size() > 32) return Bad(where, "name empty or too long");
+    for (size_t j = 0; j < i; ++j) {
+      if (levels[j].name == lv.name) return Bad(where, "duplicate name '" + lv.name + "'");
+    }
+    if (!(lv.bits > 0 && lv.bits <= 16)) return Bad(where, "bits outside (0, 16]");
+    if (lv.budgets.size() != size_t{layers} * 2) {
+      return Bad(where, std::to_string(lv.budgets.size()) + " budgets, expected layers * 2");
+    }
+    for (double b : lv.budgets) {
+      if (!(b >= 0 && b <= 16)) return Bad(where, "budget outside [0, 16]");
+    }
+    if (!std::isfinite(lv.kl) || !std::isfinite(lv.dppl) || !std::isfinite(lv.top1)) {
+      return Bad(where, "non-finite measurement");
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<uint8_t>> Profile::Serialize() const {
+  KVWIRE_RETURN_IF_ERROR(Validate().WithContext("serialize"));
+  proto::ProfileBody pb;
+  pb.set_model_fingerprint(model_fingerprint);
+  pb.set_layers(layers);
+  pb.set_kv_heads(kv_heads);
+  pb.set_heads(heads);
+  pb.set_head_dim(head_dim);
+  pb.set_rope_theta(rope_theta);
+  pb.set_rope_style(rope_style);
+  pb.set_rope_dim(rope_dim);
+  pb.set_basis_kind(basis_kind);
+  pb.set_key_metric(key_metric);
+  pb.set_value_metric(value_metric);
+  pb.set_calib_tokens(calib_tokens);
+  pb.set_calib_source(calib_source);
+  pb.set_notes(notes);
+  for (uint32_t l = 0; l < layers; ++l) {
+    for (uint32_t s = 0; s < kProfileSlots; ++s) {
+      for (uint32_t h = 0; h < kv_heads; ++h) {
+        const ProfileBasis& b = basis(l, static_cast<ProfileSlot>(s), h);
+        auto* out = pb.add_bases();
+        out->set_layer(l);
+        out->set_slot(s);
+        out->set_kv_head(h);
+        out->mutable_mean()->Add(b.mean.begin(), b.mean.end());
+        out->mutable_forward()->Add(b.forward.begin(), b.forward.end());
+        out->mutable_inverse()->Add(b.inverse.begin(), b.inverse.end());
+        out->mutable_variance()->Add(b.variance.begin(), b.variance.end());
+        out->mutable_codebook_levels()->Add(b.codebook_levels.begin(), b.codebook_levels.end());
+        out->mutable_distortion()->Add(b.distortion.begin(), b.distortion.end());
+      }
+    }
+  }
+  for (const ProfileLevel& lv : levels) {
+    auto* out = pb.add_levels();
+    out->set_name(lv.name);
+    out->set_bits(lv.bits);
+    out->mutable_budgets()->Add(lv.budgets.begin(), lv.budgets.end());
+    out->set_kl(lv.kl);
+    out->set_dppl(lv.dppl);
+    out->set_top1(lv.top1);
+  }
+  std::string body;
+  body.resize(pb.ByteSizeLong());
+  // No maps in the message: the default serialization is deterministic (fields in number order).
+  if (!pb.SerializeToArray(body.data(), static_cast<int>(body.size()))) {
+    return Status(StatusCode::kInternal, "profile: protobuf serialization failed");
+  }
+  KVWIRE_RETURN_ERROR_IF(body.size() + kPreambleBytes > kMaxProfileBytes, kResourceExhausted,
+                         "profile: serialized size exceeds the 1 GiB bound");
+  std::vector<uint8_t> file(kPreambleBytes + body.size());
+  std::memcpy(file.data(), kMagic, 4);
+  PutLE16(file.data() + 4, kProfileFormatMajor);
+  PutLE16(file.data() + 6, kProfileFormatMinor);
+  PutLE32(file.data() + 8, static_cast<uint32_t>(body.size()));
+  std::memcpy(file.data() + kPreambleBytes, body.data(), body.size());
+  PutLE32(file.data() + 12, Crc32c(std::span<const uint8_t>(file).subspan(kPreambleBytes)));
+  return file;
+}
+
+Result<Profile> Profile::Parse(std::span<const uint8_t> bytes) {
+  KVWIRE_RETURN_ERROR_IF(
+      bytes.size() < kPreambleBytes, kTruncated,
+      "profile: " + std::to_string(bytes.size()) + " bytes, shorter than the 16-byte preamble");
+  KVWIRE_RETURN_ERROR_IF(std::memcmp(bytes.data(), kMagic, 4) != 0, kCorrupt,
+                         "profile: bad magic (not a kvwire profile file)");
+  const uint16_t major = GetLE16(bytes.data() + 4);
+  KVWIRE_RETURN_ERROR_IF(major != kProfileFormatMajor, kVersionMismatch,
+                         "profile: format major version " + std::to_string(major) +
+                             ", this build reads " + std::to_string(kProfileFormatMajor));
+  const uint32_t len = GetLE32(bytes.data() + 8);
+  KVWIRE_RETURN_ERROR_IF(len > kMaxProfileBytes, kCorrupt,
+                         "profile: body length " + std::to_string(len) + " exceeds the bound");
+  KVWIRE_RETURN_ERROR_IF(bytes.size() < kPreambleBytes + uint64_t{len}, kTruncated,
+                         "profile: body of " + std::to_string(len) + " bytes, only " +
+                             std::to_string(bytes.size() - kPreambleBytes) + " present");
+  KVWIRE_RETURN_ERROR_IF(bytes.size() > kPreambleBytes + uint64_t{len}, kCorrupt,
+                         "profile: " + std::to_string(bytes.size() - kPreambleBytes - len) +
+                             " trailing bytes after the body");
+  const auto body = bytes.subspan(kPreambleBytes, len);
+  KVWIRE_RETURN_ERROR_IF(Crc32c(body) != GetLE32(bytes.data() + 12), kCorrupt,
+                         "profile: body CRC32C mismatch");
+  proto::ProfileBody pb;
+  KVWIRE_RETURN_ERROR_IF(!pb.ParseFromArray(body.data(), static_cast<int>(body.size())), kCorrupt,
+                         "profile: body is not a valid ProfileBody message");
+  Profile p;
+  p.model_fingerprint = pb.model_fingerprint();
+  p.layers = pb.layers();
+  p.kv_heads = pb.kv_heads();
+  p.heads = pb.heads();
+  p.head_dim = pb.head_dim();
+  p.rope_theta = pb.rope_theta();
+  p.rope_style = pb.rope_style();
+  p.rope_dim = pb.rope_dim();
+  p.basis_kind = pb.basis_kind();
+  p.key_metric = pb.key_metric();
+  p.value_metric = pb.value_metric();
+  p.calib_tokens = pb.calib_tokens();
+  p.calib_source = pb.calib_source();
+  p.notes = pb.notes();
+  // Shape bounds before sizing anything from them.
+  KVWIRE_RETURN_ERROR_IF(
+      p.layers == 0 || p.layers > kMaxLayers || p.kv_heads == 0 || p.kv_heads > kMaxKvHeads,
+      kCorrupt, "profile: layers/kv_heads out of bounds");
+  const uint64_t expected = uint64_t{p.layers} * kProfileSlots * p.kv_heads;
+  KVWIRE_RETURN_ERROR_IF(static_cast<uint64_t>(pb.bases_size()) != expected, kCorrupt,
+                         "profile: " + std::to_string(pb.bases_size()) + " bases, expected " +
+                             std::to_string(expected));
+  p.bases.resize(expected);
+  std::vector<uint8_t> seen(expected, 0);
+  for (const auto& b : pb.bases()) {
+    KVWIRE_RETURN_ERROR_IF(
+        b.layer() >= p.layers || b.slot() >= kProfileSlots || b.kv_head() >= p.kv_heads, kCorrupt,
+        "profile: basis index out of range");
+    const size_t i = (size_t{b.layer()} * kProfileSlots + b.slot()) * p.kv_heads + b.kv_head();
+    KVWIRE_RETURN_ERROR_IF(seen[i], kCorrupt, "profile: basis given twice");
+    seen[i] = 1;
+    ProfileBasis& o = p.bases[i];
+    o.mean.assign(b.mean().begin(), b.mean().end());
+    o.forward.assign(b.forward().begin(), b.forward().end());
+    o.inverse.assign(b.inverse().begin(), b.inverse().end());
+    o.variance.assign(b.variance().begin(), b.variance().end());
+    o.codebook_levels.assign(b.codebook_levels().begin(), b.codebook_levels().end());
+    o.distortion.assign(b.distortion().begin(), b.distortion().end());
+  }
+  for (const auto& lv : pb.levels()) {
+    ProfileLevel o;
+    o.name = lv.name();
+    o.bits = lv.bits();
+    o.budgets.assign(lv.budgets().begin(), lv.budgets().end());
+    o.kl = lv.kl();
+    o.dppl = lv.dppl();
+    o.top1 = lv.top1();
+    p.levels.push_back(std::move(o));
+    KVWIRE_RETURN_ERROR_IF(p.levels.size() > 64, kCorrupt, "profile: more than 64 levels");
+  }
+  KVWIRE_RETURN_IF_ERROR(p.Validate());
+  return p;
+}
+
+Result<Profile> Profile::Load(const std::string& path) {
+  KVWIRE_ASSIGN_OR_RETURN(auto bytes, ReadFileBytes(path, kMaxProfileBytes + 16));
+  auto p = Parse(bytes);
+  if (!p.ok()) return p.status().WithContext(path);
+  return p;
+}
+
+Status Profile::Save(const std::string& path) const {
+  KVWIRE_ASSIGN_OR_RETURN(auto bytes, Serialize());
+  return WriteFileBytes(path, bytes);
+}
+
+Result<std::string> Profile::Id() const {
+  KVWIRE_ASSIGN_OR_RETURN(auto bytes, Serialize());
+  return ProfileIdOfBytes(bytes);
+}
+
+}  // namespace kvwire

@@ -1,0 +1,42 @@
+// Validated parsing and building of control messages (proto/kvwire_control.proto).
+// Nothing from the network is used before ParseControl / ParseChunkDescriptor accepted it.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "kvwire/status.h"
+#include "kvwire/transport.h"
+#include "kvwire_control.pb.h"
+
+namespace kvwire::transport {
+
+inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr size_t kNonceBytes = 32;
+inline constexpr size_t kMacBytes = 32;
+inline constexpr uint32_t kMaxChunkSeq = 1u << 24;
+inline constexpr size_t kMaxAcksPerMessage = 4096;
+
+/// Parses and validates one Control (every field against the bounds in the .proto).
+Result<control::Control> ParseControl(std::span<const uint8_t> bytes);
+/// Validates an already parsed Control (what ParseControl runs after parsing).
+Status ValidateControl(const control::Control& msg);
+
+/// Parses and validates a data message's descriptor against its payload.
+Result<control::ChunkDescriptor> ParseChunkDescriptor(const Message& msg);
+
+/// Serializes a control message (validated first: we never send what we would refuse).
+Result<Message> MakeControlMessage(const control::Control& msg);
+/// A data message: descriptor + chunk frame.
+Result<Message> MakeDataMessage(const control::ChunkDescriptor& desc, std::vector<uint8_t> payload);
+
+/// Name of the oneof case ("hello", "ack", ...), for logs and errors.
+std::string ControlName(const control::Control& msg);
+
+/// Builds an Error message body.
+control::Control MakeError(uint64_t request_id, const Status& status);
+/// The Status an Error message carries (codes out of range map to kInternal).
+Status ErrorToStatus(const control::Error& error);
+
+}  // namespace kvwire::transport

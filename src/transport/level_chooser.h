@@ -1,0 +1,46 @@
+// Per-chunk choice of the rate-distortion level (DESIGN.md section 7, docs/PROTOCOL.md
+// "Adaptive level"). A pure function so it can be tested on its own.
+//
+// Policy:
+//   1. Allowed levels: bits_per_element >= min_bits, and when max_kl > 0 a known kl <= max_kl.
+//      The most accurate level (highest bits) is always allowed (the fallback).
+//   2. With a deadline and a goodput estimate: the most accurate allowed level whose predicted
+//      finish (bytes still to send at that level + bytes in flight, at the measured goodput, with
+//      a safety margin) fits the time left; if none fits, the cheapest allowed level ("deadline
+//      at risk").
+//   3. With a deadline but no goodput measured yet: the cheapest allowed level (be safe first,
+//      climb once the link is measured).
+//   4. Without a deadline: the cheapest allowed level when an accuracy budget is given (spend the
+//      budget, save the wire), else the most accurate level.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kvwire::transport {
+
+struct LevelInfo {
+  double bits_per_element = 16;
+  double kl = -1;  // < 0: unknown
+};
+
+struct LevelChoiceInput {
+  std::vector<LevelInfo> levels;
+  double max_kl = 0;                // <= 0: no accuracy budget
+  double min_bits = 0;              // <= 0: none
+  double remaining_ms = -1;         // < 0: no deadline
+  double goodput_bytes_per_s = 0;   // <= 0: not measured yet
+  uint64_t remaining_elements = 0;  // elements not yet encoded (this chunk included)
+  uint64_t inflight_bytes = 0;      // sent, not yet acknowledged
+  double safety = 0.85;             // use this fraction of the time left
+};
+
+struct LevelChoice {
+  uint32_t level = 0;
+  std::string reason;
+};
+
+LevelChoice ChooseLevel(const LevelChoiceInput& in);
+
+}  // namespace kvwire::transport

@@ -1,0 +1,636 @@
+// Sender side of a session (kvwire/session.h, docs/PROTOCOL.md).
+//
+// Threads: an encoder thread turns pushed layers into chunk frames and sends them (the
+// transport's own send queue overlaps the wire with the next layer's encoding); a receive thread
+// handles accepts, acks and completions, and reconnects after a broken connection. One mutex
+// guards the session state; encoding and Send() run outside it.
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <numeric>
+#include <thread>
+
+#include "kvwire/session.h"
+#include "transport/chunk_grid.h"
+#include "transport/control.h"
+#include "transport/level_chooser.h"
+
+namespace kvwire {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using transport::ChunkGrid;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+class SenderCore;
+
+struct SendState final : SendRequest, std::enable_shared_from_this<SendState> {
+  std::weak_ptr<SenderCore> core;
+  uint64_t id = 0;
+  KvView kv;
+  SendRequestOptions opts;
+  std::unique_ptr<StreamWriter> writer;
+  std::vector<uint8_t> header;
+  ChunkGrid grid;
+  std::vector<transport::LevelInfo> levels;
+  Clock::time_point start, deadline;
+  bool has_deadline = false;
+
+  // Guarded by SenderCore::mu_.
+  uint32_t layers_pushed = 0;
+  uint32_t chunks_sent = 0;
+  uint64_t elements_sent = 0;
+  std::map<uint32_t, Message> unacked;  // seq -> data message, kept for resending
+  std::vector<bool> acked;
+  uint32_t acked_count = 0;
+  bool end_sent = false;
+  int current_level = -1;
+  Status status = Status::InProgress();
+  SendStats st;
+
+  Status PushLayer(uint32_t layer) override;
+  Status PushAll() override;
+  Status Poll() const override;
+  Status Wait(int timeout_ms) override;
+  SendStats stats() const override;
+};
+
+class SenderCore : public std::enable_shared_from_this<SenderCore> {
+ public:
+  explicit SenderCore(SenderOptions o) : opts_(std::move(o)) {}
+
+  Status Start() {
+    KVWIRE_ASSIGN_OR_RETURN(transport_, CreateTransport(opts_.backend));
+    KVWIRE_ASSIGN_OR_RETURN(std::unique_ptr<Connection> c, transport_->Connect(opts_.transport));
+    conn_ = std::move(c);
+    encoder_ = std::thread([this] { EncodeLoop(); });
+    receiver_ = std::thread([this] { ReceiveLoop(); });
+    return Status::Ok();
+  }
+
+  Result<std::shared_ptr<SendRequest>> Open(const KvView& kv, const SendRequestOptions& o);
+  void Close();
+
+  // Called by SendState.
+  Status Push(const std::shared_ptr<SendState>& s, uint32_t layer);
+  Status PushAll(const std::shared_ptr<SendState>& s);
+  Status WaitFor(SendState* s, int timeout_ms);
+  Status PollOf(const SendState* s) const {
+    std::lock_guard lock(mu_);
+    return s->status;
+  }
+  SendStats StatsOf(const SendState* s) const {
+    std::lock_guard lock(mu_);
+    SendStats st = s->st;
+    st.goodput_bytes_per_s = goodput_;
+    return st;
+  }
+
+ private:
+  void EncodeLoop();
+  void EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer);
+  void ReceiveLoop();
+  void Handle(const control::Control& c);
+  bool Reconnect(const Status& why);
+  void FailLocked(SendState* s, Status why);
+  void FailAllLocked(const Status& why);
+  void FinishLocked(SendState* s, Status result);
+  void SendOn(const std::shared_ptr<Connection>& conn, const control::Control& c) {
+    auto m = transport::MakeControlMessage(c);
+    if (m.ok() && conn) (void)conn->Send(std::move(*m));
+  }
+  control::Control BeginMessage(const SendState& s, bool resume) const;
+  void Log(const std::string& line) const {
+    if (opts_.verbose) std::cerr << "kvwire send: " << line << "\n";
+  }
+
+  const SenderOptions opts_;
+  std::unique_ptr<Transport> transport_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::shared_ptr<Connection> conn_;
+  std::map<uint64_t, std::shared_ptr<SendState>> requests_;
+  std::deque<std::pair<std::shared_ptr<SendState>, uint32_t>> jobs_;
+  uint64_t inflight_bytes_ = 0;
+  double goodput_ = 0;
+  Clock::time_point sample_start_{};
+  uint64_t sample_bytes_ = 0;
+  Clock::time_point last_ack_{};
+  bool closed_ = false;
+  std::thread encoder_, receiver_;
+};
+
+Status SendState::PushLayer(uint32_t layer) {
+  auto c = core.lock();
+  KVWIRE_RETURN_ERROR_IF(!c, kCancelled, "sender closed");
+  return c->Push(shared_from_this(), layer);
+}
+Status SendState::PushAll() {
+  auto c = core.lock();
+  KVWIRE_RETURN_ERROR_IF(!c, kCancelled, "sender closed");
+  return c->PushAll(shared_from_this());
+}
+Status SendState::Poll() const {
+  auto c = core.lock();
+  if (!c) return status.in_progress() ? Status(StatusCode::kCancelled, "sender closed") : status;
+  return c->PollOf(this);
+}
+Status SendState::Wait(int timeout_ms) {
+  auto c = core.lock();
+  if (!c) return status.in_progress() ? Status(StatusCode::kCancelled, "sender closed") : status;
+  return c->WaitFor(this, timeout_ms);
+}
+SendStats SendState::stats() const {
+  auto c = core.lock();
+  return c ? c->StatsOf(this) : st;
+}
+
+control::Control SenderCore::BeginMessage(const SendState& s, bool resume) const {
+  control::Control c;
+  auto* b = c.mutable_request_begin();
+  b->set_request_id(s.id);
+  b->mutable_shape()->set_layers(s.grid.shape.layers);
+  b->mutable_shape()->set_tokens(s.grid.shape.tokens);
+  b->mutable_shape()->set_kv_heads(s.grid.shape.kv_heads);
+  b->mutable_shape()->set_head_dim(s.grid.shape.head_dim);
+  b->set_dtype(static_cast<uint32_t>(s.kv.dtype()));
+  b->set_token_begin(s.opts.token_begin);
+  for (const auto& l : s.opts.levels) {
+    auto* lv = b->add_levels();
+    lv->set_codec(l.codec);
+    lv->set_bits_per_element(l.bits_per_element);
+    lv->set_kl(l.kl);
+  }
+  b->set_profile_id(s.opts.profile_id);
+  b->set_max_kl(s.opts.max_kl);
+  b->set_min_bits(s.opts.min_bits);
+  b->set_deadline_ms(static_cast<uint64_t>(std::max(0, s.opts.deadline_ms)));
+  b->set_chunk_tokens(s.grid.chunk_tokens);
+  b->set_stream_header(s.header.data(), s.header.size());
+  b->set_resume(resume);
+  return c;
+}
+
+Result<std::shared_ptr<SendRequest>> SenderCore::Open(const KvView& kv,
+                                                      const SendRequestOptions& o) {
+  KVWIRE_RETURN_ERROR_IF(o.request_id == 0, kInvalidArgument, "request_id must not be 0");
+  KVWIRE_RETURN_ERROR_IF(o.levels.empty() || o.levels.size() > kMaxLevels, kInvalidArgument,
+                         "a request needs 1.." + std::to_string(kMaxLevels) + " levels");
+  KVWIRE_RETURN_IF_ERROR(ValidateShape(kv.shape()));
+  auto s = std::make_shared<SendState>();
+  s->core = weak_from_this();
+  s->id = o.request_id;
+  s->kv = kv;
+  s->opts = o;
+  uint32_t alignment = 1;
+  for (const auto& l : o.levels) {
+    KVWIRE_ASSIGN_OR_RETURN(auto codec, CreateCodec(l.codec, opts_.profile));
+    alignment = std::lcm(alignment, std::max<uint32_t>(codec->TokenAlignment(), 1));
+    s->levels.push_back({l.bits_per_element, l.kl});
+  }
+  KVWIRE_ASSIGN_OR_RETURN(
+      s->grid,
+      ChunkGrid::Make(kv.shape(), ChunkGrid::Normalize(kv.shape(), o.chunk_tokens, alignment)));
+  StreamInfo info;
+  info.shape = kv.shape();
+  info.dtype = kv.dtype();
+  info.token_begin = o.token_begin;
+  info.metadata = o.metadata;
+  info.profile_id = o.profile_id;
+  for (const auto& l : o.levels) info.levels.push_back(l.codec);
+  KVWIRE_ASSIGN_OR_RETURN(s->writer, StreamWriter::Create(info, {}, opts_.profile));
+  KVWIRE_RETURN_IF_ERROR(s->writer->WriteHeader(&s->header));
+  s->acked.assign(s->grid.total(), false);
+  s->st.chunks_per_level.assign(o.levels.size(), 0);
+  s->start = Clock::now();
+  s->has_deadline = o.deadline_ms > 0;
+  s->deadline = s->start + std::chrono::milliseconds(o.deadline_ms);
+  std::shared_ptr<Connection> conn;
+  {
+    std::lock_guard lock(mu_);
+    KVWIRE_RETURN_ERROR_IF(closed_, kCancelled, "sender closed");
+    KVWIRE_RETURN_ERROR_IF(requests_.count(o.request_id), kInvalidArgument,
+                           "request " + std::to_string(o.request_id) + " already open");
+    requests_[o.request_id] = s;
+    conn = conn_;
+  }
+  SendOn(conn, BeginMessage(*s, false));
+  Log("request " + std::to_string(s->id) + ": " + std::to_string(s->grid.total()) + " chunks of " +
+      std::to_string(s->grid.chunk_tokens) + " tokens, " + std::to_string(o.levels.size()) +
+      " levels");
+  return std::shared_ptr<SendRequest>(s);
+}
+
+Status SenderCore::Push(const std::shared_ptr<SendState>& s, uint32_t layer) {
+  std::lock_guard lock(mu_);
+  if (!s->status.in_progress())
+    return s->status.ok() ? Status(StatusCode::kInvalidArgument, "request already complete")
+                          : s->status;
+  KVWIRE_RETURN_ERROR_IF(layer != s->layers_pushed, kInvalidArgument,
+                         "layer " + std::to_string(layer) + " pushed, expected layer " +
+                             std::to_string(s->layers_pushed) + " (increasing order, each once)");
+  ++s->layers_pushed;
+  jobs_.emplace_back(s, layer);
+  cv_.notify_all();
+  return Status::Ok();
+}
+
+Status SenderCore::PushAll(const std::shared_ptr<SendState>& s) {
+  std::lock_guard lock(mu_);
+  if (!s->status.in_progress()) return s->status;
+  while (s->layers_pushed < s->grid.shape.layers) jobs_.emplace_back(s, s->layers_pushed++);
+  cv_.notify_all();
+  return Status::Ok();
+}
+
+Status SenderCore::WaitFor(SendState* s, int timeout_ms) {
+  std::unique_lock lock(mu_);
+  auto done = [&] { return !s->status.in_progress(); };
+  if (timeout_ms < 0) {
+    cv_.wait(lock, done);
+  } else {
+    cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), done);
+  }
+  return s->status;
+}
+
+void SenderCore::FailLocked(SendState* s, Status why) {
+  if (!s->status.in_progress()) return;
+  Log("request " + std::to_string(s->id) + " failed: " + why.ToString());
+  FinishLocked(s, std::move(why));
+}
+
+void SenderCore::FinishLocked(SendState* s, Status result) {
+  s->status = std::move(result);
+  s->st.seconds = Seconds(Clock::now() - s->start);
+  for (auto& [seq, m] : s->unacked) inflight_bytes_ -= m.bytes();
+  s->unacked.clear();
+  requests_.erase(s->id);
+  cv_.notify_all();
+}
+
+void SenderCore::FailAllLocked(const Status& why) {
+  std::vector<std::shared_ptr<SendState>> all;
+  for (auto& [id, s] : requests_) all.push_back(s);
+  for (auto& s : all) FailLocked(s.get(), why);
+}
+
+void SenderCore::EncodeLoop() {
+  for (;;) {
+    std::pair<std::shared_ptr<SendState>, uint32_t> job;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return closed_ || !jobs_.empty(); });
+      if (closed_) return;
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+      if (!job.first->status.in_progress()) continue;
+    }
+    EncodeLayer(job.first, job.second);
+  }
+}
+
+void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer) {
+  const ChunkGrid& g = s->grid;
+  const uint64_t row = uint64_t{g.shape.kv_heads} * g.shape.head_dim;
+  for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+    for (uint32_t idx = 0; idx < g.per_tensor; ++idx) {
+      const uint32_t seq = g.Seq(layer, kind, idx);
+      const uint32_t begin = g.TokenBegin(idx), tokens = g.Tokens(idx);
+      transport::LevelChoiceInput in;
+      in.levels = s->levels;
+      in.max_kl = s->opts.max_kl;
+      in.min_bits = s->opts.min_bits;
+      {
+        std::lock_guard lock(mu_);
+        if (!s->status.in_progress() || closed_) return;
+        in.goodput_bytes_per_s = goodput_;
+        in.inflight_bytes = inflight_bytes_;
+        in.remaining_elements = g.shape.elements() - s->elements_sent;
+      }
+      if (s->has_deadline)
+        in.remaining_ms = std::max(0.0, Seconds(s->deadline - Clock::now()) * 1000);
+      const transport::LevelChoice choice = transport::ChooseLevel(in);
+      std::vector<uint8_t> frame;
+      Status enc = s->writer->EncodeChunk(s->kv, layer, kind, begin, tokens,
+                                          static_cast<uint8_t>(choice.level), &frame);
+      control::ChunkDescriptor d;
+      d.set_request_id(s->id);
+      d.set_seq(seq);
+      d.set_layer(layer);
+      d.set_kind(static_cast<uint32_t>(kind));
+      d.set_token_begin(begin);
+      d.set_tokens(tokens);
+      d.set_level(choice.level);
+      d.set_payload_bytes(static_cast<uint32_t>(frame.size()));
+      Result<Message> msg =
+          enc.ok() ? transport::MakeDataMessage(d, std::move(frame)) : Result<Message>(enc);
+      std::shared_ptr<Connection> conn;
+      control::Control level_change;
+      {
+        std::unique_lock lock(mu_);
+        if (!msg.ok()) return FailLocked(s.get(), msg.status().WithContext("encode"));
+        // Back-pressure: wait for acks while the window is full (one message always fits).
+        const uint64_t bytes = msg->bytes();
+        auto room = [&] {
+          return closed_ || !s->status.in_progress() || inflight_bytes_ == 0 ||
+                 inflight_bytes_ + bytes <= opts_.max_inflight_bytes;
+        };
+        while (!room()) {
+          if (cv_.wait_for(lock, std::chrono::milliseconds(opts_.stall_timeout_ms)) ==
+                  std::cv_status::timeout &&
+              !room() &&
+              Clock::now() - last_ack_ > std::chrono::milliseconds(opts_.stall_timeout_ms)) {
+            return FailLocked(s.get(), Status(StatusCode::kTimeout,
+                                              "stalled: no acknowledgement for " +
+                                                  std::to_string(opts_.stall_timeout_ms) + " ms"));
+          }
+        }
+        if (closed_ || !s->status.in_progress()) return;
+        if (inflight_bytes_ == 0) {
+          sample_start_ = Clock::now();
+          sample_bytes_ = 0;
+          last_ack_ = Clock::now();
+        }
+        inflight_bytes_ += bytes;
+        s->unacked.emplace(seq, *msg);  // a copy, kept until acknowledged
+        ++s->chunks_sent;
+        s->elements_sent += uint64_t{tokens} * row;
+        ++s->st.chunks;
+        s->st.wire_bytes += bytes;
+        ++s->st.chunks_per_level[choice.level];
+        if (s->current_level != int(choice.level)) {
+          auto* lc = level_change.mutable_level_change();
+          lc->set_request_id(s->id);
+          lc->set_from_level(s->current_level < 0 ? choice.level : uint32_t(s->current_level));
+          lc->set_to_level(choice.level);
+          lc->set_goodput_bytes_per_s(in.goodput_bytes_per_s);
+          lc->set_remaining_ms(static_cast<uint64_t>(std::max(0.0, in.remaining_ms)));
+          lc->set_reason(choice.reason.substr(0, 256));
+          Log("request " + std::to_string(s->id) + " layer " + std::to_string(layer) + " " +
+              std::string(KvKindName(kind)) + ": level " + std::to_string(s->current_level) +
+              " -> " + std::to_string(choice.level) + " (" + s->opts.levels[choice.level].codec +
+              "): " + choice.reason);
+          s->current_level = static_cast<int>(choice.level);
+        }
+        conn = conn_;
+      }
+      if (level_change.has_level_change()) SendOn(conn, level_change);
+      // A failed send is not fatal here: the receive thread reconnects and resends what the
+      // receiver does not hold.
+      if (conn) (void)conn->Send(std::move(*msg));
+    }
+  }
+  if (layer + 1 == s->grid.shape.layers) {
+    control::Control end;
+    end.mutable_request_end()->set_request_id(s->id);
+    end.mutable_request_end()->set_chunks(s->grid.total());
+    std::shared_ptr<Connection> conn;
+    {
+      std::lock_guard lock(mu_);
+      s->end_sent = true;
+      conn = conn_;
+    }
+    SendOn(conn, end);
+  }
+}
+
+void SenderCore::ReceiveLoop() {
+  for (;;) {
+    std::shared_ptr<Connection> conn;
+    {
+      std::lock_guard lock(mu_);
+      if (closed_) return;
+      conn = conn_;
+    }
+    auto m = conn->Receive(200);
+    if (!m.ok()) {
+      if (m.status().code() == StatusCode::kTimeout) {
+        std::lock_guard lock(mu_);
+        if (inflight_bytes_ > 0 &&
+            Clock::now() - last_ack_ > std::chrono::milliseconds(opts_.stall_timeout_ms)) {
+          FailAllLocked(Status(
+              StatusCode::kTimeout,
+              "stalled: no acknowledgement for " + std::to_string(opts_.stall_timeout_ms) + " ms"));
+        }
+        continue;
+      }
+      {
+        std::lock_guard lock(mu_);
+        if (closed_) return;
+      }
+      if (!Reconnect(m.status())) return;
+      continue;
+    }
+    Status bad;
+    if (m->kind != MessageKind::kControl) {
+      bad = Status(StatusCode::kCorrupt, "receiver sent a data message");
+    } else {
+      auto c = transport::ParseControl(m->meta);
+      if (c.ok()) {
+        Handle(*c);
+        continue;
+      }
+      bad = c.status();
+    }
+    std::lock_guard lock(mu_);
+    FailAllLocked(bad.WithContext("protocol violation by the receiver"));
+    conn->Close();
+    return;
+  }
+}
+
+void SenderCore::Handle(const control::Control& c) {
+  std::unique_lock lock(mu_);
+  auto find = [&](uint64_t id) -> SendState* {
+    auto it = requests_.find(id);
+    return it == requests_.end() ? nullptr : it->second.get();
+  };
+  switch (c.body_case()) {
+    case control::Control::kRequestAccept: {
+      SendState* s = find(c.request_accept().request_id());
+      if (!s) return;
+      // After a resume: drop what the receiver holds, resend the rest of what was sent.
+      for (uint32_t seq : c.request_accept().have_chunks()) {
+        auto it = s->unacked.find(seq);
+        if (it != s->unacked.end()) {
+          inflight_bytes_ -= it->second.bytes();
+          s->unacked.erase(it);
+        }
+        if (seq < s->acked.size() && !s->acked[seq]) {
+          s->acked[seq] = true;
+          ++s->acked_count;
+        }
+      }
+      std::vector<Message> resend;
+      if (c.request_accept().have_chunks_size() > 0 || s->st.reconnects > 0) {
+        for (auto& [seq, msg] : s->unacked) resend.push_back(msg);
+      }
+      s->st.resent_chunks += resend.size();
+      const bool end = s->end_sent;
+      const uint64_t id = s->id;
+      const uint32_t total = s->grid.total();
+      auto conn = conn_;
+      lock.unlock();
+      for (auto& msg : resend) (void)conn->Send(std::move(msg));
+      if (end && !resend.empty()) {
+        control::Control e;
+        e.mutable_request_end()->set_request_id(id);
+        e.mutable_request_end()->set_chunks(total);
+        SendOn(conn, e);
+      }
+      return;
+    }
+    case control::Control::kAck: {
+      SendState* s = find(c.ack().request_id());
+      const auto now = Clock::now();
+      last_ack_ = now;
+      if (!s) return;
+      uint64_t freed = 0;
+      for (uint32_t seq : c.ack().seqs()) {
+        auto it = s->unacked.find(seq);
+        if (it != s->unacked.end()) {
+          freed += it->second.bytes();
+          s->unacked.erase(it);
+        }
+        if (seq < s->acked.size() && !s->acked[seq]) {
+          s->acked[seq] = true;
+          ++s->acked_count;
+        }
+      }
+      inflight_bytes_ -= freed;
+      sample_bytes_ += freed;
+      const double dt = Seconds(now - sample_start_);
+      if (dt >= 0.002 && sample_bytes_ > 0) {
+        const double rate = sample_bytes_ / dt;
+        goodput_ = goodput_ <= 0 ? rate : 0.7 * goodput_ + 0.3 * rate;
+        sample_start_ = now;
+        sample_bytes_ = 0;
+      }
+      cv_.notify_all();
+      return;
+    }
+    case control::Control::kRequestDone: {
+      SendState* s = find(c.request_done().request_id());
+      if (!s) return;
+      const uint32_t code = c.request_done().status_code();
+      if (code == 0) {
+        if (s->acked_count != s->grid.total()) {
+          FailLocked(s, Status(StatusCode::kCorrupt,
+                               "receiver reported done before acknowledging every chunk"));
+        } else {
+          Log("request " + std::to_string(s->id) + " done");
+          FinishLocked(s, Status::Ok());
+        }
+      } else {
+        control::Error e;
+        e.set_status_code(code);
+        e.set_message(c.request_done().message());
+        FailLocked(s, transport::ErrorToStatus(e));
+      }
+      return;
+    }
+    case control::Control::kError: {
+      const Status why = transport::ErrorToStatus(c.error());
+      if (c.error().request_id() == 0) {
+        FailAllLocked(why);
+      } else if (SendState* s = find(c.error().request_id())) {
+        FailLocked(s, why);
+      }
+      return;
+    }
+    default:
+      return;  // informational messages (pong, capabilities) need no action
+  }
+}
+
+bool SenderCore::Reconnect(const Status& why) {
+  Log("connection lost (" + why.ToString() + "); reconnecting");
+  {
+    std::shared_ptr<Connection> old;
+    {
+      std::lock_guard lock(mu_);
+      old = conn_;
+    }
+    if (old) old->Close();  // wakes an encoder blocked sending on it
+  }
+  int backoff = opts_.reconnect_backoff_ms;
+  Status last = why;
+  for (int attempt = 1; attempt <= opts_.max_reconnects; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(backoff));
+    backoff *= 2;
+    {
+      std::lock_guard lock(mu_);
+      if (closed_) return false;
+    }
+    auto c = transport_->Connect(opts_.transport);
+    if (!c.ok()) {
+      last = c.status();
+      Log("reconnect attempt " + std::to_string(attempt) + " failed: " + last.ToString());
+      continue;
+    }
+    std::shared_ptr<Connection> conn = std::move(*c);
+    std::vector<control::Control> begins;
+    {
+      std::lock_guard lock(mu_);
+      conn_ = conn;
+      last_ack_ = Clock::now();
+      for (auto& [id, s] : requests_) {
+        ++s->st.reconnects;
+        begins.push_back(BeginMessage(*s, true));
+      }
+    }
+    for (auto& b : begins) SendOn(conn, b);
+    Log("reconnected after " + std::to_string(attempt) + " attempt(s)");
+    return true;
+  }
+  std::lock_guard lock(mu_);
+  FailAllLocked(last.WithContext("connection lost and " + std::to_string(opts_.max_reconnects) +
+                                 " reconnect attempts failed"));
+  closed_ = true;
+  cv_.notify_all();
+  return false;
+}
+
+void SenderCore::Close() {
+  std::shared_ptr<Connection> conn;
+  {
+    std::lock_guard lock(mu_);
+    FailAllLocked(Status(StatusCode::kCancelled, "sender closed"));
+    closed_ = true;
+    conn = conn_;
+    cv_.notify_all();
+  }
+  // Closing first wakes an encoder blocked in Send (transport back-pressure).
+  if (conn) conn->Close();
+  if (encoder_.joinable()) encoder_.join();
+  if (receiver_.joinable()) receiver_.join();
+}
+
+class SenderHandle final : public Sender {
+ public:
+  explicit SenderHandle(std::shared_ptr<SenderCore> core) : core_(std::move(core)) {}
+  ~SenderHandle() override { core_->Close(); }
+  Result<std::shared_ptr<SendRequest>> Open(const KvView& kv,
+                                            const SendRequestOptions& o) override {
+    return core_->Open(kv, o);
+  }
+  void Close() override { core_->Close(); }
+
+ private:
+  std::shared_ptr<SenderCore> core_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Sender>> Sender::Connect(const SenderOptions& options) {
+  auto core = std::make_shared<SenderCore>(options);
+  KVWIRE_RETURN_IF_ERROR(core->Start());
+  return std::unique_ptr<Sender>(std::make_unique<SenderHandle>(std::move(core)));
+}
+
+}  // namespace kvwire

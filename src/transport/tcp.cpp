@@ -1,0 +1,290 @@
+// tcp backend (Asio): frames of framing.h on one TCP connection per peer pair.
+#include <sys/socket.h>
+
+#include <chrono>
+#include <iostream>
+
+#include "transport/auth.h"
+#include "transport/backends.h"
+#include "transport/framing.h"
+#include "transport/tcp_connection.h"
+
+namespace kvwire::transport {
+namespace {
+
+constexpr uint32_t kPreAuthMaxFrame = 4096;
+
+Status IoStatus(const std::string& what, const asio::error_code& ec) {
+  if (ec == asio::error::eof || ec == asio::error::connection_reset ||
+      ec == asio::error::broken_pipe)
+    return Status(StatusCode::kIoError, "peer closed the connection");
+  return Status(StatusCode::kIoError, what + ": " + ec.message());
+}
+
+}  // namespace
+
+Status ParseHostPort(const std::string& address, std::string* host, uint16_t* port) {
+  size_t colon = address.rfind(':');
+  KVWIRE_RETURN_ERROR_IF(colon == std::string::npos || colon + 1 == address.size(),
+                         kInvalidArgument, "address '" + address + "' is not HOST:PORT");
+  std::string h = address.substr(0, colon);
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  const std::string p = address.substr(colon + 1);
+  unsigned long v = 0;
+  try {
+    size_t used = 0;
+    v = std::stoul(p, &used);
+    KVWIRE_RETURN_ERROR_IF(used != p.size() || v > 65535, kInvalidArgument,
+                           "bad port in '" + address + "'");
+  } catch (const std::exception&) {
+    return Status(StatusCode::kInvalidArgument, "bad port in '" + address + "'");
+  }
+  *host = h.empty() ? "0.0.0.0" : h;
+  *port = static_cast<uint16_t>(v);
+  return Status::Ok();
+}
+
+TcpConnection::TcpConnection(std::shared_ptr<asio::io_context> ctx, asio::ip::tcp::socket socket,
+                             const TransportOptions& options)
+    : ctx_(std::move(ctx)),
+      socket_(std::move(socket)),
+      send_queue_(options.max_queued_bytes),
+      recv_queue_(options.max_queued_bytes) {
+  asio::error_code ec;
+  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  auto ep = socket_.remote_endpoint(ec);
+  remote_ = ec ? "?" : ep.address().to_string() + ":" + std::to_string(ep.port());
+  reader_ = std::thread([this] { ReadLoop(); });
+  writer_ = std::thread([this] { WriteLoop(); });
+}
+
+TcpConnection::~TcpConnection() { Close(); }
+
+Result<std::unique_ptr<TcpConnection>> TcpConnection::Dial(const TransportOptions& options) {
+  std::string host;
+  uint16_t port = 0;
+  KVWIRE_RETURN_IF_ERROR(ParseHostPort(options.address, &host, &port));
+  auto ctx = std::make_shared<asio::io_context>();
+  asio::ip::tcp::socket socket(*ctx);
+  try {
+    asio::ip::tcp::resolver resolver(*ctx);
+    auto endpoints = resolver.resolve(host, std::to_string(port));
+    asio::error_code result = asio::error::would_block;
+    asio::async_connect(
+        socket, endpoints,
+        [&](const asio::error_code& ec, const asio::ip::tcp::endpoint&) { result = ec; });
+    ctx->run_for(std::chrono::milliseconds(options.connect_timeout_ms));
+    if (result == asio::error::would_block) {
+      socket.close();
+      ctx->run();
+      return Status(StatusCode::kTimeout, "connect to " + options.address + " timed out after " +
+                                              std::to_string(options.connect_timeout_ms) + " ms");
+    }
+    if (result) return IoStatus("connect to " + options.address, result);
+  } catch (const std::exception& e) {
+    return Status(StatusCode::kIoError, "connect to " + options.address + ": " + e.what());
+  }
+  ctx->restart();
+  return std::make_unique<TcpConnection>(ctx, std::move(socket), options);
+}
+
+void TcpConnection::MarkAuthenticated(std::string peer_name) {
+  peer_name_ = std::move(peer_name);
+  authenticated_ = true;
+}
+
+Status TcpConnection::Send(Message msg) {
+  KVWIRE_RETURN_IF_ERROR(ValidateMessageBounds(msg));
+  return send_queue_.Push(std::move(msg));
+}
+
+Result<Message> TcpConnection::Receive(int timeout_ms) { return recv_queue_.Pop(timeout_ms); }
+
+void TcpConnection::Fail(Status why) {
+  recv_queue_.Close(why);
+  send_queue_.Close(why);
+  // Wakes the other thread's blocking read/write.
+  ::shutdown(socket_.native_handle(), SHUT_RDWR);
+}
+
+void TcpConnection::ReadLoop() {
+  std::array<uint8_t, kFramePrefixBytes> prefix{};
+  for (;;) {
+    asio::error_code ec;
+    asio::read(socket_, asio::buffer(prefix), ec);
+    if (ec) return Fail(IoStatus("read", ec));
+    auto p = ParseFramePrefix(prefix);
+    if (!p.ok()) return Fail(p.status().WithContext("from " + remote_));
+    if (!authenticated_ && (p->kind != MessageKind::kControl || p->meta_bytes > kPreAuthMaxFrame)) {
+      return Fail(Status(StatusCode::kUnauthenticated,
+                         "oversized or data frame from unauthenticated peer " + remote_));
+    }
+    Message m;
+    m.kind = p->kind;
+    m.meta.resize(p->meta_bytes);
+    m.payload.resize(p->payload_bytes);
+    std::array<asio::mutable_buffer, 2> bufs = {asio::buffer(m.meta), asio::buffer(m.payload)};
+    asio::read(socket_, bufs, ec);
+    if (ec) return Fail(IoStatus("read", ec));
+    if (!recv_queue_.Push(std::move(m)).ok()) return;
+  }
+}
+
+void TcpConnection::WriteLoop() {
+  std::vector<uint8_t> prefix;
+  for (;;) {
+    auto m = send_queue_.Pop(-1);
+    if (!m.ok()) break;  // closed and drained
+    prefix.clear();
+    AppendFramePrefix(*m, &prefix);
+    std::array<asio::const_buffer, 3> bufs = {asio::buffer(prefix), asio::buffer(m->meta),
+                                              asio::buffer(m->payload)};
+    asio::error_code ec;
+    asio::write(socket_, bufs, ec);
+    if (ec) {
+      Fail(IoStatus("write", ec));
+      break;
+    }
+  }
+  std::lock_guard lock(writer_mu_);
+  writer_done_ = true;
+  writer_cv_.notify_all();
+}
+
+void TcpConnection::Close() {
+  std::lock_guard close_lock(close_mu_);
+  if (!closing_.exchange(true)) {
+    // Let queued messages go out first (a final RequestDone, an Error), bounded in time.
+    send_queue_.Close(Status(StatusCode::kCancelled, "connection closed"));
+    {
+      std::unique_lock lock(writer_mu_);
+      writer_cv_.wait_for(lock, std::chrono::seconds(2), [&] { return writer_done_; });
+    }
+    recv_queue_.Close(Status(StatusCode::kCancelled, "connection closed"));
+    ::shutdown(socket_.native_handle(), SHUT_RDWR);
+  }
+  if (reader_.joinable() && reader_.get_id() != std::this_thread::get_id()) reader_.join();
+  if (writer_.joinable() && writer_.get_id() != std::this_thread::get_id()) writer_.join();
+  asio::error_code ec;
+  socket_.close(ec);
+}
+
+Result<std::unique_ptr<TcpAcceptor>> TcpAcceptor::Bind(const TransportOptions& options) {
+  std::string host;
+  uint16_t port = 0;
+  KVWIRE_RETURN_IF_ERROR(ParseHostPort(options.address, &host, &port));
+  std::unique_ptr<TcpAcceptor> a(new TcpAcceptor());
+  a->options_ = options;
+  a->ctx_ = std::make_shared<asio::io_context>();
+  try {
+    asio::ip::tcp::resolver resolver(*a->ctx_);
+    auto results = resolver.resolve(host, std::to_string(port), asio::ip::resolver_base::passive);
+    KVWIRE_RETURN_ERROR_IF(results.empty(), kInvalidArgument, "cannot resolve " + host);
+    asio::ip::tcp::endpoint ep = *results.begin();
+    a->acceptor_ = std::make_unique<asio::ip::tcp::acceptor>(*a->ctx_, ep, /*reuse_address=*/true);
+    auto bound = a->acceptor_->local_endpoint();
+    a->address_ = (bound.address().is_v6() ? "[" + bound.address().to_string() + "]"
+                                           : bound.address().to_string()) +
+                  ":" + std::to_string(bound.port());
+  } catch (const std::exception& e) {
+    return Status(StatusCode::kIoError, "listen on " + options.address + ": " + e.what());
+  }
+  return a;
+}
+
+TcpAcceptor::~TcpAcceptor() { Close(); }
+
+Result<std::unique_ptr<TcpConnection>> TcpAcceptor::AcceptRaw(int timeout_ms) {
+  KVWIRE_RETURN_ERROR_IF(closed_, kCancelled, "listener closed");
+  asio::ip::tcp::socket socket(*ctx_);
+  asio::error_code result = asio::error::would_block;
+  acceptor_->async_accept(socket, [&](const asio::error_code& ec) { result = ec; });
+  ctx_->restart();
+  if (timeout_ms < 0) {
+    ctx_->run_one();
+  } else {
+    ctx_->run_for(std::chrono::milliseconds(timeout_ms));
+  }
+  if (result == asio::error::would_block) {
+    asio::error_code ignored;
+    acceptor_->cancel(ignored);
+    ctx_->restart();
+    ctx_->run();
+    if (result == asio::error::operation_aborted && !closed_)
+      return Status(StatusCode::kTimeout,
+                    "no connection within " + std::to_string(timeout_ms) + " ms");
+  }
+  if (closed_) return Status(StatusCode::kCancelled, "listener closed");
+  if (result) return IoStatus("accept", result);
+  return std::make_unique<TcpConnection>(ctx_, std::move(socket), options_);
+}
+
+void TcpAcceptor::Close() {
+  if (closed_.exchange(true)) return;
+  // Wakes a blocked AcceptRaw: shutting the listening fd makes the pending accept fail.
+  if (acceptor_) ::shutdown(acceptor_->native_handle(), SHUT_RDWR);
+}
+
+namespace {
+
+class TcpListener final : public Listener {
+ public:
+  TcpListener(std::unique_ptr<TcpAcceptor> acceptor, TransportOptions options)
+      : acceptor_(std::move(acceptor)), options_(std::move(options)) {}
+  Result<std::unique_ptr<Connection>> Accept(int timeout_ms) override {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    for (;;) {
+      int left = timeout_ms;
+      if (timeout_ms >= 0) {
+        left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    deadline - std::chrono::steady_clock::now())
+                                    .count());
+        if (left <= 0) return Status(StatusCode::kTimeout, "no connection");
+      }
+      KVWIRE_ASSIGN_OR_RETURN(std::unique_ptr<TcpConnection> conn, acceptor_->AcceptRaw(left));
+      std::string peer;
+      Status s = ServerHandshake(*conn, options_, &peer);
+      if (s.ok()) {
+        conn->MarkAuthenticated(std::move(peer));
+        return std::unique_ptr<Connection>(std::move(conn));
+      }
+      LogRefusedPeer("tcp://" + acceptor_->address() + " from " + conn->remote_address(), s);
+    }
+  }
+  std::string address() const override { return acceptor_->address(); }
+  void Close() override { acceptor_->Close(); }
+
+ private:
+  std::unique_ptr<TcpAcceptor> acceptor_;
+  TransportOptions options_;
+};
+
+class TcpTransport final : public Transport {
+ public:
+  std::string_view name() const override { return "tcp"; }
+  TransportCaps caps() const override {
+    TransportCaps c;
+    c.remote = true;
+    return c;
+  }
+  Result<std::unique_ptr<Listener>> Listen(const TransportOptions& options) override {
+    KVWIRE_RETURN_IF_ERROR(ValidateKeyOptions(options));
+    KVWIRE_ASSIGN_OR_RETURN(auto acceptor, TcpAcceptor::Bind(options));
+    return std::unique_ptr<Listener>(std::make_unique<TcpListener>(std::move(acceptor), options));
+  }
+  Result<std::unique_ptr<Connection>> Connect(const TransportOptions& options) override {
+    KVWIRE_RETURN_IF_ERROR(ValidateKeyOptions(options));
+    KVWIRE_ASSIGN_OR_RETURN(auto conn, TcpConnection::Dial(options));
+    std::string peer;
+    Status s = ClientHandshake(*conn, options, &peer);
+    if (!s.ok()) return s.WithContext("connect tcp://" + options.address);
+    conn->MarkAuthenticated(std::move(peer));
+    return std::unique_ptr<Connection>(std::move(conn));
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Transport> MakeTcpTransport() { return std::make_unique<TcpTransport>(); }
+
+}  // namespace kvwire::transport

@@ -1,0 +1,77 @@
+// The tcp backend's connection and acceptor, also used by the ucx backend for its
+// authenticated bootstrap/control connection. Blocking Asio I/O on two threads per connection
+// (one writer draining the send queue, one reader filling the receive queue); both queues are
+// bounded, so a slow peer back-pressures the sender through TCP flow control.
+#pragma once
+
+#include <asio.hpp>
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "kvwire/transport.h"
+#include "transport/message_queue.h"
+
+namespace kvwire::transport {
+
+/// Splits "host:port" / "[v6]:port".
+Status ParseHostPort(const std::string& address, std::string* host, uint16_t* port);
+
+class TcpConnection final : public Connection {
+ public:
+  /// Opens a TCP connection (no handshake yet: call ClientHandshake, then MarkAuthenticated).
+  static Result<std::unique_ptr<TcpConnection>> Dial(const TransportOptions& options);
+  TcpConnection(std::shared_ptr<asio::io_context> ctx, asio::ip::tcp::socket socket,
+                const TransportOptions& options);
+  ~TcpConnection() override;
+
+  Status Send(Message msg) override;
+  Result<Message> Receive(int timeout_ms) override;
+  void Close() override;
+  const std::string& peer_name() const override { return peer_name_; }
+
+  /// Lifts the pre-authentication limits (small control frames only).
+  void MarkAuthenticated(std::string peer_name);
+  std::string remote_address() const { return remote_; }
+
+ private:
+  void ReadLoop();
+  void WriteLoop();
+  void Fail(Status why);
+
+  std::shared_ptr<asio::io_context> ctx_;
+  asio::ip::tcp::socket socket_;
+  std::string remote_;
+  std::string peer_name_;
+  MessageQueue send_queue_, recv_queue_;
+  std::atomic<bool> authenticated_{false};
+  std::atomic<bool> closing_{false};
+  std::mutex close_mu_;
+  std::mutex writer_mu_;
+  std::condition_variable writer_cv_;
+  bool writer_done_ = false;
+  std::thread reader_, writer_;
+};
+
+class TcpAcceptor {
+ public:
+  /// Binds and listens on options.address (port 0: ephemeral).
+  static Result<std::unique_ptr<TcpAcceptor>> Bind(const TransportOptions& options);
+  ~TcpAcceptor();
+  /// Next TCP connection, not yet authenticated.
+  Result<std::unique_ptr<TcpConnection>> AcceptRaw(int timeout_ms);
+  std::string address() const { return address_; }
+  void Close();
+
+ private:
+  TcpAcceptor() = default;
+  std::shared_ptr<asio::io_context> ctx_;
+  std::unique_ptr<asio::ip::tcp::acceptor> acceptor_;
+  TransportOptions options_;
+  std::string address_;
+  std::atomic<bool> closed_{false};
+};
+
+}  // namespace kvwire::transport

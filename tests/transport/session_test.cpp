@@ -1,0 +1,421 @@
+// Sender/Receiver sessions, instantiated per backend; plus reconnect/resume through a cuttable
+// TCP proxy (tcp backend only).
+#include "kvwire/session.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <future>
+#include <random>
+#include <thread>
+
+namespace kvwire {
+namespace {
+
+std::vector<uint8_t> Key() { return std::vector<uint8_t>(32, 0x5a); }
+
+KvCache RandomCache(const KvShape& shape, uint32_t seed, DType dtype = DType::kF16) {
+  auto c = KvCache::Create(shape, dtype);
+  EXPECT_TRUE(c.ok());
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.f, 1.f);
+  std::vector<float> buf(shape.tensor_elements());
+  for (uint32_t l = 0; l < shape.layers; ++l) {
+    for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+      for (float& x : buf) x = dist(rng);
+      EXPECT_TRUE(c->view().WriteF32(l, kind, 0, shape.tokens, buf.data()).ok());
+    }
+  }
+  return std::move(*c);
+}
+
+bool SameBytes(const KvCache& a, const KvCache& b) {
+  for (uint32_t l = 0; l < a.shape().layers; ++l)
+    for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+      auto x = a.tensor(l, kind), y = b.tensor(l, kind);
+      if (x.size() != y.size() || std::memcmp(x.data(), y.data(), x.size()) != 0) return false;
+    }
+  return true;
+}
+
+class SessionTest : public testing::TestWithParam<std::string> {
+ protected:
+  ReceiverOptions RecvOpts() {
+    ReceiverOptions o;
+    o.backend = GetParam();
+    static std::atomic<int> n{0};
+    o.transport.address = GetParam() == "inproc" ? "session-" + std::to_string(n++) : "127.0.0.1:0";
+    o.transport.key = Key();
+    o.transport.node_name = "decode";
+    return o;
+  }
+  SenderOptions SendOpts(const Receiver& r) {
+    SenderOptions o;
+    o.backend = GetParam();
+    o.transport.address = r.address();
+    o.transport.key = Key();
+    o.transport.node_name = "prefill";
+    return o;
+  }
+};
+
+TEST_P(SessionTest, Fp16RoundTripIsExactLayerByLayer) {
+  auto r = Receiver::Listen(RecvOpts());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto s = Sender::Connect(SendOpts(**r));
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  const KvShape shape{4, 100, 2, 16};
+  KvCache src = RandomCache(shape, 1);
+  SendRequestOptions ro;
+  ro.request_id = 11;
+  ro.levels = {{"fp16", 16, 0}};
+  ro.chunk_tokens = 32;
+  auto req = (*s)->Open(src.view(), ro);
+  ASSERT_TRUE(req.ok()) << req.status().ToString();
+  EXPECT_TRUE((*req)->Poll().in_progress());
+
+  auto in = (*r)->NextRequest(5000);
+  ASSERT_TRUE(in.ok()) << in.status().ToString();
+  EXPECT_EQ(in->request_id, 11u);
+  EXPECT_EQ(in->info.shape, shape);
+  EXPECT_EQ(in->peer, "prefill");
+  auto dst = KvCache::Create(shape, DType::kF16);
+  ASSERT_TRUE(dst.ok());
+  ASSERT_TRUE((*r)->SetDestination(11, dst->view()).ok());
+  for (uint32_t l = 0; l < shape.layers; ++l) {
+    ASSERT_TRUE((*req)->PushLayer(l).ok());
+    ASSERT_TRUE((*r)->WaitLayer(11, l, 10000).ok()) << "layer " << l;
+  }
+  EXPECT_FALSE((*req)->PushLayer(0).ok());  // each layer once, in order
+  ASSERT_TRUE((*req)->Wait(10000).ok()) << (*req)->Poll().ToString();
+  ASSERT_TRUE((*r)->Wait(11, 10000).ok());
+  EXPECT_TRUE(SameBytes(src, *dst));
+  auto rs = (*r)->stats(11);
+  ASSERT_TRUE(rs.ok());
+  EXPECT_EQ(rs->chunks, 4u * 2 * 4);
+  EXPECT_EQ((*req)->stats().chunks, 4u * 2 * 4);
+  EXPECT_TRUE((*r)->Release(11).ok());
+}
+
+TEST_P(SessionTest, PagedDestinationAndLateSetDestination) {
+  auto r = Receiver::Listen(RecvOpts());
+  ASSERT_TRUE(r.ok());
+  auto s = Sender::Connect(SendOpts(**r));
+  ASSERT_TRUE(s.ok());
+  const KvShape shape{3, 50, 2, 8};
+  KvCache src = RandomCache(shape, 2, DType::kF32);
+  SendRequestOptions ro;
+  ro.request_id = 5;
+  ro.levels = {{"fp16", 16, 0}};
+  ro.chunk_tokens = 16;
+  auto req = (*s)->Open(src.view(), ro);
+  ASSERT_TRUE(req.ok()) << req.status().ToString();
+  ASSERT_TRUE((*req)->PushAll().ok());
+  auto in = (*r)->NextRequest(5000);
+  ASSERT_TRUE(in.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // chunks arrive and are buffered
+  // Paged destination, fp32, blocks of 8 tokens in a shuffled table.
+  const uint32_t block = 8, blocks = 10;
+  std::vector<int32_t> table = {9, 2, 7, 0, 4, 1, 8};  // ceil(50/8) = 7
+  std::vector<std::vector<float>> kstore(shape.layers), vstore(shape.layers);
+  std::vector<void*> kp, vp;
+  for (uint32_t l = 0; l < shape.layers; ++l) {
+    kstore[l].assign(size_t{blocks} * block * shape.kv_heads * shape.head_dim, 0.f);
+    vstore[l].assign(kstore[l].size(), 0.f);
+    kp.push_back(kstore[l].data());
+    vp.push_back(vstore[l].data());
+  }
+  auto paged = KvView::Paged(shape, DType::kF32, block, blocks, kp, vp, table);
+  ASSERT_TRUE(paged.ok()) << paged.status().ToString();
+  ASSERT_TRUE((*r)->SetDestination(5, *paged).ok());
+  ASSERT_TRUE((*r)->Wait(5, 10000).ok());
+  ASSERT_TRUE((*req)->Wait(10000).ok());
+  std::vector<float> a(shape.tensor_elements()), b(shape.tensor_elements());
+  for (uint32_t l = 0; l < shape.layers; ++l)
+    for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+      ASSERT_TRUE(src.view().ReadF32(l, kind, 0, shape.tokens, a.data()).ok());
+      ASSERT_TRUE(paged->ReadF32(l, kind, 0, shape.tokens, b.data()).ok());
+      for (size_t i = 0; i < a.size(); ++i) {
+        // fp16 on the wire: within half an fp16 ulp.
+        ASSERT_NEAR(a[i], b[i], std::abs(a[i]) * 1e-3 + 1e-6) << "layer " << l << " i " << i;
+      }
+    }
+}
+
+TEST_P(SessionTest, Concurrent256RequestsOnOneConnectionWithSmallWindow) {
+  auto r = Receiver::Listen(RecvOpts());
+  ASSERT_TRUE(r.ok());
+  SenderOptions so = SendOpts(**r);
+  so.max_inflight_bytes = 32 << 10;  // forces back-pressure
+  auto s = Sender::Connect(so);
+  ASSERT_TRUE(s.ok());
+  constexpr int kRequests = 256;  // acceptance: 256 concurrent requests on one connection
+  const KvShape shape{2, 40, 2, 16};
+  std::vector<KvCache> src, dst;
+  std::vector<std::shared_ptr<SendRequest>> reqs;
+  for (int i = 0; i < kRequests; ++i) {
+    src.push_back(RandomCache(shape, 100 + i));
+    dst.push_back(std::move(*KvCache::Create(shape, DType::kF16)));
+  }
+  std::thread receiver([&] {
+    for (int i = 0; i < kRequests; ++i) {
+      auto in = (*r)->NextRequest(10000);
+      ASSERT_TRUE(in.ok()) << in.status().ToString();
+      ASSERT_TRUE((*r)->SetDestination(in->request_id, dst[in->request_id - 1].view()).ok());
+    }
+  });
+  for (int i = 0; i < kRequests; ++i) {
+    SendRequestOptions ro;
+    ro.request_id = i + 1;
+    ro.levels = {{"fp16", 16, 0}};
+    ro.chunk_tokens = 8;
+    auto q = (*s)->Open(src[i].view(), ro);
+    ASSERT_TRUE(q.ok()) << q.status().ToString();
+    ASSERT_TRUE((*q)->PushAll().ok());
+    reqs.push_back(*q);
+  }
+  receiver.join();
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(reqs[i]->Wait(20000).ok()) << i << ": " << reqs[i]->Poll().ToString();
+    ASSERT_TRUE((*r)->Wait(i + 1, 10000).ok());
+    EXPECT_TRUE(SameBytes(src[i], dst[i])) << i;
+  }
+}
+
+TEST_P(SessionTest, LevelsFromTheLadderAreDecodedAsChosen) {
+  auto r = Receiver::Listen(RecvOpts());
+  ASSERT_TRUE(r.ok());
+  auto s = Sender::Connect(SendOpts(**r));
+  ASSERT_TRUE(s.ok());
+  const KvShape shape{2, 64, 2, 32};
+  KvCache src = RandomCache(shape, 3);
+  SendRequestOptions ro;
+  ro.request_id = 9;
+  ro.levels = {{"fp16", 16, 0}, {"q8_0", 8.5, 0.0001}, {"q4_0", 4.5, 0.01}};
+  ro.max_kl = 0.001;  // no deadline: cheapest level within the budget = q8_0
+  ro.chunk_tokens = 32;
+  auto req = (*s)->Open(src.view(), ro);
+  ASSERT_TRUE(req.ok()) << req.status().ToString();
+  auto in = (*r)->NextRequest(5000);
+  ASSERT_TRUE(in.ok());
+  ASSERT_EQ(in->levels.size(), 3u);
+  auto dst = KvCache::Create(shape, DType::kF32);
+  ASSERT_TRUE((*r)->SetDestination(9, dst->view()).ok());
+  ASSERT_TRUE((*req)->PushAll().ok());
+  ASSERT_TRUE((*req)->Wait(10000).ok()) << (*req)->Poll().ToString();
+  auto st = (*req)->stats();
+  EXPECT_EQ(st.chunks_per_level[1], st.chunks);
+  auto rs = (*r)->stats(9);
+  ASSERT_TRUE(rs.ok());
+  EXPECT_EQ(rs->chunks_per_level[1], rs->chunks);
+  std::vector<float> a(shape.tensor_elements()), b(shape.tensor_elements());
+  ASSERT_TRUE(src.view().ReadF32(1, KvKind::kValue, 0, shape.tokens, a.data()).ok());
+  ASSERT_TRUE(dst->view().ReadF32(1, KvKind::kValue, 0, shape.tokens, b.data()).ok());
+  double err = 0, ref = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    err += (a[i] - b[i]) * (a[i] - b[i]);
+    ref += a[i] * a[i];
+  }
+  EXPECT_LT(err / ref, 1e-3);  // 8-bit blocks
+  EXPECT_GT(err, 0);           // and not passthrough
+}
+
+TEST_P(SessionTest, SenderTimesOutWhenTheReceiverStalls) {
+  ReceiverOptions rop = RecvOpts();
+  auto r = Receiver::Listen(rop);
+  ASSERT_TRUE(r.ok());
+  SenderOptions so = SendOpts(**r);
+  so.stall_timeout_ms = 300;
+  so.max_inflight_bytes = 8 << 10;
+  auto s = Sender::Connect(so);
+  ASSERT_TRUE(s.ok());
+  const KvShape shape{4, 64, 2, 16};
+  KvCache src = RandomCache(shape, 4);
+  SendRequestOptions ro;
+  ro.request_id = 1;
+  ro.levels = {{"fp16", 16, 0}};
+  ro.chunk_tokens = 16;
+  auto req = (*s)->Open(src.view(), ro);
+  ASSERT_TRUE(req.ok());
+  ASSERT_TRUE((*req)->PushAll().ok());
+  // The receiver never sets a destination: chunks are buffered, never acknowledged.
+  Status st = (*req)->Wait(5000);
+  EXPECT_EQ(st.code(), StatusCode::kTimeout) << st.ToString();
+}
+
+TEST_P(SessionTest, ReceiverTimesOutWhenTheSenderDisappears) {
+  ReceiverOptions rop = RecvOpts();
+  rop.stall_timeout_ms = 400;
+  auto r = Receiver::Listen(rop);
+  ASSERT_TRUE(r.ok());
+  auto s = Sender::Connect(SendOpts(**r));
+  ASSERT_TRUE(s.ok());
+  const KvShape shape{4, 64, 2, 16};
+  KvCache src = RandomCache(shape, 8);
+  SendRequestOptions ro;
+  ro.request_id = 2;
+  ro.levels = {{"fp16", 16, 0}};
+  auto req = (*s)->Open(src.view(), ro);
+  ASSERT_TRUE(req.ok());
+  ASSERT_TRUE((*req)->PushLayer(0).ok());  // then the sender goes away
+  auto in = (*r)->NextRequest(5000);
+  ASSERT_TRUE(in.ok());
+  auto dst = KvCache::Create(shape, DType::kF16);
+  ASSERT_TRUE((*r)->SetDestination(2, dst->view()).ok());
+  EXPECT_TRUE((*r)->WaitLayer(2, 0, 5000).ok());
+  (*s)->Close();
+  Status st = (*r)->Wait(2, 5000);
+  EXPECT_FALSE(st.ok() || st.in_progress()) << st.ToString();
+}
+
+TEST_P(SessionTest, WrongKeyIsRefused) {
+  auto r = Receiver::Listen(RecvOpts());
+  ASSERT_TRUE(r.ok());
+  SenderOptions so = SendOpts(**r);
+  so.transport.key = std::vector<uint8_t>(32, 0x77);
+  auto s = Sender::Connect(so);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), StatusCode::kUnauthenticated);
+}
+
+std::string Name(const testing::TestParamInfo<std::string>& info) { return info.param; }
+INSTANTIATE_TEST_SUITE_P(Backends, SessionTest, testing::ValuesIn(AvailableTransports()), Name);
+
+// A TCP proxy that forwards to `target` and can cut every connection it carries.
+class CuttableProxy {
+ public:
+  explicit CuttableProxy(uint16_t target) : target_(target) {
+    lfd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::bind(lfd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    EXPECT_EQ(::listen(lfd_, 16), 0);
+    socklen_t len = sizeof a;
+    ::getsockname(lfd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    acceptor_ = std::thread([this] { AcceptLoop(); });
+  }
+  ~CuttableProxy() {
+    stop_ = true;
+    ::shutdown(lfd_, SHUT_RDWR);
+    ::close(lfd_);
+    acceptor_.join();
+    CutAll();
+    for (auto& t : pumps_) t.join();
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  /// Cuts every open connection once `bytes` more bytes went client -> server.
+  void CutAfter(uint64_t bytes) { cut_at_ = forwarded_.load() + bytes; }
+  int connections() const { return connections_; }
+  void CutAll() {
+    std::lock_guard lock(mu_);
+    for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
+  }
+
+ private:
+  void AcceptLoop() {
+    for (;;) {
+      int c = ::accept(lfd_, nullptr, nullptr);
+      if (c < 0 || stop_) {
+        if (c >= 0) ::close(c);
+        return;
+      }
+      int s = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      a.sin_port = htons(target_);
+      if (::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        ::close(c);
+        ::close(s);
+        continue;
+      }
+      ++connections_;
+      std::lock_guard lock(mu_);
+      fds_.push_back(c);
+      fds_.push_back(s);
+      pumps_.emplace_back([this, c, s] { Pump(c, s, true); });
+      pumps_.emplace_back([this, c, s] { Pump(s, c, false); });
+    }
+  }
+  void Pump(int from, int to, bool upstream) {
+    std::vector<char> buf(64 << 10);
+    for (;;) {
+      ssize_t n = ::read(from, buf.data(), buf.size());
+      if (n <= 0) break;
+      if (upstream) {
+        const uint64_t before = forwarded_.fetch_add(n);
+        if (cut_at_ && before + n >= cut_at_) {
+          cut_at_ = 0;
+          CutAll();
+          break;
+        }
+      }
+      if (::send(to, buf.data(), n, MSG_NOSIGNAL) != n) break;
+    }
+    ::shutdown(from, SHUT_RDWR);
+    ::shutdown(to, SHUT_RDWR);
+  }
+
+  uint16_t target_, port_ = 0;
+  int lfd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> forwarded_{0}, cut_at_{0};
+  std::atomic<int> connections_{0};
+  std::mutex mu_;
+  std::vector<int> fds_;
+  std::vector<std::thread> pumps_;
+  std::thread acceptor_;
+};
+
+TEST(SessionResume, ReconnectsAndResumesAfterTheConnectionIsCut) {
+  // Cut points from the handshake (first bytes) to the last layers (~160 KB of chunk traffic).
+  for (uint64_t cut : {200ull, 700ull, 3000ull, 9000ull, 25000ull, 40000ull, 70000ull, 100000ull,
+                       130000ull, 150000ull}) {
+    ReceiverOptions ro;
+    ro.transport.address = "127.0.0.1:0";
+    ro.transport.key = Key();
+    auto r = Receiver::Listen(ro);
+    ASSERT_TRUE(r.ok());
+    const std::string addr = (*r)->address();
+    CuttableProxy proxy(static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
+    SenderOptions so;
+    so.transport.address = proxy.address();
+    so.transport.key = Key();
+    so.reconnect_backoff_ms = 20;
+    auto s = Sender::Connect(so);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    const KvShape shape{6, 96, 2, 32};
+    KvCache src = RandomCache(shape, 7);
+    auto dst = KvCache::Create(shape, DType::kF16);
+    SendRequestOptions q;
+    q.request_id = 77;
+    q.levels = {{"fp16", 16, 0}};
+    q.chunk_tokens = 16;
+    proxy.CutAfter(cut);
+    auto req = (*s)->Open(src.view(), q);
+    ASSERT_TRUE(req.ok());
+    auto in = (*r)->NextRequest(5000);
+    ASSERT_TRUE(in.ok()) << in.status().ToString();
+    ASSERT_TRUE((*r)->SetDestination(77, dst->view()).ok());
+    ASSERT_TRUE((*req)->PushAll().ok());
+    Status st = (*req)->Wait(15000);
+    ASSERT_TRUE(st.ok()) << "cut at " << cut << ": " << st.ToString();
+    ASSERT_TRUE((*r)->Wait(77, 5000).ok());
+    EXPECT_TRUE(SameBytes(src, *dst)) << "cut at " << cut;
+    EXPECT_GE(proxy.connections(), 2) << "cut at " << cut;
+    EXPECT_GE((*req)->stats().reconnects, 1u);
+    (*s)->Close();
+    (*r)->Close();
+  }
+}
+
+}  // namespace
+}  // namespace kvwire

@@ -1,0 +1,258 @@
+// One suite, instantiated once per backend this build provides (loopback only, ephemeral ports).
+#include "kvwire/transport.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <future>
+#include <thread>
+
+#include "transport/control.h"
+
+namespace kvwire {
+namespace {
+
+std::vector<uint8_t> TestKey(uint8_t salt = 0) {
+  std::vector<uint8_t> k(32);
+  for (size_t i = 0; i < k.size(); ++i) k[i] = static_cast<uint8_t>(i * 7 + salt);
+  return k;
+}
+
+class TransportTest : public testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    auto t = CreateTransport(GetParam());
+    ASSERT_TRUE(t.ok()) << t.status().ToString();
+    transport_ = std::move(*t);
+  }
+
+  TransportOptions ServerOptions() {
+    TransportOptions o;
+    static std::atomic<int> counter{0};
+    o.address = GetParam() == "inproc" ? "test-" + std::to_string(counter++) : "127.0.0.1:0";
+    o.key = TestKey();
+    o.node_name = "server";
+    o.handshake_timeout_ms = 3000;
+    return o;
+  }
+  TransportOptions ClientOptions(const Listener& l) {
+    TransportOptions o;
+    o.address = l.address();
+    o.key = TestKey();
+    o.node_name = "client";
+    o.handshake_timeout_ms = 3000;
+    return o;
+  }
+
+  // Connects a client to a fresh listener; returns {server end, client end}.
+  std::pair<std::unique_ptr<Connection>, std::unique_ptr<Connection>> Pair(
+      TransportOptions server_opts = {}, TransportOptions client_opts = {}) {
+    if (server_opts.address.empty()) server_opts = ServerOptions();
+    auto l = transport_->Listen(server_opts);
+    EXPECT_TRUE(l.ok()) << l.status().ToString();
+    if (!l.ok()) return {};
+    listener_ = std::move(*l);
+    if (client_opts.address.empty()) client_opts = ClientOptions(*listener_);
+    auto accepted = std::async(std::launch::async, [&] { return listener_->Accept(5000); });
+    auto c = transport_->Connect(client_opts);
+    auto s = accepted.get();
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    if (!c.ok() || !s.ok()) return {};
+    return {std::move(*s), std::move(*c)};
+  }
+
+  static Message Data(uint32_t seq, size_t bytes) {
+    control::ChunkDescriptor d;
+    d.set_request_id(1);
+    d.set_seq(seq);
+    d.set_tokens(1);
+    d.set_payload_bytes(static_cast<uint32_t>(bytes));
+    std::vector<uint8_t> payload(bytes);
+    for (size_t i = 0; i < bytes; ++i) payload[i] = static_cast<uint8_t>(i * 31 + seq);
+    return *transport::MakeDataMessage(d, std::move(payload));
+  }
+
+  std::unique_ptr<Transport> transport_;
+  std::unique_ptr<Listener> listener_;
+};
+
+TEST_P(TransportTest, CapabilitiesAreConsistent) {
+  EXPECT_EQ(transport_->name(), GetParam());
+  EXPECT_GE(transport_->caps().max_message_bytes, kMaxDataMessageBytes);
+  EXPECT_EQ(transport_->caps().remote, GetParam() != "inproc");
+}
+
+TEST_P(TransportTest, MessagesArriveInOrderBothWays) {
+  auto [server, client] = Pair();
+  ASSERT_TRUE(server && client);
+  EXPECT_EQ(server->peer_name(), "client");
+  EXPECT_EQ(client->peer_name(), "server");
+  constexpr int kCount = 200;
+  std::thread sender([&, c = client.get()] {
+    for (int i = 0; i < kCount; ++i) ASSERT_TRUE(c->Send(Data(i, 1 + (i * 997) % 70000)).ok());
+  });
+  for (int i = 0; i < kCount; ++i) {
+    auto m = server->Receive(5000);
+    ASSERT_TRUE(m.ok()) << i << ": " << m.status().ToString();
+    auto d = transport::ParseChunkDescriptor(*m);
+    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    EXPECT_EQ(d->seq(), uint32_t(i));
+    ASSERT_EQ(m->payload.size(), size_t(1 + (i * 997) % 70000));
+    EXPECT_EQ(m->payload.back(), static_cast<uint8_t>((m->payload.size() - 1) * 31 + i));
+  }
+  sender.join();
+  control::Control pong;
+  pong.mutable_pong()->set_nonce(42);
+  ASSERT_TRUE(server->Send(*transport::MakeControlMessage(pong)).ok());
+  auto back = client->Receive(5000);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  auto parsed = transport::ParseControl(back->meta);
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_EQ(parsed->pong().nonce(), 42u);
+}
+
+TEST_P(TransportTest, LargeMessagesSurvive) {
+  auto [server, client] = Pair();
+  ASSERT_TRUE(server && client);
+  for (size_t bytes : {size_t{1} << 20, size_t{48} << 20}) {
+    std::thread t([&, c = client.get()] { ASSERT_TRUE(c->Send(Data(9, bytes)).ok()); });
+    auto m = server->Receive(20000);
+    t.join();
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    ASSERT_EQ(m->payload.size(), bytes);
+    Message expect = Data(9, bytes);
+    EXPECT_TRUE(m->payload == expect.payload);
+  }
+}
+
+TEST_P(TransportTest, OversizedSendIsRefused) {
+  auto [server, client] = Pair();
+  ASSERT_TRUE(server && client);
+  Message m;
+  m.kind = MessageKind::kData;
+  m.meta.assign(10, 1);
+  m.payload.resize(kMaxDataMessageBytes);
+  EXPECT_EQ(client->Send(std::move(m)).code(), StatusCode::kResourceExhausted);
+}
+
+TEST_P(TransportTest, WrongKeyIsRefusedBothWays) {
+  auto l = transport_->Listen(ServerOptions());
+  ASSERT_TRUE(l.ok());
+  listener_ = std::move(*l);
+  auto accepted = std::async(std::launch::async, [&] { return listener_->Accept(1500); });
+  TransportOptions o = ClientOptions(*listener_);
+  o.key = TestKey(1);
+  auto c = transport_->Connect(o);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kUnauthenticated) << c.status().ToString();
+  // The server never hands out the refused connection.
+  EXPECT_EQ(accepted.get().status().code(), StatusCode::kTimeout);
+}
+
+TEST_P(TransportTest, KeylessClientIsRefusedByKeyedServer) {
+  auto l = transport_->Listen(ServerOptions());
+  ASSERT_TRUE(l.ok());
+  listener_ = std::move(*l);
+  auto accepted = std::async(std::launch::async, [&] { return listener_->Accept(1500); });
+  TransportOptions o = ClientOptions(*listener_);
+  o.key.clear();
+  o.allow_unauthenticated = true;
+  auto c = transport_->Connect(o);
+  EXPECT_FALSE(c.ok());
+  EXPECT_EQ(accepted.get().status().code(), StatusCode::kTimeout);
+}
+
+TEST_P(TransportTest, UnauthenticatedWorksOnlyWhenBothAllowIt) {
+  TransportOptions so = ServerOptions();
+  so.key.clear();
+  so.allow_unauthenticated = true;
+  auto l = transport_->Listen(so);
+  ASSERT_TRUE(l.ok());
+  listener_ = std::move(*l);
+  TransportOptions co = ClientOptions(*listener_);
+  co.key.clear();
+  co.allow_unauthenticated = true;
+  auto accepted = std::async(std::launch::async, [&] { return listener_->Accept(5000); });
+  auto c = transport_->Connect(co);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_TRUE(accepted.get().ok());
+  TransportOptions none = ServerOptions();
+  none.key.clear();
+  EXPECT_EQ(transport_->Listen(none).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_P(TransportTest, CloseWakesReceiverAndPeerSeesIoError) {
+  auto [server, client] = Pair();
+  ASSERT_TRUE(server && client);
+  auto waiting = std::async(std::launch::async, [&, s = server.get()] { return s->Receive(-1); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  client->Close();
+  auto r = waiting.get();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kIoError) << r.status().ToString();
+  EXPECT_EQ(server->Receive(100).status().code(), StatusCode::kIoError);
+  EXPECT_FALSE(client->Send(Data(0, 10)).ok());
+  server->Close();
+  EXPECT_FALSE(server->Receive(10).ok());
+}
+
+TEST_P(TransportTest, ReceiveTimesOut) {
+  auto [server, client] = Pair();
+  ASSERT_TRUE(server && client);
+  EXPECT_EQ(server->Receive(20).status().code(), StatusCode::kTimeout);
+}
+
+TEST_P(TransportTest, MessagesSentBeforeCloseAreDelivered) {
+  auto [server, client] = Pair();
+  ASSERT_TRUE(server && client);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(client->Send(Data(i, 4096)).ok());
+  client->Close();
+  for (int i = 0; i < 10; ++i) {
+    auto m = server->Receive(5000);
+    ASSERT_TRUE(m.ok()) << i << ": " << m.status().ToString();
+  }
+  EXPECT_EQ(server->Receive(2000).status().code(), StatusCode::kIoError);
+}
+
+TEST_P(TransportTest, SendBlocksWhenThePeerDoesNotRead) {
+  TransportOptions so = ServerOptions();
+  so.max_queued_bytes = 1 << 20;
+  auto l = transport_->Listen(so);
+  ASSERT_TRUE(l.ok());
+  listener_ = std::move(*l);
+  TransportOptions co = ClientOptions(*listener_);
+  co.max_queued_bytes = 1 << 20;
+  auto accepted = std::async(std::launch::async, [&] { return listener_->Accept(5000); });
+  auto c = transport_->Connect(co);
+  auto s = accepted.get();
+  ASSERT_TRUE(c.ok() && s.ok());
+  std::atomic<int> sent{0};
+  std::thread t([&, conn = c->get()] {
+    for (int i = 0; i < 400; ++i) {
+      if (!conn->Send(Data(i, 256 << 10)).ok()) return;
+      ++sent;
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // 100 MiB offered; bounded queues (plus socket buffers) hold far less.
+  EXPECT_LT(sent.load(), 400);
+  for (int i = 0; i < 400; ++i) {
+    auto m = (*s)->Receive(10000);
+    ASSERT_TRUE(m.ok()) << i << ": " << m.status().ToString();
+  }
+  t.join();
+  EXPECT_EQ(sent.load(), 400);
+}
+
+std::string Name(const testing::TestParamInfo<std::string>& info) { return info.param; }
+
+INSTANTIATE_TEST_SUITE_P(Backends, TransportTest, testing::ValuesIn(AvailableTransports()), Name);
+
+TEST(TransportFactory, UnknownNameIsNotFound) {
+  EXPECT_EQ(CreateTransport("carrier-pigeon").status().code(), StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace kvwire

@@ -1,0 +1,149 @@
+#include "cli_util.h"
+
+#include <unistd.h>
+
+#include <cctype>
+#include <chrono>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <string_view>
+#include <vector>
+
+#include "command.h"
+
+namespace kvwire::cli {
+
+int FailStatus(const std::string& command, const Status& status) {
+  std::string reason = status.ToString();
+  for (char& c : reason) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  return Fail(command, reason);
+}
+
+Result<std::string> ResolveCodecSpec(const std::string& codec, std::optional<double> bits) {
+  if (codec.empty()) return Status(StatusCode::kInvalidArgument, "--codec is empty");
+  if (!bits) return codec;
+  const double b = *bits;
+  if (!std::isfinite(b) || b <= 0 || b != std::floor(b)) {
+    return Status(StatusCode::kInvalidArgument, "--bits " + Format("%g", b) +
+                                                    " is not a positive whole number of bits "
+                                                    "(the baseline codecs have integer widths)");
+  }
+  const std::string n = std::to_string(static_cast<int>(b));
+  // The codec option part (":g=64") is kept: "kivi:g=64" + --bits 2 -> "kivi2:g=64".
+  const size_t colon = codec.find(':');
+  const std::string family = codec.substr(0, colon);
+  const std::string options = colon == std::string::npos ? "" : codec.substr(colon);
+  if (family == "int-token") return "int" + n + "-token" + options;
+  if (family == "int-channel") return "int" + n + "-channel" + options;
+  if (family == "kivi") return "kivi" + n + options;
+  if (family == "turbo") return "turbo" + n + options;
+  if (family == "q") {
+    if (n == "4" || n == "8") return "q" + n + "_0" + options;
+    return Status(StatusCode::kInvalidArgument,
+                  "--codec q has widths 4 and 8 (q4_0, q8_0), not " + n);
+  }
+  if (family == "int") {
+    if (n == "8") return "int8" + options;
+    return Status(
+        StatusCode::kInvalidArgument,
+        "--codec int --bits " + n + ": int is 8-bit only; use --codec int-token --bits " + n);
+  }
+  return Status(StatusCode::kInvalidArgument,
+                "--bits does not apply to --codec " + codec +
+                    " (give a full codec name such as q4_0, int3-token, kivi2, turbo3, rank-32, or "
+                    "a family with --bits: int-token, int-channel, kivi, turbo, q)");
+}
+
+std::string CommandLine() {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string out;
+  size_t start = 0;
+  while (start < raw.size()) {
+    size_t end = raw.find('\0', start);
+    if (end == std::string::npos) end = raw.size();
+    std::string arg = raw.substr(start, end - start);
+    start = end + 1;
+    bool plain = !arg.empty();
+    for (char c : arg) {
+      if (!(std::isalnum(static_cast<unsigned char>(c)) ||
+            std::string_view("-_./=:,@+%").find(c) != std::string_view::npos)) {
+        plain = false;
+      }
+    }
+    if (!out.empty()) out += ' ';
+    if (plain) {
+      out += arg;
+    } else {
+      out += '\'';
+      for (char c : arg) out += (c == '\'') ? std::string("'\\''") : std::string(1, c);
+      out += '\'';
+    }
+  }
+  return out;
+}
+
+std::string CpuModel() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) {
+        size_t b = line.find_first_not_of(" \t", colon + 1);
+        return b == std::string::npos ? "unknown" : line.substr(b);
+      }
+    }
+  }
+  return "unknown";
+}
+
+unsigned OnlineCpus() {
+  const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? static_cast<unsigned>(n) : 1;
+}
+
+std::string UtcNow() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+double NowSeconds() {
+  using Clock = std::chrono::steady_clock;
+  return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+}
+
+std::string Thousands(uint64_t n) {
+  std::string digits = std::to_string(n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+std::string Format(const char* fmt, ...) {
+  va_list args;
+  va_start(args, fmt);
+  va_list copy;
+  va_copy(copy, args);
+  const int n = std::vsnprintf(nullptr, 0, fmt, copy);
+  va_end(copy);
+  std::string out(n > 0 ? static_cast<size_t>(n) : 0, '\0');
+  if (n > 0) std::vsnprintf(out.data(), out.size() + 1, fmt, args);
+  va_end(args);
+  return out;
+}
+
+}  // namespace kvwire::cli

@@ -1,0 +1,38 @@
+// Helpers shared by the `kvwire` commands: error lines, codec-name resolution, machine facts.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "kvwire/status.h"
+
+namespace kvwire::cli {
+
+/// "kvwire <cmd>: <status>" on stderr (newlines flattened so the reason stays one line); 1.
+int FailStatus(const std::string& command, const Status& status);
+
+/// Turns `--codec NAME [--bits B]` into a codec spec. Without --bits, NAME is a full spec
+/// ("q4_0", "kivi2:g=64"). With --bits, NAME is a family whose bit-width B fills in:
+/// int-token -> int<B>-token, int-channel -> int<B>-channel, kivi -> kivi<B>, turbo -> turbo<B>,
+/// q -> q<B>_0 (B = 4 or 8), int -> int8 (B = 8). Anything else is an error that says why.
+Result<std::string> ResolveCodecSpec(const std::string& codec, std::optional<double> bits);
+
+/// The command line of this process as typed (shell-quoted where needed), from /proc.
+std::string CommandLine();
+/// "model name" of /proc/cpuinfo, or "unknown".
+std::string CpuModel();
+/// Online CPUs (as nproc prints).
+unsigned OnlineCpus();
+/// Current UTC time as "2025-01-31T12:34:56Z".
+std::string UtcNow();
+
+/// Seconds on a monotonic clock.
+double NowSeconds();
+
+/// Groups digits: 1234567 -> "1,234,567".
+std::string Thousands(uint64_t n);
+/// printf-style formatting into a std::string.
+std::string Format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+}  // namespace kvwire::cli

@@ -1,0 +1,362 @@
+// kvwire bench codec: encode/decode speed of every codec on one synthetic KV cache, against
+// memcpy of the same fp16 bytes measured in the same run; writes bench/results/codec_cpu.{json,md}.
+// `--device cuda` runs kvwire_cuda_bench (kernels/bench/) instead: codec_cuda.{json,md}.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cli_util.h"
+#include "command.h"
+#include "common/fp16.h"
+#include "kvwire/codec.h"
+#include "kvwire/kv_file.h"
+#include "kvwire/stream.h"
+#include "synthetic_kv.h"
+
+namespace kvwire::cli {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+struct BenchArgs {
+  std::string codecs;
+  uint32_t layers = 32, kv_heads = 8, head_dim = 128, tokens = 4096;
+  int threads = 1;
+  int repeat = 3;
+  uint64_t seed = 1;
+  std::string out_dir = "bench/results";
+  std::string device = "cpu";  // "cuda": delegate to kvwire_cuda_bench (kernels/)
+};
+
+struct CodecResult {
+  std::string spec;
+  uint64_t bytes = 0;
+  double bits_per_element = 0;
+  double encode_s = 0, decode_s = 0;  // medians
+  double rel_rmse = 0, rel_rmse_k = 0, rel_rmse_v = 0;
+};
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Copies every (layer, K|V) tensor of `src` into `dst`, tensors split over `threads` threads.
+void CopyAll(const KvCache& src, KvCache* dst, int threads) {
+  const uint32_t items = src.shape().layers * 2;
+  auto work = [&](uint32_t first) {
+    for (uint32_t i = first; i < items; i += static_cast<uint32_t>(threads)) {
+      const KvKind kind = i % 2 ? KvKind::kValue : KvKind::kKey;
+      auto from = src.tensor(i / 2, kind);
+      std::memcpy(dst->tensor(i / 2, kind).data(), from.data(), from.size());
+    }
+  };
+  std::vector<std::jthread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(work, static_cast<uint32_t>(t));
+  work(0);
+}
+
+// sqrt(sum (decoded - original)^2 / sum original^2) over K, V and both (fp16 caches).
+void RelativeRmse(const KvCache& ref, const KvCache& got, CodecResult* r) {
+  double err[2] = {0, 0}, sig[2] = {0, 0};
+  for (uint32_t l = 0; l < ref.shape().layers; ++l) {
+    for (int kind = 0; kind < 2; ++kind) {
+      const KvKind k = kind ? KvKind::kValue : KvKind::kKey;
+      auto a = ref.tensor(l, k), b = got.tensor(l, k);
+      const size_t n = a.size() / 2;
+      const auto* x = reinterpret_cast<const uint16_t*>(a.data());
+      const auto* y = reinterpret_cast<const uint16_t*>(b.data());
+      double e = 0, s = 0;
+      for (size_t i = 0; i < n; ++i) {
+        const double xv = HalfToFloat(x[i]), d = double(HalfToFloat(y[i])) - xv;
+        e += d * d;
+        s += xv * xv;
+      }
+      err[kind] += e;
+      sig[kind] += s;
+    }
+  }
+  auto rel = [](double e, double s) { return s > 0 ? std::sqrt(e / s) : 0.0; };
+  r->rel_rmse_k = rel(err[0], sig[0]);
+  r->rel_rmse_v = rel(err[1], sig[1]);
+  r->rel_rmse = rel(err[0] + err[1], sig[0] + sig[1]);
+}
+
+Result<CodecResult> BenchOne(const std::string& spec, const KvCache& input, KvCache* output,
+                             const BenchArgs& a) {
+  StreamInfo info;
+  info.shape = input.shape();
+  info.dtype = input.dtype();
+  info.metadata = input.metadata();
+  info.levels = {spec};
+  StreamWriterOptions options;
+  options.threads = a.threads;
+  CodecResult r;
+  r.spec = spec;
+  std::vector<double> enc, dec;
+  std::vector<uint8_t> stream;
+  for (int i = 0; i < a.repeat; ++i) {
+    const double t0 = NowSeconds();
+    auto s = EncodeStream(input.view(), info, options);
+    enc.push_back(NowSeconds() - t0);
+    if (!s.ok()) return s.status().WithContext("encode " + spec);
+    if (i > 0 && *s != stream) {
+      return Status(StatusCode::kInternal, spec + ": encoding is not deterministic across runs");
+    }
+    stream = std::move(s).value();
+  }
+  for (int i = 0; i < a.repeat; ++i) {
+    const double t0 = NowSeconds();
+    auto reader = StreamReader::Open(stream);
+    if (!reader.ok()) return reader.status().WithContext("decode " + spec);
+    KVWIRE_RETURN_IF_ERROR((*reader)->DecodeAll(output->view()).WithContext("decode " + spec));
+    dec.push_back(NowSeconds() - t0);
+  }
+  r.bytes = stream.size();
+  r.bits_per_element = double(stream.size()) * 8.0 / double(input.shape().elements());
+  r.encode_s = Median(enc);
+  r.decode_s = Median(dec);
+  RelativeRmse(input, *output, &r);
+  return r;
+}
+
+std::string MarkdownReport(const BenchArgs& a, const Json& j, const std::vector<CodecResult>& rs,
+                           double memcpy_gbps, double gb) {
+  std::ostringstream md;
+  const KvShape s{a.layers, a.tokens, a.kv_heads, a.head_dim};
+  md << "# kvwire codec speed, CPU\n\n"
+     << "Command: `" << j["command"].get<std::string>() << "`\n\n"
+     << "Machine: " << j["machine"]["cpu"].get<std::string>() << ", nproc "
+     << j["machine"]["nproc"].get<unsigned>() << ", " << j["machine"]["date"].get<std::string>()
+     << "\n\n"
+     << "Data: SYNTHETIC KV cache (kvwire synth generator, seed " << a.seed << "), " << s.layers
+     << " layers x " << s.tokens << " tokens x " << s.kv_heads << " kv heads x " << s.head_dim
+     << " head_dim, fp16 = " << Format("%.3f", gb) << " GB. Encode threads " << a.threads
+     << ", decode single-threaded, median of " << a.repeat << " runs.\n\n"
+     << "GB/s = fp16 input bytes (elements x 2) / seconds, whole stream (EncodeStream, "
+        "StreamReader::DecodeAll into an fp16 cache). memcpy of the same bytes in this run ("
+     << a.threads << (a.threads == 1 ? " thread" : " threads") << "): **"
+     << Format("%.2f", memcpy_gbps) << " GB/s**.\n\n"
+     << "| codec | bits/elem (all-in) | encode GB/s | vs memcpy | decode GB/s | vs memcpy | "
+        "rel. RMSE | K rel. RMSE | V rel. RMSE |\n"
+     << "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const CodecResult& r : rs) {
+    const double e = gb / r.encode_s, d = gb / r.decode_s;
+    md << "| " << r.spec << " | " << Format("%.4f", r.bits_per_element) << " | "
+       << Format("%.2f", e) << " | " << Format("%.3f", e / memcpy_gbps) << " | "
+       << Format("%.2f", d) << " | " << Format("%.3f", d / memcpy_gbps) << " | "
+       << Format("%.4g", r.rel_rmse) << " | " << Format("%.4g", r.rel_rmse_k) << " | "
+       << Format("%.4g", r.rel_rmse_v) << " |\n";
+  }
+  md << "\nrel. RMSE = sqrt(sum (decoded - input)^2 / sum input^2) on the synthetic data; it is a "
+        "sanity check of the round trip, not an accuracy result (see `kvwire eval`).\n";
+  return md.str();
+}
+
+int RunBenchCodec(const BenchArgs& a) {
+  const char* cmd = "bench codec";
+  std::vector<std::string> specs;
+  if (a.codecs.empty()) {
+    specs = BaselineCodecSpecs();
+    if (specs.empty()) return Fail(cmd, "no baseline codecs are registered in this build");
+  } else {
+    std::stringstream ss(a.codecs);
+    for (std::string item; std::getline(ss, item, ',');) {
+      if (item.empty()) return Fail(cmd, "--codecs '" + a.codecs + "' has an empty entry");
+      specs.push_back(item);
+    }
+  }
+  for (std::string& spec : specs) {  // fail on a bad name before spending minutes on data
+    auto codec = CreateCodec(spec);
+    if (!codec.ok()) return FailStatus(cmd, codec.status());
+  }
+
+  SyntheticKvOptions synth;
+  synth.shape = {a.layers, a.tokens, a.kv_heads, a.head_dim};
+  synth.seed = a.seed;
+  synth.threads = std::max<int>(a.threads, static_cast<int>(OnlineCpus()));
+  std::cerr << "[bench] generating synthetic KV " << a.layers << "x" << a.tokens << "x"
+            << a.kv_heads << "x" << a.head_dim << " fp16...\n";
+  auto input = MakeSyntheticKv(synth);
+  if (!input.ok()) return FailStatus(cmd, input.status());
+  auto output = KvCache::Create(input->shape(), DType::kF16);
+  if (!output.ok()) return FailStatus(cmd, output.status());
+  const double gb = double(input->shape().elements()) * 2.0 / 1e9;
+
+  std::vector<double> copies;
+  CopyAll(*input, &*output, a.threads);  // warm-up: first touch of the destination pages
+  for (int i = 0; i < std::max(a.repeat, 5); ++i) {
+    const double t0 = NowSeconds();
+    CopyAll(*input, &*output, a.threads);
+    copies.push_back(NowSeconds() - t0);
+  }
+  const double memcpy_gbps = gb / Median(copies);
+  std::cerr << "[bench] memcpy: " << Format("%.2f GB/s", memcpy_gbps) << "\n";
+
+  std::vector<CodecResult> results;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto r = BenchOne(specs[i], *input, &*output, a);
+    if (!r.ok()) return FailStatus(cmd, r.status());
+    std::cerr << "[bench] " << i + 1 << "/" << specs.size() << " "
+              << Format("%-16s %8.4f b/e  encode %7.3f GB/s  decode %7.3f GB/s  rel RMSE %.4g",
+                        r->spec.c_str(), r->bits_per_element, gb / r->encode_s, gb / r->decode_s,
+                        r->rel_rmse)
+              << "\n";
+    results.push_back(*r);
+  }
+
+  Json j;
+  j["command"] = CommandLine();
+  j["machine"] = {{"cpu", CpuModel()}, {"nproc", OnlineCpus()}, {"date", UtcNow()}};
+  j["data"] = "synthetic (kvwire synth generator)";
+  j["seed"] = a.seed;
+  j["shape"] = {{"layers", a.layers},
+                {"tokens", a.tokens},
+                {"kv_heads", a.kv_heads},
+                {"head_dim", a.head_dim}};
+  j["elements"] = input->shape().elements();
+  j["fp16_bytes"] = input->shape().elements() * 2;
+  j["encode_threads"] = a.threads;
+  j["decode_threads"] = 1;
+  j["repeat"] = a.repeat;
+  j["gb_definition"] = "1e9 bytes of fp16 input (elements x 2)";
+  j["memcpy_gbps"] = memcpy_gbps;
+  Json list = Json::array();
+  for (const CodecResult& r : results) {
+    list.push_back({{"codec", r.spec},
+                    {"bytes", r.bytes},
+                    {"bits_per_element", r.bits_per_element},
+                    {"encode_s", r.encode_s},
+                    {"decode_s", r.decode_s},
+                    {"encode_gbps", gb / r.encode_s},
+                    {"decode_gbps", gb / r.decode_s},
+                    {"encode_vs_memcpy", gb / r.encode_s / memcpy_gbps},
+                    {"decode_vs_memcpy", gb / r.decode_s / memcpy_gbps},
+                    {"rel_rmse", r.rel_rmse},
+                    {"rel_rmse_k", r.rel_rmse_k},
+                    {"rel_rmse_v", r.rel_rmse_v}});
+  }
+  j["codecs"] = std::move(list);
+  const std::string md = MarkdownReport(a, j, results, memcpy_gbps, gb);
+
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(a.out_dir, ec);
+  if (ec) return Fail(cmd, "cannot create --out-dir " + a.out_dir + ": " + ec.message());
+  const std::string json_path = (fs::path(a.out_dir) / "codec_cpu.json").string();
+  const std::string md_path = (fs::path(a.out_dir) / "codec_cpu.md").string();
+  const std::string json_text = j.dump(2) + "\n";
+  for (const auto& [path, text] : {std::pair{json_path, json_text}, std::pair{md_path, md}}) {
+    std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(text.data()), text.size());
+    if (Status s = WriteFileBytes(path, bytes); !s.ok()) return FailStatus(cmd, s);
+  }
+  std::cout << md << "\nwrote " << json_path << " and " << md_path << "\n";
+  return 0;
+}
+
+// `bench codec --device cuda`: the CUDA benchmark is its own binary (kernels/bench/), built only
+// with CUDA, next to this one; this CLI stays free of CUDA and forwards the shape options to it.
+int RunBenchCodecCuda(const BenchArgs& a, bool tokens_given) {
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  const std::filesystem::path bench = self.parent_path() / "kvwire_cuda_bench";
+  if (ec || !std::filesystem::exists(bench)) {
+    return Fail("bench codec", "--device cuda: this build has no CUDA kernels (no " +
+                                   bench.string() +
+                                   "); configure with -DKVWIRE_WITH_CUDA=ON where the CUDA "
+                                   "toolkit is installed");
+  }
+  std::vector<std::string> args = {bench.string(),
+                                   "--layers",
+                                   std::to_string(a.layers),
+                                   "--kv-heads",
+                                   std::to_string(a.kv_heads),
+                                   "--head-dim",
+                                   std::to_string(a.head_dim),
+                                   "--repeat",
+                                   std::to_string(a.repeat),
+                                   "--out-dir",
+                                   a.out_dir};
+  if (tokens_given) args.insert(args.end(), {"--tokens", std::to_string(a.tokens)});
+  if (!a.codecs.empty()) args.insert(args.end(), {"--codecs", a.codecs});
+  std::vector<char*> argv;
+  for (std::string& arg : args) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  std::cout.flush();
+  execv(argv[0], argv.data());
+  return Fail("bench codec",
+              "--device cuda: cannot run " + bench.string() + ": " + std::strerror(errno));
+}
+
+const CommandRegistrar kRegistrar(
+    "bench", "Benchmarks: codec speed (bench codec), transport (bench transport)",
+    [](CLI::App* sub) -> std::function<int()> {
+      auto a = std::make_shared<BenchArgs>();
+      sub->require_subcommand(1);
+      CLI::App* codec = sub->add_subcommand(
+          "codec",
+          "Encode/decode GB/s of every codec vs memcpy, bits/element and round-trip error");
+      codec->footer(
+          "Generates one SYNTHETIC fp16 KV cache (see `kvwire synth --help`), then for each codec\n"
+          "times EncodeStream and StreamReader::DecodeAll (into an fp16 cache) of the whole\n"
+          "stream, median of --repeat runs, and memcpy of the same fp16 bytes in the same run.\n"
+          "GB/s counts fp16 input bytes (elements x 2) / seconds. Progress goes to stderr; the\n"
+          "table to stdout and <out-dir>/codec_cpu.md, all numbers to <out-dir>/codec_cpu.json.\n"
+          "Example (small): kvwire bench codec --layers 4 --tokens 1024 --codecs fp16,q4_0,kivi2");
+      codec->add_option("--codecs", a->codecs,
+                        "Comma-separated codec specs (default: every baseline codec)");
+      codec->add_option("--layers", a->layers, "Layers")
+          ->capture_default_str()
+          ->check(CLI::Range(1u, kMaxLayers));
+      codec->add_option("--kv-heads", a->kv_heads, "KV heads")
+          ->capture_default_str()
+          ->check(CLI::Range(1u, kMaxKvHeads));
+      codec->add_option("--head-dim", a->head_dim, "Head dimension")
+          ->capture_default_str()
+          ->check(CLI::Range(1u, kMaxHeadDim));
+      codec->add_option("--tokens", a->tokens, "Tokens")
+          ->capture_default_str()
+          ->check(CLI::Range(1u, kMaxTokens));
+      codec->add_option("--threads", a->threads, "Encoder (and memcpy) threads")
+          ->capture_default_str()
+          ->check(CLI::Range(1, 1024));
+      codec->add_option("--repeat", a->repeat, "Timed runs per codec (median reported)")
+          ->capture_default_str()
+          ->check(CLI::Range(1, 1000));
+      codec->add_option("--seed", a->seed, "Seed of the synthetic data")->capture_default_str();
+      codec->add_option("--out-dir", a->out_dir, "Where codec_cpu.json/.md go")
+          ->capture_default_str();
+      codec
+          ->add_option("--device", a->device,
+                       "cpu, or cuda: the CUDA kernels via kvwire_cuda_bench (Llama-3-8B shape at "
+                       "4K and 32K tokens unless --tokens; writes codec_cuda.json/.md; --threads "
+                       "and --seed do not apply)")
+          ->capture_default_str()
+          ->check(CLI::IsMember({"cpu", "cuda"}));
+      CLI::App* transport =
+          sub->add_subcommand("transport", "Transport speed (not implemented yet)");
+      transport->allow_extras();
+      return [a, codec] {
+        if (codec->parsed() && a->device == "cuda") {
+          return RunBenchCodecCuda(*a, codec->count("--tokens") > 0);
+        }
+        if (codec->parsed()) return RunBenchCodec(*a);
+        Fail("bench transport", "not implemented yet");
+        return 2;
+      };
+    });
+
+}  // namespace
+}  // namespace kvwire::cli

@@ -1,0 +1,113 @@
+// kvwire serve: the decode-node end. Listens, authenticates senders, receives KV caches and
+// writes each one as a KV dump (safetensors) into --out-dir.
+#include <filesystem>
+#include <iostream>
+#include <string>
+
+#include "cli_util.h"
+#include "command.h"
+#include "kvwire/kv_file.h"
+#include "kvwire/session.h"
+
+namespace kvwire::cli {
+namespace {
+
+struct ServeArgs {
+  std::string listen = "127.0.0.1:7070";
+  std::string backend = "tcp";
+  std::string key_file;
+  bool insecure = false;
+  std::string out_dir = ".";
+  int count = 0;  // 0: serve forever
+  int stall_timeout_ms = 30000;
+  bool verbose = false;
+};
+
+int RunServe(const ServeArgs& a) {
+  const char* cmd = "serve";
+  ReceiverOptions o;
+  o.backend = a.backend;
+  o.transport.address = a.listen;
+  o.transport.node_name = "kvwire-serve";
+  o.stall_timeout_ms = a.stall_timeout_ms;
+  o.verbose = a.verbose;
+  if (!a.key_file.empty()) {
+    auto key = LoadKeyFile(a.key_file);
+    if (!key.ok()) return FailStatus(cmd, key.status());
+    o.transport.key = std::move(*key);
+  } else if (!a.insecure) {
+    return Fail(cmd, "--key-file is required (or --insecure to accept unauthenticated peers)");
+  } else {
+    o.transport.allow_unauthenticated = true;
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(a.out_dir, ec);
+  if (ec) return Fail(cmd, "cannot create --out-dir " + a.out_dir + ": " + ec.message());
+
+  auto receiver = Receiver::Listen(o);
+  if (!receiver.ok()) return FailStatus(cmd, receiver.status());
+  std::cout << "kvwire serve: listening on " << (*receiver)->address() << " (" << a.backend << ")"
+            << std::endl;
+  for (int served = 0; a.count == 0 || served < a.count;) {
+    auto in = (*receiver)->NextRequest(-1);
+    if (!in.ok()) return FailStatus(cmd, in.status());
+    const uint64_t id = in->request_id;
+    auto cache = KvCache::Create(in->info.shape, in->info.dtype);
+    if (!cache.ok()) return FailStatus(cmd, cache.status());
+    cache->metadata() = in->info.metadata;
+    const double t0 = NowSeconds();
+    Status s = (*receiver)->SetDestination(id, cache->view());
+    if (s.ok()) s = (*receiver)->Wait(id, -1);
+    const double seconds = NowSeconds() - t0;
+    ++served;
+    if (!s.ok()) {
+      std::cerr << "kvwire serve: request " << id << " from '" << in->peer
+                << "' failed: " << s.ToString() << "\n";
+      (void)(*receiver)->Release(id);
+      if (a.count != 0) return 1;
+      continue;
+    }
+    const std::string path = a.out_dir + "/request-" + std::to_string(id) + ".safetensors";
+    if (Status w = SaveKvDump(path, *cache); !w.ok()) return FailStatus(cmd, w);
+    auto st = (*receiver)->stats(id);
+    std::string levels;
+    if (st.ok()) {
+      for (size_t i = 0; i < st->chunks_per_level.size(); ++i) {
+        if (st->chunks_per_level[i] == 0) continue;
+        if (!levels.empty()) levels += ", ";
+        levels += in->levels[i].codec + " x" + std::to_string(st->chunks_per_level[i]);
+      }
+    }
+    const KvShape& sh = in->info.shape;
+    const uint64_t raw = sh.elements() * DTypeSize(in->info.dtype);
+    std::cout << "request " << id << " from '" << in->peer << "': " << sh.layers << " layers x "
+              << sh.tokens << " tokens -> " << path << "\n  "
+              << (st.ok() ? Thousands(st->wire_bytes) : std::string("?")) << " bytes on the wire ("
+              << (st.ok() && st->wire_bytes ? Format("%.2fx", double(raw) / double(st->wire_bytes))
+                                            : "?")
+              << " vs " << DTypeName(in->info.dtype) << "), " << Format("%.1f ms", seconds * 1000)
+              << " to KV-ready; levels: " << levels << std::endl;
+    (void)(*receiver)->Release(id);
+  }
+  (*receiver)->Close();
+  return 0;
+}
+
+const CommandRegistrar kRegister(
+    "serve", "decode node: receive KV caches over ucx or tcp and write them as KV dumps",
+    [](CLI::App* sub) -> std::function<int()> {
+      auto a = std::make_shared<ServeArgs>();
+      sub->add_option("--listen", a->listen, "HOST:PORT to listen on (port 0: any free port)");
+      sub->add_option("--backend", a->backend, "ucx | tcp")->check(CLI::IsMember({"ucx", "tcp"}));
+      sub->add_option("--key-file", a->key_file,
+                      "pre-shared key: 64+ hex digits or >= 16 raw bytes");
+      sub->add_flag("--insecure", a->insecure, "accept unauthenticated peers (no --key-file)");
+      sub->add_option("--out-dir", a->out_dir, "where received KV dumps are written");
+      sub->add_option("--count", a->count, "exit after this many requests (0: serve forever)");
+      sub->add_option("--stall-timeout-ms", a->stall_timeout_ms, "fail a request idle this long");
+      sub->add_flag("--verbose,-v", a->verbose, "log connections, levels and completions");
+      return [a] { return RunServe(*a); };
+    });
+
+}  // namespace
+}  // namespace kvwire::cli
