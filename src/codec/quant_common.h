@@ -223,7 +223,7 @@ inline void UnpackBitsRef(const uint8_t* in, size_t n, int bits, uint8_t* idx) {
 /// Same bytes as PackBitsRef; values must be < 2^bits. Eight values make exactly `bits` bytes.
 inline void PackBits(const uint8_t* idx, size_t n, int bits, uint8_t* out) {
   if (bits == 8) {
-    std::memcpy(out, idx, n);
+    if (n != 0) std::memcpy(out, idx, n);  // empty chunks may pass null pointers
     return;
   }
   const size_t full = n / 8;
@@ -241,7 +241,7 @@ inline void PackBits(const uint8_t* idx, size_t n, int bits, uint8_t* out) {
 
 inline void UnpackBits(const uint8_t* in, size_t n, int bits, uint8_t* idx) {
   if (bits == 8) {
-    std::memcpy(idx, in, n);
+    if (n != 0) std::memcpy(idx, in, n);  // empty chunks may pass null pointers
     return;
   }
   const uint64_t mask = (uint64_t{1} << bits) - 1;
