@@ -183,5 +183,26 @@ TEST_F(ReferenceAgreementTest, ProjectModel) {
   EXPECT_NEAR(ours / ref, 1.0, 1e-5);
 }
 
+// The second project model has another shape (head_dim 128, one KV head, 1 query head): the
+// runner must load it with no code change and agree with the independent reference.
+TEST_F(ReferenceAgreementTest, HeadDim128SingleKvHeadModel) {
+  const std::string base = std::string(KVWIRE_SOURCE_DIR) + "/models/kjv-mqa-hd128";
+  const std::string eval = std::string(KVWIRE_SOURCE_DIR) + "/models/data/kjv_eval.txt";
+  if (!std::filesystem::exists(base + "/model.bin") || !std::filesystem::exists(eval)) {
+    GTEST_SKIP() << "SKIPPED: models/kjv-mqa-hd128/model.bin or models/data/kjv_eval.txt missing";
+  }
+  ExpectSameLogits(base + "/model.bin", base + "/tokenizer.bin", eval, 512, dir_);
+  auto m = Model::Load(base + "/model.bin");
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ((*m)->config().head_dim, 128u);
+  EXPECT_EQ((*m)->config().kv_heads, 1u);
+  auto ids = (*m)->tokenizer().Encode(ReadText(eval));
+  ASSERT_TRUE(ids.ok());
+  const double ours = WindowPpl(**m, *ids, 512, 4);
+  const double ref = ReferencePpl(base + "/model.bin", base + "/tokenizer.bin", eval, 4, dir_);
+  std::printf("[ reference ] kjv-mqa-hd128 PPL over 4 windows: C++ %.6f, numpy %.6f\n", ours, ref);
+  EXPECT_NEAR(ours / ref, 1.0, 1e-5);
+}
+
 }  // namespace
 }  // namespace kvwire
