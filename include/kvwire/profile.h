@@ -69,6 +69,7 @@ struct ProfileLevel {
   double kl = -1;               // measured mean KL (nats); < 0 when not measured
   double dppl = 0;              // measured delta PPL
   double top1 = 0;              // measured top-1 agreement
+  double measured_bits = 0;     // measured all-in bits/element (0: not measured)
 };
 
 class Profile {

@@ -179,8 +179,9 @@ Status Profile::Validate() const {
     for (double b : lv.budgets) {
       if (!(b >= 0 && b <= 16)) return Bad(where, "budget outside [0, 16]");
     }
-    if (!std::isfinite(lv.kl) || !std::isfinite(lv.dppl) || !std::isfinite(lv.top1)) {
-      return Bad(where, "non-finite measurement");
+    if (!std::isfinite(lv.kl) || !std::isfinite(lv.dppl) || !std::isfinite(lv.top1) ||
+        !(lv.measured_bits >= 0 && lv.measured_bits <= 64)) {
+      return Bad(where, "non-finite or out-of-range measurement");
     }
   }
   return Status::Ok();
@@ -228,6 +229,7 @@ Result<std::vector<uint8_t>> Profile::Serialize() const {
     out->set_kl(lv.kl);
     out->set_dppl(lv.dppl);
     out->set_top1(lv.top1);
+    out->set_measured_bits(lv.measured_bits);
   }
   std::string body;
   body.resize(pb.ByteSizeLong());
@@ -320,6 +322,7 @@ Result<Profile> Profile::Parse(std::span<const uint8_t> bytes) {
     o.kl = lv.kl();
     o.dppl = lv.dppl();
     o.top1 = lv.top1();
+    o.measured_bits = lv.measured_bits();
     p.levels.push_back(std::move(o));
     KVWIRE_RETURN_ERROR_IF(p.levels.size() > 64, kCorrupt, "profile: more than 64 levels");
   }

@@ -125,5 +125,41 @@ TEST_F(CliModelTest, BadInputsFailWithOneLine) {
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
 }
 
+// diagnose end to end on the tiny model: its sweep windows come from the calibration text beyond
+// the calibrated tokens (never the eval text), it writes a profile whose levels `kvwire eval`
+// then uses, and a text too short for both parts is refused with the reason.
+TEST_F(CliModelTest, DiagnoseSweepsOnUnusedCalibrationTextAndFeedsEval) {
+  std::string out;
+  const std::string m = "--model " + dir_ + "/model.bin --text " + dir_ + "/text.txt ";
+  ASSERT_EQ(Cli("diagnose " + m +
+                    "--calib-tokens 1024 --window 128 --seqs 2 --prefix 32 --cont 32 "
+                    "--ladder 1,2 --sweep-bits 2,3 --baselines q4_0 --threads 1 --out " +
+                    dir_ + "/p.kvp --report " + dir_ + "/report",
+                &out),
+            0)
+      << out;
+  std::ifstream f(dir_ + "/report/report.md");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const std::string md = ss.str();
+  EXPECT_NE(md.find("tokens 1024.. (not used by calibration)"), std::string::npos) << md;
+  EXPECT_TRUE(std::filesystem::exists(dir_ + "/report/sensitivity.svg"));
+  EXPECT_TRUE(std::filesystem::exists(dir_ + "/report/rate_distortion.svg"));
+  ASSERT_EQ(Cli("eval " + m + "--prefix 32 --cont 32 --seqs 2 --threads 1 --profile " + dir_ +
+                    "/p.kvp --codecs fp16,fraqtl@2",
+                &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("fraqtl@2"), std::string::npos) << out;
+
+  EXPECT_NE(Cli("diagnose " + m + "--calib-tokens 2000 --seqs 2 --prefix 32 --cont 32 --out " +
+                    dir_ + "/q.kvp",
+                &out),
+            0);
+  EXPECT_NE(out.find("not enough for --calib-tokens 2000"), std::string::npos) << out;
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/q.kvp"));
+}
+
 }  // namespace
 }  // namespace kvwire
