@@ -22,6 +22,7 @@
 #include "kvwire/codec.h"
 #include "kvwire/kv_file.h"
 #include "kvwire/stream.h"
+#include "cli_profile.h"
 #include "synthetic_kv.h"
 
 namespace kvwire::cli {
@@ -31,6 +32,7 @@ using Json = nlohmann::ordered_json;
 
 struct BenchArgs {
   std::string codecs;
+  std::string in, profile;  // a real KV dump instead of synthetic data; a fraqtl profile
   uint32_t layers = 32, kv_heads = 8, head_dim = 128, tokens = 4096;
   int threads = 1;
   int repeat = 3;
@@ -95,12 +97,13 @@ void RelativeRmse(const KvCache& ref, const KvCache& got, CodecResult* r) {
 }
 
 Result<CodecResult> BenchOne(const std::string& spec, const KvCache& input, KvCache* output,
-                             const BenchArgs& a) {
+                             const BenchArgs& a, const LoadedProfile& profile) {
   StreamInfo info;
   info.shape = input.shape();
   info.dtype = input.dtype();
   info.metadata = input.metadata();
   info.levels = {spec};
+  if (profile.get()) info.profile_id = profile.id;
   StreamWriterOptions options;
   options.threads = a.threads;
   CodecResult r;
@@ -109,7 +112,7 @@ Result<CodecResult> BenchOne(const std::string& spec, const KvCache& input, KvCa
   std::vector<uint8_t> stream;
   for (int i = 0; i < a.repeat; ++i) {
     const double t0 = NowSeconds();
-    auto s = EncodeStream(input.view(), info, options);
+    auto s = EncodeStream(input.view(), info, options, profile.get());
     enc.push_back(NowSeconds() - t0);
     if (!s.ok()) return s.status().WithContext("encode " + spec);
     if (i > 0 && *s != stream) {
@@ -119,7 +122,7 @@ Result<CodecResult> BenchOne(const std::string& spec, const KvCache& input, KvCa
   }
   for (int i = 0; i < a.repeat; ++i) {
     const double t0 = NowSeconds();
-    auto reader = StreamReader::Open(stream);
+    auto reader = StreamReader::Open(stream, profile.get());
     if (!reader.ok()) return reader.status().WithContext("decode " + spec);
     KVWIRE_RETURN_IF_ERROR((*reader)->DecodeAll(output->view()).WithContext("decode " + spec));
     dec.push_back(NowSeconds() - t0);
@@ -135,13 +138,14 @@ Result<CodecResult> BenchOne(const std::string& spec, const KvCache& input, KvCa
 std::string MarkdownReport(const BenchArgs& a, const Json& j, const std::vector<CodecResult>& rs,
                            double memcpy_gbps, double gb) {
   std::ostringstream md;
-  const KvShape s{a.layers, a.tokens, a.kv_heads, a.head_dim};
+  const KvShape s{j["shape"]["layers"].get<uint32_t>(), j["shape"]["tokens"].get<uint32_t>(),
+                  j["shape"]["kv_heads"].get<uint32_t>(), j["shape"]["head_dim"].get<uint32_t>()};
   md << "# kvwire codec speed, CPU\n\n"
      << "Command: `" << j["command"].get<std::string>() << "`\n\n"
      << "Machine: " << j["machine"]["cpu"].get<std::string>() << ", nproc "
      << j["machine"]["nproc"].get<unsigned>() << ", " << j["machine"]["date"].get<std::string>()
      << "\n\n"
-     << "Data: SYNTHETIC KV cache (kvwire synth generator, seed " << a.seed << "), " << s.layers
+     << "Data: " << j["data"].get<std::string>() << ", " << s.layers
      << " layers x " << s.tokens << " tokens x " << s.kv_heads << " kv heads x " << s.head_dim
      << " head_dim, fp16 = " << Format("%.3f", gb) << " GB. Encode threads " << a.threads
      << ", decode single-threaded, median of " << a.repeat << " runs.\n\n"
@@ -160,7 +164,7 @@ std::string MarkdownReport(const BenchArgs& a, const Json& j, const std::vector<
        << Format("%.4g", r.rel_rmse) << " | " << Format("%.4g", r.rel_rmse_k) << " | "
        << Format("%.4g", r.rel_rmse_v) << " |\n";
   }
-  md << "\nrel. RMSE = sqrt(sum (decoded - input)^2 / sum input^2) on the synthetic data; it is a "
+  md << "\nrel. RMSE = sqrt(sum (decoded - input)^2 / sum input^2) on this data; it is a "
         "sanity check of the round trip, not an accuracy result (see `kvwire eval`).\n";
   return md.str();
 }
@@ -178,18 +182,42 @@ int RunBenchCodec(const BenchArgs& a) {
       specs.push_back(item);
     }
   }
+
+  auto profile = LoadProfileArg(a.profile);
+  if (!profile.ok()) return FailStatus(cmd, profile.status());
   for (std::string& spec : specs) {  // fail on a bad name before spending minutes on data
-    auto codec = CreateCodec(spec);
+    auto codec = CreateCodec(spec, profile->get());
     if (!codec.ok()) return FailStatus(cmd, codec.status());
   }
-
-  SyntheticKvOptions synth;
-  synth.shape = {a.layers, a.tokens, a.kv_heads, a.head_dim};
-  synth.seed = a.seed;
-  synth.threads = std::max<int>(a.threads, static_cast<int>(OnlineCpus()));
-  std::cerr << "[bench] generating synthetic KV " << a.layers << "x" << a.tokens << "x"
-            << a.kv_heads << "x" << a.head_dim << " fp16...\n";
-  auto input = MakeSyntheticKv(synth);
+  Result<KvCache> input = Status(StatusCode::kInternal, "no input");
+  std::string data;
+  if (!a.in.empty()) {  // a real capture, converted to an fp16 cache (what the codecs read)
+    auto dump = LoadKvDump(a.in);
+    if (!dump.ok()) return FailStatus(cmd, dump.status());
+    input = KvCache::Create(dump->shape(), DType::kF16);
+    if (!input.ok()) return FailStatus(cmd, input.status());
+    input->metadata() = dump->metadata();
+    const KvShape& sh = dump->shape();
+    std::vector<float> rows(size_t{sh.tokens} * sh.kv_heads * sh.head_dim);
+    for (uint32_t l = 0; l < sh.layers; ++l) {
+      for (KvKind k : {KvKind::kKey, KvKind::kValue}) {
+        Status st = dump->view().ReadF32(l, k, 0, sh.tokens, rows.data());
+        if (st.ok()) st = input->view().WriteF32(l, k, 0, sh.tokens, rows.data());
+        if (!st.ok()) return FailStatus(cmd, st.WithContext(a.in));
+      }
+    }
+    data = "KV captured from a model (" + a.in + ", " + dump->metadata().model_fingerprint + ")";
+    WarnFingerprint("KV dump model", dump->metadata().model_fingerprint, *profile);
+  } else {
+    SyntheticKvOptions synth;
+    synth.shape = {a.layers, a.tokens, a.kv_heads, a.head_dim};
+    synth.seed = a.seed;
+    synth.threads = std::max<int>(a.threads, static_cast<int>(OnlineCpus()));
+    std::cerr << "[bench] generating synthetic KV " << a.layers << "x" << a.tokens << "x"
+              << a.kv_heads << "x" << a.head_dim << " fp16...\n";
+    input = MakeSyntheticKv(synth);
+    data = "SYNTHETIC KV cache (kvwire synth generator, seed " + std::to_string(a.seed) + ")";
+  }
   if (!input.ok()) return FailStatus(cmd, input.status());
   auto output = KvCache::Create(input->shape(), DType::kF16);
   if (!output.ok()) return FailStatus(cmd, output.status());
@@ -207,7 +235,7 @@ int RunBenchCodec(const BenchArgs& a) {
 
   std::vector<CodecResult> results;
   for (size_t i = 0; i < specs.size(); ++i) {
-    auto r = BenchOne(specs[i], *input, &*output, a);
+    auto r = BenchOne(specs[i], *input, &*output, a, *profile);
     if (!r.ok()) return FailStatus(cmd, r.status());
     std::cerr << "[bench] " << i + 1 << "/" << specs.size() << " "
               << Format("%-16s %8.4f b/e  encode %7.3f GB/s  decode %7.3f GB/s  rel RMSE %.4g",
@@ -220,12 +248,13 @@ int RunBenchCodec(const BenchArgs& a) {
   Json j;
   j["command"] = CommandLine();
   j["machine"] = {{"cpu", CpuModel()}, {"nproc", OnlineCpus()}, {"date", UtcNow()}};
-  j["data"] = "synthetic (kvwire synth generator)";
-  j["seed"] = a.seed;
-  j["shape"] = {{"layers", a.layers},
-                {"tokens", a.tokens},
-                {"kv_heads", a.kv_heads},
-                {"head_dim", a.head_dim}};
+  j["data"] = data;
+  if (a.in.empty()) j["seed"] = a.seed;
+  if (profile->get()) j["profile"] = profile->id;
+  j["shape"] = {{"layers", input->shape().layers},
+                {"tokens", input->shape().tokens},
+                {"kv_heads", input->shape().kv_heads},
+                {"head_dim", input->shape().head_dim}};
   j["elements"] = input->shape().elements();
   j["fp16_bytes"] = input->shape().elements() * 2;
   j["encode_threads"] = a.threads;
@@ -317,6 +346,10 @@ const CommandRegistrar kRegistrar(
           "Example (small): kvwire bench codec --layers 4 --tokens 1024 --codecs fp16,q4_0,kivi2");
       codec->add_option("--codecs", a->codecs,
                         "Comma-separated codec specs (default: every baseline codec)");
+      codec->add_option("--in", a->in,
+                        "A KV dump (kvwire capture) to bench on instead of synthetic data; "
+                        "--layers/--tokens/--kv-heads/--head-dim/--seed then do not apply");
+      codec->add_option("--profile", a->profile, "Profile for fraqtl codecs (kvwire calibrate)");
       codec->add_option("--layers", a->layers, "Layers")
           ->capture_default_str()
           ->check(CLI::Range(1u, kMaxLayers));
