@@ -76,6 +76,7 @@ class FraqtlCodec final : public Codec {
     rope_.theta = p.rope_theta;
     rope_.neox = p.rope_style == "neox";
     rope_.rope_dim = p.rope_dim;
+    rope_.CacheFrequencies();
     prerope_ = cfg_.prerope && p.has_prerope();
     budgets_.assign(size_t{layers_} * 2, cfg_.bits);
     if (const ProfileLevel* lv = cfg_.level.empty() ? nullptr : p.FindLevel(cfg_.level)) {

@@ -26,12 +26,24 @@ struct Rope {
 
   bool enabled() const { return theta > 0 && rope_dim >= 2; }
 
+  /// theta^(-2i / rope_dim), i < rope_dim / 2; Angles computes it when not cached here
+  /// (CacheFrequencies, after theta and rope_dim are set). Same values either way.
+  std::vector<double> inv_freq;
+
+  double InvFreq(uint32_t i) const {
+    return i < inv_freq.size() ? inv_freq[i]
+                               : std::pow(theta, -2.0 * i / static_cast<double>(rope_dim));
+  }
+  void CacheFrequencies() {
+    inv_freq.clear();
+    for (uint32_t i = 0; i < rope_dim / 2; ++i) inv_freq.push_back(InvFreq(i));
+  }
+
   /// cos/sin tables [rope_dim / 2] of position `pos` (double precision, then float).
   void Angles(int64_t pos, float* cos_out, float* sin_out) const {
     const uint32_t half = rope_dim / 2;
     for (uint32_t i = 0; i < half; ++i) {
-      const double inv_freq = std::pow(theta, -2.0 * i / static_cast<double>(rope_dim));
-      const double a = static_cast<double>(pos) * inv_freq;
+      const double a = static_cast<double>(pos) * InvFreq(i);
       cos_out[i] = static_cast<float>(std::cos(a));
       sin_out[i] = static_cast<float>(std::sin(a));
     }

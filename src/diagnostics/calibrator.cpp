@@ -55,6 +55,7 @@ Result<std::unique_ptr<Calibrator>> Calibrator::Create(const Shape& shape,
   impl->rope.theta = shape.rope_style == "none" ? 0 : shape.rope_theta;
   impl->rope.neox = shape.rope_style == "neox";
   impl->rope.rope_dim = shape.rope_dim;
+  impl->rope.CacheFrequencies();
   const size_t d = shape.head_dim, lh = size_t{shape.layers} * shape.kv_heads;
   impl->stats.resize(lh * kProfileSlots, SlotStats(d));
   impl->q_post.assign(lh, Mat(d * d, 0.0));
