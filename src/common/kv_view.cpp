@@ -113,7 +113,7 @@ Status KvView::ReadF32(uint32_t layer, KvKind kind, uint32_t token_begin, uint32
         break;
       case DType::kF16: {
         const auto* src = static_cast<const uint16_t*>(row);
-        for (size_t i = 0; i < n; ++i) dst[i] = HalfToFloat(src[i]);
+        for (size_t i = 0; i < n; ++i) dst[i] = HalfToFloatFast(src[i]);
         break;
       }
       case DType::kBF16: {
@@ -139,7 +139,7 @@ Status KvView::WriteF32(uint32_t layer, KvKind kind, uint32_t token_begin, uint3
         break;
       case DType::kF16: {
         auto* dst = static_cast<uint16_t*>(row);
-        for (size_t i = 0; i < n; ++i) dst[i] = FloatToHalf(src[i]);
+        for (size_t i = 0; i < n; ++i) dst[i] = FloatToHalfFast(src[i]);
         break;
       }
       case DType::kBF16: {
