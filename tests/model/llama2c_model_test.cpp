@@ -2,6 +2,8 @@
 // (perplexity on its in-distribution text, coherent greedy text) when ../shared is present.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+
 #include <fstream>
 #include <sstream>
 
@@ -133,9 +135,13 @@ TEST_F(Stories260KTest, PerplexityOnTinyStoriesSample) {
     ASSERT_TRUE(AccumulateLogitStats(logits, logits, t.subspan(1), 512, &stats).ok());
   }
   EXPECT_GT(stats.positions, 8000u);
-  // Measured 5.17 (tools/llama2c_reference.py --per-line gives 5.41 with its window layout).
-  EXPECT_GT(stats.ppl(), 3.5);
-  EXPECT_LT(stats.ppl(), 6.0);
+  std::printf("[ stories260K ] per-story PPL %.4f over %llu tokens\n", stats.ppl(),
+              static_cast<unsigned long long>(stats.positions));
+  // ../shared/models/README.md says "about 4.5"; this runner measures 5.17 per story, and
+  // tools/llama2c_reference.py (independent numpy, float64) agrees with its logits to ~1e-6
+  // (reference_agreement_test), so the gap is the measurement layout, not the runner. The
+  // band pins today's value so a runner change that moves it shows up.
+  EXPECT_NEAR(stats.ppl(), 5.17, 0.05);
 }
 
 TEST_F(Stories260KTest, GreedyTextIsCoherent) {
