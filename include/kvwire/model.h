@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -133,10 +134,18 @@ struct ModelOptions {
   bool skip_fingerprint = false;
 };
 
-/// What a forward pass returns.
+/// What a forward pass returns (and whom it tells as layers finish).
 struct ForwardOptions {
   enum class Logits : uint8_t { kNone, kLast, kAll };
+  ForwardOptions() = default;
+  ForwardOptions(Logits l) : logits(l) {}  // NOLINT(google-explicit-constructor): {Logits::kLast}
+
   Logits logits = Logits::kAll;
+  /// Optional: called on the calling thread once per layer, in order, as soon as that layer's
+  /// K and V rows of every token of this call are in the sequence (before its attention runs),
+  /// so a prefill node can start sending layer l while the rest of the forward computes. Those
+  /// rows are not written again by this call: another thread may read them from then on.
+  std::function<void(uint32_t layer)> on_layer_done;
 };
 
 /// The running state of one sequence: its float32 KV cache (and captured queries), grown

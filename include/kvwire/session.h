@@ -55,6 +55,9 @@ struct SenderOptions {
   bool verbose = false;  // log level choices and reconnects to stderr
 };
 
+/// Most bytes of SendRequestOptions::user_data.
+inline constexpr uint32_t kMaxRequestUserDataBytes = 64u << 10;
+
 struct SendRequestOptions {
   uint64_t request_id = 0;        // != 0, unique per sender
   std::vector<LevelSpec> levels;  // 1..kMaxLevels; the chooser picks per chunk
@@ -65,6 +68,10 @@ struct SendRequestOptions {
   uint32_t token_begin = 0;       // position of kv's token 0 within the sequence
   KvMetadata metadata;
   std::string profile_id;
+  /// Opaque bytes for the receiving application (at most kMaxRequestUserDataBytes), delivered
+  /// with the announcement as IncomingRequest::user_data: what an engine needs beside the KV,
+  /// e.g. the request's next input token. kvwire neither interprets nor logs them.
+  std::string user_data;
 };
 
 struct SendStats {
@@ -122,7 +129,8 @@ struct IncomingRequest {
   std::vector<LevelSpec> levels;
   double max_kl = 0;
   uint64_t deadline_ms = 0;
-  std::string peer;  // the sender's node name
+  std::string peer;       // the sender's node name
+  std::string user_data;  // SendRequestOptions::user_data, as sent (untrusted: validate it)
 };
 
 struct ReceiveStats {

@@ -190,6 +190,8 @@ Status Model::Forward(Sequence* seq, std::span<const int32_t> tokens, const Forw
           if (!seq->q_.empty()) std::copy_n(r, qd, seq->q_[l].data() + (t0 + i) * qd);
         }
       });
+      // Layer l's K/V rows are final now; the rest of the layer only reads them.
+      if (options.on_layer_done && c0 + n == tokens.size()) options.on_layer_done(l);
       model::CausalAttention(q.data(), n, t0, kc, vc, c.heads, c.kv_heads, c.head_dim, att.data(),
                              pool);
       model::MatMul(att.data(), n, qd, L.wo_t.data(), dim, nullptr, tmp.data(), pool);

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kvwire/kv_view.h"
+#include "kvwire/session.h"
 #include "kvwire/stream.h"
 
 namespace kvwire::transport {
@@ -60,6 +61,7 @@ Status ValidateRequestBegin(const control::RequestBegin& r) {
   CHECK_FIELD(r.deadline_ms() <= 24ull * 3600 * 1000, "deadline_ms longer than a day");
   CHECK_FIELD(r.chunk_tokens() <= kMaxTokens, "chunk_tokens out of range");
   CHECK_FIELD(r.stream_header().size() <= kMaxHeaderBytes + 64, "stream_header too large");
+  CHECK_FIELD(r.user_data().size() <= kMaxRequestUserDataBytes, "user_data too large");
   // The number of chunks must fit the sequence space.
   const uint64_t per_layer =
       r.chunk_tokens() == 0 ? 1

@@ -233,6 +233,7 @@ Status ReceiverCore::HandleBegin(const std::shared_ptr<Connection>& conn,
   s->info.max_kl = b.max_kl();
   s->info.deadline_ms = b.deadline_ms();
   s->info.peer = conn->peer_name();
+  s->info.user_data = b.user_data();
   s->have.assign(s->grid.total(), false);
   s->layer_chunks.assign(shape.layers, 0);
   s->st.chunks_per_level.assign(info.levels.size(), 0);

@@ -172,6 +172,7 @@ control::Control SenderCore::BeginMessage(const SendState& s, bool resume) const
   b->set_chunk_tokens(s.grid.chunk_tokens);
   b->set_stream_header(s.header.data(), s.header.size());
   b->set_resume(resume);
+  b->set_user_data(s.opts.user_data);
   return c;
 }
 
@@ -180,6 +181,9 @@ Result<std::shared_ptr<SendRequest>> SenderCore::Open(const KvView& kv,
   KVWIRE_RETURN_ERROR_IF(o.request_id == 0, kInvalidArgument, "request_id must not be 0");
   KVWIRE_RETURN_ERROR_IF(o.levels.empty() || o.levels.size() > kMaxLevels, kInvalidArgument,
                          "a request needs 1.." + std::to_string(kMaxLevels) + " levels");
+  KVWIRE_RETURN_ERROR_IF(o.user_data.size() > kMaxRequestUserDataBytes, kInvalidArgument,
+                         "user_data longer than " + std::to_string(kMaxRequestUserDataBytes) +
+                             " bytes");
   KVWIRE_RETURN_IF_ERROR(ValidateShape(kv.shape()));
   auto s = std::make_shared<SendState>();
   s->core = weak_from_this();
@@ -187,8 +191,11 @@ Result<std::shared_ptr<SendRequest>> SenderCore::Open(const KvView& kv,
   s->kv = kv;
   s->opts = o;
   uint32_t alignment = 1;
-  for (const auto& l : o.levels) {
+  for (auto& l : s->opts.levels) {
     KVWIRE_ASSIGN_OR_RETURN(auto codec, CreateCodec(l.codec, opts_.profile));
+    // The stream header records canonical specs ("kivi2" -> "kivi2:g=32,r=32"); RequestBegin
+    // must name the same ones, or the receiver refuses the request.
+    l.codec = codec->Spec();
     alignment = std::lcm(alignment, std::max<uint32_t>(codec->TokenAlignment(), 1));
     s->levels.push_back({l.bits_per_element, l.kl});
   }
@@ -201,7 +208,7 @@ Result<std::shared_ptr<SendRequest>> SenderCore::Open(const KvView& kv,
   info.token_begin = o.token_begin;
   info.metadata = o.metadata;
   info.profile_id = o.profile_id;
-  for (const auto& l : o.levels) info.levels.push_back(l.codec);
+  for (const auto& l : s->opts.levels) info.levels.push_back(l.codec);
   KVWIRE_ASSIGN_OR_RETURN(s->writer, StreamWriter::Create(info, {}, opts_.profile));
   KVWIRE_RETURN_IF_ERROR(s->writer->WriteHeader(&s->header));
   s->acked.assign(s->grid.total(), false);

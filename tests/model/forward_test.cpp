@@ -157,6 +157,34 @@ TEST(ForwardTest, ResultsDoNotDependOnThreadsOrChunking) {
   EXPECT_EQ(a, l1);
 }
 
+TEST(ForwardTest, LayerHookRunsOncePerLayerWhenItsKvIsFinal) {
+  TinyConfig c;
+  c.seq_len = 2048;
+  c.layers = 3;
+  const auto tokens = Tokens(600, c.vocab, 5);  // two internal batches: it fires in the last
+  auto m = LoadTiny(c, 8);
+  ASSERT_TRUE(m);
+  auto seq = m->NewSequence(600);
+  ASSERT_TRUE(seq.ok());
+  const size_t n = 600 * size_t{c.kv_heads} * c.head_dim();
+  std::vector<uint32_t> calls;
+  std::vector<std::vector<float>> k_then, v_then;
+  ForwardOptions fo(ForwardOptions::Logits::kNone);
+  fo.on_layer_done = [&](uint32_t layer) {
+    calls.push_back(layer);
+    auto k = seq->kv(layer, KvKind::kKey), v = seq->kv(layer, KvKind::kValue);
+    k_then.emplace_back(k.begin(), k.begin() + n);
+    v_then.emplace_back(v.begin(), v.begin() + n);
+  };
+  ASSERT_TRUE(m->Forward(&*seq, tokens, fo, nullptr).ok());
+  EXPECT_EQ(calls, (std::vector<uint32_t>{0, 1, 2}));
+  for (uint32_t l = 0; l < calls.size(); ++l) {
+    auto k = seq->kv(l, KvKind::kKey), v = seq->kv(l, KvKind::kValue);
+    EXPECT_TRUE(std::equal(k_then[l].begin(), k_then[l].end(), k.begin())) << "K of layer " << l;
+    EXPECT_TRUE(std::equal(v_then[l].begin(), v_then[l].end(), v.begin())) << "V of layer " << l;
+  }
+}
+
 TEST(ForwardTest, GenerateIsGreedy) {
   TinyConfig c;
   auto m = LoadTiny(c, 30);

@@ -61,6 +61,7 @@ TEST(Control, RefusesInvalidFields) {
       [](auto& c) { c.Clear(); },
       [](auto& c) { c.mutable_request_begin()->mutable_levels(0)->set_codec("fp16\n"); },
       [](auto& c) { c.mutable_error()->set_message(std::string("forged\x1b[2J", 11)); },
+      [](auto& c) { c.mutable_request_begin()->set_user_data(std::string((64 << 10) + 1, 'u')); },
   };
   for (size_t i = 0; i < breakers.size(); ++i) {
     control::Control c = ValidBegin();

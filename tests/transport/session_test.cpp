@@ -284,6 +284,35 @@ TEST_P(SessionTest, WrongKeyIsRefused) {
   EXPECT_EQ(s.status().code(), StatusCode::kUnauthenticated);
 }
 
+TEST_P(SessionTest, UserDataAndCanonicalLevelSpecsReachTheReceiver) {
+  auto r = Receiver::Listen(RecvOpts());
+  ASSERT_TRUE(r.ok());
+  auto s = Sender::Connect(SendOpts(**r));
+  ASSERT_TRUE(s.ok());
+  const KvShape shape{2, 96, 2, 32};
+  KvCache src = RandomCache(shape, 5);
+  SendRequestOptions ro;
+  ro.request_id = 4;
+  ro.levels = {{"kivi2", 3, -1}};  // short name: the stream header records "kivi2:g=32,r=32"
+  ro.user_data = std::string("next_token=7\0binary\xff", 20);  // any bytes
+  auto req = (*s)->Open(src.view(), ro);
+  ASSERT_TRUE(req.ok()) << req.status().ToString();
+  auto in = (*r)->NextRequest(5000);
+  ASSERT_TRUE(in.ok()) << in.status().ToString();
+  EXPECT_EQ(in->user_data, ro.user_data);
+  ASSERT_EQ(in->levels.size(), 1u);
+  EXPECT_EQ(in->levels[0].codec, "kivi2:g=32,r=32");
+  auto dst = KvCache::Create(shape, DType::kF32);
+  ASSERT_TRUE((*r)->SetDestination(4, dst->view()).ok());
+  ASSERT_TRUE((*req)->PushAll().ok());
+  ASSERT_TRUE((*req)->Wait(10000).ok()) << (*req)->Poll().ToString();
+  ASSERT_TRUE((*r)->Wait(4, 10000).ok());
+  // Too much user data is refused before anything is sent.
+  ro.request_id = 5;
+  ro.user_data.assign(kMaxRequestUserDataBytes + 1, 'x');
+  EXPECT_EQ((*s)->Open(src.view(), ro).status().code(), StatusCode::kInvalidArgument);
+}
+
 std::string Name(const testing::TestParamInfo<std::string>& info) { return info.param; }
 INSTANTIATE_TEST_SUITE_P(Backends, SessionTest, testing::ValuesIn(AvailableTransports()), Name);
 
