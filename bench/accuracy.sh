@@ -56,10 +56,13 @@ run "$kvwire" eval --model "$model" --text "$evaltext" "${win[@]}" --profile "$w
 
 # 3. diagnose (per-layer allocation, sweep on calibration text beyond CALIB_TOKENS), then the
 #    resulting profile's levels on the held-out eval text
+mkdir -p "$out/diagnose_${name}"
 run "$kvwire" diagnose --model "$model" --text "$calib" --calib-tokens "$calib_tokens" \
-  "${win[@]}" --out "$work/diagnosed.kvp" --report "$out/diagnose_${name}"
-levels=$(sed 's/fraqtl@\([0-9.]*\)/fraqtl@\1:level=\1/g' <<<"$ladder")
+  "${win[@]}" --out "$out/diagnose_${name}/profile.kvp" --report "$out/diagnose_${name}"
+# diagnose's default ladder: 0.5,0.75,1,1.5,2,3,4,6 (no 2.5)
+levels=fraqtl@0.5:level=0.5,fraqtl@0.75:level=0.75,fraqtl@1:level=1,fraqtl@1.5:level=1.5
+levels+=,fraqtl@2:level=2,fraqtl@3:level=3,fraqtl@4:level=4,fraqtl@6:level=6
 run "$kvwire" eval --model "$model" --text "$evaltext" "${win[@]}" \
-  --profile "$work/diagnosed.kvp" --codecs "$levels" \
+  --profile "$out/diagnose_${name}/profile.kvp" --codecs "$levels" \
   --json "$out/accuracy_${name}_diagnosed.json"
 echo "done: $out/accuracy_${name}*.json, $out/diagnose_${name}/" >&2

@@ -644,8 +644,14 @@ Result<std::unique_ptr<Codec>> MakeFraqtlCodec(const Config& config, const Profi
       !config.basis.empty() && config.basis != profile.basis_kind, kInvalidArgument,
       "fraqtl: basis=" + config.basis + " but the profile was calibrated with '" +
           profile.basis_kind + "' (calibrate with --basis " + config.basis + ")");
-  KVWIRE_RETURN_ERROR_IF(!config.level.empty() && !profile.FindLevel(config.level), kNotFound,
-                         "fraqtl: the profile has no level '" + config.level + "'");
+  if (!config.level.empty() && !profile.FindLevel(config.level)) {
+    // kInvalidArgument, not kNotFound: the registry reads kNotFound as "not this family".
+    std::string names;
+    for (const auto& lv : profile.levels) names += (names.empty() ? "" : ", ") + lv.name;
+    return Status(StatusCode::kInvalidArgument,
+                  "fraqtl: the profile has no level '" + config.level + "' (its levels: " +
+                      (names.empty() ? "none; `kvwire diagnose` writes them" : names) + ")");
+  }
   return std::unique_ptr<Codec>(std::make_unique<FraqtlCodec>(config, profile));
 }
 

@@ -60,7 +60,8 @@ Result<std::vector<std::string>> SplitCodecList(const std::string& list) {
 #ifdef KVWIRE_HAVE_MODEL
 
 struct Arm {
-  std::string spec;
+  std::string spec;       // the codec's canonical spec (every option spelled out)
+  std::string requested;  // the spec as given on the command line
   std::unique_ptr<Codec> codec;
   LogitStats stats;
   uint64_t stream_bytes = 0;
@@ -88,6 +89,7 @@ int RunEval(const EvalArgs& a) {
     if (!codec.ok()) return FailStatus(cmd, codec.status().WithContext("codec '" + s + "'"));
     Arm arm;
     arm.spec = (*codec)->Spec();
+    arm.requested = s;
     arm.codec = std::move(codec).value();
     arms.push_back(std::move(arm));
   }
@@ -276,10 +278,11 @@ int RunEval(const EvalArgs& a) {
     for (const Arm& arm : arms) {
       const double ppl = arm.stats.ppl();
       if (!arm.error.empty()) {
-        rows.push_back({{"codec", arm.spec}, {"error", arm.error}});
+        rows.push_back({{"codec", arm.spec}, {"requested", arm.requested}, {"error", arm.error}});
         continue;
       }
       rows.push_back({{"codec", arm.spec},
+                      {"requested", arm.requested},
                       {"bits_per_element", arm.bits()},
                       {"stream_bytes", arm.stream_bytes},
                       {"elements", arm.elements},
