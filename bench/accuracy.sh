@@ -10,7 +10,8 @@
 #   EVAL_TEXT     held-out text for every reported number
 #   PREFIX CONT   golden-protocol window (default 256 256), SEQS windows (default 16)
 #   CALIB_TOKENS  tokens of CALIB_TEXT calibrated on (default 16384); diagnose sweeps on the rest
-# Environment: KVWIRE (default build/bin/kvwire), OUT (default bench/results).
+# Environment: KVWIRE (default build/bin/kvwire), OUT (default bench/results), TOKENIZER (a
+# tokenizer.bin when it is not beside a llama2.c MODEL).
 # Every command is echoed with its wall time; nothing here is hand-tuned per model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,8 @@ out=${OUT:-bench/results}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$out"
+tok=()
+[[ -n ${TOKENIZER:-} ]] && tok=(--tokenizer "$TOKENIZER")
 
 run() {
   echo "+ $*" >&2
@@ -41,28 +44,28 @@ for b in 2.5 3; do
 done
 
 # 1. the baselines (issue 3's table)
-run "$kvwire" eval --model "$model" --text "$evaltext" "${win[@]}" --codecs "$baselines" \
+run "$kvwire" eval --model "$model" "${tok[@]}" --text "$evaltext" "${win[@]}" --codecs "$baselines" \
   --json "$out/accuracy_${name}.json"
 
 # 2. fraqtl: calibrate (metric and PCA bases), the ladder and the ablations
-run "$kvwire" calibrate --model "$model" --text "$calib" --tokens "$calib_tokens" \
+run "$kvwire" calibrate --model "$model" "${tok[@]}" --text "$calib" --tokens "$calib_tokens" \
   --out "$work/metric.kvp"
-run "$kvwire" calibrate --model "$model" --text "$calib" --tokens "$calib_tokens" --basis pca \
+run "$kvwire" calibrate --model "$model" "${tok[@]}" --text "$calib" --tokens "$calib_tokens" --basis pca \
   --out "$work/pca.kvp"
-run "$kvwire" eval --model "$model" --text "$evaltext" "${win[@]}" --profile "$work/metric.kvp" \
+run "$kvwire" eval --model "$model" "${tok[@]}" --text "$evaltext" "${win[@]}" --profile "$work/metric.kvp" \
   --codecs "$ladder,${ablate%,}" --json "$out/accuracy_${name}_fraqtl.json"
-run "$kvwire" eval --model "$model" --text "$evaltext" "${win[@]}" --profile "$work/pca.kvp" \
+run "$kvwire" eval --model "$model" "${tok[@]}" --text "$evaltext" "${win[@]}" --profile "$work/pca.kvp" \
   --codecs fraqtl@0.5,fraqtl@1,fraqtl@2.5,fraqtl@3 --json "$out/accuracy_${name}_fraqtl_pca.json"
 
 # 3. diagnose (per-layer allocation, sweep on calibration text beyond CALIB_TOKENS), then the
 #    resulting profile's levels on the held-out eval text
 mkdir -p "$out/diagnose_${name}"
-run "$kvwire" diagnose --model "$model" --text "$calib" --calib-tokens "$calib_tokens" \
+run "$kvwire" diagnose --model "$model" "${tok[@]}" --text "$calib" --calib-tokens "$calib_tokens" \
   "${win[@]}" --out "$out/diagnose_${name}/profile.kvp" --report "$out/diagnose_${name}"
 # diagnose's default ladder: 0.5,0.75,1,1.5,2,3,4,6 (no 2.5)
 levels=fraqtl@0.5:level=0.5,fraqtl@0.75:level=0.75,fraqtl@1:level=1,fraqtl@1.5:level=1.5
 levels+=,fraqtl@2:level=2,fraqtl@3:level=3,fraqtl@4:level=4,fraqtl@6:level=6
-run "$kvwire" eval --model "$model" --text "$evaltext" "${win[@]}" \
+run "$kvwire" eval --model "$model" "${tok[@]}" --text "$evaltext" "${win[@]}" \
   --profile "$out/diagnose_${name}/profile.kvp" --codecs "$levels" \
   --json "$out/accuracy_${name}_diagnosed.json"
 echo "done: $out/accuracy_${name}*.json, $out/diagnose_${name}/" >&2
