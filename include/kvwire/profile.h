@@ -10,8 +10,9 @@
 //   * per-direction variances lambda_i = E[z_i^2] (descending),
 //   * Lloyd-Max codebooks for z_i / sqrt(lambda_i) at 1..8 bits (empty: Gaussian) and the
 //     distortion of a unit-variance coefficient at 0..8 bits, which bit allocation uses,
-// plus the model fingerprint, the RoPE configuration, and a ladder of levels: per-(layer, K|V)
-// bit budgets and, once `kvwire diagnose` measured them, the accuracy of each level.
+// plus the model fingerprint, the RoPE configuration, a ladder of levels: per-(layer, K|V)
+// bit budgets and, once `kvwire diagnose` measured them, the accuracy of each level, and the
+// optional fraqtl steps (sign sketch, delta groups) that the diagnostic measured to pay off.
 //
 // File format: 16-byte preamble ("KVWP", u16 major, u16 minor, u32 body length, u32 CRC32C of
 // the body, little-endian) + protobuf ProfileBody (proto/kvwire_profile.proto). Id() is
@@ -31,7 +32,9 @@
 namespace kvwire {
 
 inline constexpr uint16_t kProfileFormatMajor = 1;
-inline constexpr uint16_t kProfileFormatMinor = 0;
+/// Minor 1 added fraqtl_defaults; a file is written with minor 1 only when that field is set, so
+/// profiles without it keep the bytes (and ids) of minor-0 builds. Readers accept any minor.
+inline constexpr uint16_t kProfileFormatMinor = 1;
 /// Profiles larger than this are refused before parsing.
 inline constexpr uint64_t kMaxProfileBytes = 1ull << 30;
 /// Highest bit-width of a Lloyd-Max codebook in a profile.
@@ -93,6 +96,11 @@ class Profile {
   /// The pre-RoPE slot is empty (no mean) when the rope configuration is unknown.
   std::vector<ProfileBasis> bases;
   std::vector<ProfileLevel> levels;
+  /// Optional fraqtl steps the codec applies when its spec does not set them: "" (none) or
+  /// "sign=M,delta=G" (either or both; M, G in 0..4096 as the spec options), written by
+  /// `kvwire diagnose` from its measured verdicts. With it set, fraqtl's canonical spec always
+  /// spells sign= and delta=, so a stream never depends on it.
+  std::string fraqtl_defaults;
 
   /// True when RoPE is known (theta > 0, style interleaved/neox) and pre-RoPE bases exist.
   bool has_prerope() const;

@@ -15,6 +15,7 @@
 
 #include "codec/codec_ids.h"
 #include "codec/fraqtl_math.h"
+#include "codec/fraqtl_sketch.h"
 #include "codec/lloyd_max.h"
 #include "codec/quant_common.h"
 
@@ -47,17 +48,37 @@ struct Prepared {
   std::vector<double> distortion;                    // [9]
   std::vector<float> levels[kMaxCodedBits + 1];      // [b]: 2^b levels
   std::vector<float> thresholds[kMaxCodedBits + 1];  // [b]: 2^b - 1 midpoints
+  std::vector<float> sketch;                         // [m, D] +-1 (sign=M only)
 };
 
 // Index bits of a chunk: `total` = bpt * quantized tokens + extra; the first `extra` tokens
-// get the allocation of bpt + 1 bits, the others that of bpt bits.
+// get the allocation of bpt + 1 bits, the others that of bpt bits. With delta groups
+// (group > 0) `lo` is the anchors' allocation and `hi` the delta tokens', both from one
+// water-filling of `total`.
 struct Allocation {
   uint64_t total = 0, extra = 0;
   std::vector<uint8_t> lo, hi;
   uint64_t bits_lo = 0, bits_hi = 0;  // sums of lo and hi
+  uint32_t group = 0;
+  bool UsesHi(size_t qi) const { return group ? qi % group != 0 : qi < extra; }
+  const std::vector<uint8_t>& For(size_t qi) const { return UsesHi(qi) ? hi : lo; }
   uint64_t PackedBytes(uint64_t nq) const {
-    return (bits_hi * extra + bits_lo * (nq - extra) + 7) / 8;
+    const uint64_t n_hi = group ? nq - (nq + group - 1) / group : extra;
+    return (bits_hi * n_hi + bits_lo * (nq - n_hi) + 7) / 8;
   }
+};
+
+// Byte offsets of the payload's fields before the index section (fraqtl_codec.h).
+struct Layout {
+  size_t gains = 0, delta_scales = 0, delta_modes = 0, norms = 0, signs = 0, fixed = 0;
+  bool has_delta_scales = false;
+};
+
+// Delta tokens' side information per (head, direction), [H * D].
+struct DeltaSide {
+  std::vector<float> scale;     // fp16-exact
+  std::vector<double> var;      // scale^2, the delta items' variances in the allocation
+  std::vector<uint8_t> direct;  // 1: coded without the anchor's prediction (v = z)
 };
 
 struct ChunkPlan {
@@ -92,7 +113,9 @@ class FraqtlCodec final : public Codec {
         const ProfileSlot slot = k == 1 ? ProfileSlot::kValue
                                         : (prerope_ ? ProfileSlot::kKeyPreRope : ProfileSlot::kKey);
         for (uint32_t h = 0; h < kv_heads_; ++h) {
-          Prepare(p.basis(l, slot, h), &prepared_[(size_t{l} * 2 + k) * kv_heads_ + h]);
+          Prepared& o = prepared_[(size_t{l} * 2 + k) * kv_heads_ + h];
+          Prepare(p.basis(l, slot, h), &o);
+          if (cfg_.sign) o.sketch = SketchMatrix(l, k, h, cfg_.sign, d_);
         }
       }
     }
@@ -174,11 +197,26 @@ class FraqtlCodec final : public Codec {
     return plan;
   }
 
-  // Bytes of the payload before the index section.
-  size_t FixedBytes(const ChunkPlan& plan) const {
-    return kPayloadHeader + plan.fp_tokens.size() * kv_heads_ * d_ * 2 +
-           (cfg_.gain ? plan.q_tokens.size() * kv_heads_ * 2 : 0);
+  // Delta tokens among `nq` quantized tokens (0 without delta groups).
+  size_t DeltaTokens(size_t nq) const {
+    return cfg_.delta ? nq - (nq + cfg_.delta - 1) / cfg_.delta : 0;
   }
+
+  Layout LayoutOf(const ChunkPlan& plan) const {
+    const size_t nq = plan.q_tokens.size(), hd = size_t{kv_heads_} * d_;
+    Layout l;
+    l.gains = kPayloadHeader + plan.fp_tokens.size() * hd * 2;
+    l.delta_scales = l.gains + (cfg_.gain ? nq * kv_heads_ * 2 : 0);
+    l.has_delta_scales = DeltaTokens(nq) > 0;
+    l.delta_modes = l.delta_scales + (l.has_delta_scales ? hd * 2 : 0);
+    l.norms = l.delta_modes + (l.has_delta_scales ? (hd + 7) / 8 : 0);
+    l.signs = l.norms + (cfg_.sign ? nq * kv_heads_ * 2 : 0);
+    l.fixed = l.signs + (cfg_.sign ? (nq * kv_heads_ * cfg_.sign + 7) / 8 : 0);
+    return l;
+  }
+
+  // Bytes of the payload before the index section.
+  size_t FixedBytes(const ChunkPlan& plan) const { return LayoutOf(plan).fixed; }
 
   // Payload bytes the budget allows for this chunk (may be negative).
   double TargetPayloadBytes(const ChunkDesc& desc) const {
@@ -199,6 +237,39 @@ class FraqtlCodec final : public Codec {
     a.hi = a.extra ? Allocate(desc, bpt + 1) : a.lo;
     for (uint8_t b : a.lo) a.bits_lo += b;
     for (uint8_t b : a.hi) a.bits_hi += b;
+    return a;
+  }
+
+  // Delta groups: one water-filling over the anchors' items (lambda_i) and the delta tokens'
+  // items (dvar: squared delta scales [H * D]), a bit of an item costing its token count.
+  // Returns an allocation that spends all of its `total` (see the end).
+  Allocation AllocateDelta(const ChunkDesc& desc, uint64_t total, uint64_t nq,
+                           const std::vector<double>& dvar) const {
+    const size_t hd = size_t{kv_heads_} * d_;
+    const uint64_t n_delta = DeltaTokens(nq), n_anchor = nq - n_delta;
+    std::vector<AllocationItem> items(2 * hd);
+    std::vector<uint64_t> costs(2 * hd);
+    for (uint32_t h = 0; h < kv_heads_; ++h) {
+      const Prepared& p = prep(desc.layer, desc.kind, h);
+      for (uint32_t i = 0; i < d_; ++i) {
+        const size_t k = size_t{h} * d_ + i;
+        items[k] = {p.variance[i], p.distortion.data()};
+        items[hd + k] = {n_delta ? dvar[k] : 0.0, p.distortion.data()};
+        costs[k] = n_anchor;
+        costs[hd + k] = n_delta;
+      }
+    }
+    const std::vector<uint8_t> bits = AllocateBitsWeighted(items, costs, total, cfg_.protect);
+    Allocation a;
+    a.total = total;
+    a.group = cfg_.delta;
+    a.lo.assign(bits.begin(), bits.begin() + hd);
+    a.hi.assign(bits.begin() + hd, bits.end());
+    for (uint8_t b : a.lo) a.bits_lo += b;
+    for (uint8_t b : a.hi) a.bits_hi += b;
+    // The bits it spends: the same allocation again (the greedy takes the same steps with any
+    // budget between this and `total`), and what the payload records, so that N is canonical.
+    a.total = a.bits_lo * n_anchor + a.bits_hi * n_delta;
     return a;
   }
 
@@ -384,6 +455,56 @@ class FraqtlCodec final : public Codec {
     w.Finish();
   }
 
+  // The general coder of steps 5 and 7 for any allocation, with or without delta groups: what
+  // delta streams pack on both paths, and the decoded z^ [nq, H, D] the sign sketch needs.
+  // Appends the indices to `out` and writes z^ to `zhat` (each when given). A delta token codes
+  // v = z - z^_anchor (or v = z where ds.direct) with scale ds.scale[h * D + i], any other token
+  // v = z with scale sigma_i g; the index is the number of thresholds strictly below v / scale
+  // (0 when scale = 0), as in PackIndices, and z^ is what the decoder computes from it.
+  void QuantizeChunk(const ChunkDesc& desc, const std::vector<float>& z,
+                     const std::vector<float>& gains, const DeltaSide& ds, size_t nq,
+                     const Allocation& al, std::vector<uint8_t>* out, std::vector<float>* zhat,
+                     CodecImpl impl) const {
+    const size_t d = d_, H = kv_heads_;
+    std::vector<float> anchor(al.group ? H * d : 0, 0.0f);
+    std::vector<uint8_t> discard;
+    BitWriter w(out != nullptr ? out : &discard);
+    for (size_t qi = 0; qi < nq; ++qi) {
+      const bool is_delta = al.UsesHi(qi) && al.group != 0;
+      const std::vector<uint8_t>& alloc = al.For(qi);
+      for (uint32_t h = 0; h < H; ++h) {
+        const Prepared& p = prep(desc.layer, desc.kind, h);
+        const float* zr = z.data() + (qi * H + h) * d;
+        const float g = cfg_.gain ? gains[qi * H + h] : 1.0f;
+        const uint8_t* a = alloc.data() + size_t{h} * d;
+        float* base = al.group ? anchor.data() + size_t{h} * d : nullptr;
+        for (size_t i = 0; i < d; ++i) {
+          const int b = a[i];
+          const bool pred = is_delta && !ds.direct[size_t{h} * d + i];
+          const float v = pred ? zr[i] - base[i] : zr[i];
+          float q = 0.0f;
+          if (b == kProtectedBits) {
+            const uint16_t hv = HalfSaturate(v);
+            if (out) impl == CodecImpl::kReference ? w.PutRef(hv, b) : w.Put(hv, b);
+            q = HalfToFloat(hv);
+          } else if (b > 0) {
+            const float scale = is_delta ? ds.scale[size_t{h} * d + i] : p.sigma[i] * g;
+            const float u = scale > 0.0f ? v / scale : 0.0f;
+            const std::vector<float>& th = p.thresholds[b];
+            uint32_t idx = 0;
+            while (idx < th.size() && u > th[idx]) ++idx;
+            if (out) impl == CodecImpl::kReference ? w.PutRef(idx, b) : w.Put(idx, b);
+            q = p.levels[b][idx] * scale;
+          }
+          const float rec = pred ? base[i] + q : q;
+          if (zhat) (*zhat)[(qi * H + h) * d + i] = rec;
+          if (base != nullptr && !is_delta) base[i] = rec;
+        }
+      }
+    }
+    w.Finish();
+  }
+
   Config cfg_;
   std::string spec_;
   uint32_t layers_, kv_heads_, d_;
@@ -434,12 +555,63 @@ Status FraqtlCodec::Encode(const ChunkDesc& desc, const float* in, std::vector<u
     }
   }
 
+  // Delta side (step 7), per (head, direction): predict from the decoded anchor, or not (when
+  // that leaves a larger mean square than z itself: tokens that do not follow their anchor);
+  // the scale is the RMS over the chunk's delta tokens of what is then coded. Measured closed
+  // loop: the anchors decoded with a first allocation that priced the delta tokens open loop
+  // (differences to the exact anchors). Sent as fp16, used as sent.
+  const Layout layout = LayoutOf(plan);
+  DeltaSide ds;
+  if (layout.has_delta_scales) {
+    const size_t G = cfg_.delta, hd = H * d;
+    auto measure = [&](const std::vector<float>& ref) {
+      std::vector<double> pred(hd, 0.0), direct(hd, 0.0);
+      for (size_t qi = 0; qi < nq; ++qi) {
+        if (qi % G == 0) continue;
+        const size_t anchor = qi - qi % G;
+        for (size_t k = 0; k < hd; ++k) {
+          const double zk = z[qi * hd + k];
+          const double v = zk - ref[anchor * hd + k];
+          pred[k] += v * v;
+          direct[k] += zk * zk;
+        }
+      }
+      const double n = static_cast<double>(DeltaTokens(nq));
+      for (size_t k = 0; k < hd; ++k) {
+        ds.direct[k] = direct[k] <= pred[k] ? 1 : 0;
+        const double ms = std::min(direct[k], pred[k]) / n;
+        ds.scale[k] = HalfToFloat(HalfSaturate(static_cast<float>(std::sqrt(ms))));
+        ds.var[k] = double{ds.scale[k]} * ds.scale[k];
+      }
+    };
+    ds.scale.assign(hd, 0.0f);
+    ds.var.assign(hd, 0.0);
+    ds.direct.assign(hd, 0);
+    measure(z);  // open loop
+    std::vector<float> zhat(nq * hd);
+    QuantizeChunk(desc, z, gains, ds, nq, AllocateDelta(desc, total, nq, ds.var), nullptr, &zhat,
+                  impl);
+    measure(zhat);  // closed loop
+  }
+
+  // Packs the indices for an index-bit total.
   std::vector<uint8_t> packed;
   IndexCache cache;
-  cache.tokens = nq;
-  cache.columns.resize(H * d * IndexCache::kSlots);
-  Allocation alloc = AllocateChunk(desc, total, nq);
-  PackIndices(desc, z, gains, nq, alloc, &packed, impl, &cache);
+  if (!cfg_.delta) {
+    cache.tokens = nq;
+    cache.columns.resize(H * d * IndexCache::kSlots);
+  }
+  auto pack = [&](uint64_t bits, std::vector<uint8_t>* dst) {
+    if (cfg_.delta) {
+      Allocation a = AllocateDelta(desc, bits, nq, ds.var);
+      QuantizeChunk(desc, z, gains, ds, nq, a, dst, nullptr, impl);
+      return a;
+    }
+    Allocation a = AllocateChunk(desc, bits, nq);
+    PackIndices(desc, z, gains, nq, a, dst, impl, &cache);
+    return a;
+  };
+  Allocation alloc = pack(total, &packed);
   bool zstd = false;
   std::vector<uint8_t> section = packed;
   if (cfg_.entropy == Entropy::kZstd && nq > 0) {
@@ -473,11 +645,10 @@ Status FraqtlCodec::Encode(const ChunkDesc& desc, const float* in, std::vector<u
                             : static_cast<double>(hi);
       }
       guess *= 0.999;  // aim just inside the budget: a fit moves lo, a miss only moves hi
-      const uint64_t mid = std::clamp<uint64_t>(static_cast<uint64_t>(std::max(0.0, guess)),
-                                                lo + 1, hi);
-      Allocation a = AllocateChunk(desc, mid, nq);
+      const uint64_t mid =
+          std::clamp<uint64_t>(static_cast<uint64_t>(std::max(0.0, guess)), lo + 1, hi);
       trial.clear();
-      PackIndices(desc, z, gains, nq, a, &trial, impl, &cache);
+      Allocation a = pack(mid, &trial);
       compress(trial, &comp);
       const double size = static_cast<double>(comp.empty() ? trial.size()
                                                           : std::min(comp.size(), trial.size()));
@@ -497,6 +668,32 @@ Status FraqtlCodec::Encode(const ChunkDesc& desc, const float* in, std::vector<u
     section = zstd ? std::move(best_comp) : packed;
   }
 
+  // Sign sketch (step 6) of the residual left by the chosen allocation.
+  std::vector<uint16_t> norms;
+  std::vector<uint8_t> signs;
+  if (cfg_.sign) {
+    const uint32_t m = cfg_.sign;
+    std::vector<float> zhat(nq * H * d), r(d);
+    QuantizeChunk(desc, z, gains, ds, nq, alloc, nullptr, &zhat, impl);
+    norms.resize(nq * H);
+    std::vector<uint8_t> bits(m);
+    BitWriter w(&signs);
+    for (size_t k = 0; k < nq * H; ++k) {
+      double ss = 0;
+      for (size_t j = 0; j < d; ++j) {
+        r[j] = z[k * d + j] - zhat[k * d + j];
+        ss += double{r[j]} * r[j];
+      }
+      norms[k] = HalfSaturate(static_cast<float>(std::sqrt(ss)));
+      const Prepared& p = prep(desc.layer, desc.kind, static_cast<uint32_t>(k % H));
+      SketchSigns(p.sketch.data(), m, d_, r.data(), bits.data());
+      for (uint32_t b = 0; b < m; ++b) w.PutRef(bits[b], 1);
+    }
+    w.Finish();
+  }
+
+  if (cfg_.delta) total = alloc.total;  // the bits spent (AllocateDelta)
+
   const size_t base = out->size();
   out->resize(base + fixed + section.size());
   uint8_t* o = out->data() + base;
@@ -513,6 +710,12 @@ Status FraqtlCodec::Encode(const ChunkDesc& desc, const float* in, std::vector<u
   }
   uint8_t* g = fp + nf * H * d * 2;
   for (size_t i = 0; i < gains.size(); ++i) StoreU16(g + 2 * i, FloatToHalf(gains[i]));
+  for (size_t i = 0; i < ds.scale.size(); ++i) {
+    StoreU16(o + layout.delta_scales + 2 * i, FloatToHalf(ds.scale[i]));
+    if (ds.direct[i]) o[layout.delta_modes + i / 8] |= static_cast<uint8_t>(1u << (i % 8));
+  }
+  for (size_t i = 0; i < norms.size(); ++i) StoreU16(o + layout.norms + 2 * i, norms[i]);
+  if (!signs.empty()) std::memcpy(o + layout.signs, signs.data(), signs.size());
   std::memcpy(o + fixed, section.data(), section.size());
   return Status::Ok();
 }
@@ -522,7 +725,8 @@ Status FraqtlCodec::Decode(const ChunkDesc& desc, std::span<const uint8_t> paylo
   KVWIRE_RETURN_IF_ERROR(CheckDesc(desc).WithContext("decode"));
   const ChunkPlan plan = Plan(desc);
   const size_t d = d_, H = kv_heads_, nq = plan.q_tokens.size(), nf = plan.fp_tokens.size();
-  const size_t fixed = FixedBytes(plan);
+  const Layout layout = LayoutOf(plan);
+  const size_t fixed = layout.fixed;
   KVWIRE_RETURN_ERROR_IF(payload.size() < fixed, kCorrupt,
                          "fraqtl: payload of " + std::to_string(payload.size()) +
                              " bytes, shorter than its fixed part (" + std::to_string(fixed) + ")");
@@ -540,7 +744,33 @@ Status FraqtlCodec::Decode(const ChunkDesc& desc, std::span<const uint8_t> paylo
                          "fraqtl: payload of " + std::to_string(payload.size()) +
                              " bytes, its fields announce " +
                              std::to_string(fixed + section_bytes));
-  const Allocation alloc = AllocateChunk(desc, total, nq);
+  DeltaSide ds;
+  if (layout.has_delta_scales) {
+    const uint8_t* sp = p + layout.delta_scales;
+    const uint8_t* mp = p + layout.delta_modes;
+    const size_t hd = H * d;
+    KVWIRE_RETURN_ERROR_IF(!baseline::HalvesAreScales(sp, hd), kCorrupt,
+                           "fraqtl: a delta scale is negative or not finite");
+    KVWIRE_RETURN_ERROR_IF(hd % 8 != 0 && (mp[hd / 8] >> (hd % 8)) != 0, kCorrupt,
+                           "fraqtl: padding bits of the delta modes are not zero");
+    ds.scale.resize(hd);
+    ds.var.resize(hd);
+    ds.direct.resize(hd);
+    for (size_t k = 0; k < hd; ++k) {
+      ds.scale[k] = baseline::LoadHalf(sp, k);
+      ds.var[k] = double{ds.scale[k]} * ds.scale[k];
+      ds.direct[k] = (mp[k / 8] >> (k % 8)) & 1u;
+    }
+  }
+  if (cfg_.sign) {
+    KVWIRE_RETURN_ERROR_IF(!baseline::HalvesAreScales(p + layout.norms, nq * H), kCorrupt,
+                           "fraqtl: a residual norm is negative or not finite");
+  }
+  const Allocation alloc =
+      cfg_.delta ? AllocateDelta(desc, total, nq, ds.var) : AllocateChunk(desc, total, nq);
+  KVWIRE_RETURN_ERROR_IF(
+      cfg_.delta && alloc.total != total, kCorrupt,
+      "fraqtl: " + std::to_string(total) + " index bits is not what the delta allocation spends");
   const uint64_t packed_bytes = alloc.PackedBytes(nq);
   std::vector<uint8_t> inflated;
   std::span<const uint8_t> section = payload.subspan(fixed);
@@ -574,7 +804,10 @@ Status FraqtlCodec::Decode(const ChunkDesc& desc, std::span<const uint8_t> paylo
                                   : baseline::LoadHalves(fp + k * H * d * 2, H * d, r);
   }
   BitReader reader(section);
-  std::vector<float> z(d), cs(d + 2);
+  BitReader sign_reader(payload.subspan(layout.signs, fixed - layout.signs));
+  std::vector<float> z(d), cs(d + 2), tmp(d), anchor(cfg_.delta ? H * d : 0, 0.0f);
+  std::vector<uint8_t> sign_bits(cfg_.sign);
+  const double shrink = cfg_.sign ? SketchShrink(cfg_.sign, d_) : 0.0;
   for (size_t qi = 0; qi < nq; ++qi) {
     const uint32_t t = plan.q_tokens[qi];
     const bool rot = prerope_ && desc.kind == KvKind::kKey;
@@ -588,22 +821,37 @@ Status FraqtlCodec::Decode(const ChunkDesc& desc, std::span<const uint8_t> paylo
         g = baseline::LoadHalf(gp, qi * H + h);
         g = g > 0.0f ? g : 1.0f;
       }
-      const uint8_t* a = (qi < alloc.extra ? alloc.hi : alloc.lo).data() + size_t{h} * d;
+      const uint8_t* a = alloc.For(qi).data() + size_t{h} * d;
+      // Delta tokens add their coded difference to the anchor's decoded coefficients (the
+      // values before the sign correction, as the encoder's closed loop saw them), except in
+      // the directions sent as direct.
+      const bool is_delta = alloc.group != 0 && alloc.UsesHi(qi);
+      float* base = cfg_.delta ? anchor.data() + size_t{h} * d : nullptr;
       for (size_t i = 0; i < d; ++i) {
         const int b = a[i];
-        if (b == 0) {
-          z[i] = 0.0f;
-          continue;
+        const bool pred = is_delta && !ds.direct[size_t{h} * d + i];
+        float q = 0.0f;
+        if (b != 0) {
+          const uint32_t v = impl == CodecImpl::kReference ? reader.GetRef(b) : reader.Get(b);
+          if (b == kProtectedBits) {
+            const uint16_t hv = static_cast<uint16_t>(v);
+            KVWIRE_RETURN_ERROR_IF(!baseline::HalfIsFinite(hv), kCorrupt,
+                                   "fraqtl: a protected coefficient is not finite");
+            q = HalfToFloat(hv);
+          } else {
+            const float scale = is_delta ? ds.scale[size_t{h} * d + i] : pr.sigma[i] * g;
+            q = pr.levels[b][v] * scale;  // v < 2^b by construction
+          }
         }
-        const uint32_t v = impl == CodecImpl::kReference ? reader.GetRef(b) : reader.Get(b);
-        if (b == kProtectedBits) {
-          const uint16_t hv = static_cast<uint16_t>(v);
-          KVWIRE_RETURN_ERROR_IF(!baseline::HalfIsFinite(hv), kCorrupt,
-                                 "fraqtl: a protected coefficient is not finite");
-          z[i] = HalfToFloat(hv);
-        } else {
-          z[i] = pr.levels[b][v] * (pr.sigma[i] * g);  // v < 2^b by construction
-        }
+        z[i] = pred ? base[i] + q : q;
+        if (base != nullptr && !is_delta) base[i] = z[i];
+      }
+      if (cfg_.sign) {
+        for (uint32_t k = 0; k < cfg_.sign; ++k)
+          sign_bits[k] = static_cast<uint8_t>(sign_reader.GetRef(1));
+        const float norm = baseline::LoadHalf(p + layout.norms, qi * H + h);
+        SketchAdd(pr.sketch.data(), cfg_.sign, d_, sign_bits.data(),
+                  static_cast<float>(shrink * norm), z.data(), tmp.data());
       }
       float* o = out + (size_t{t} * H + h) * d;
       Inverse(pr, z.data(), o, impl);
@@ -624,17 +872,26 @@ std::string CanonicalSpec(const Config& c) {
        ",prerope=" + std::to_string(int{c.prerope}) + ",";
   if (!c.basis.empty()) s += "basis=" + c.basis + ",";
   s += "floor=" + std::to_string(int{c.floor}) + ",protect=" + std::to_string(c.protect) +
-       ",gain=" + std::to_string(int{c.gain}) +
-       ",entropy=" + std::string(c.entropy == Entropy::kZstd ? "zstd" : "none") +
+       ",gain=" + std::to_string(int{c.gain});
+  if (c.sign != 0 || c.spell_steps) s += ",sign=" + std::to_string(c.sign);
+  if (c.delta != 0 || c.spell_steps) s += ",delta=" + std::to_string(c.delta);
+  s += ",entropy=" + std::string(c.entropy == Entropy::kZstd ? "zstd" : "none") +
        ",book=" + std::string(c.calibrated_books ? "calib" : "gauss");
   return s;
 }
 
-Result<std::unique_ptr<Codec>> MakeFraqtlCodec(const Config& config, const Profile& profile) {
-  KVWIRE_RETURN_ERROR_IF(config.sign, kUnsupported,
-                         "fraqtl: sign=1 (residual sign sketch) is not implemented in this build");
-  KVWIRE_RETURN_ERROR_IF(config.delta != 0, kUnsupported,
-                         "fraqtl: delta=G (delta encoding) is not implemented in this build");
+Result<std::unique_ptr<Codec>> MakeFraqtlCodec(const Config& requested, const Profile& profile) {
+  Config config = requested;
+  // sign=1 asks for the default sketch size, D / 2 rows.
+  if (config.sign == 1) config.sign = std::max<uint32_t>(1, profile.head_dim / 2);
+  KVWIRE_RETURN_ERROR_IF(config.sign > 4 * profile.head_dim, kInvalidArgument,
+                         "fraqtl: sign=" + std::to_string(config.sign) +
+                             " sketch rows, at most 4 x head_dim (" +
+                             std::to_string(4 * profile.head_dim) + ")");
+  KVWIRE_RETURN_ERROR_IF(config.delta == 1, kInvalidArgument,
+                         "fraqtl: delta=G needs groups of G >= 2 tokens (delta=0: off)");
+  KVWIRE_RETURN_ERROR_IF(config.delta != 0 && config.gain, kInvalidArgument,
+                         "fraqtl: delta=G and gain=1 do not combine (delta tokens have no gain)");
   KVWIRE_RETURN_ERROR_IF(config.entropy == Entropy::kRans, kUnsupported,
                          "fraqtl: entropy=rans is not implemented in this build (use zstd)");
   KVWIRE_RETURN_ERROR_IF(!(config.bits > 0 && config.bits <= 16), kInvalidArgument,

@@ -11,9 +11,20 @@
 //      that would get more than `protect` bits is kept fp16;
 //   5. u = z_i / (sqrt(lambda_i) g) (g: optional fp16 per-(token, head) gain, else 1) is
 //      quantized with the Lloyd-Max codebook of its bit-width (calibrated or Gaussian);
+//   6. sign=M (optional): per quantized (token, head) the signs of S r, r = z - z^ the
+//      residual, with a seeded +-1 matrix S [M, D], and ||r|| (fp16); the decoder adds a
+//      shrunk QJL estimate of r to z^ before the inverse transform (fraqtl_sketch.h);
+//   7. delta=G (optional): quantized tokens in groups of G (chunk order, per chunk); the first
+//      of a group (anchor) is coded as in 5; the others code d = z - z^_anchor (the decoded
+//      anchor: closed loop), or z itself in the (head, direction)s where that is smaller on
+//      the chunk ("direct", one bit each), normalized by per-(head, direction) delta scales
+//      measured on the chunk and sent as fp16. Anchors and deltas share one water-filling
+//      (anchor items with lambda_i, delta items with the squared delta scales, each bit
+//      costing its token count);
 //   8. zstd over the packed indices (default; entropy=none turns it off); the budget then buys
 //      more index bits: the largest allocation whose compressed section fits is chosen.
-// Steps 6 (sign sketch), 7 (delta) and rANS are not implemented in this build (kUnsupported).
+// rANS is not implemented in this build (kUnsupported). Sign sketch bits, norms and delta scales
+// are paid from the budget before water-filling, like fp16 tokens and gains.
 //
 // Budget: `fraqtl@B` targets B bits/element all-in for the stream: the chunk's payload is sized
 // so that payload + its 40-byte chunk header + its share of the stream header and trailer
@@ -28,8 +39,13 @@
 //   u32 bytes of the index section
 //   fp16 [fp16 tokens, kv_heads, head_dim]     the pass-through tokens in chunk order
 //   fp16 [quantized tokens, kv_heads]          gains (gain=1 only)
+//   fp16 [kv_heads, head_dim]                  delta scales (delta=G and a delta token only)
+//   bits [kv_heads, head_dim]                  delta modes, 1 = direct, LSB-first (ditto)
+//   fp16 [quantized tokens, kv_heads]          residual norms (sign=M only)
+//   bits [quantized tokens, kv_heads, M]       residual signs, LSB-first (sign=M only)
 //   index section: per quantized token, per head, per direction with b > 0: b bits (b = 16:
 //   the fp16 bits of z_i), one variable-width LSB-first bit stream (fraqtl_math.h).
+// Without sign and delta the payload is exactly that of earlier builds (same version, 1).
 #pragma once
 
 #include <cstdint>
@@ -54,8 +70,12 @@ struct Config {
   int protect = 8;      // 0 = off; else a direction that would get more than `protect` bits
                         // is kept fp16 (measured: 8 pays at 2-3 b/e, is inert below)
   bool gain = false;    // per-(token, head) fp16 gain
-  bool sign = false;    // residual sign sketch (unsupported)
-  uint32_t delta = 0;   // delta groups (unsupported)
+  uint32_t sign = 0;    // sign sketch rows M per (token, head); 0 = off; the spec's sign=1
+                        // means M = max(1, D / 2) (resolved by MakeFraqtlCodec)
+  uint32_t delta = 0;   // delta group size G (>= 2); 0 = off
+  // Write sign= and delta= into the canonical spec even when 0: set when the profile carries
+  // fraqtl defaults, so that a stream's spec never depends on them.
+  bool spell_steps = false;
   Entropy entropy = Entropy::kZstd;  // measured: pays at every budget (see the report)
   bool calibrated_books = true;      // use the profile's codebooks when it has them
 };

@@ -102,6 +102,15 @@ struct AllocationOptions {
 std::vector<uint8_t> AllocateBits(std::span<const AllocationItem> items, uint64_t total_bits,
                                   const AllocationOptions& options);
 
+/// AllocateBits where a bit of item i costs costs[i] bits of `total_bits` (an item that codes
+/// costs[i] tokens: delta encoding's anchor and delta classes). The gain per bit of a step is
+/// the same lambda_i (D(b) - D(b + 1)) (per token, and per bit of that token), a step costs
+/// costs[i] (or (16 - b) costs[i] for the fp16 jump), items with costs[i] = 0 stay at 0 bits.
+/// The floor is not offered. Same order and tie rule as AllocateBits.
+std::vector<uint8_t> AllocateBitsWeighted(std::span<const AllocationItem> items,
+                                          std::span<const uint64_t> costs, uint64_t total_bits,
+                                          int protect);
+
 /// Total distortion sum_i lambda_i D_i(b_i) of an allocation (protected: 0).
 double AllocationDistortion(std::span<const AllocationItem> items, std::span<const uint8_t> bits);
 

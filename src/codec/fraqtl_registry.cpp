@@ -29,6 +29,25 @@ Result<std::string> GetString(const CodecOptions& opts, std::string_view key,
   return fallback;
 }
 
+// "sign=M,delta=G" (either or both, or empty) of Profile::fraqtl_defaults.
+Result<CodecOptions> ParseFraqtlDefaults(const std::string& text) {
+  CodecOptions o;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find(',', pos);
+    if (end == std::string::npos) end = text.size();
+    const std::string item = text.substr(pos, end - pos);
+    const size_t eq = item.find('=');
+    const std::string key = item.substr(0, eq);
+    KVWIRE_RETURN_ERROR_IF(
+        eq == std::string::npos || (key != "sign" && key != "delta") || o.Has(key),
+        kInvalidArgument, "profile fraqtl defaults '" + text + "': expected sign=M,delta=G");
+    o.values.emplace_back(key, item.substr(eq + 1));
+    pos = end + 1;
+  }
+  return o;
+}
+
 Result<std::unique_ptr<Codec>> MakeFraqtl(std::string_view name, const CodecOptions& opts,
                                           const Profile* profile) {
   if (!name.starts_with("fraqtl")) return baseline::NotThisFamily();
@@ -61,8 +80,19 @@ Result<std::unique_ptr<Codec>> MakeFraqtl(std::string_view name, const CodecOpti
   KVWIRE_ASSIGN_OR_RETURN(const int64_t protect, opts.GetInt("protect", 8, 0, 8));
   c.protect = static_cast<int>(protect);
   KVWIRE_ASSIGN_OR_RETURN(c.gain, GetBool(opts, "gain", false));
-  KVWIRE_ASSIGN_OR_RETURN(c.sign, GetBool(opts, "sign", false));
-  KVWIRE_ASSIGN_OR_RETURN(const int64_t delta, opts.GetInt("delta", 0, 0, 4096));
+  // sign and delta not set by the spec come from the profile's measured defaults, if any.
+  CodecOptions steps = opts;
+  if (profile != nullptr && !profile->fraqtl_defaults.empty()) {
+    c.spell_steps = true;
+    KVWIRE_ASSIGN_OR_RETURN(const CodecOptions defaults,
+                            ParseFraqtlDefaults(profile->fraqtl_defaults));
+    for (const auto& kv : defaults.values) {
+      if (!opts.Has(kv.first)) steps.values.push_back(kv);
+    }
+  }
+  KVWIRE_ASSIGN_OR_RETURN(const int64_t sign, steps.GetInt("sign", 0, 0, 4096));
+  c.sign = static_cast<uint32_t>(sign);
+  KVWIRE_ASSIGN_OR_RETURN(const int64_t delta, steps.GetInt("delta", 0, 0, 4096));
   c.delta = static_cast<uint32_t>(delta);
   KVWIRE_ASSIGN_OR_RETURN(const std::string entropy,
                           GetString(opts, "entropy", {"none", "zstd", "rans"}, "zstd"));
@@ -84,7 +114,7 @@ namespace detail {
 void RegisterFraqtlCodecs(std::vector<CodecFamily>* registry) {
   registry->push_back(
       {"fraqtl@B[:level=L,sink=S,window=R,prerope=0|1,basis=metric|pca|random,floor=0|1,"
-       "protect=P,gain=0|1,entropy=none|zstd,book=calib|gauss]",
+       "protect=P,gain=0|1,sign=M,delta=G,entropy=none|zstd,book=calib|gauss]",
        "calibrated basis + reverse water-filling + Lloyd-Max, pre-RoPE keys; B bits/element "
        "all-in (needs --profile)",
        MakeFraqtl});

@@ -93,6 +93,30 @@ Status ValidateBasis(const Profile& p, const ProfileBasis& b, const std::string&
   return Status::Ok();
 }
 
+// "" or "sign=M,delta=G" (either or both, once each, values 0..4096).
+bool ValidFraqtlDefaults(const std::string& s) {
+  if (s.size() > 64) return false;
+  bool seen_sign = false, seen_delta = false;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    size_t end = s.find(',', pos);
+    if (end == std::string::npos) end = s.size();
+    const std::string item = s.substr(pos, end - pos);
+    bool* seen = item.starts_with("sign=")    ? &seen_sign
+                 : item.starts_with("delta=") ? &seen_delta
+                                              : nullptr;
+    if (seen == nullptr || *seen) return false;
+    *seen = true;
+    const std::string v = item.substr(item.find('=') + 1);
+    if (v.empty() || v.size() > 4 || v.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoi(v) > 4096) {
+      return false;
+    }
+    pos = end + 1;
+  }
+  return s.empty() || s.back() != ',';
+}
+
 }  // namespace
 
 std::string ProfileIdOfBytes(std::span<const uint8_t> bytes) {
@@ -164,6 +188,9 @@ Status Profile::Validate() const {
   if (any_pre && (rope_style == "none" || !(rope_theta > 0) || rope_dim == 0)) {
     return Bad("bases", "pre-RoPE bases without a rope configuration");
   }
+  if (!ValidFraqtlDefaults(fraqtl_defaults)) {
+    return Bad("fraqtl_defaults", "'" + fraqtl_defaults + "' is not sign=M,delta=G");
+  }
   if (levels.size() > 64) return Bad("levels", "more than 64 levels");
   for (size_t i = 0; i < levels.size(); ++i) {
     const ProfileLevel& lv = levels[i];
@@ -204,6 +231,7 @@ Result<std::vector<uint8_t>> Profile::Serialize() const {
   pb.set_calib_tokens(calib_tokens);
   pb.set_calib_source(calib_source);
   pb.set_notes(notes);
+  pb.set_fraqtl_defaults(fraqtl_defaults);
   for (uint32_t l = 0; l < layers; ++l) {
     for (uint32_t s = 0; s < kProfileSlots; ++s) {
       for (uint32_t h = 0; h < kv_heads; ++h) {
@@ -242,7 +270,7 @@ Result<std::vector<uint8_t>> Profile::Serialize() const {
   std::vector<uint8_t> file(kPreambleBytes + body.size());
   std::memcpy(file.data(), kMagic, 4);
   PutLE16(file.data() + 4, kProfileFormatMajor);
-  PutLE16(file.data() + 6, kProfileFormatMinor);
+  PutLE16(file.data() + 6, fraqtl_defaults.empty() ? 0 : kProfileFormatMinor);
   PutLE32(file.data() + 8, static_cast<uint32_t>(body.size()));
   std::memcpy(file.data() + kPreambleBytes, body.data(), body.size());
   PutLE32(file.data() + 12, Crc32c(std::span<const uint8_t>(file).subspan(kPreambleBytes)));
@@ -289,6 +317,7 @@ Result<Profile> Profile::Parse(std::span<const uint8_t> bytes) {
   p.calib_tokens = pb.calib_tokens();
   p.calib_source = pb.calib_source();
   p.notes = pb.notes();
+  p.fraqtl_defaults = pb.fraqtl_defaults();
   // Shape bounds before sizing anything from them.
   KVWIRE_RETURN_ERROR_IF(
       p.layers == 0 || p.layers > kMaxLayers || p.kv_heads == 0 || p.kv_heads > kMaxKvHeads,

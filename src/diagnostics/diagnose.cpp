@@ -55,25 +55,39 @@ ArmRow MeasureStream(const GoldenEval& eval, const std::string& label, const std
   return row;
 }
 
-// Verdict on an optional fraqtl step (`option`, e.g. ":sign=1") at 2 bits/element.
-std::string OptionalStepVerdict(const GoldenEval& eval, const Profile& profile,
-                                const std::string& what, const std::string& option, int threads,
-                                double ref_ppl) {
+struct StepVerdict {
+  std::string text;
+  bool pays = false;
+  ArmRow with;
+};
+
+// Verdict on an optional fraqtl step (`option`, e.g. ":sign=1") at 2 bits/element against
+// `without` (plain fraqtl@2, measured once): it pays when its KL is lower by more than
+// kStepKlMargin and its bits are not more than 2 % higher. The margin is there because KL over a
+// few thousand positions moves by ~1.2x between window sets: a smaller gain is not evidence.
+StepVerdict OptionalStepVerdict(const GoldenEval& eval, const Profile& profile,
+                                const std::string& what, const std::string& option,
+                                const ArmRow& without, int threads, double ref_ppl) {
+  StepVerdict v;
   const std::string spec = "fraqtl@2" + option;
   auto probe = CreateCodec(spec, &profile);
   if (!probe.ok()) {
-    return what + ": not implemented in this build (" + probe.status().ToString() +
-           "); not measured, off.";
+    v.text = what + ": not implemented in this build (" + probe.status().ToString() +
+             "); not measured, off.";
+    return v;
   }
-  const ArmRow with = MeasureStream(eval, spec, spec, &profile, threads, ref_ppl);
-  const ArmRow without = MeasureStream(eval, "fraqtl@2", "fraqtl@2", &profile, threads, ref_ppl);
-  if (!with.ok() || !without.ok()) {
-    return what + ": measurement failed (" + (with.ok() ? without.error : with.error) + "), off.";
+  v.with = MeasureStream(eval, spec, spec, &profile, threads, ref_ppl);
+  if (!v.with.ok() || !without.ok()) {
+    v.text =
+        what + ": measurement failed (" + (v.with.ok() ? without.error : v.with.error) + "), off.";
+    return v;
   }
-  const bool pays = with.kl < without.kl && with.bits <= without.bits * 1.02;
-  return what + ": at 2 b/e KL " + F("%.3e", with.kl) + " at " + F("%.3f", with.bits) +
-         " b/e with it, " + F("%.3e", without.kl) + " at " + F("%.3f", without.bits) +
-         " b/e without: " + (pays ? "pays, on" : "does not pay, off") + ".";
+  constexpr double kStepKlMargin = 1.2;
+  v.pays = v.with.kl * kStepKlMargin < without.kl && v.with.bits <= without.bits * 1.02;
+  v.text = what + ": at 2 b/e KL " + F("%.3e", v.with.kl) + " at " + F("%.3f", v.with.bits) +
+           " b/e with it, " + F("%.3e", without.kl) + " at " + F("%.3f", without.bits) +
+           " b/e without: " + (v.pays ? "pays, on" : "does not pay (needs 1.2x lower KL), off") + ".";
+  return v;
 }
 
 }  // namespace
@@ -86,6 +100,8 @@ Result<DiagnoseResult> Diagnose(const GoldenEval& eval, Profile* profile,
     KVWIRE_RETURN_ERROR_IF(!(b > 0 && b <= 16), kInvalidArgument,
                            "diagnose: ladder budget " + G(b) + " outside (0, 16]");
   }
+  // Every arm below measures plain fraqtl; the optional steps are decided (again) at the end.
+  profile->fraqtl_defaults.clear();
   DiagnoseResult r;
   r.ref_ppl = eval.reference().ppl();
   r.positions = eval.reference().positions;
@@ -172,12 +188,40 @@ Result<DiagnoseResult> Diagnose(const GoldenEval& eval, Profile* profile,
   r.baselines_s = Now() - t;
 
   // ---- optional steps: decided from measurement where they exist ----
-  r.sign_verdict = OptionalStepVerdict(eval, *profile, "sign correction (step 6)", ":sign=1",
-                                       o.threads, r.ref_ppl);
+  // The verdicts stick: the profile's fraqtl_defaults turn on what paid, so `fraqtl@B` with
+  // this profile uses it (a spec's own sign=/delta= still wins).
+  const ArmRow plain = MeasureStream(eval, "fraqtl@2", "fraqtl@2", profile, o.threads, r.ref_ppl);
+  const StepVerdict sign = OptionalStepVerdict(eval, *profile, "sign correction (step 6)",
+                                               ":sign=1", plain, o.threads, r.ref_ppl);
   tick("sign correction");
-  r.delta_verdict = OptionalStepVerdict(eval, *profile, "delta encoding (step 7)", ":delta=16",
-                                        o.threads, r.ref_ppl);
+  const StepVerdict delta = OptionalStepVerdict(eval, *profile, "delta encoding (step 7)",
+                                                ":delta=16", plain, o.threads, r.ref_ppl);
   tick("delta encoding");
+  r.sign_verdict = sign.text;
+  r.delta_verdict = delta.text;
+  bool use_sign = sign.pays, use_delta = delta.pays;
+  if (use_sign && use_delta) {
+    // Each paid alone; together only if the pair beats the better single step, within 2 % bits.
+    const ArmRow both = MeasureStream(eval, "fraqtl@2:sign=1,delta=16", "fraqtl@2:sign=1,delta=16",
+                                      profile, o.threads, r.ref_ppl);
+    const bool sign_better = sign.with.kl < delta.with.kl;
+    const ArmRow& best = sign_better ? sign.with : delta.with;
+    const bool pair = both.ok() && both.kl < best.kl && both.bits <= plain.bits * 1.02;
+    if (!pair) (sign_better ? use_delta : use_sign) = false;
+    r.delta_verdict +=
+        std::string(" Both together: ") +
+        (both.ok() ? "KL " + F("%.3e", both.kl) + " at " + F("%.3f", both.bits) + " b/e"
+                   : "failed (" + both.error + ")") +
+        (pair ? ", kept both." : ", kept the better one alone.");
+  }
+  if (use_sign || use_delta) {
+    profile->fraqtl_defaults =
+        std::string("sign=") + (use_sign ? "1" : "0") + ",delta=" + (use_delta ? "16" : "0");
+  }
+  r.delta_verdict += " Profile fraqtl defaults: " +
+                     (profile->fraqtl_defaults.empty() ? std::string("none (plain fraqtl)")
+                                                       : profile->fraqtl_defaults) +
+                     ".";
 
   // ---- the profile's notes: the measured rate-distortion table in words ----
   std::string notes = profile->notes;

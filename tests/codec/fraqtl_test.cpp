@@ -7,6 +7,7 @@
 #include <random>
 
 #include "codec/fraqtl_math.h"
+#include "codec/fraqtl_toy.h"
 #include "codec/lloyd_max.h"
 #include "kvwire/codec.h"
 #include "kvwire/profile.h"
@@ -15,62 +16,7 @@
 namespace kvwire {
 namespace {
 
-constexpr uint32_t kLayers = 2, kHeads = 2, kDim = 16;
-
-double Lambda(uint32_t i, uint32_t h) { return std::pow(2.0, -double(i) / 3.0) * (h + 1); }
-
-// A profile with an identity basis, zero mean and geometric variances; Gaussian codebooks.
-Profile ToyProfile(bool with_rope) {
-  Profile p;
-  p.layers = kLayers;
-  p.kv_heads = kHeads;
-  p.heads = 2 * kHeads;
-  p.head_dim = kDim;
-  p.basis_kind = "pca";
-  if (with_rope) {
-    p.rope_theta = 10000;
-    p.rope_style = "interleaved";
-    p.rope_dim = kDim;
-  }
-  p.bases.resize(size_t{kLayers} * kProfileSlots * kHeads);
-  for (uint32_t l = 0; l < kLayers; ++l) {
-    for (uint32_t s = 0; s < kProfileSlots; ++s) {
-      for (uint32_t h = 0; h < kHeads; ++h) {
-        if (s == 1 && !with_rope) continue;
-        ProfileBasis& b = p.basis(l, static_cast<ProfileSlot>(s), h);
-        b.mean.assign(kDim, 0.0f);
-        b.forward.assign(kDim * kDim, 0.0f);
-        for (uint32_t i = 0; i < kDim; ++i) b.forward[i * kDim + i] = 1.0f;
-        b.inverse = b.forward;
-        for (uint32_t i = 0; i < kDim; ++i) b.variance.push_back(Lambda(i, h));
-        b.distortion.push_back(1.0);
-        for (int k = 1; k <= 8; ++k)
-          b.distortion.push_back(baseline::GaussianLloydMax(k).distortion);
-      }
-    }
-  }
-  ProfileLevel lv;
-  lv.name = "2";
-  lv.bits = 2;
-  lv.budgets = {3, 1, 2, 2};
-  p.levels.push_back(lv);
-  return p;
-}
-
-std::vector<float> ToyData(uint32_t tokens, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> n(0, 1);
-  std::vector<float> x(size_t{tokens} * kHeads * kDim);
-  for (uint32_t t = 0; t < tokens; ++t) {
-    for (uint32_t h = 0; h < kHeads; ++h) {
-      for (uint32_t i = 0; i < kDim; ++i) {
-        x[(size_t{t} * kHeads + h) * kDim + i] =
-            static_cast<float>(n(rng) * std::sqrt(Lambda(i, h)));
-      }
-    }
-  }
-  return x;
-}
+using namespace fraqtl_toy;  // NOLINT: the toy helpers
 
 TEST(FraqtlProfile, RoundTripAndId) {
   const Profile p = ToyProfile(true);
@@ -179,17 +125,6 @@ TEST(FraqtlBits, WriterReferenceEqualsOptimized) {
   }
 }
 
-ChunkDesc Desc(uint32_t layer, KvKind kind, uint32_t tokens) {
-  ChunkDesc d;
-  d.layer = layer;
-  d.kind = kind;
-  d.tokens = d.seq_tokens = tokens;
-  d.kv_heads = kHeads;
-  d.head_dim = kDim;
-  d.positions_start = 3;
-  return d;
-}
-
 TEST(FraqtlCodec, NeedsProfileAndParsesOptions) {
   EXPECT_FALSE(CreateCodec("fraqtl@2").ok());
   const Profile p = ToyProfile(true);
@@ -197,7 +132,16 @@ TEST(FraqtlCodec, NeedsProfileAndParsesOptions) {
   EXPECT_FALSE(CreateCodec("fraqtl@x", &p).ok());
   EXPECT_FALSE(CreateCodec("fraqtl@2:bogus=1", &p).ok());
   EXPECT_FALSE(CreateCodec("fraqtl@2:basis=metric", &p).ok());  // profile is pca
-  EXPECT_EQ(CreateCodec("fraqtl@2:sign=1", &p).status().code(), StatusCode::kUnsupported);
+  EXPECT_EQ(CreateCodec("fraqtl@2:entropy=rans", &p).status().code(), StatusCode::kUnsupported);
+  // Steps 6 and 7: sign=1 resolves to D / 2 rows; both appear in the spec only when on.
+  auto sc = CreateCodec("fraqtl@2:sign=1,delta=16", &p);
+  ASSERT_TRUE(sc.ok()) << sc.status().ToString();
+  EXPECT_NE((*sc)->Spec().find(",sign=8,delta=16,"), std::string::npos) << (*sc)->Spec();
+  EXPECT_EQ((*CreateCodec((*sc)->Spec(), &p))->Spec(), (*sc)->Spec());
+  EXPECT_EQ((*CreateCodec("fraqtl@2", &p))->Spec().find("sign"), std::string::npos);
+  EXPECT_FALSE(CreateCodec("fraqtl@2:delta=1", &p).ok());
+  EXPECT_FALSE(CreateCodec("fraqtl@2:delta=4,gain=1", &p).ok());
+  EXPECT_FALSE(CreateCodec("fraqtl@2:sign=65", &p).ok());  // > 4 x head_dim
   auto c = CreateCodec("fraqtl@2.5:sink=1,window=2,entropy=zstd", &p);
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   auto again = CreateCodec((*c)->Spec(), &p);
@@ -275,7 +219,8 @@ TEST(FraqtlCodec, StreamHitsBudgetAndIsDeterministic) {
     }
   }
   for (const char* spec :
-       {"fraqtl@1", "fraqtl@2:window=8", "fraqtl@3:entropy=zstd", "fraqtl@2:level=2"}) {
+       {"fraqtl@1", "fraqtl@2:window=8", "fraqtl@3:entropy=zstd", "fraqtl@2:level=2",
+        "fraqtl@2:sign=1", "fraqtl@2:delta=16", "fraqtl@3:sign=1,delta=16,window=8"}) {
     const double target = std::atof(spec + 7);
     StreamInfo info;
     info.shape = shape;

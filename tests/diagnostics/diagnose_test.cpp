@@ -249,10 +249,21 @@ TEST(Diagnose, SweepAndLevelsRunOnATinyModel) {
   }
   ASSERT_EQ(result->baselines.size(), 3u);
   EXPECT_TRUE(result->baselines[0].ok()) << result->baselines[0].error;
-  EXPECT_NE(result->sign_verdict.find("not implemented"), std::string::npos)
-      << result->sign_verdict;
-  EXPECT_NE(result->delta_verdict.find("not implemented"), std::string::npos)
+  // Steps 6 and 7 are measured against plain fraqtl@2, and what paid is recorded in the profile.
+  EXPECT_NE(result->sign_verdict.find("b/e without"), std::string::npos) << result->sign_verdict;
+  EXPECT_NE(result->delta_verdict.find("b/e without"), std::string::npos) << result->delta_verdict;
+  const bool sign_pays = result->sign_verdict.find("pays, on") != std::string::npos;
+  const bool delta_pays = result->delta_verdict.find("pays, on") != std::string::npos;
+  if (!sign_pays && !delta_pays) EXPECT_EQ(profile->fraqtl_defaults, "");
+  if (!sign_pays) EXPECT_EQ(profile->fraqtl_defaults.find("sign=1"), std::string::npos);
+  if (!delta_pays) EXPECT_EQ(profile->fraqtl_defaults.find("delta=16"), std::string::npos);
+  EXPECT_NE(
+      result->delta_verdict.find("Profile fraqtl defaults: " + (profile->fraqtl_defaults.empty()
+                                                                    ? std::string("none")
+                                                                    : profile->fraqtl_defaults)),
+      std::string::npos)
       << result->delta_verdict;
+  EXPECT_TRUE(CreateCodec("fraqtl@2", &*profile).ok());
   // The profile with its measured levels round-trips.
   auto ser = profile->Serialize();
   ASSERT_TRUE(ser.ok());
@@ -260,6 +271,7 @@ TEST(Diagnose, SweepAndLevelsRunOnATinyModel) {
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   EXPECT_EQ(back->FindLevel("2")->budgets, profile->FindLevel("2")->budgets);
   EXPECT_EQ(back->FindLevel("2")->measured_bits, profile->FindLevel("2")->measured_bits);
+  EXPECT_EQ(back->fraqtl_defaults, profile->fraqtl_defaults);
 
   diag::ReportContext ctx;
   ctx.model = "tiny";
