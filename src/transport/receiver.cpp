@@ -11,6 +11,7 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "kvwire/session.h"
@@ -107,6 +108,16 @@ class ReceiverCore {
     std::shared_ptr<std::atomic<bool>> done;
   };
   std::vector<Handler> handlers_;  // pruned as connections end (memory back to baseline)
+  // How the most recently released requests ended. A sender whose final acks and RequestDone
+  // died with its connection resumes after the application already released the request; it
+  // must learn the outcome, not have the request opened again as a new one.
+  struct Released {
+    Status status;
+    uint32_t chunks = 0;
+  };
+  static constexpr size_t kMaxReleased = 4096;
+  std::map<uint64_t, Released> released_;
+  std::deque<uint64_t> released_order_;
 };
 
 void ReceiverCore::AcceptLoop() {
@@ -203,6 +214,30 @@ Status ReceiverCore::HandleBegin(const std::shared_ptr<Connection>& conn,
       SendControl(conn, done);
     }
     return Status::Ok();
+  }
+  if (b.resume()) {
+    std::optional<Released> gone;
+    {
+      std::lock_guard lock(mu_);
+      if (auto it = released_.find(id); it != released_.end()) gone = it->second;
+    }
+    if (gone) {
+      control::Control acc;
+      acc.mutable_request_accept()->set_request_id(id);
+      if (gone->status.ok()) {  // complete: it held every chunk
+        for (uint32_t i = 0; i < gone->chunks; ++i)
+          acc.mutable_request_accept()->add_have_chunks(i);
+      }
+      Log("request " + std::to_string(id) + " resumed after release: " + gone->status.ToString());
+      SendControl(conn, acc);
+      control::Control done;
+      done.mutable_request_done()->set_request_id(id);
+      done.mutable_request_done()->set_status_code(static_cast<uint32_t>(gone->status.code()));
+      done.mutable_request_done()->set_message(
+          transport::MakeError(id, gone->status).error().message());
+      SendControl(conn, done);
+      return Status::Ok();
+    }
   }
   auto s = std::make_shared<RecvState>();
   s->id = id;
@@ -514,6 +549,13 @@ Status ReceiverCore::Release(uint64_t id) {
   for (auto& m : s->pending) buffered_bytes_ -= m.bytes();
   s->pending.clear();
   s->has_dst = false;
+  if (released_.insert_or_assign(id, Released{s->status, s->grid.total()}).second) {
+    released_order_.push_back(id);
+    if (released_order_.size() > kMaxReleased) {
+      released_.erase(released_order_.front());
+      released_order_.pop_front();
+    }
+  }
   requests_.erase(id);
   return Status::Ok();
 }

@@ -17,7 +17,7 @@ constexpr uint32_t kPreAuthMaxFrame = 4096;
 Status IoStatus(const std::string& what, const asio::error_code& ec) {
   if (ec == asio::error::eof || ec == asio::error::connection_reset ||
       ec == asio::error::broken_pipe)
-    return Status(StatusCode::kIoError, "peer closed the connection");
+    return Status(StatusCode::kIoError, what + ": peer closed the connection");
   return Status(StatusCode::kIoError, what + ": " + ec.message());
 }
 

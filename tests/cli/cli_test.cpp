@@ -337,9 +337,32 @@ TEST_F(CliTest, BenchCodecWritesResults) {
 
   ExpectOneLineError("bench codec --codecs nosuch --tokens 8 --layers 1 --out-dir " + dir,
                      "bench codec", "unknown codec");
-  const RunResult t = Run("bench transport");
-  EXPECT_EQ(t.rc, 2);
-  EXPECT_NE(t.err.find("not implemented yet"), std::string::npos);
+}
+
+TEST_F(CliTest, BenchTransportWritesItsTableAndJson) {
+  // tcp only and no ucx_perftest: quick, and independent of what the machine has installed.
+  const std::string dir = Path("bench_transport").string();
+  const RunResult r = Ok("bench transport --sizes 64K,1M --backends tcp --mib 8 --repeat 1 "
+                         "--latency-samples 10 --perftest none --out-dir " + dir);
+  EXPECT_NE(r.err.find("[bench] tcp"), std::string::npos) << "progress goes to stderr";
+  const Json j = Json::parse(Slurp(Path("bench_transport") / "transport.json"), nullptr, false);
+  ASSERT_FALSE(j.is_discarded());
+  ASSERT_EQ(j["configs"].size(), 1u);
+  EXPECT_EQ(j["configs"][0]["backend"], "tcp");
+  const Json& points = j["configs"][0]["points"];
+  ASSERT_EQ(points.size(), 2u);
+  EXPECT_EQ(points[1]["size"], 1u << 20);
+  for (const Json& p : points) {
+    EXPECT_GT(p["raw_gbps"].get<double>(), 0.0);
+    EXPECT_GT(p["raw_p99_us"].get<double>(), 0.0);
+    EXPECT_GT(p["session_gbps"].get<double>(), 0.0);
+    EXPECT_TRUE(p["perftest_gbps"].is_null());
+  }
+  EXPECT_NE(Slurp(Path("bench_transport") / "transport.md").find("| 1 MiB |"), std::string::npos);
+  ExpectOneLineError("bench transport --sizes 64K,banana --perftest none", "bench transport",
+                     "is not a size");
+  ExpectOneLineError("bench transport --backends carrier-pigeon --perftest none",
+                     "bench transport", "is not ucx or tcp");
 }
 
 }  // namespace

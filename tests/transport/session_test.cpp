@@ -342,6 +342,8 @@ class CuttableProxy {
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   /// Cuts every open connection once `bytes` more bytes went client -> server.
   void CutAfter(uint64_t bytes) { cut_at_ = forwarded_.load() + bytes; }
+  /// While on, nothing goes server -> client (acks and completions are held, then lost on a cut).
+  void HoldReplies(bool on) { hold_replies_ = on; }
   int connections() const { return connections_; }
   void CutAll() {
     std::lock_guard lock(mu_);
@@ -387,6 +389,8 @@ class CuttableProxy {
           break;
         }
       }
+      while (!upstream && hold_replies_ && !stop_)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
       if (::send(to, buf.data(), n, MSG_NOSIGNAL) != n) break;
     }
     ::shutdown(from, SHUT_RDWR);
@@ -395,7 +399,7 @@ class CuttableProxy {
 
   uint16_t target_, port_ = 0;
   int lfd_ = -1;
-  std::atomic<bool> stop_{false};
+  std::atomic<bool> stop_{false}, hold_replies_{false};
   std::atomic<uint64_t> forwarded_{0}, cut_at_{0};
   std::atomic<int> connections_{0};
   std::mutex mu_;
@@ -444,6 +448,55 @@ TEST(SessionResume, ReconnectsAndResumesAfterTheConnectionIsCut) {
     (*s)->Close();
     (*r)->Close();
   }
+}
+
+// Regression: the receiver completed and released a request, but the acks and the RequestDone
+// died with the connection. The sender reconnected and resumed; the receiver no longer knew the
+// id, opened it as a brand-new request (announced a second time, no chunks ever came) and the
+// sender failed 30 s later with "stalled" although every byte had been delivered.
+TEST(SessionResume, ResumeOfAReleasedRequestLearnsItsOutcome) {
+  ReceiverOptions ro;
+  ro.transport.address = "127.0.0.1:0";
+  ro.transport.key = Key();
+  ro.stall_timeout_ms = 2000;
+  auto r = Receiver::Listen(ro);
+  ASSERT_TRUE(r.ok());
+  const std::string addr = (*r)->address();
+  CuttableProxy proxy(static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
+  SenderOptions so;
+  so.transport.address = proxy.address();
+  so.transport.key = Key();
+  so.reconnect_backoff_ms = 20;
+  auto s = Sender::Connect(so);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  const KvShape shape{2, 64, 2, 16};
+  KvCache src = RandomCache(shape, 21);
+  auto dst = KvCache::Create(shape, DType::kF16);
+  SendRequestOptions q;
+  q.request_id = 31;
+  q.levels = {{"fp16", 16, 0}};
+  q.chunk_tokens = 16;
+  proxy.HoldReplies(true);
+  auto req = (*s)->Open(src.view(), q);
+  ASSERT_TRUE(req.ok());
+  auto in = (*r)->NextRequest(5000);
+  ASSERT_TRUE(in.ok()) << in.status().ToString();
+  ASSERT_TRUE((*r)->SetDestination(31, dst->view()).ok());
+  ASSERT_TRUE((*req)->PushAll().ok());
+  ASSERT_TRUE((*r)->Wait(31, 5000).ok());
+  EXPECT_TRUE(SameBytes(src, *dst));
+  ASSERT_TRUE((*r)->Release(31).ok());
+  EXPECT_TRUE((*req)->Poll().in_progress());  // it never heard back
+  // The held replies die with the connection.
+  proxy.CutAll();
+  proxy.HoldReplies(false);
+  Status st = (*req)->Wait(10000);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  EXPECT_GE((*req)->stats().reconnects, 1u);
+  // And the receiver did not announce it a second time.
+  EXPECT_EQ((*r)->NextRequest(300).status().code(), StatusCode::kTimeout);
+  (*s)->Close();
+  (*r)->Close();
 }
 
 }  // namespace

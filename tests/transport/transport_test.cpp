@@ -198,6 +198,27 @@ TEST_P(TransportTest, CloseWakesReceiverAndPeerSeesIoError) {
   EXPECT_FALSE(server->Receive(10).ok());
 }
 
+// Regression (ucx): a graceful close used to flush-close the endpoint after the peer had already
+// destroyed its own, and then waited out its 2 s bound, on every `kvwire send` exit.
+TEST_P(TransportTest, GracefulCloseIsPromptWhenThePeerClosesInTurn) {
+  auto [server, client] = Pair();
+  ASSERT_TRUE(server && client);
+  ASSERT_TRUE(client->Send(Data(0, 4096)).ok());
+  ASSERT_TRUE(server->Receive(5000).ok());
+  // The server closes as soon as it sees the client go, as the session layer does.
+  auto peer = std::async(std::launch::async, [s = server.get()] {
+    auto r = s->Receive(5000);
+    s->Close();
+    return r.status().code();
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  client->Close();
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(peer.get(), StatusCode::kIoError);
+  EXPECT_LT(ms, 1000) << "client Close took " << ms << " ms";
+}
+
 TEST_P(TransportTest, ReceiveTimesOut) {
   auto [server, client] = Pair();
   ASSERT_TRUE(server && client);

@@ -1,6 +1,7 @@
 // kvwire bench codec: encode/decode speed of every codec on one synthetic KV cache, against
 // memcpy of the same fp16 bytes measured in the same run; writes bench/results/codec_cpu.{json,md}.
 // `--device cuda` runs kvwire_cuda_bench (kernels/bench/) instead: codec_cuda.{json,md}.
+// kvwire bench transport: bench_transport.{h,cpp}.
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +23,7 @@
 #include "kvwire/codec.h"
 #include "kvwire/kv_file.h"
 #include "kvwire/stream.h"
+#include "bench_transport.h"
 #include "cli_profile.h"
 #include "synthetic_kv.h"
 
@@ -378,16 +380,22 @@ const CommandRegistrar kRegistrar(
                        "and --seed do not apply)")
           ->capture_default_str()
           ->check(CLI::IsMember({"cpu", "cuda"}));
-      CLI::App* transport =
-          sub->add_subcommand("transport", "Transport speed (not implemented yet)");
-      transport->allow_extras();
-      return [a, codec] {
+      auto t = std::make_shared<TransportBenchArgs>();
+      auto t_text = std::make_shared<TransportBenchText>();
+      CLI::App* transport = sub->add_subcommand(
+          "transport",
+          "Loopback GB/s and latency per message size of the ucx and tcp backends, alone and "
+          "under the session, beside ucx_perftest -t ucp_am_bw");
+      AddTransportBenchOptions(transport, t.get(), t_text.get());
+      return [a, codec, t, t_text] {
         if (codec->parsed() && a->device == "cuda") {
           return RunBenchCodecCuda(*a, codec->count("--tokens") > 0);
         }
         if (codec->parsed()) return RunBenchCodec(*a);
-        Fail("bench transport", "not implemented yet");
-        return 2;
+        std::string error;
+        if (!FinishTransportBenchArgs(*t_text, t.get(), &error))
+          return Fail("bench transport", error);
+        return RunBenchTransport(*t);
       };
     });
 
