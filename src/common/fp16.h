@@ -2,7 +2,6 @@
 // Header-only so the compiler can vectorize loops over them.
 #pragma once
 
-#include <bit>
 #include <cstdint>
 #include <cstring>
 
@@ -73,15 +72,28 @@ inline float Bf16ToFloat(uint16_t b) {
 
 // Branch-free versions (GCC vectorizes loops over them), bit-identical to the above.
 
+// Bit casts through memcpy (also C++17: nvcc compiles this header for kernels/); compilers turn
+// them into plain register moves, so the loops below still vectorize.
+inline uint32_t FloatBits(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  return x;
+}
+inline float BitsFloat(uint32_t x) {
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
 /// Branch-free float -> fp16, round to nearest even; equals FloatToHalf for every input.
 inline uint16_t FloatToHalfFast(float f) {
-  const uint32_t x = std::bit_cast<uint32_t>(f);
+  const uint32_t x = FloatBits(f);
   const uint32_t sign = (x >> 16) & 0x8000u;
   const uint32_t abs = x & 0x7fffffffu;
   // Normal range: rebias the exponent and round the 13 dropped bits to nearest even.
   const uint32_t normal = (abs + 0xc8000fffu + ((abs >> 13) & 1u)) >> 13;
   // Subnormal range: the hardware adder rounds abs to a multiple of 2^-24 when adding 0.5.
-  const uint32_t sub = std::bit_cast<uint32_t>(std::bit_cast<float>(abs) + 0.5f) - 0x3f000000u;
+  const uint32_t sub = FloatBits(BitsFloat(abs) + 0.5f) - 0x3f000000u;
   // Selects by all-ones/all-zero masks: GCC vectorizes these, not the equivalent ?: chain.
   const uint32_t is_sub = 0u - static_cast<uint32_t>(abs < 0x38800000u);
   const uint32_t is_inf = 0u - static_cast<uint32_t>(abs >= 0x477ff000u);  // rounds to infinity
@@ -98,13 +110,12 @@ inline float HalfToFloatFast(uint16_t h) {
   const uint32_t o = ((uint32_t{h} & 0x7fffu) << 13) + 0x38000000u;
   const uint32_t exp = (uint32_t{h} & 0x7c00u);
   // Subnormal: 2^-14 * (1 + m/1024) - 2^-14 = m * 2^-24, exactly.
-  const uint32_t sub = std::bit_cast<uint32_t>(std::bit_cast<float>(o + 0x00800000u) -
-                                               std::bit_cast<float>(0x38800000u));
+  const uint32_t sub = FloatBits(BitsFloat(o + 0x00800000u) - BitsFloat(0x38800000u));
   const uint32_t is_inf = 0u - static_cast<uint32_t>(exp == 0x7c00u);
   const uint32_t is_sub = 0u - static_cast<uint32_t>(exp == 0);
   uint32_t r = o + (0x38000000u & is_inf);
   r = (sub & is_sub) | (r & ~is_sub);
-  return std::bit_cast<float>(r | sign);
+  return BitsFloat(r | sign);
 }
 
 /// Rounds a float through fp16 and back (what storing it at fp16 does to it).
