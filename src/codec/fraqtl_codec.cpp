@@ -705,7 +705,7 @@ Status FraqtlCodec::Encode(const ChunkDesc& desc, const float* in, std::vector<u
   }
   for (size_t i = 0; i < norms.size(); ++i) StoreU16(o + layout.norms + 2 * i, norms[i]);
   if (!signs.empty()) std::memcpy(o + layout.signs, signs.data(), signs.size());
-  std::memcpy(o + fixed, section.data(), section.size());
+  if (!section.empty()) std::memcpy(o + fixed, section.data(), section.size());
   return Status::Ok();
 }
 
