@@ -10,6 +10,8 @@
 #include <ctime>
 #include <fstream>
 #include <iostream>
+#include <functional>
+#include <memory>
 #include <iterator>
 #include <string_view>
 #include <vector>
@@ -144,6 +146,38 @@ std::string Format(const char* fmt, ...) {
   if (n > 0) std::vsnprintf(out.data(), out.size() + 1, fmt, args);
   va_end(args);
   return out;
+}
+
+namespace {
+
+std::string ClockText(double s) {
+  if (s < 0) s = 0;
+  if (s < 90) return Format("%.0fs", s);
+  if (s < 5400) return Format("%dm%02ds", int(s) / 60, int(s) % 60);
+  return Format("%dh%02dm", int(s) / 3600, (int(s) / 60) % 60);
+}
+
+}  // namespace
+
+// One progress line with elapsed time and an ETA, redrawn in place on a terminal (one line per
+// update, at most every 5 %, elsewhere).
+std::function<void(double, const std::string&)> ProgressBar(const std::string& what) {
+  const double t0 = NowSeconds();
+  const bool tty = isatty(2);
+  auto last = std::make_shared<int>(-5);
+  return [t0, tty, what, last](double f, const std::string& stage) {
+    const double el = NowSeconds() - t0;
+    const double eta = f > 0.001 ? el * (1 - f) / f : 0;
+    const int pct = static_cast<int>(f * 100);
+    if (!tty && f < 1.0 && pct / 5 == *last / 5) return;
+    *last = pct;
+    const int w = 28, fill = static_cast<int>(f * w + 0.5);
+    std::fprintf(stderr, "%s%-9s [%.*s%*s] %3d%%  %-28.28s elapsed %s  ETA %s%s",
+                 tty ? "\r" : "", what.c_str(), fill, "############################", w - fill,
+                 "", pct, stage.c_str(), ClockText(el).c_str(), ClockText(eta).c_str(),
+                 tty && f < 1.0 ? "   " : "\n");
+    std::fflush(stderr);
+  };
 }
 
 }  // namespace kvwire::cli

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -34,5 +35,9 @@ double NowSeconds();
 std::string Thousands(uint64_t n);
 /// printf-style formatting into a std::string.
 std::string Format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/// A progress callback (fraction done, stage) for long commands: one line on stderr with the
+/// elapsed time and an ETA, redrawn in place on a terminal; elsewhere one line per 5 %.
+std::function<void(double, const std::string&)> ProgressBar(const std::string& what);
 
 }  // namespace kvwire::cli

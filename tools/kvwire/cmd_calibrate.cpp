@@ -24,20 +24,6 @@ struct CalibrateArgs {
   double ridge = 1e-3;
 };
 
-// One progress line with an ETA, redrawn in place on stderr.
-std::function<void(double, const std::string&)> ProgressBar() {
-  const double t0 = NowSeconds();
-  return [t0](double f, const std::string& stage) {
-    const double el = NowSeconds() - t0;
-    const double eta = f > 0.01 ? el * (1 - f) / f : 0;
-    const int w = 30, fill = static_cast<int>(f * w + 0.5);
-    std::fprintf(stderr, "\r[%.*s%*s] %3.0f%%  %-22s elapsed %5.1fs  eta %5.1fs", fill,
-                 "##############################", w - fill, "", 100 * f, stage.c_str(), el, eta);
-    if (f >= 1.0) std::fprintf(stderr, "\n");
-    std::fflush(stderr);
-  };
-}
-
 int RunCalibrate(const CalibrateArgs& a) {
   const char* cmd = "calibrate";
   CalibrationOptions opt;
@@ -45,7 +31,7 @@ int RunCalibrate(const CalibrateArgs& a) {
   opt.offset_weighting = a.offsets;
   opt.ridge = a.ridge;
   opt.calibrated_codebooks = a.book == "calib";
-  opt.progress = ProgressBar();
+  opt.progress = ProgressBar("calibrate");
   Result<Profile> profile = Status(StatusCode::kInternal, "unset");
   if (!a.dumps.empty()) {
     std::vector<KvCache> caches;

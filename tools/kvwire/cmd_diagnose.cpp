@@ -5,7 +5,6 @@
 // validates each level jointly, measures the baselines on the same windows, and writes the
 // profile (budgets + measured rate-distortion table) and a report (markdown + SVG plots).
 #ifdef KVWIRE_HAVE_MODEL
-#include <unistd.h>
 
 #include <cstdio>
 #include <functional>
@@ -36,34 +35,6 @@ struct DiagnoseArgs {
   int threads = 0;
   bool no_uniform = false, bos = false;
 };
-
-std::string Clock(double s) {
-  if (s < 0) s = 0;
-  if (s < 90) return Format("%.0fs", s);
-  if (s < 5400) return Format("%dm%02ds", int(s) / 60, int(s) % 60);
-  return Format("%dh%02dm", int(s) / 3600, (int(s) / 60) % 60);
-}
-
-// One progress line with elapsed time and an ETA, redrawn in place on a terminal (one line per
-// update, at most every 5 %, elsewhere).
-std::function<void(double, const std::string&)> ProgressBar(const std::string& what) {
-  const double t0 = NowSeconds();
-  const bool tty = isatty(2);
-  auto last = std::make_shared<int>(-5);
-  return [t0, tty, what, last](double f, const std::string& stage) {
-    const double el = NowSeconds() - t0;
-    const double eta = f > 0.001 ? el * (1 - f) / f : 0;
-    const int pct = static_cast<int>(f * 100);
-    if (!tty && f < 1.0 && pct / 5 == *last / 5) return;
-    *last = pct;
-    const int w = 28, fill = static_cast<int>(f * w + 0.5);
-    std::fprintf(stderr, "%s%-9s [%.*s%*s] %3d%%  %-28.28s elapsed %s  ETA %s%s",
-                 tty ? "\r" : "", what.c_str(), fill, "############################", w - fill,
-                 "", pct, stage.c_str(), Clock(el).c_str(), Clock(eta).c_str(),
-                 tty && f < 1.0 ? "   " : "\n");
-    std::fflush(stderr);
-  };
-}
 
 template <typename T>
 Result<std::vector<T>> ParseList(const std::string& s, const char* what) {
