@@ -35,6 +35,25 @@ constexpr uint8_t kFlagZstd = 1;
 constexpr size_t kPayloadHeader = 12;
 constexpr size_t kChunkHeaderBytes = 40;
 constexpr int kZstdLevel = 3;
+// Budget search (Encode): stop once the index section is within this fraction of what the
+// budget allows; give up improving after this many zstd passes.
+constexpr double kSearchTolerance = 0.004;
+constexpr int kMaxSearchPasses = 16;
+constexpr int kMaxReprobes = 2;
+
+// z[0, d) += sum over j of mt[j * d, + d) * x[j], column by column in ascending j, skipping
+// x[j] == 0: every z[i] receives the same products in the same order as the reference's dot
+// products, so any vector width gives identical floats. An AVX2 clone is picked at load time
+// where the CPU has it (no FMA: a fused multiply-add would round differently).
+__attribute__((target_clones("avx2", "default"))) void AxpyColumns(
+    const float* __restrict mt, const float* __restrict x, float* __restrict z, size_t d) {
+  for (size_t j = 0; j < d; ++j) {
+    const float xj = x[j];
+    if (xj == 0.0f) continue;
+    const float* col = mt + j * d;
+    for (size_t i = 0; i < d; ++i) z[i] += col[i] * xj;
+  }
+}
 
 // One (layer, slot, head) basis, prepared for coding.
 struct Prepared {
@@ -305,12 +324,7 @@ class FraqtlCodec final : public Codec {
       }
     } else {
       std::fill(z, z + d, 0.0f);
-      for (size_t j = 0; j < d; ++j) {
-        const float xj = tmp[j];
-        if (xj == 0.0f) continue;
-        const float* col = p.fwd_t.data() + j * d;
-        for (size_t i = 0; i < d; ++i) z[i] += col[i] * xj;
-      }
+      AxpyColumns(p.fwd_t.data(), tmp, z, d);
     }
   }
 
@@ -324,12 +338,7 @@ class FraqtlCodec final : public Codec {
       }
     } else {
       std::fill(x, x + d, 0.0f);
-      for (size_t i = 0; i < d; ++i) {
-        const float zi = z[i];
-        if (zi == 0.0f) continue;
-        const float* col = p.inv_t.data() + i * d;
-        for (size_t j = 0; j < d; ++j) x[j] += col[j] * zi;
-      }
+      AxpyColumns(p.inv_t.data(), z, x, d);
       for (size_t j = 0; j < d; ++j) x[j] = p.mean[j] + x[j];
     }
   }
@@ -338,18 +347,40 @@ class FraqtlCodec final : public Codec {
   // first time an allocation asks for it: the encoder's budget search packs the same chunk
   // several times with allocations that differ in a few directions only.
   struct IndexCache {
-    size_t tokens = 0;
-    std::vector<std::vector<uint16_t>> columns;  // [(h * D + i) * kSlots + slot][token]
     static constexpr int kSlots = kMaxCodedBits + 1;  // slot b for b bits, slot 0 for fp16
+    static constexpr size_t kKeepBytes = size_t{64} << 20;  // retained between chunks, at most
+    static constexpr size_t kNone = SIZE_MAX;
+    size_t tokens = 0;
+    // Computed columns one after another in `pool`; offset[(h * D + i) * kSlots + slot] is
+    // where a column starts (kNone: not computed yet). Kept per thread across chunks, so the
+    // pages of a large chunk are faulted in once per thread, not once per chunk.
+    std::vector<uint16_t> pool;
+    size_t used = 0;
+    std::vector<size_t> offset;
+
+    void Reset(size_t columns, size_t n_tokens) {
+      tokens = n_tokens;
+      used = 0;
+      offset.assign(columns, kNone);
+      if (pool.capacity() * sizeof(uint16_t) > kKeepBytes) std::vector<uint16_t>().swap(pool);
+    }
   };
 
-  const std::vector<uint16_t>& Column(const ChunkDesc& desc, const std::vector<float>& z,
-                                      const std::vector<float>& gains, uint32_t h, uint32_t i,
-                                      int b, IndexCache* cache) const {
+  // Where the indices of (h, i) at b bits start in cache->pool, computing them the first time.
+  // Pointers into the pool are only valid until the next call (the pool may grow).
+  size_t EnsureColumn(const ChunkDesc& desc, const std::vector<float>& z,
+                      const std::vector<float>& gains, uint32_t h, uint32_t i, int b,
+                      IndexCache* cache) const {
     const int slot = b == kProtectedBits ? 0 : b;
-    std::vector<uint16_t>& col = cache->columns[(size_t{h} * d_ + i) * IndexCache::kSlots + slot];
-    if (!col.empty() || cache->tokens == 0) return col;
-    col.resize(cache->tokens);
+    const size_t column = (size_t{h} * d_ + i) * IndexCache::kSlots + slot;
+    if (cache->offset[column] != IndexCache::kNone) return cache->offset[column];
+    const size_t at = cache->used;
+    cache->used += cache->tokens;
+    if (cache->pool.size() < cache->used) {
+      cache->pool.resize(std::max(cache->used, cache->pool.size() * 2));
+    }
+    cache->offset[column] = at;
+    uint16_t* col = cache->pool.data() + at;
     const Prepared& p = prep(desc.layer, desc.kind, h);
     const float* th = p.thresholds[slot].data();  // 2^b - 1 ascending midpoints
     for (size_t t = 0; t < cache->tokens; ++t) {
@@ -366,7 +397,7 @@ class FraqtlCodec final : public Codec {
       for (uint32_t step = 1u << (b - 1); step > 0; step >>= 1) v += th[v + step - 1] < u ? step : 0;
       col[t] = static_cast<uint16_t>(v);
     }
-    return col;
+    return at;
   }
 
   // Packs the indices of all quantized tokens for `alloc` (z: [q_tokens, kv_heads, D]).
@@ -382,6 +413,7 @@ class FraqtlCodec final : public Codec {
         uint32_t bits;
       };
       std::vector<Active> active;  // the directions with bits, in stream order
+      std::vector<size_t> offsets;
       uint64_t bits_lo = 0, bits_hi = 0;
       for (size_t k = 0; k < al.lo.size(); ++k) bits_lo += al.lo[k];
       for (size_t k = 0; k < al.hi.size(); ++k) bits_hi += al.hi[k];
@@ -397,12 +429,17 @@ class FraqtlCodec final : public Codec {
         const std::vector<uint8_t>& alloc = t < al.extra ? al.hi : al.lo;
         if (&alloc != bound) {  // (re)bind the columns of this allocation
           active.clear();
+          offsets.clear();
           for (uint32_t h = 0; h < kv_heads_; ++h) {
             for (uint32_t i = 0; i < d_; ++i) {
               const int b = alloc[size_t{h} * d_ + i];
-              if (b != 0) active.push_back({Column(desc, z, gains, h, i, b, cache).data(),
-                                            static_cast<uint32_t>(b)});
+              if (b == 0) continue;
+              offsets.push_back(EnsureColumn(desc, z, gains, h, i, b, cache));
+              active.push_back({nullptr, static_cast<uint32_t>(b)});
             }
+          }
+          for (size_t k = 0; k < active.size(); ++k) {  // the pool no longer moves
+            active[k].column = cache->pool.data() + offsets[k];
           }
           bound = &alloc;
         }
@@ -528,7 +565,11 @@ Status FraqtlCodec::Encode(const ChunkDesc& desc, const float* in, std::vector<u
   }
 
   // Coefficients (and gains) of the quantized tokens.
-  std::vector<float> z(nq * H * d), gains(cfg_.gain ? nq * H : 0), row(d), tmp(d), cs(d + 2);
+  // z is kept per thread across chunks (a fresh multi-MiB buffer per chunk costs its page faults).
+  thread_local std::vector<float> z;
+  if (z.capacity() * sizeof(float) > IndexCache::kKeepBytes) std::vector<float>().swap(z);
+  z.resize(nq * H * d);
+  std::vector<float> gains(cfg_.gain ? nq * H : 0), row(d), tmp(d), cs(d + 2);
   int64_t last_pos = INT64_MIN;
   for (size_t qi = 0; qi < nq; ++qi) {
     const uint32_t t = plan.q_tokens[qi];
@@ -594,11 +635,8 @@ Status FraqtlCodec::Encode(const ChunkDesc& desc, const float* in, std::vector<u
 
   // Packs the indices for an index-bit total.
   std::vector<uint8_t> packed;
-  IndexCache cache;
-  if (!cfg_.delta) {
-    cache.tokens = nq;
-    cache.columns.resize(H * d * IndexCache::kSlots);
-  }
+  thread_local IndexCache cache;
+  cache.Reset(cfg_.delta ? 0 : H * d * IndexCache::kSlots, nq);
   auto pack = [&](uint64_t bits, std::vector<uint8_t>* dst) {
     if (cfg_.delta) {
       Allocation a = AllocateDelta(desc, bits, nq, ds.var);
@@ -621,35 +659,69 @@ Status FraqtlCodec::Encode(const ChunkDesc& desc, const float* in, std::vector<u
     };
     std::vector<uint8_t> best_comp, trial, comp;
     compress(packed, &best_comp);
-    // The largest index-bit total whose section still fits `avail`, by bisection. The
-    // compressed size is not monotone in the total (how a token's bits fall on byte boundaries
-    // changes what zstd finds), so interpolating guesses stall far below the budget; bisection
-    // lands within a few tenths of a percent on real KV. Each pass is cheap (quantized indices
-    // are cached per direction and width); zstd dominates. The bracket starts at twice the raw
-    // total and widens to max_total only when even that fits: the K/V of a byte-level model's
-    // first layer depend on the token alone and compress far more. Only the encoder searches;
-    // the decoder reads the chosen total from the payload.
-    uint64_t lo = total;
-    const uint64_t first_hi = std::min<uint64_t>(max_total, total * 2 + 8 * nq);
-    uint64_t hi = first_hi;
-    bool widened = false;
-    while (lo < hi) {
-      const uint64_t mid = lo + (hi - lo + 1) / 2;
+    // The largest index-bit total whose section still fits `avail`, within kSearchTolerance.
+    // The compressed size grows about linearly with the total but not monotonically: how a
+    // token's bits fall on byte boundaries changes what zstd finds, and zstd level 3 now and
+    // then leaves a block uncompressed where one index bit less compressed by 9 % (measured
+    // on a 4,096-token chunk of real KV; levels >= 4 are smoother but 5x slower and gained
+    // <= 3 % KL on the eval windows). So the search keeps a
+    // bracket [lo fits, hi does not] and guesses by the secant through the sizes measured at
+    // its ends, aiming a little below the budget; a guess that lands on the same side twice in
+    // a row is replaced by the midpoint, so a stalled secant still halves the bracket. It stops
+    // once the fitting size is within the tolerance of `avail` (typically 2-4 zstd passes on
+    // real KV, where bisection to the last bit took ~20). Without a measured upper end the
+    // guess extrapolates from lo's compression ratio, so a chunk that compresses far more than
+    // its bits (a byte-level model's first layer, whose K/V depend on the token alone) gets
+    // there in a few passes too. Only the encoder searches; the decoder reads the total from
+    // the payload.
+    uint64_t lo = total, hi = max_total + 1;  // hi: smallest total known not to fit
+    double lo_size = static_cast<double>(best_comp.empty() ? packed.size()
+                                                           : std::min(best_comp.size(),
+                                                                      packed.size()));
+    double hi_size = 0;
+    int same_side = 0;  // consecutive results on one side (> 0: fits, < 0: does not)
+    const double aim = avail * (1.0 - kSearchTolerance / 2);
+    int reprobes = 0;
+    for (int pass = 0; pass < kMaxSearchPasses; ++pass) {
+      if (avail - lo_size <= avail * kSearchTolerance) break;
+      if (lo + 1 >= hi) {
+        // Collapsed short of the budget: the size is periodic in the bits per token (when it
+        // is a multiple of 8, equal tokens pack to equal bytes, which zstd matches), so a total
+        // further up may fit again. Forget the upper end and extrapolate once more.
+        if (hi > max_total || reprobes == kMaxReprobes) break;
+        ++reprobes;
+        hi = max_total + 1;
+        same_side = 0;
+      }
+      double guess;
+      if (hi > max_total) {  // no upper end yet: extrapolate lo's bits per byte
+        guess = lo_size > 0 ? static_cast<double>(lo) * aim / lo_size : 2.0 * lo + 8.0;
+      } else if (hi_size > lo_size) {
+        guess = static_cast<double>(lo) + (aim - lo_size) / (hi_size - lo_size) *
+                                              static_cast<double>(hi - lo);
+      } else {  // not monotone between the ends: bisect
+        guess = static_cast<double>(lo + (hi - lo) / 2);
+      }
+      uint64_t mid = guess >= static_cast<double>(hi) ? hi - 1
+                     : guess <= static_cast<double>(lo) ? lo + 1
+                                                        : static_cast<uint64_t>(guess);
+      if (same_side >= 2 || same_side <= -2) mid = lo + (hi - lo) / 2;
+      mid = std::clamp<uint64_t>(mid, lo + 1, std::min(hi - 1, max_total));
       trial.clear();
       Allocation a = pack(mid, &trial);
       compress(trial, &comp);
       const size_t size = comp.empty() ? trial.size() : std::min(comp.size(), trial.size());
       if (static_cast<double>(size) <= avail) {
         lo = mid;
+        lo_size = static_cast<double>(size);
         packed.swap(trial);
         best_comp.swap(comp);
         alloc = std::move(a);
+        same_side = same_side > 0 ? same_side + 1 : 1;
       } else {
-        hi = mid - 1;
-      }
-      if (lo == first_hi && !widened && first_hi < max_total) {
-        hi = max_total;
-        widened = true;
+        hi = mid;
+        hi_size = static_cast<double>(size);
+        same_side = same_side < 0 ? same_side - 1 : -1;
       }
     }
     total = lo;
@@ -706,6 +778,11 @@ Status FraqtlCodec::Encode(const ChunkDesc& desc, const float* in, std::vector<u
   for (size_t i = 0; i < norms.size(); ++i) StoreU16(o + layout.norms + 2 * i, norms[i]);
   if (!signs.empty()) std::memcpy(o + layout.signs, signs.data(), signs.size());
   if (!section.empty()) std::memcpy(o + fixed, section.data(), section.size());
+  // Per-thread scratch above kKeepBytes (an unusually large chunk) is not kept.
+  if (z.capacity() * sizeof(float) > IndexCache::kKeepBytes) std::vector<float>().swap(z);
+  if (cache.pool.capacity() * sizeof(uint16_t) > IndexCache::kKeepBytes) {
+    std::vector<uint16_t>().swap(cache.pool);
+  }
   return Status::Ok();
 }
 
