@@ -55,6 +55,37 @@ __attribute__((target_clones("avx2", "default"))) void AxpyColumns(
   }
 }
 
+// cos/sin of RoPE at positions [first, first + tokens), token t at [t * 2 * half, + 2 * half)
+// (cos half, then sin half), computed by Rope::Angles (the same floats) and kept per thread:
+// the K chunks of every layer of a request share their positions, and sincos was 7-11 % of
+// fraqtl's CPU time. A table over kMaxAngleBytes is rebuilt per call instead of kept.
+const float* PositionAngles(const Rope& rope, int64_t first, uint32_t tokens) {
+  constexpr size_t kMaxAngleBytes = size_t{64} << 20;
+  struct Table {
+    double theta = 0;
+    uint32_t rope_dim = 0;
+    int64_t first = 0;
+    uint32_t tokens = 0;
+    std::vector<float> cs;
+  };
+  thread_local Table table;
+  const uint32_t half = rope.rope_dim / 2;
+  if (table.cs.empty() || table.theta != rope.theta || table.rope_dim != rope.rope_dim ||
+      table.first != first || table.tokens != tokens) {
+    table.theta = rope.theta;
+    table.rope_dim = rope.rope_dim;
+    table.first = first;
+    table.tokens = tokens;
+    if (table.cs.capacity() * sizeof(float) > kMaxAngleBytes) std::vector<float>().swap(table.cs);
+    table.cs.resize(size_t{tokens} * 2 * half + 1);  // + 1: never empty once built
+    for (uint32_t t = 0; t < tokens; ++t) {
+      float* c = table.cs.data() + size_t{t} * 2 * half;
+      rope.Angles(first + t, c, c + half);
+    }
+  }
+  return table.cs.data();
+}
+
 // One (layer, slot, head) basis, prepared for coding.
 struct Prepared {
   std::vector<float> mean;        // [D]
@@ -304,12 +335,12 @@ class FraqtlCodec final : public Codec {
   }
 
   // Pre-RoPE (K) input rows: undo the rotation at each token's position.
+  // cs: the token's cos/sin (PositionAngles); used for pre-RoPE keys only.
   void LoadRow(const ChunkDesc& desc, const float* in, uint32_t t, uint32_t h, float* row,
-               std::vector<float>* cs) const {
+               const float* cs) const {
     std::memcpy(row, in + (size_t{t} * kv_heads_ + h) * d_, d_ * sizeof(float));
     if (prerope_ && desc.kind == KvKind::kKey) {
-      const uint32_t half = rope_.rope_dim / 2;
-      rope_.Rotate(row, cs->data(), cs->data() + half, /*undo=*/true);
+      rope_.Rotate(row, cs, cs + rope_.rope_dim / 2, /*undo=*/true);
     }
   }
 
@@ -569,18 +600,17 @@ Status FraqtlCodec::Encode(const ChunkDesc& desc, const float* in, std::vector<u
   thread_local std::vector<float> z;
   if (z.capacity() * sizeof(float) > IndexCache::kKeepBytes) std::vector<float>().swap(z);
   z.resize(nq * H * d);
-  std::vector<float> gains(cfg_.gain ? nq * H : 0), row(d), tmp(d), cs(d + 2);
-  int64_t last_pos = INT64_MIN;
+  std::vector<float> gains(cfg_.gain ? nq * H : 0), row(d), tmp(d);
+  const bool rot = prerope_ && desc.kind == KvKind::kKey;
+  const float* angles =
+      rot ? PositionAngles(rope_, desc.positions_start + int64_t{desc.token_begin}, desc.tokens)
+          : nullptr;
   for (size_t qi = 0; qi < nq; ++qi) {
     const uint32_t t = plan.q_tokens[qi];
-    if (prerope_ && desc.kind == KvKind::kKey) {
-      const int64_t pos = desc.positions_start + int64_t{desc.token_begin} + t;
-      if (pos != last_pos) rope_.Angles(pos, cs.data(), cs.data() + rope_.rope_dim / 2);
-      last_pos = pos;
-    }
+    const float* cs = rot ? angles + size_t{t} * (rope_.rope_dim / 2) * 2 : nullptr;
     for (uint32_t h = 0; h < H; ++h) {
       const Prepared& p = prep(desc.layer, desc.kind, h);
-      LoadRow(desc, in, t, h, row.data(), &cs);
+      LoadRow(desc, in, t, h, row.data(), cs);
       float* zr = z.data() + (qi * H + h) * d;
       Transform(p, row.data(), zr, tmp.data(), impl);
       if (cfg_.gain) {
@@ -871,15 +901,16 @@ Status FraqtlCodec::Decode(const ChunkDesc& desc, std::span<const uint8_t> paylo
   }
   BitReader reader(section);
   BitReader sign_reader(payload.subspan(layout.signs, fixed - layout.signs));
-  std::vector<float> z(d), cs(d + 2), tmp(d), anchor(cfg_.delta ? H * d : 0, 0.0f);
+  std::vector<float> z(d), tmp(d), anchor(cfg_.delta ? H * d : 0, 0.0f);
+  const bool rot = prerope_ && desc.kind == KvKind::kKey;
+  const float* angles =
+      rot ? PositionAngles(rope_, desc.positions_start + int64_t{desc.token_begin}, desc.tokens)
+          : nullptr;
   std::vector<uint8_t> sign_bits(cfg_.sign);
   const double shrink = cfg_.sign ? SketchShrink(cfg_.sign, d_) : 0.0;
   for (size_t qi = 0; qi < nq; ++qi) {
     const uint32_t t = plan.q_tokens[qi];
-    const bool rot = prerope_ && desc.kind == KvKind::kKey;
-    if (rot)
-      rope_.Angles(desc.positions_start + int64_t{desc.token_begin} + t, cs.data(),
-                   cs.data() + rope_.rope_dim / 2);
+    const float* cs = rot ? angles + size_t{t} * (rope_.rope_dim / 2) * 2 : nullptr;
     for (uint32_t h = 0; h < H; ++h) {
       const Prepared& pr = prep(desc.layer, desc.kind, h);
       float g = 1.0f;
@@ -921,7 +952,7 @@ Status FraqtlCodec::Decode(const ChunkDesc& desc, std::span<const uint8_t> paylo
       }
       float* o = out + (size_t{t} * H + h) * d;
       Inverse(pr, z.data(), o, impl);
-      if (rot) rope_.Rotate(o, cs.data(), cs.data() + rope_.rope_dim / 2, /*undo=*/false);
+      if (rot) rope_.Rotate(o, cs, cs + rope_.rope_dim / 2, /*undo=*/false);
     }
   }
   return Status::Ok();
