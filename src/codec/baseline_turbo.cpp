@@ -1,4 +1,4 @@
-// turbo<b> (b = 2..4; TurboQuant-style, data-oblivious): per (token, head) vector x of head_dim D,
+// turbo<b> (b = 1..8; TurboQuant-style, data-oblivious): per (token, head) vector x of head_dim D,
 //   n = ||x|| stored as fp16 (nearest, saturating), n' = that fp16's value,
 //   y = R x * sqrt(D) / n'  with R the seeded random orthogonal D x D matrix of
 //       RandomOrthogonal(D, seed) (baseline_linalg.h) rounded to float,
@@ -163,14 +163,14 @@ class TurboCodec final : public Codec {
 
 CodecFamily TurboFamily() {
   return {"turbo<b>[:seed=S]",
-          "seeded random orthogonal rotation + Gaussian Lloyd-Max b-bit (b=2..4) per (token, "
+          "seeded random orthogonal rotation + Gaussian Lloyd-Max b-bit (b=1..8) per (token, "
           "head), fp16 norm; data-oblivious; b + 16/head_dim bits/element",
           [](std::string_view name, const CodecOptions& opts,
              const Profile*) -> Result<std::unique_ptr<Codec>> {
             uint32_t bits = 0;
             if (!MatchNumbered(name, "turbo", "", &bits)) return NotThisFamily();
-            KVWIRE_RETURN_ERROR_IF(bits < 2 || bits > 4, kInvalidArgument,
-                                   "turbo bit-width must be 2..4, got '" + std::string(name) + "'");
+            KVWIRE_RETURN_ERROR_IF(bits < 1 || bits > 8, kInvalidArgument,
+                                   "turbo bit-width must be 1..8, got '" + std::string(name) + "'");
             KVWIRE_RETURN_IF_ERROR(CheckOptionKeys(name, opts, {"seed"}));
             KVWIRE_ASSIGN_OR_RETURN(const int64_t seed,
                                     opts.GetInt("seed", kDefaultSeed, 0, INT64_MAX));

@@ -461,7 +461,7 @@ INSTANTIATE_TEST_SUITE_P(Baselines, BaselineCodecTest, ::testing::ValuesIn(Basel
 // Non-default options go through the same checks.
 INSTANTIATE_TEST_SUITE_P(Options, BaselineCodecTest,
                          ::testing::Values("kivi3:g=16,r=8", "kivi8:g=64,r=0", "turbo3:seed=7",
-                                           "rank-1", "rank-63"),
+                                           "turbo1", "turbo6", "turbo8", "rank-1", "rank-63"),
                          SpecName);
 
 }  // namespace
