@@ -35,7 +35,9 @@ run() {
 
 win=(--prefix "$prefix" --cont "$cont" --seqs "$seqs" --seed 1)
 ladder=fraqtl@0.5,fraqtl@0.75,fraqtl@1,fraqtl@1.5,fraqtl@2,fraqtl@2.5,fraqtl@3,fraqtl@4,fraqtl@6
-baselines=fp16,int8,q8_0,q4_0,kivi2,kivi4,int4-token,int3-token,int2-token,rank-4,rank-8,rank-16,rank-32,turbo2,turbo3,turbo4
+baselines=fp16,int8,q8_0,q4_0,kivi2,kivi4,int4-token,int3-token,int2-token
+baselines+=,rank-1,rank-2,rank-3,rank-4,rank-5,rank-6,rank-8,rank-10,rank-12,rank-16,rank-20,rank-24,rank-32,rank-48,rank-63
+baselines+=,turbo1,turbo2,turbo3,turbo4,turbo5,turbo6,turbo8
 ablate=""
 for b in 2.5 3; do
   for opt in prerope=0 book=gauss floor=1 protect=0 entropy=none gain=1 window=32 sink=4 sign=1 delta=16; do
