@@ -4,6 +4,7 @@
 #include <iostream>
 #include <string>
 
+#include "cli_profile.h"
 #include "cli_util.h"
 #include "command.h"
 #include "kvwire/kv_file.h"
@@ -18,6 +19,7 @@ struct ServeArgs {
   std::string key_file;
   bool insecure = false;
   std::string out_dir = ".";
+  std::string profile;
   int count = 0;  // 0: serve forever
   int stall_timeout_ms = 30000;
   bool verbose = false;
@@ -31,6 +33,9 @@ int RunServe(const ServeArgs& a) {
   o.transport.node_name = "kvwire-serve";
   o.stall_timeout_ms = a.stall_timeout_ms;
   o.verbose = a.verbose;
+  auto profile = LoadProfileArg(a.profile);
+  if (!profile.ok()) return FailStatus(cmd, profile.status().WithContext("--profile " + a.profile));
+  o.profile = profile->get();
   if (!a.key_file.empty()) {
     auto key = LoadKeyFile(a.key_file);
     if (!key.ok()) return FailStatus(cmd, key.status());
@@ -103,6 +108,8 @@ const CommandRegistrar kRegister(
                       "pre-shared key: 64+ hex digits or >= 16 raw bytes");
       sub->add_flag("--insecure", a->insecure, "accept unauthenticated peers (no --key-file)");
       sub->add_option("--out-dir", a->out_dir, "where received KV dumps are written");
+      sub->add_option("--profile", a->profile,
+                      "calibration profile (.kvp) for requests with profile-based levels (fraqtl)");
       sub->add_option("--count", a->count, "exit after this many requests (0: serve forever)");
       sub->add_option("--stall-timeout-ms", a->stall_timeout_ms, "fail a request idle this long");
       sub->add_flag("--verbose,-v", a->verbose, "log connections, levels and completions");
