@@ -38,13 +38,13 @@ class IntBCodec final : public Codec {
     uint8_t* scales = out->data() + base;
     uint8_t* mins = scales + 2 * groups;
     uint8_t* packed = mins + 2 * groups;
-    std::vector<uint8_t> idx(n);
+    uint8_t* idx = ThreadScratchBytes(n);
     if (axis_ == Axis::kToken) {
-      QuantizeRowGroups(in, groups, desc.head_dim, bits_, scales, mins, idx.data(), impl);
+      QuantizeRowGroups(in, groups, desc.head_dim, bits_, scales, mins, idx, impl);
     } else {
-      QuantizeColumnGroups(in, desc.tokens, groups, bits_, scales, mins, idx.data(), impl);
+      QuantizeColumnGroups(in, desc.tokens, groups, bits_, scales, mins, idx, impl);
     }
-    PackBits(idx.data(), n, bits_, packed, impl);
+    PackBits(idx, n, bits_, packed, impl);
     return Status::Ok();
   }
 
@@ -57,12 +57,12 @@ class IntBCodec final : public Codec {
     const size_t groups = Groups(desc);
     const uint8_t* scales = payload.data();
     const uint8_t* mins = scales + 2 * groups;
-    std::vector<uint8_t> idx(n);
-    UnpackBits(mins + 2 * groups, n, bits_, idx.data(), impl);
+    uint8_t* idx = ThreadScratchBytes(n);
+    UnpackBits(mins + 2 * groups, n, bits_, idx, impl);
     const bool ok =
         axis_ == Axis::kToken
-            ? DequantizeRowGroups(scales, mins, idx.data(), groups, desc.head_dim, out, impl)
-            : DequantizeColumnGroups(scales, mins, idx.data(), desc.tokens, groups, out, impl);
+            ? DequantizeRowGroups(scales, mins, idx, groups, desc.head_dim, out, impl)
+            : DequantizeColumnGroups(scales, mins, idx, desc.tokens, groups, out, impl);
     KVWIRE_RETURN_ERROR_IF(!ok, kCorrupt, name_ + ": a group scale or min is not finite");
     return Status::Ok();
   }

@@ -66,16 +66,16 @@ class KiviCodec final : public Codec {
     uint8_t* scales = p + 4;
     uint8_t* mins = scales + 2 * groups;
     uint8_t* packed = mins + 2 * groups;
-    std::vector<uint8_t> idx(quant_elems);
+    uint8_t* idx = ThreadScratchBytes(quant_elems);
     if (desc.kind == KvKind::kKey) {
       for (size_t b = 0; b < tq / g_; ++b) {  // one block of G tokens at a time
         QuantizeColumnGroups(in + b * g_ * hd, g_, hd, bits_, scales + 2 * b * hd,
-                             mins + 2 * b * hd, idx.data() + b * g_ * hd, impl);
+                             mins + 2 * b * hd, idx + b * g_ * hd, impl);
       }
     } else {
-      QuantizeRowGroups(in, groups, g_, bits_, scales, mins, idx.data(), impl);
+      QuantizeRowGroups(in, groups, g_, bits_, scales, mins, idx, impl);
     }
-    PackBits(idx.data(), quant_elems, bits_, packed, impl);
+    PackBits(idx, quant_elems, bits_, packed, impl);
     uint8_t* window = packed + PackedBytes(quant_elems, bits_);
     std::vector<float> clamped(in + quant_elems, in + quant_elems + window_elems);
     for (float& v : clamped) v = std::clamp(v, -kHalfMax, kHalfMax);
@@ -107,16 +107,16 @@ class KiviCodec final : public Codec {
     const uint8_t* mins = scales + 2 * groups;
     const uint8_t* packed = mins + 2 * groups;
     const uint8_t* window = packed + PackedBytes(quant_elems, bits_);
-    std::vector<uint8_t> idx(quant_elems);
-    UnpackBits(packed, quant_elems, bits_, idx.data(), impl);
+    uint8_t* idx = ThreadScratchBytes(quant_elems);
+    UnpackBits(packed, quant_elems, bits_, idx, impl);
     bool ok = true;
     if (desc.kind == KvKind::kKey) {
       for (size_t b = 0; b < tq / g_ && ok; ++b) {
         ok = DequantizeColumnGroups(scales + 2 * b * hd, mins + 2 * b * hd,
-                                    idx.data() + b * g_ * hd, g_, hd, out + b * g_ * hd, impl);
+                                    idx + b * g_ * hd, g_, hd, out + b * g_ * hd, impl);
       }
     } else {
-      ok = DequantizeRowGroups(scales, mins, idx.data(), groups, g_, out, impl);
+      ok = DequantizeRowGroups(scales, mins, idx, groups, g_, out, impl);
     }
     KVWIRE_RETURN_ERROR_IF(!ok, kCorrupt, name_ + ": a group scale or min is not finite");
     KVWIRE_RETURN_ERROR_IF(!HalvesFinite(window, window_elems), kCorrupt,

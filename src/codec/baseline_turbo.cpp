@@ -51,7 +51,7 @@ class TurboCodec final : public Codec {
     const Rotation& rot = GetRotation(d);
     const double sqrt_d = std::sqrt(static_cast<double>(d));
     const std::vector<float>& th = book_.thresholds;
-    std::vector<uint8_t> idx(rows * d);
+    uint8_t* idx = ThreadScratchBytes(rows * d);
     std::vector<float> y(d);
     for (size_t row = 0; row < rows; ++row) {
       const float* x = in + row * d;
@@ -61,7 +61,7 @@ class TurboCodec final : public Codec {
       StoreU16(norms + 2 * row, n_h);
       const float n = HalfToFloat(n_h);
       const float scale = n > 0.0f ? static_cast<float>(sqrt_d / n) : 0.0f;
-      uint8_t* q = idx.data() + row * d;
+      uint8_t* q = idx + row * d;
       if (impl == CodecImpl::kReference) {
         for (size_t i = 0; i < d; ++i) {
           float acc = 0.0f;
@@ -82,7 +82,7 @@ class TurboCodec final : public Codec {
         }
       }
     }
-    PackBits(idx.data(), idx.size(), bits_, norms + 2 * rows, impl);
+    PackBits(idx, rows * d, bits_, norms + 2 * rows, impl);
     return Status::Ok();
   }
 
@@ -97,13 +97,13 @@ class TurboCodec final : public Codec {
                            name_ + ": a norm is negative or not finite");
     const Rotation& rot = GetRotation(d);
     const double sqrt_d = std::sqrt(static_cast<double>(d));
-    std::vector<uint8_t> idx(rows * d);
-    UnpackBits(norms + 2 * rows, idx.size(), bits_, idx.data(), impl);
+    uint8_t* idx = ThreadScratchBytes(rows * d);
+    UnpackBits(norms + 2 * rows, rows * d, bits_, idx, impl);
     const float* level = book_.levels.data();
     std::vector<float> z(d);
     for (size_t row = 0; row < rows; ++row) {
       const float gain = static_cast<float>(static_cast<double>(LoadHalf(norms, row)) / sqrt_d);
-      const uint8_t* q = idx.data() + row * d;
+      const uint8_t* q = idx + row * d;
       float* o = out + row * d;
       if (impl == CodecImpl::kReference) {
         for (size_t j = 0; j < d; ++j) {

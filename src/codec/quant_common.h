@@ -20,6 +20,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/fp16.h"
 #include "kvwire/codec.h"
@@ -72,6 +73,18 @@ inline Status CheckPayloadSize(size_t got, uint64_t expected, std::string_view c
                          std::string(codec) + ": payload of " + std::to_string(got) +
                              " bytes, expected " + std::to_string(expected));
   return Status::Ok();
+}
+
+// ---- per-thread scratch ---------------------------------------------------------------------
+
+/// A per-thread byte buffer of at least `n` bytes, reused across calls and not zeroed: the index
+/// bytes of one chunk, which a codec fully writes before reading. One user at a time per thread
+/// (Encode and Decode do not nest). A fresh zero-filled vector per chunk cost the session's
+/// sender and receiver a large share of their CPU in page clearing and faults.
+inline uint8_t* ThreadScratchBytes(size_t n) {
+  thread_local std::vector<uint8_t> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
 }
 
 // ---- little-endian fields --------------------------------------------------------------------
