@@ -12,7 +12,9 @@
 #             decoded into its KV cache (KV-ready): encode, wire and decode, pipelined layer by
 #             layer, all on the clock. Not on it: process start, reading the dump, the probe
 #             encode that measures each level's bits/element, connect + authentication (a
-#             serving node keeps its connection), and the receiver writing the output file.
+#             serving node keeps its connection). The receiver runs with --discard (it writes
+#             no file) and decodes into the KV cache it allocated for the warm-up transfer, as a
+#             decode node decodes into its preallocated KV pool.
 #   wall_s    the whole `kvwire send` process, start to exit (everything above included).
 # plus bytes on the wire (chunk frames + descriptors), all-in bits/element, and ratios vs fp16;
 # and, on a 12-window slice of the same KV, each codec's single-thread CPU encode/decode GB/s
@@ -131,7 +133,7 @@ mkdir -p "$LOGS"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$LOGS/key"
 chmod 600 "$LOGS/key"
 ip netns exec $NS_A "$KVWIRE" serve --listen $IP_A:$PORT --backend tcp --key-file "$LOGS/key" \
-  --out-dir "$WORK/out-$$" --profile "$PROFILE" --stall-timeout-ms 120000 -v >"$LOGS/serve.log" 2>&1 &
+  --discard --profile "$PROFILE" --stall-timeout-ms 120000 -v >"$LOGS/serve.log" 2>&1 &
 SERVE_PID=$!
 for _ in $(seq 300); do grep -q "listening on" "$LOGS/serve.log" && break; sleep 0.05; done
 grep -q "listening on" "$LOGS/serve.log" || die "serve did not start: $(cat "$LOGS/serve.log")"
@@ -144,7 +146,7 @@ send() {  # send ID CODEC: one transfer, its JSON in $LOGS/send-ID.json
     --json "$LOGS/send-$1.json" >"$LOGS/send-$1.log" 2>&1 ||
     die "send $2 failed: $(cat "$LOGS/send-$1.log")"
 }
-wait_served() {  # wait_served ID: serve prints its line once the received KV is written
+wait_served() {  # wait_served ID: serve prints its line once the request is complete
   for _ in $(seq 1200); do grep -q "^request $1 from .* -> " "$LOGS/serve.log" && break; sleep 0.05; done
   grep -q "^request $1 from .* -> " "$LOGS/serve.log" ||
     die "serve did not finish request $1: $(tail -5 "$LOGS/serve.log")"
