@@ -163,8 +163,10 @@ def main():
         "KV on one core; *reconnects* = over all runs of the codec (each costs >= 0.1 s).",
         "",
         "Not on the send clock: process start, reading the dump, the bits/element probe, "
-        "connect + authentication (a serving node keeps its connection), and the receiver "
-        "writing the received KV to a file after it is ready.",
+        "connect + authentication (a serving node keeps its connection), and allocating the "
+        "receiver's KV cache (`serve --discard` decodes into the one it allocated for the "
+        "warm-up transfer, as a decode node decodes into its preallocated pool, and writes no "
+        "file).",
     ]
     if base:
         met = [r["codec"] for r in rows if r.get("meets_4x")]
