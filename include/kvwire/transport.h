@@ -17,9 +17,15 @@
 // fails is refused and logged. The ucx backend bootstraps over an authenticated TCP control
 // connection, on which the UCP worker addresses are exchanged.
 //
+// Buffer reuse (optional, for throughput): a caller done with a received message hands it back
+// with Connection::Recycle, and a sender asks the connection for payload buffers with
+// Connection::TakeBuffer. The tcp and ucx backends then receive into, and hand out, buffers they
+// already hold (at most TransportOptions::max_pooled_bytes per connection) instead of allocating,
+// zero-filling and page-faulting a fresh one per message. Callers that use neither are unaffected.
+//
 // Thread-safety: a Connection may be used by one sending thread and one receiving thread at the
 // same time (Send and Receive are independent); Close may be called from any thread and wakes
-// both. Listener::Accept is for one thread.
+// both; Recycle and TakeBuffer may be called from any thread. Listener::Accept is for one thread.
 #pragma once
 
 #include <cstddef>
@@ -71,6 +77,8 @@ struct TransportOptions {
   int handshake_timeout_ms = 5000;
   /// Bytes a connection may hold in its send queue before Send blocks (back-pressure).
   uint64_t max_queued_bytes = 256ull << 20;
+  /// Bytes of buffers a connection keeps for reuse (Recycle, TakeBuffer); 0: none kept.
+  uint64_t max_pooled_bytes = 128ull << 20;
 };
 
 /// One authenticated, bidirectional, ordered message connection.
@@ -92,6 +100,17 @@ class Connection {
 
   /// The peer's node name, as it announced it during the handshake.
   virtual const std::string& peer_name() const = 0;
+
+  /// Optional: hands back a message that Receive returned, once the caller is done with it; its
+  /// buffers are reused by later receives (and TakeBuffer) on this connection. The pool is
+  /// bounded by max_pooled_bytes; what does not fit is freed. Default: frees the message.
+  virtual void Recycle(Message&& msg) { Message done = std::move(msg); }
+
+  /// Optional: a buffer of exactly `bytes` bytes for the payload of a message to Send on this
+  /// connection. Contents unspecified (possibly bytes of an earlier message): the caller
+  /// overwrites them. Once a caller has used it, the payloads of sent messages go back to the
+  /// connection's pool when their send completes. Default: a new zero-filled buffer.
+  virtual std::vector<uint8_t> TakeBuffer(size_t bytes) { return std::vector<uint8_t>(bytes); }
 
   /// Optional: registers `bytes` for zero-copy sends from that memory. Default: kUnsupported.
   virtual Status RegisterMemory(void* /*ptr*/, size_t /*bytes*/) {

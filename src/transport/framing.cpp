@@ -61,6 +61,10 @@ Status ValidateMessageBounds(const Message& msg) {
   return CheckBounds(msg.kind, msg.meta.size(), msg.payload.size());
 }
 
+Status CheckMessageBounds(MessageKind kind, uint64_t meta_bytes, uint64_t payload_bytes) {
+  return CheckBounds(kind, meta_bytes, payload_bytes);
+}
+
 void AppendFramePrefix(const Message& msg, std::vector<uint8_t>* out) {
   StoreLe32(static_cast<uint32_t>(5 + msg.meta.size() + msg.payload.size()), out);
   out->push_back(static_cast<uint8_t>(msg.kind));

@@ -32,6 +32,8 @@ Result<FramePrefix> ParseFramePrefix(std::span<const uint8_t, kFramePrefixBytes>
 
 /// Checks a message against the bounds of its kind (what Send refuses).
 Status ValidateMessageBounds(const Message& msg);
+/// The same check on sizes announced by a peer, before anything is allocated for them.
+Status CheckMessageBounds(MessageKind kind, uint64_t meta_bytes, uint64_t payload_bytes);
 
 /// Appends the prefix of `msg` (which must pass ValidateMessageBounds).
 void AppendFramePrefix(const Message& msg, std::vector<uint8_t>* out);

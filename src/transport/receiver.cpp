@@ -364,6 +364,7 @@ Status ReceiverCore::HandleData(const std::shared_ptr<Connection>& conn, Message
       ack.mutable_ack()->set_request_id(s->id);
       ack.mutable_ack()->add_seqs(d.seq());
       SendControl(conn, ack);
+      conn->Recycle(std::move(msg));
       return Status::Ok();
     }
     if (!s->has_dst) {
@@ -379,6 +380,7 @@ Status ReceiverCore::HandleData(const std::shared_ptr<Connection>& conn, Message
     }
   }
   DecodeAndAck(s, d, msg);
+  conn->Recycle(std::move(msg));  // its buffer receives a later chunk
   return Status::Ok();
 }
 
@@ -483,6 +485,7 @@ Status ReceiverCore::SetDestination(uint64_t id, const KvView& dst) {
                          "destination shape does not fit request " + std::to_string(id));
   std::lock_guard decode_lock(s->decode_mu);
   std::deque<Message> pending;
+  std::shared_ptr<Connection> conn;
   {
     std::lock_guard lock(mu_);
     KVWIRE_RETURN_ERROR_IF(s->has_dst, kInvalidArgument, "destination already set");
@@ -490,10 +493,12 @@ Status ReceiverCore::SetDestination(uint64_t id, const KvView& dst) {
     s->has_dst = true;
     pending.swap(s->pending);
     for (auto& m : pending) buffered_bytes_ -= m.bytes();
+    conn = s->conn;
   }
   for (auto& m : pending) {
     auto d = transport::ParseChunkDescriptor(m);  // validated on arrival
     if (d.ok()) DecodeAndAck(s, *d, m);
+    if (conn) conn->Recycle(std::move(m));
   }
   return Status::Ok();
 }

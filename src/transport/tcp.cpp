@@ -49,7 +49,8 @@ TcpConnection::TcpConnection(std::shared_ptr<asio::io_context> ctx, asio::ip::tc
     : ctx_(std::move(ctx)),
       socket_(std::move(socket)),
       send_queue_(options.max_queued_bytes),
-      recv_queue_(options.max_queued_bytes) {
+      recv_queue_(options.max_queued_bytes),
+      pool_(options.max_pooled_bytes) {
   asio::error_code ec;
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
   auto ep = socket_.remote_endpoint(ec);
@@ -122,7 +123,7 @@ void TcpConnection::ReadLoop() {
     Message m;
     m.kind = p->kind;
     m.meta.resize(p->meta_bytes);
-    m.payload.resize(p->payload_bytes);
+    m.payload = pool_.Take(p->payload_bytes);  // bounds checked by ParseFramePrefix
     std::array<asio::mutable_buffer, 2> bufs = {asio::buffer(m.meta), asio::buffer(m.payload)};
     asio::read(socket_, bufs, ec);
     if (ec) return Fail(IoStatus("read", ec));
@@ -145,6 +146,7 @@ void TcpConnection::WriteLoop() {
       Fail(IoStatus("write", ec));
       break;
     }
+    if (send_pooling_) pool_.Put(std::move(m->payload));
   }
   std::lock_guard lock(writer_mu_);
   writer_done_ = true;

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "kvwire/transport.h"
+#include "transport/buffer_pool.h"
 #include "transport/message_queue.h"
 
 namespace kvwire::transport {
@@ -31,6 +32,12 @@ class TcpConnection final : public Connection {
   Result<Message> Receive(int timeout_ms) override;
   void Close() override;
   const std::string& peer_name() const override { return peer_name_; }
+  void Recycle(Message&& msg) override { pool_.Put(std::move(msg.payload)); }
+  std::vector<uint8_t> TakeBuffer(size_t bytes) override {
+    send_pooling_ = true;
+    return pool_.Take(bytes);
+  }
+  const BufferPool& pool() const { return pool_; }
 
   /// Lifts the pre-authentication limits (small control frames only).
   void MarkAuthenticated(std::string peer_name);
@@ -46,6 +53,8 @@ class TcpConnection final : public Connection {
   std::string remote_;
   std::string peer_name_;
   MessageQueue send_queue_, recv_queue_;
+  BufferPool pool_;  // received payloads; sent ones too once TakeBuffer was used
+  std::atomic<bool> send_pooling_{false};
   std::atomic<bool> authenticated_{false};
   std::atomic<bool> closing_{false};
   std::mutex close_mu_;

@@ -1,5 +1,6 @@
 // ucx backend: UCP active messages on one endpoint per connection; large messages by
-// rendezvous (the receiver pulls the payload straight into its buffer, IOV meta + payload).
+// rendezvous (the receiver pulls the payload straight into a buffer of the connection's pool,
+// buffer_pool.h; the meta rides in the AM header, so the data is one contiguous buffer).
 // Bootstrap: an authenticated TCP connection (tcp_connection.h) on which both ends exchange
 // their UCP worker address; it stays open as the liveness channel.
 //
@@ -25,6 +26,7 @@
 
 #include "transport/auth.h"
 #include "transport/backends.h"
+#include "transport/buffer_pool.h"
 #include "transport/control.h"
 #include "transport/framing.h"
 #include "transport/tcp_connection.h"
@@ -37,12 +39,17 @@ constexpr unsigned kAmId = 17;
 // (and the sender's send completes) only while its receive queue is under the bound.
 constexpr size_t kForceRndvBytes = 64u << 10;
 constexpr uint8_t kGoodbye = 3;
+// AmHeader::flags: the meta follows the AmHeader in the AM header, and the AM data is the payload
+// alone, one contiguous buffer on both ends (UCX moves a contiguous buffer faster than an IOV).
+// Without it, the data is meta then payload (a meta too large for the AM header).
+constexpr uint8_t kMetaInHeader = 1;
 
 struct AmHeader {
   uint64_t seq;
   uint32_t meta_bytes;
   uint8_t kind;  // MessageKind or kGoodbye
-  uint8_t pad[3];
+  uint8_t flags;
+  uint8_t pad[2];
 };
 static_assert(sizeof(AmHeader) == 16);
 
@@ -89,12 +96,17 @@ class UcxConnection final : public Connection {
   }
   void Close() override;
   const std::string& peer_name() const override { return tcp_->peer_name(); }
+  void Recycle(Message&& msg) override { pool_.Put(std::move(msg.payload)); }
+  std::vector<uint8_t> TakeBuffer(size_t bytes) override {
+    send_pooling_ = true;
+    return pool_.Take(bytes);
+  }
 
  private:
   struct PendingSend {
     UcxConnection* self;
     Message msg;
-    AmHeader header;
+    std::vector<uint8_t> header;  // AmHeader, then the meta with kMetaInHeader
     ucp_dt_iov_t iov[2];
   };
   struct PendingRecv {
@@ -103,12 +115,22 @@ class UcxConnection final : public Connection {
     Message msg;
     ucp_dt_iov_t iov[2];
   };
+  // A rendezvous message announced by the peer, not pulled yet (sizes already validated).
+  struct Announced {
+    uint64_t seq;
+    MessageKind kind;
+    std::vector<uint8_t> meta;  // the meta when it came in the AM header
+    uint32_t data_meta_bytes;   // else its size, at the start of the data
+    size_t payload_bytes;
+    void* data;  // UCP's descriptor
+  };
 
   UcxConnection(std::unique_ptr<TcpConnection> tcp, const TransportOptions& options)
       : tcp_(std::move(tcp)),
         send_queue_(options.max_queued_bytes),
         recv_queue_(~0ull),
-        max_inflight_(options.max_queued_bytes) {}
+        max_inflight_(options.max_queued_bytes),
+        pool_(options.max_pooled_bytes) {}
 
   Status Init();
   void Wake() {
@@ -120,7 +142,7 @@ class UcxConnection final : public Connection {
   void PostSends();
   void PostOne(Message msg, uint8_t kind);
   void Deliver(uint64_t seq, Message msg);
-  void PullRendezvous(uint64_t seq, Message msg, void* data);
+  void PullRendezvous(Announced a);
   void PostDeferredReceives();
   ucs_status_t OnAm(const void* header, size_t header_length, void* data, size_t length,
                     const ucp_am_recv_param_t* param);
@@ -128,11 +150,14 @@ class UcxConnection final : public Connection {
   std::unique_ptr<TcpConnection> tcp_;
   MessageQueue send_queue_, recv_queue_;
   const uint64_t max_inflight_;
+  BufferPool pool_;  // received payloads; sent ones too once TakeBuffer was used
+  std::atomic<bool> send_pooling_{false};
   UcpContext context_;
   UcpWorker worker_;
   ucp_ep_h ep_ = nullptr;
   FdHolder wake_;
   int worker_fd_ = -1;
+  size_t max_am_header_ = 0;
 
   // Progress-thread state.
   uint64_t next_send_seq_ = 0;
@@ -141,12 +166,7 @@ class UcxConnection final : public Connection {
   uint64_t next_deliver_seq_ = 0;
   std::map<uint64_t, Message> reorder_;
   size_t pending_recvs_ = 0;
-  struct Deferred {
-    uint64_t seq;
-    Message msg;
-    void* data;
-  };
-  std::deque<Deferred> deferred_;  // rendezvous messages not pulled yet (receive queue full)
+  std::deque<Announced> deferred_;  // not pulled yet (receive queue full); no buffers held
   std::atomic<bool> has_deferred_{false};
   std::atomic<bool> peer_said_goodbye_{false};
 
@@ -218,9 +238,16 @@ Status UcxConnection::Init() {
   if (st != UCS_OK) return UcsStatus("ucp_config_read", st);
   // Eager messages by copy, not zero-copy: UCX 1.13's tcp transport can complete a zero-copy send
   // twice when the connection breaks under it (assertion `comp->count > 0', process abort: 7 of
-  // 390 transfers cut by a TCP reset, none of 620 with this). Data of kForceRndvBytes and more
-  // goes by rendezvous anyway, so only messages under 64 KiB are copied. UCX_ZCOPY_THRESH wins.
+  // 390 transfers cut by a TCP reset, none of 620 with this). It also makes UCX send rendezvous
+  // data over tcp by copy (bcopy fragments), which costs throughput: bench/results/transport.md.
+  // UCX_ZCOPY_THRESH wins.
   if (!std::getenv("UCX_ZCOPY_THRESH")) (void)ucp_config_modify(config, "ZCOPY_THRESH", "inf");
+  // Rendezvous data over tcp (bcopy, see above) goes in TX_SEG_SIZE fragments, one send() each,
+  // 8 KiB by default. With peer error handling (below), 64 KiB fragments moved 1 MiB messages
+  // about 3x faster on loopback (bench/results/transport.md). The receiver takes up to its
+  // UCX_TCP_RX_SEG_SIZE (64 KiB by default) per AM. UCX_TCP_TX_SEG_SIZE wins. ("TX_SEG_SIZE" is
+  // the name ucp_config_modify applies to the tcp transport's UCX_TCP_TX_SEG_SIZE.)
+  if (!std::getenv("UCX_TCP_TX_SEG_SIZE")) (void)ucp_config_modify(config, "TX_SEG_SIZE", "64K");
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES;
   params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
@@ -232,6 +259,11 @@ Status UcxConnection::Init() {
   wp.thread_mode = UCS_THREAD_MODE_SINGLE;
   st = ucp_worker_create(context_.h, &wp, &worker_.h);
   if (st != UCS_OK) return UcsStatus("ucp_worker_create", st);
+  ucp_worker_attr_t wa{};
+  wa.field_mask = UCP_WORKER_ATTR_FIELD_MAX_AM_HEADER;
+  st = ucp_worker_query(worker_.h, &wa);
+  if (st != UCS_OK) return UcsStatus("ucp_worker_query", st);
+  max_am_header_ = wa.max_am_header;
   st = ucp_worker_get_efd(worker_.h, &worker_fd_);
   if (st != UCS_OK) return UcsStatus("ucp_worker_get_efd", st);
   wake_.fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -273,12 +305,16 @@ ucs_status_t UcxConnection::OnAm(const void* header, size_t header_length, void*
     return rndv ? UCS_ERR_REJECTED : UCS_OK;
   };
   if (failed_) return rndv ? UCS_ERR_CANCELED : UCS_OK;
-  if (header_length != sizeof(AmHeader))
+  if (header_length < sizeof(AmHeader))
     return refuse(Status(StatusCode::kCorrupt, "bad AM header size"));
   AmHeader h;
   std::memcpy(&h, header, sizeof h);
   if (h.seq < next_deliver_seq_ || h.seq >= next_deliver_seq_ + (1u << 20) || reorder_.count(h.seq))
     return refuse(Status(StatusCode::kCorrupt, "AM sequence number out of window"));
+  const bool meta_in_header = h.flags & kMetaInHeader;
+  if ((h.flags & ~kMetaInHeader) != 0 ||
+      header_length != sizeof(AmHeader) + (meta_in_header ? h.meta_bytes : 0))
+    return refuse(Status(StatusCode::kCorrupt, "bad AM header size or flags"));
   if (h.kind == kGoodbye) {
     if (length != 0 || h.meta_bytes != 0)
       return refuse(Status(StatusCode::kCorrupt, "bad goodbye"));
@@ -289,51 +325,63 @@ ucs_status_t UcxConnection::OnAm(const void* header, size_t header_length, void*
   }
   if (h.kind != uint8_t(MessageKind::kControl) && h.kind != uint8_t(MessageKind::kData))
     return refuse(Status(StatusCode::kCorrupt, "unknown AM kind"));
-  if (h.meta_bytes > length)
+  const uint32_t data_meta_bytes = meta_in_header ? 0 : h.meta_bytes;
+  if (data_meta_bytes > length)
     return refuse(Status(StatusCode::kCorrupt, "AM meta longer than message"));
+  const auto kind = static_cast<MessageKind>(h.kind);
+  const size_t payload_bytes = length - data_meta_bytes;
+  Status bounds = CheckMessageBounds(kind, h.meta_bytes, payload_bytes);
+  if (!bounds.ok()) return refuse(bounds);  // before anything is allocated
+  const auto* bytes = static_cast<const uint8_t*>(data);
   Message msg;
-  msg.kind = static_cast<MessageKind>(h.kind);
-  msg.meta.resize(h.meta_bytes);
-  msg.payload.resize(length - h.meta_bytes);
-  Status bounds = ValidateMessageBounds(msg);
-  if (!bounds.ok()) return refuse(bounds);
+  msg.kind = kind;
+  if (meta_in_header) {
+    const auto* m = static_cast<const uint8_t*>(header) + sizeof(AmHeader);
+    msg.meta.assign(m, m + h.meta_bytes);
+  }
   if (!rndv) {
-    std::memcpy(msg.meta.data(), data, h.meta_bytes);
-    if (!msg.payload.empty())
-      std::memcpy(msg.payload.data(), static_cast<uint8_t*>(data) + h.meta_bytes,
-                  msg.payload.size());
+    if (!meta_in_header) msg.meta.assign(bytes, bytes + data_meta_bytes);
+    msg.payload = pool_.Take(payload_bytes);
+    if (payload_bytes != 0) std::memcpy(msg.payload.data(), bytes + data_meta_bytes, payload_bytes);
     Deliver(h.seq, std::move(msg));
     return UCS_OK;
   }
+  // The header is only valid during this call: its meta is copied; the data stays with UCP.
+  Announced a{h.seq, kind, std::move(msg.meta), data_meta_bytes, payload_bytes, data};
   if (recv_queue_.bytes() >= max_inflight_ || !deferred_.empty()) {
-    deferred_.push_back({h.seq, std::move(msg), data});
+    deferred_.push_back(std::move(a));
     has_deferred_ = true;
     return UCS_INPROGRESS;  // UCP keeps the descriptor until we pull it
   }
-  PullRendezvous(h.seq, std::move(msg), data);
+  PullRendezvous(std::move(a));
   return UCS_OK;
 }
 
 void UcxConnection::PostDeferredReceives() {
   while (!deferred_.empty() && !failed_ && recv_queue_.bytes() < max_inflight_) {
-    Deferred d = std::move(deferred_.front());
+    Announced a = std::move(deferred_.front());
     deferred_.pop_front();
-    PullRendezvous(d.seq, std::move(d.msg), d.data);
+    PullRendezvous(std::move(a));
   }
   has_deferred_ = !deferred_.empty();
 }
 
-void UcxConnection::PullRendezvous(uint64_t seq, Message msg, void* data) {
-  // Pull the data straight into meta + payload.
-  auto* pending = new PendingRecv{this, seq, std::move(msg), {}};  // owned by the callback
+void UcxConnection::PullRendezvous(Announced a) {
+  // Pull the data straight into a payload buffer from the pool (and the meta, when it did not fit
+  // in the AM header).
+  Message msg;
+  msg.kind = a.kind;
+  msg.meta = std::move(a.meta);
+  if (a.data_meta_bytes != 0) msg.meta.resize(a.data_meta_bytes);
+  msg.payload = pool_.Take(a.payload_bytes);
+  auto* pending = new PendingRecv{this, a.seq, std::move(msg), {}};  // owned by the callback
   size_t n = 0;
-  pending->iov[n++] = {pending->msg.meta.data(), pending->msg.meta.size()};
-  if (!pending->msg.payload.empty())
-    pending->iov[n++] = {pending->msg.payload.data(), pending->msg.payload.size()};
+  if (a.data_meta_bytes != 0) pending->iov[n++] = {pending->msg.meta.data(), a.data_meta_bytes};
+  if (a.payload_bytes != 0) pending->iov[n++] = {pending->msg.payload.data(), a.payload_bytes};
   ucp_request_param_t rp{};
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                     UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
-  rp.datatype = ucp_dt_make_iov();
+  rp.datatype = n == 2 ? ucp_dt_make_iov() : ucp_dt_make_contig(1);
   rp.user_data = pending;
   rp.cb.recv_am = [](void* request, ucs_status_t status, size_t, void* user_data) {
     std::unique_ptr<PendingRecv> p(static_cast<PendingRecv*>(user_data));
@@ -346,7 +394,11 @@ void UcxConnection::PullRendezvous(uint64_t seq, Message msg, void* data) {
     }
     ucp_request_free(request);
   };
-  ucs_status_ptr_t sp = ucp_am_recv_data_nbx(worker_.h, data, pending->iov, n, &rp);
+  void* buffer = n == 2   ? static_cast<void*>(pending->iov)
+                 : n == 1 ? pending->iov[0].buffer
+                          : nullptr;
+  const size_t count = n == 2 ? 2 : n == 1 ? pending->iov[0].length : 0;
+  ucs_status_ptr_t sp = ucp_am_recv_data_nbx(worker_.h, a.data, buffer, count, &rp);
   if (UCS_PTR_IS_ERR(sp)) {
     delete pending;
     Fail(UcsStatus("ucp_am_recv_data_nbx", UCS_PTR_STATUS(sp)));
@@ -371,15 +423,26 @@ void UcxConnection::Deliver(uint64_t seq, Message msg) {
 
 void UcxConnection::PostOne(Message msg, uint8_t kind) {
   auto* p = new PendingSend{this, std::move(msg), {}, {}};  // owned until completion
-  p->header = AmHeader{next_send_seq_++, static_cast<uint32_t>(p->msg.meta.size()), kind, {}};
+  const Message& m = p->msg;
+  // The meta rides in the AM header when it fits, so the data is one contiguous buffer.
+  const bool meta_in_header = sizeof(AmHeader) + m.meta.size() <= max_am_header_;
+  const AmHeader h{next_send_seq_++,
+                   static_cast<uint32_t>(m.meta.size()),
+                   kind,
+                   static_cast<uint8_t>(meta_in_header ? kMetaInHeader : 0),
+                   {}};
+  p->header.resize(sizeof h + (meta_in_header ? m.meta.size() : 0));
+  std::memcpy(p->header.data(), &h, sizeof h);
+  if (meta_in_header && !m.meta.empty())
+    std::memcpy(p->header.data() + sizeof h, m.meta.data(), m.meta.size());
   size_t n = 0;
-  if (!p->msg.meta.empty()) p->iov[n++] = {p->msg.meta.data(), p->msg.meta.size()};
-  if (!p->msg.payload.empty()) p->iov[n++] = {p->msg.payload.data(), p->msg.payload.size()};
+  if (!meta_in_header && !m.meta.empty()) p->iov[n++] = {p->msg.meta.data(), m.meta.size()};
+  if (!m.payload.empty()) p->iov[n++] = {p->msg.payload.data(), m.payload.size()};
   const size_t bytes = p->msg.bytes();
   ucp_request_param_t rp{};
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                     UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FIELD_FLAGS;
-  rp.datatype = ucp_dt_make_iov();
+  rp.datatype = n == 2 ? ucp_dt_make_iov() : ucp_dt_make_contig(1);
   rp.flags = bytes >= kForceRndvBytes ? UCP_AM_SEND_FLAG_RNDV : 0;
   rp.user_data = p;
   rp.cb.send = [](void* request, ucs_status_t status, void* user_data) {
@@ -388,16 +451,21 @@ void UcxConnection::PostOne(Message msg, uint8_t kind) {
     self->inflight_bytes_ -= ps->msg.bytes();
     --self->inflight_sends_;
     if (status != UCS_OK) self->Fail(UcsStatus("UCX send", status));
+    if (self->send_pooling_) self->pool_.Put(std::move(ps->msg.payload));
     ucp_request_free(request);
   };
   ++inflight_sends_;
   inflight_bytes_ += bytes;
-  ucs_status_ptr_t sp = ucp_am_send_nbx(ep_, kAmId, &p->header, sizeof p->header, p->iov, n, &rp);
+  const void* buffer = n == 2 ? static_cast<void*>(p->iov) : n == 1 ? p->iov[0].buffer : nullptr;
+  const size_t count = n == 2 ? 2 : n == 1 ? p->iov[0].length : 0;
+  ucs_status_ptr_t sp =
+      ucp_am_send_nbx(ep_, kAmId, p->header.data(), p->header.size(), buffer, count, &rp);
   if (sp == nullptr || UCS_PTR_IS_ERR(sp)) {
     // Completed in place (callback not called) or failed.
     --inflight_sends_;
     inflight_bytes_ -= bytes;
     ucs_status_t st = UCS_PTR_STATUS(sp);
+    if (st == UCS_OK && send_pooling_) pool_.Put(std::move(p->msg.payload));
     delete p;
     if (st != UCS_OK) Fail(UcsStatus("ucp_am_send_nbx", st));
   }

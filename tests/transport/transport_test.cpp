@@ -269,6 +269,63 @@ TEST_P(TransportTest, SendBlocksWhenThePeerDoesNotRead) {
 
 std::string Name(const testing::TestParamInfo<std::string>& info) { return info.param; }
 
+// Buffer reuse (Connection::Recycle, TakeBuffer). Each message is sent only after the previous one
+// was received and recycled, so the receiving connection has the buffer back when the next one
+// arrives and must receive into it. Reuse shows in the capacity: a smaller message received into
+// the recycled 1 MiB buffer keeps its capacity, where a fresh buffer would have exactly its size
+// (an address alone could also come back from malloc).
+TEST_P(TransportTest, RecycledReceiveBuffersAreReused) {
+  if (GetParam() == "inproc") GTEST_SKIP() << "inproc hands over the sender's buffer; no pool";
+  auto [server, client] = Pair();
+  ASSERT_TRUE(server && client);
+  constexpr size_t kBytes = size_t{1} << 20;
+  const size_t sizes[] = {kBytes, kBytes - 4096, kBytes, kBytes - 1};
+  const uint8_t* first = nullptr;
+  for (uint32_t i = 0; i < std::size(sizes); ++i) {
+    const size_t bytes = sizes[i];
+    ASSERT_TRUE(client->Send(Data(i, bytes)).ok());
+    auto m = server->Receive(5000);
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    ASSERT_EQ(m->payload.size(), bytes);
+    // This message's bytes, not those the recycled buffer held before.
+    for (size_t j : {size_t{0}, bytes / 2 + 3, bytes - 1})
+      ASSERT_EQ(m->payload[j], static_cast<uint8_t>(j * 31 + i))
+          << "message " << i << " byte " << j;
+    if (i == 0) {
+      first = m->payload.data();
+    } else {
+      EXPECT_EQ(m->payload.data(), first) << "message " << i << " did not reuse the buffer";
+      EXPECT_EQ(m->payload.capacity(), kBytes) << "message " << i << " did not reuse the buffer";
+    }
+    server->Recycle(std::move(*m));
+  }
+}
+
+TEST_P(TransportTest, SentBuffersComeBackThroughTakeBuffer) {
+  if (GetParam() == "inproc") GTEST_SKIP() << "inproc hands over the sender's buffer; no pool";
+  auto [server, client] = Pair();
+  ASSERT_TRUE(server && client);
+  constexpr size_t kBytes = size_t{1} << 20;
+  std::vector<uint8_t> payload = client->TakeBuffer(kBytes);
+  ASSERT_EQ(payload.size(), kBytes);
+  for (size_t j = 0; j < kBytes; ++j) payload[j] = static_cast<uint8_t>(j * 7);
+  const uint8_t* at = payload.data();
+  control::ChunkDescriptor d;
+  d.set_request_id(1);
+  d.set_tokens(1);
+  d.set_payload_bytes(static_cast<uint32_t>(kBytes));
+  ASSERT_TRUE(client->Send(transport::MakeDataMessage(d, std::move(payload)).value()).ok());
+  auto m = server->Receive(5000);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  ASSERT_EQ(m->payload.size(), kBytes);
+  EXPECT_EQ(m->payload[kBytes - 1], static_cast<uint8_t>((kBytes - 1) * 7));
+  client->Close();  // flushes: the send has completed and returned its buffer
+  std::vector<uint8_t> again = client->TakeBuffer(kBytes - 4096);
+  EXPECT_EQ(again.data(), at);
+  EXPECT_EQ(again.size(), kBytes - 4096);
+  EXPECT_EQ(again.capacity(), kBytes);  // the sent buffer, not a fresh one
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, TransportTest, testing::ValuesIn(AvailableTransports()), Name);
 
 TEST(TransportFactory, UnknownNameIsNotFound) {

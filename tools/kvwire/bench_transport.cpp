@@ -10,14 +10,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <future>
 #include <iostream>
-#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -61,37 +58,11 @@ TransportOptions Loopback() {
   return o;
 }
 
-// Messages circulate: what the receiver gets goes back to the sender, so the sending side neither
-// copies nor allocates (the backend's own receive buffers are part of what is measured).
-class MessagePool {
- public:
-  void Put(Message m) {
-    std::lock_guard lock(mu_);
-    pool_.push_back(std::move(m));
-    cv_.notify_one();
-  }
-  bool Take(Message* m) {
-    std::unique_lock lock(mu_);
-    cv_.wait(lock, [&] { return closed_ || !pool_.empty(); });
-    if (pool_.empty()) return false;
-    *m = std::move(pool_.front());
-    pool_.pop_front();
-    return true;
-  }
-  void Close() {
-    std::lock_guard lock(mu_);
-    closed_ = true;
-    cv_.notify_all();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Message> pool_;
-  bool closed_ = false;
-};
-
-// The backend alone: one connection on loopback, `size`-byte data messages one way.
+// The backend alone: one connection on loopback, `size`-byte data messages one way. The sender
+// takes its payload buffers from the connection (TakeBuffer: the buffers of sent messages come
+// back to it) and the receiver hands every message back (Recycle), as the session receiver does:
+// after the warm-up neither side allocates per message, like ucx_perftest with its one buffer.
+// Payload contents are whatever the buffers held (the backend does not look at them).
 Status MeasureRaw(const std::string& backend, const TransportBenchArgs& a, BenchPoint* p) {
   KVWIRE_ASSIGN_OR_RETURN(auto transport, CreateTransport(backend));
   KVWIRE_ASSIGN_OR_RETURN(auto listener, transport->Listen(Loopback()));
@@ -103,23 +74,21 @@ Status MeasureRaw(const std::string& backend, const TransportBenchArgs& a, Bench
 
   const uint64_t size = p->size;
   const uint64_t budget = a.mib_per_point << 20;
-  const int pool_size = static_cast<int>(std::clamp<uint64_t>((128ull << 20) / size, 4, 256));
-  MessagePool pool;
-  for (int i = 0; i < pool_size; ++i) {
+  const int warmup = static_cast<int>(std::clamp<uint64_t>((128ull << 20) / size, 4, 256));
+  auto next = [&] {
     Message m;
     m.kind = MessageKind::kData;
     m.meta.assign(16, 0);
-    m.payload.assign(size - 16, static_cast<uint8_t>(i));
-    pool.Put(std::move(m));
-  }
+    m.payload = client->TakeBuffer(size - 16);
+    return m;
+  };
   Status failure;
   auto run = [&](uint64_t n) -> double {
     Status send_status;
     const auto t0 = Clock::now();
     std::thread sender([&] {
-      Message m;
-      for (uint64_t i = 0; i < n && pool.Take(&m); ++i) {
-        send_status = client->Send(std::move(m));
+      for (uint64_t i = 0; i < n; ++i) {
+        send_status = client->Send(next());
         if (!send_status.ok()) return;
       }
     });
@@ -127,18 +96,17 @@ Status MeasureRaw(const std::string& backend, const TransportBenchArgs& a, Bench
       auto m = server->Receive(60000);
       if (!m.ok()) {
         failure = m.status().WithContext(backend + " raw receive");
-        pool.Close();
         client->Close();
         break;
       }
-      pool.Put(std::move(*m));
+      server->Recycle(std::move(*m));
     }
     const double s = Seconds(Clock::now() - t0);
     sender.join();
     if (failure.ok() && !send_status.ok()) failure = send_status.WithContext(backend + " raw send");
     return s;
   };
-  (void)run(pool_size);  // warm-up: connection, buffers, page faults
+  (void)run(warmup);  // warm-up: connection, buffers, page faults
   const uint64_t count = std::max<uint64_t>(8, budget / size);
   std::vector<double> secs;
   for (int r = 0; r < a.repeat && failure.ok(); ++r) secs.push_back(run(count));
@@ -152,14 +120,13 @@ Status MeasureRaw(const std::string& backend, const TransportBenchArgs& a, Bench
       std::clamp<uint64_t>(budget / 4 / size, 10, static_cast<uint64_t>(a.max_latency_samples)));
   std::vector<double> lat;
   for (int i = 0; i < samples; ++i) {
-    Message m;
-    pool.Take(&m);
+    Message m = next();
     const auto t0 = Clock::now();
     KVWIRE_RETURN_IF_ERROR(client->Send(std::move(m)));
     auto got = server->Receive(60000);
     if (!got.ok()) return got.status().WithContext(backend + " raw latency");
     lat.push_back(Seconds(Clock::now() - t0) * 1e6);
-    pool.Put(std::move(*got));
+    server->Recycle(std::move(*got));
   }
   p->raw_p50_us = Percentile(lat, 0.5);
   p->raw_p99_us = Percentile(lat, 0.99);

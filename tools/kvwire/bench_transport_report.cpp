@@ -90,8 +90,10 @@ int WriteTransportReport(const TransportBenchArgs& a, const BenchReport& r) {
                        "does to detect a dead peer"},
       {"raw", "one kvwire Connection on loopback, messages one way, median of " +
                   std::to_string(a.repeat) + " runs of " + std::to_string(a.mib_per_point) +
-                  " MiB (at least 8 messages); latency: one message in flight, Send() called to "
-                  "Receive() returned"},
+                  " MiB (at least 8 messages); the sender's payloads come from "
+                  "Connection::TakeBuffer and the receiver hands each message back with "
+                  "Connection::Recycle, so after a warm-up neither side allocates per message; "
+                  "latency: one message in flight, Send() called to Receive() returned"},
       {"session",
        "Sender/Receiver, fp16 level (CRC, acknowledgements): 4 layers x 8192 tokens x "
        "8 kv heads x 128 = 128 MiB per request, Open() to the sender's completion, "
