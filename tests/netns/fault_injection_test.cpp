@@ -33,13 +33,18 @@
 #include <thread>
 #include <vector>
 
-extern char** environ;
+#include "netns_util.h"
 
 namespace kvwire {
 namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
+using netns_test::Child;
+using netns_test::ReadFile;
+using netns_test::Sh;
+using netns_test::Spawn;
+using netns_test::WaitChild;
 
 constexpr int kTransfers = 50;
 constexpr int kSendTimeoutMs = 60000;           // a transfer running longer than this is a hang
@@ -48,137 +53,13 @@ constexpr uint64_t kRssToleranceKiB = 4 << 10;  // allowed RSS growth over the 5
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
-std::string Slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// Runs a shell command, returns its exit code and (stdout + stderr).
-std::pair<int, std::string> Sh(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return {-1, "popen failed"};
-  char buf[512];
-  while (std::fgets(buf, sizeof buf, p)) out += buf;
-  const int st = ::pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
-
-// A child process with stdout and stderr redirected to files.
-struct Child {
-  pid_t pid = -1;
-  fs::path out, err;
-};
-
-Child Spawn(const std::vector<std::string>& args, const std::vector<std::string>& extra_env,
-            const fs::path& out, const fs::path& err) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (err == out) {
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  } else {
-    posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  }
-  std::vector<std::string> env = extra_env;
-  for (char** e = environ; *e; ++e) env.emplace_back(*e);
-  std::vector<char*> argv, envp;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
-  envp.push_back(nullptr);
-  Child c{-1, out, err};
-  if (posix_spawnp(&c.pid, argv[0], &fa, nullptr, argv.data(), envp.data()) != 0) c.pid = -1;
-  posix_spawn_file_actions_destroy(&fa);
-  return c;
-}
-
-// Exit code, or nullopt if the child is still running after `timeout_ms` (it is then killed).
-std::optional<int> WaitChild(pid_t pid, int timeout_ms) {
-  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  for (;;) {
-    int st = 0;
-    const pid_t r = ::waitpid(pid, &st, WNOHANG);
-    if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    if (r < 0) return -1;
-    if (Clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &st, 0);
-      return std::nullopt;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-}
-
 // Resident set of a process in KiB (VmRSS), 0 if unknown.
 uint64_t RssKiB(pid_t pid) {
-  std::istringstream in(Slurp("/proc/" + std::to_string(pid) + "/status"));
+  std::istringstream in(ReadFile("/proc/" + std::to_string(pid) + "/status"));
   for (std::string line; std::getline(in, line);)
     if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6));
   return 0;
 }
-
-// Namespaces kvw-<pid>-a / -b joined by a veth pair va/vb (10.X.Y.1 / 10.X.Y.2). Deleted in the
-// destructor (deleting a namespace destroys its end of the veth pair). Leftovers of a killed
-// earlier run (whose pid is gone) are deleted first.
-class NetnsPair {
- public:
-  NetnsPair() {
-    const std::string pid = std::to_string(::getpid());
-    a_ = "kvw-" + pid + "-a";
-    b_ = "kvw-" + pid + "-b";
-    va_ = "kvw" + pid + "a";
-    vb_ = "kvw" + pid + "b";
-    const int x = (::getpid() >> 8) & 0xff, y = ::getpid() & 0xff;
-    const std::string net = "10." + std::to_string(x) + "." + std::to_string(y) + ".";
-    ip_a_ = net + "1";
-    ip_b_ = net + "2";
-  }
-  ~NetnsPair() { Remove(); }
-
-  static void RemoveStale() {
-    auto [rc, list] = Sh("ip netns list");
-    std::istringstream in(list);
-    for (std::string line; std::getline(in, line);) {
-      const std::string name = line.substr(0, line.find(' '));
-      unsigned long pid = 0;
-      char side = 0;
-      if (std::sscanf(name.c_str(), "kvw-%lu-%c", &pid, &side) == 2 &&
-          !fs::exists("/proc/" + std::to_string(pid)))
-        (void)Sh("ip netns del " + name);
-    }
-  }
-
-  // Empty string on success, else what failed.
-  std::string Create() {
-    if (auto [rc, out] = Sh("ip netns add " + a_); rc != 0) return "ip netns add: " + out;
-    created_ = true;
-    const std::vector<std::string> cmds = {
-        "ip netns add " + b_,
-        "ip link add " + va_ + " netns " + a_ + " type veth peer name " + vb_ + " netns " + b_,
-        "ip -n " + a_ + " addr add " + ip_a_ + "/24 dev " + va_,
-        "ip -n " + b_ + " addr add " + ip_b_ + "/24 dev " + vb_,
-        "ip -n " + a_ + " link set lo up",
-        "ip -n " + b_ + " link set lo up",
-        "ip -n " + a_ + " link set " + va_ + " up",
-        "ip -n " + b_ + " link set " + vb_ + " up"};
-    for (const auto& c : cmds)
-      if (auto [rc, out] = Sh(c); rc != 0) return c + ": " + out;
-    return "";
-  }
-  void Remove() {
-    if (!created_) return;
-    (void)Sh("ip netns del " + a_);
-    (void)Sh("ip netns del " + b_);
-    created_ = false;
-  }
-
-  std::string a_, b_, va_, vb_, ip_a_, ip_b_;
-  bool created_ = false;
-};
 
 std::string Describe(bool cut, bool receiver_side, int delay_ms, int cut_ms) {
   std::string s = std::string(cut ? "cut " : "reset ") +
@@ -223,10 +104,10 @@ class FaultInjection : public testing::Test {
                    << ::geteuid();
     if (Sh("ip netns list").first != 0)
       GTEST_SKIP() << "SKIPPED: `ip netns` is not available (iproute2 missing?)";
-    NetnsPair::RemoveStale();
+    ns_.RemoveStale();
     if (std::string why = ns_.Create(); !why.empty())
       GTEST_SKIP() << "SKIPPED: cannot create network namespaces: " << why;
-    ASSERT_TRUE(WaitLinkUp()) << "the new veth pair did not come up";
+    ASSERT_TRUE(ns_.CarrierUp()) << "the new veth pair did not come up";
     dir_ = fs::temp_directory_path() / ("kvwire_netns_" + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
@@ -248,23 +129,9 @@ class FaultInjection : public testing::Test {
     return {"UCX_TLS=tcp", "UCX_NET_DEVICES=" + dev};
   }
 
-  // Both ends of the veth up with carrier (after `link set up` the carrier follows a little
-  // later; UCX refuses a device that is not running yet). Each transfer meets only its own fault.
-  bool WaitLinkUp() {
-    const auto deadline = Clock::now() + std::chrono::seconds(5);
-    while (Clock::now() < deadline) {
-      const std::string a = Sh("ip -n " + ns_.a_ + " -br link show dev " + ns_.va_).second;
-      const std::string b = Sh("ip -n " + ns_.b_ + " -br link show dev " + ns_.vb_).second;
-      if (a.find("LOWER_UP") != std::string::npos && b.find("LOWER_UP") != std::string::npos &&
-          a.find(" UP ") != std::string::npos && b.find(" UP ") != std::string::npos)
-        return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return false;
-  }
 
   std::vector<std::string> ServeEnv() const {
-    std::vector<std::string> env = UcxEnv(ns_.va_);
+    std::vector<std::string> env = UcxEnv(ns_.dev_a);
     // RSS should follow live memory. glibc's defaults blur it: per-thread arenas (every
     // connection brings new threads) keep freed chunk buffers, and the dynamic mmap threshold
     // moves a freed 8 MiB KV onto the heap, where it stays. Measured on 24-40 transfers: RSS
@@ -281,11 +148,11 @@ class FaultInjection : public testing::Test {
     r.port = port;
     r.out_dir = dir_ / ("out-" + backend + "-" + std::to_string(port));
     r.log = dir_ / ("serve-" + backend + "-" + std::to_string(port) + ".log");
-    r.child = Spawn({"ip", "netns", "exec", ns_.a_, KVWIRE_CLI, "serve", "--listen",
-                     ns_.ip_a_ + ":" + std::to_string(port), "--backend", backend, "--key-file",
+    r.child = Spawn({"ip", "netns", "exec", ns_.ns_a, KVWIRE_CLI, "serve", "--listen",
+                     ns_.ip_a + ":" + std::to_string(port), "--backend", backend, "--key-file",
                      (dir_ / "key").string(), "--out-dir", r.out_dir.string(), "--stall-timeout-ms",
                      std::to_string(kServeStallMs), "-v"},
-                    ServeEnv(), r.log, r.log);
+                    r.log, r.log, ServeEnv());
     return r;
   }
 
@@ -302,11 +169,11 @@ class FaultInjection : public testing::Test {
     Child c = Spawn({"ip",
                      "netns",
                      "exec",
-                     ns_.b_,
+                     ns_.ns_b,
                      KVWIRE_CLI,
                      "send",
                      "--connect",
-                     ns_.ip_a_ + ":" + std::to_string(r.port),
+                     ns_.ip_a + ":" + std::to_string(r.port),
                      "--backend",
                      r.backend,
                      "--key-file",
@@ -319,15 +186,15 @@ class FaultInjection : public testing::Test {
                      "128",
                      "--request-id",
                      std::to_string(id)},
-                    UcxEnv(ns_.vb_), out, err);
+                    out, err, UcxEnv(ns_.dev_b));
     std::thread injector;
     if (fault) injector = std::thread(fault);
     SendResult s;
     s.rc = c.pid > 0 ? WaitChild(c.pid, kSendTimeoutMs) : std::optional<int>(-1);
     s.ms = Ms(Clock::now() - t0);
     if (injector.joinable()) injector.join();  // the link is up again after this
-    s.out = Slurp(out);
-    s.err = Slurp(err);
+    s.out = ReadFile(out);
+    s.err = ReadFile(err);
     return s;
   }
 
@@ -337,7 +204,7 @@ class FaultInjection : public testing::Test {
     const fs::path& log = r.log;
     const auto start = Clock::now();
     for (;;) {
-      const ServeOutcome o = OutcomeOf(Slurp(log), id);
+      const ServeOutcome o = OutcomeOf(ReadFile(log), id);
       if (o == ServeOutcome::kDone || o == ServeOutcome::kFailed) return o;
       const double waited = Ms(Clock::now() - start);
       // Unknown after 1.5 s (TCP retransmissions after a cut included): it never arrived.
@@ -360,7 +227,7 @@ class FaultInjection : public testing::Test {
         Sh(std::string(KVWIRE_CLI) + " synth --out " + (dir_ / "kv.safetensors").string() +
            " --layers 8 --kv-heads 4 --head-dim 64 --tokens 1024 --seed 11");
     EXPECT_EQ(synth_rc, 0) << synth_out;
-    auto [tbf_rc, tbf_out] = Sh("ip netns exec " + ns_.b_ + " tc qdisc add dev " + ns_.vb_ +
+    auto [tbf_rc, tbf_out] = Sh("ip netns exec " + ns_.ns_b + " tc qdisc add dev " + ns_.dev_b +
                                 " root tbf rate 200mbit burst 64kb latency 200ms");
     if (tbf_rc != 0) std::printf("note: no tbf rate limit (%s)\n", tbf_out.c_str());
     return synth_rc == 0;
@@ -370,14 +237,14 @@ class FaultInjection : public testing::Test {
     const fs::path& log = r.log;
     const auto deadline = Clock::now() + std::chrono::seconds(15);
     while (r.child.pid > 0 && Clock::now() < deadline) {
-      if (Slurp(log).find("listening on") != std::string::npos) return true;
+      if (ReadFile(log).find("listening on") != std::string::npos) return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    ADD_FAILURE() << r.backend << " receiver did not start: " << Slurp(log);
+    ADD_FAILURE() << r.backend << " receiver did not start: " << ReadFile(log);
     return false;
   }
 
-  NetnsPair ns_;
+  netns_test::VethPair ns_{"kvw"};
   fs::path dir_;
   std::vector<Receiver> receivers_;
 };
@@ -398,7 +265,7 @@ TEST_F(FaultInjection, FiftyTransfersWithLinkCutsAndResets) {
       SendResult s = Send(r, codec, id, nullptr);
       ASSERT_EQ(s.rc, std::optional<int>(0)) << r.backend << " " << codec << ": " << s.err;
       ASSERT_EQ(Settle(r, id, false), ServeOutcome::kDone);
-      const std::string got = Slurp(r.out_dir / ("request-" + std::to_string(id) + ".safetensors"));
+      const std::string got = ReadFile(r.out_dir / ("request-" + std::to_string(id) + ".safetensors"));
       if (!reference.count(codec)) reference[codec] = got;
       ASSERT_EQ(got, reference[codec])
           << codec << " over " << r.backend << " differs from the tcp reference";
@@ -408,7 +275,7 @@ TEST_F(FaultInjection, FiftyTransfersWithLinkCutsAndResets) {
     }
   }
   // fp16 of an fp16 dump is lossless: the received dump is the input file.
-  ASSERT_EQ(reference["fp16"], Slurp(dir_ / "kv.safetensors"));
+  ASSERT_EQ(reference["fp16"], ReadFile(dir_ / "kv.safetensors"));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   std::map<std::string, uint64_t> rss_before;
   for (auto& r : receivers_) rss_before[r.backend] = RssKiB(r.child.pid);
@@ -431,9 +298,9 @@ TEST_F(FaultInjection, FiftyTransfersWithLinkCutsAndResets) {
     const int delay_ms =
         std::uniform_int_distribution<int>(0, static_cast<int>(clean_ms[codec]))(rng);
     const int cut_ms = std::uniform_int_distribution<int>(50, 800)(rng);
-    const std::string ns = on_receiver_side ? ns_.a_ : ns_.b_;
-    const std::string dev = on_receiver_side ? ns_.va_ : ns_.vb_;
-    const std::string peer_ip = on_receiver_side ? ns_.ip_b_ : ns_.ip_a_;
+    const std::string ns = on_receiver_side ? ns_.ns_a : ns_.ns_b;
+    const std::string dev = on_receiver_side ? ns_.dev_a : ns_.dev_b;
+    const std::string peer_ip = on_receiver_side ? ns_.ip_b : ns_.ip_a;
     auto fault = [&] {
       std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
       if (cut) {
@@ -446,7 +313,7 @@ TEST_F(FaultInjection, FiftyTransfersWithLinkCutsAndResets) {
       }
     };
     SendResult s = Send(r, codec, id, fault);
-    ASSERT_TRUE(WaitLinkUp()) << "the veth did not come back up";
+    ASSERT_TRUE(ns_.CarrierUp()) << "the veth did not come back up";
     const bool hit = delay_ms < s.ms;  // the fault began while the sender was running
     landed += hit;
     const std::string what = Describe(cut, on_receiver_side, delay_ms, cut_ms);
@@ -465,7 +332,7 @@ TEST_F(FaultInjection, FiftyTransfersWithLinkCutsAndResets) {
     const fs::path got_path = r.out_dir / ("request-" + std::to_string(id) + ".safetensors");
     if (served == ServeOutcome::kDone) {
       // Whatever the sender's verdict, what the receiver wrote must be exact.
-      ASSERT_TRUE(Slurp(got_path) == reference[codec])
+      ASSERT_TRUE(ReadFile(got_path) == reference[codec])
           << "transfer " << i << " (" << what << "): SILENT CORRUPTION, output differs";
       fs::remove(got_path);
     }
@@ -539,7 +406,7 @@ TEST_F(FaultInjection, UcxTransfersSurviveConnectionResets) {
   ASSERT_EQ(clean.rc, std::optional<int>(0)) << clean.err;
   ASSERT_EQ(Settle(r, id, false), ServeOutcome::kDone);
   const std::string reference =
-      Slurp(r.out_dir / ("request-" + std::to_string(id) + ".safetensors"));
+      ReadFile(r.out_dir / ("request-" + std::to_string(id) + ".safetensors"));
   std::mt19937 rng(7);
   constexpr int kResets = 100;
   int completed = 0, failed = 0;
@@ -548,7 +415,7 @@ TEST_F(FaultInjection, UcxTransfersSurviveConnectionResets) {
     const int delay_ms = std::uniform_int_distribution<int>(20, static_cast<int>(clean.ms))(rng);
     SendResult s = Send(r, "q4_0", id, [&] {
       std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
-      (void)Sh("ip netns exec " + ns_.b_ + " ss -K state established dst " + ns_.ip_a_);
+      (void)Sh("ip netns exec " + ns_.ns_b + " ss -K state established dst " + ns_.ip_a);
     });
     ASSERT_TRUE(s.rc.has_value()) << "transfer " << i << " HUNG\n" << s.err;
     ASSERT_LE(*s.rc, 1) << "transfer " << i << " (reset at " << delay_ms << " ms) died: exit "
@@ -558,7 +425,7 @@ TEST_F(FaultInjection, UcxTransfersSurviveConnectionResets) {
     ASSERT_NE(served, ServeOutcome::kAnnounced) << "the receiver never finished request " << id;
     const fs::path got = r.out_dir / ("request-" + std::to_string(id) + ".safetensors");
     if (served == ServeOutcome::kDone) {
-      ASSERT_TRUE(Slurp(got) == reference) << "transfer " << i << ": output differs";
+      ASSERT_TRUE(ReadFile(got) == reference) << "transfer " << i << ": output differs";
       fs::remove(got);
     }
     *s.rc == 0 ? ++completed : ++failed;

@@ -38,8 +38,7 @@
 #include <vector>
 
 #include "kvwire/kv_file.h"
-
-extern char** environ;
+#include "netns_util.h"
 
 namespace kvwire {
 namespace {
@@ -47,145 +46,20 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using Json = nlohmann::json;
+using netns_test::ReadFile;
+using netns_test::Sh;
+using netns_test::Spawn;
+using netns_test::WaitChild;
+
+// 1 Gbit/s on both ends (data one way, acks the other). The burst (256 KiB) is ~2 ms at the
+// rate: enough for the shaper's timer granularity, small against a transfer of ~0.27 s.
+const char* const kTbf = "rate 1gbit burst 256kb latency 50ms";
 
 constexpr double kLinkBytesPerS = 125e6;  // 1 Gbit/s
 constexpr uint32_t kLayers = 8, kTokens = 4096, kHeads = 4, kHeadDim = 64;
 constexpr uint32_t kChunkTokens = 256;
 constexpr int kProcessTimeoutMs = 60000;
 const char* const kLadder[] = {"int2-token", "q4_0", "q8_0", "fp16"};
-
-std::string ReadAll(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// `cmd` through the shell; exit code and its stdout + stderr.
-std::pair<int, std::string> Shell(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return {-1, "popen failed"};
-  char buf[512];
-  while (std::fgets(buf, sizeof buf, p)) out += buf;
-  const int st = ::pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
-
-// Starts argv with stdin from /dev/null and stdout + stderr into `log`; -1 on failure.
-pid_t Start(const std::vector<std::string>& args, const fs::path& log) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  if (posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), environ) != 0) pid = -1;
-  posix_spawn_file_actions_destroy(&fa);
-  return pid;
-}
-
-// Exit code; nullopt (and the process killed) after `timeout_ms`.
-std::optional<int> Finish(pid_t pid, int timeout_ms) {
-  const auto give_up = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  for (int st = 0;;) {
-    const pid_t r = ::waitpid(pid, &st, WNOHANG);
-    if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    if (r < 0) return -1;
-    if (Clock::now() > give_up) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &st, 0);
-      return std::nullopt;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-}
-
-// Two namespaces and a veth pair between them, named after this process; gone after Remove().
-struct Link {
-  std::string ns_a, ns_b, dev_a, dev_b, ip_a, ip_b;
-  bool up = false;
-
-  Link() {
-    const int pid = ::getpid();
-    ns_a = "kvwt-" + std::to_string(pid) + "-a";
-    ns_b = "kvwt-" + std::to_string(pid) + "-b";
-    dev_a = "kvwt" + std::to_string(pid) + "a";  // <= 15 characters (IFNAMSIZ)
-    dev_b = "kvwt" + std::to_string(pid) + "b";
-    // Fixed addresses: they exist only inside this pair of namespaces.
-    ip_a = "10.97.0.1";
-    ip_b = "10.97.0.2";
-  }
-
-  // Namespaces kvwt-<pid>-x of runs whose pid is gone: their processes killed, then deleted.
-  static void RemoveStale() {
-    std::istringstream in(Shell("ip netns list").second);
-    for (std::string line; std::getline(in, line);) {
-      const std::string name = line.substr(0, line.find(' '));
-      unsigned long pid = 0;
-      char side = 0;
-      if (std::sscanf(name.c_str(), "kvwt-%lu-%c", &pid, &side) != 2 ||
-          fs::exists("/proc/" + std::to_string(pid)))
-        continue;
-      std::printf("removing stale namespace %s (its test process %lu is gone)\n", name.c_str(),
-                  pid);
-      std::istringstream pids(Shell("ip netns pids " + name).second);
-      for (long p = 0; pids >> p;)
-        if (p > 1) ::kill(static_cast<pid_t>(p), SIGKILL);
-      (void)Shell("ip netns del " + name);
-    }
-  }
-
-  // "" on success, else the command that failed and what it said.
-  std::string Create() {
-    if (auto [rc, out] = Shell("ip netns add " + ns_a); rc != 0) return "ip netns add: " + out;
-    up = true;
-    for (const std::string& c :
-         {"ip netns add " + ns_b,
-          "ip link add " + dev_a + " netns " + ns_a + " type veth peer name " + dev_b + " netns " +
-              ns_b,
-          "ip -n " + ns_a + " addr add " + ip_a + "/24 dev " + dev_a,
-          "ip -n " + ns_b + " addr add " + ip_b + "/24 dev " + dev_b,
-          "ip -n " + ns_a + " link set lo up", "ip -n " + ns_b + " link set lo up",
-          "ip -n " + ns_a + " link set " + dev_a + " up",
-          "ip -n " + ns_b + " link set " + dev_b + " up"})
-      if (auto [rc, out] = Shell(c); rc != 0) return c + ": " + out;
-    return "";
-  }
-
-  // 1 Gbit/s on both ends (data one way, acks the other). The burst (256 KiB) is ~2 ms at the
-  // rate: enough for the shaper's timer granularity, small against a transfer of ~0.27 s.
-  std::string Shape() {
-    for (const auto& [ns, dev] : {std::pair{ns_a, dev_a}, std::pair{ns_b, dev_b}}) {
-      const std::string c = "ip netns exec " + ns + " tc qdisc add dev " + dev +
-                            " root tbf rate 1gbit burst 256kb latency 50ms";
-      if (auto [rc, out] = Shell(c); rc != 0) return c + ": " + out;
-    }
-    return "";
-  }
-
-  bool CarrierUp() const {
-    const auto give_up = Clock::now() + std::chrono::seconds(5);
-    while (Clock::now() < give_up) {
-      const std::string a = Shell("ip -n " + ns_a + " -br link show dev " + dev_a).second;
-      const std::string b = Shell("ip -n " + ns_b + " -br link show dev " + dev_b).second;
-      if (a.find("LOWER_UP") != std::string::npos && b.find("LOWER_UP") != std::string::npos)
-        return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return false;
-  }
-
-  void Remove() {
-    if (!up) return;
-    (void)Shell("ip netns del " + ns_a);
-    (void)Shell("ip netns del " + ns_b);
-    up = false;
-  }
-};
 
 // One transfer as `kvwire send --json` reported it.
 struct Sent {
@@ -212,14 +86,14 @@ class TbfAdaptive : public testing::Test {
       GTEST_SKIP() << "SKIPPED: needs root to create network namespaces and qdiscs; running as "
                       "uid "
                    << ::geteuid();
-    if (Shell("ip netns list").first != 0)
+    if (Sh("ip netns list").first != 0)
       GTEST_SKIP() << "SKIPPED: `ip netns` is not available (iproute2 missing?)";
-    if (Shell("tc qdisc show dev lo").first != 0)
+    if (Sh("tc qdisc show dev lo").first != 0)
       GTEST_SKIP() << "SKIPPED: `tc` is not available (iproute2 missing?)";
-    Link::RemoveStale();
+    link_.RemoveStale();
     if (std::string why = link_.Create(); !why.empty())
       GTEST_SKIP() << "SKIPPED: cannot create network namespaces: " << why;
-    if (std::string why = link_.Shape(); !why.empty())
+    if (std::string why = link_.Shape(kTbf); !why.empty())
       GTEST_SKIP() << "SKIPPED: cannot shape the veth with tbf (sch_tbf missing?): " << why;
     ASSERT_TRUE(link_.CarrierUp()) << "the veth pair did not come up";
     dir_ = fs::temp_directory_path() / ("kvwire_netns_tbf_" + std::to_string(::getpid()));
@@ -237,7 +111,7 @@ class TbfAdaptive : public testing::Test {
     }
     link_.Remove();
     EXPECT_EQ(
-        Shell("ip netns list | grep -c '^" + link_.ns_a.substr(0, link_.ns_a.size() - 2) + "'")
+        Sh("ip netns list | grep -c '^" + link_.ns_a.substr(0, link_.ns_a.size() - 2) + "'")
             .second,
         "0\n")
         << "namespaces left behind";
@@ -255,16 +129,17 @@ class TbfAdaptive : public testing::Test {
   void StartServe(int requests) {
     serve_log_ = dir_ / "serve.log";
     serve_ =
-        Start({"ip", "netns", "exec", link_.ns_a, Cli(), "serve", "--listen", link_.ip_a + ":7080",
+        Spawn({"ip", "netns", "exec", link_.ns_a, Cli(), "serve", "--listen", link_.ip_a + ":7080",
                "--backend", "tcp", "--key-file", (dir_ / "key").string(), "--out-dir",
                (dir_ / "out").string(), "--count", std::to_string(requests), "-v"},
-              serve_log_);
+              serve_log_, serve_log_)
+            .pid;
     const auto give_up = Clock::now() + std::chrono::seconds(15);
     while (Clock::now() < give_up) {
-      if (ReadAll(serve_log_).find("listening on") != std::string::npos) return;
+      if (ReadFile(serve_log_).find("listening on") != std::string::npos) return;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    FAIL() << "kvwire serve did not start: " << ReadAll(serve_log_);
+    FAIL() << "kvwire serve did not start: " << ReadFile(serve_log_);
   }
 
   // Sends the input with `codec` (one codec or a ladder) and waits until serve wrote it.
@@ -287,16 +162,16 @@ class TbfAdaptive : public testing::Test {
     args.push_back("-v");
     if (deadline_ms > 0) args.insert(args.end(), {"--deadline-ms", std::to_string(deadline_ms)});
     args.insert(args.end(), extra.begin(), extra.end());
-    const std::optional<int> rc = Finish(Start(args, log), kProcessTimeoutMs);
-    EXPECT_EQ(rc, std::optional<int>(0)) << "kvwire send " << codec << ":\n" << ReadAll(log);
+    const std::optional<int> rc = WaitChild(Spawn(args, log, log).pid, kProcessTimeoutMs);
+    EXPECT_EQ(rc, std::optional<int>(0)) << "kvwire send " << codec << ":\n" << ReadFile(log);
     if (rc != std::optional<int>(0)) return s;
-    s.report = Json::parse(ReadAll(json), nullptr, false);
+    s.report = Json::parse(ReadFile(json), nullptr, false);
     EXPECT_FALSE(s.report.is_discarded()) << "unreadable " << json;
     // serve prints a line "request <id> from '...': ... -> <file>" once the file is written.
     const std::string done = "\nrequest " + std::to_string(id) + " from '";
     const auto give_up = Clock::now() + std::chrono::milliseconds(kProcessTimeoutMs);
     for (;;) {
-      const std::string slog = "\n" + ReadAll(serve_log_);
+      const std::string slog = "\n" + ReadFile(serve_log_);
       if (auto at = slog.find(done);
           at != std::string::npos && slog.find(" -> ", at) < slog.find('\n', at + 1))
         break;
@@ -323,10 +198,10 @@ class TbfAdaptive : public testing::Test {
       const fs::path kvw = dir_ / (std::string(level) + ".kvw");
       const fs::path out = dir_ / (std::string(level) + ".safetensors");
       auto [rc1, o1] =
-          Shell(Cli() + " encode --in " + Input().string() + " --codec " + level +
+          Sh(Cli() + " encode --in " + Input().string() + " --codec " + level +
                 " --chunk-tokens " + std::to_string(kChunkTokens) + " --out " + kvw.string());
       ASSERT_EQ(rc1, 0) << o1;
-      auto [rc2, o2] = Shell(Cli() + " decode --in " + kvw.string() + " --out " + out.string());
+      auto [rc2, o2] = Sh(Cli() + " decode --in " + kvw.string() + " --out " + out.string());
       ASSERT_EQ(rc2, 0) << o2;
       auto kv = LoadKvDump(out.string());
       ASSERT_TRUE(kv.ok()) << kv.status().ToString();
@@ -366,7 +241,7 @@ class TbfAdaptive : public testing::Test {
     return counts;
   }
 
-  Link link_;
+  netns_test::VethPair link_{"kvwt"};
   fs::path dir_, serve_log_;
   pid_t serve_ = -1;
   std::map<std::string, KvCache> decoded_;
@@ -374,7 +249,7 @@ class TbfAdaptive : public testing::Test {
 
 TEST_F(TbfAdaptive, TightDeadlinePicksFewerBitsAndCompressedBeatsFp16) {
   auto [synth_rc, synth_out] =
-      Shell(Cli() + " synth --out " + Input().string() + " --layers " + std::to_string(kLayers) +
+      Sh(Cli() + " synth --out " + Input().string() + " --layers " + std::to_string(kLayers) +
             " --kv-heads " + std::to_string(kHeads) + " --head-dim " + std::to_string(kHeadDim) +
             " --tokens " + std::to_string(kTokens) + " --seed 5");
   ASSERT_EQ(synth_rc, 0) << synth_out;
@@ -440,7 +315,7 @@ TEST_F(TbfAdaptive, TightDeadlinePicksFewerBitsAndCompressedBeatsFp16) {
               static_cast<unsigned long long>(loose.wire_bytes()));
   EXPECT_LT(tight.mean_bits(), loose.mean_bits());
   EXPECT_LT(tight.wire_bytes(), loose.wire_bytes());
-  EXPECT_EQ(Finish(serve_, 10000), std::optional<int>(0)) << ReadAll(serve_log_);
+  EXPECT_EQ(WaitChild(serve_, 10000), std::optional<int>(0)) << ReadFile(serve_log_);
   serve_ = -1;
 }
 
