@@ -149,7 +149,8 @@ Status ClientHandshake(Connection& conn, const TransportOptions& options, std::s
   return Status::Ok();
 }
 
-Status ServerHandshake(Connection& conn, const TransportOptions& options, std::string* peer_name) {
+Status ServerHandshake(Connection& conn, const TransportOptions& options, std::string* peer_name,
+                       const std::function<void(const std::string& peer)>& verified) {
   KVWIRE_RETURN_IF_ERROR(ValidateKeyOptions(options));
   const auto deadline = Clock::now() + std::chrono::milliseconds(options.handshake_timeout_ms);
   auto refuse = [&](Status why) {
@@ -189,10 +190,11 @@ Status ServerHandshake(Connection& conn, const TransportOptions& options, std::s
                            "peer '" + hello.node_name() + "' failed authentication (wrong key)"));
     }
   }
+  *peer_name = hello.node_name();
+  if (verified) verified(*peer_name);
   control::Control ok;
   ok.mutable_auth_ok();
   KVWIRE_RETURN_IF_ERROR(SendControl(conn, ok));
-  *peer_name = hello.node_name();
   return Status::Ok();
 }
 

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -43,6 +44,10 @@ Status ValidateKeyOptions(const TransportOptions& options);
 Status ClientHandshake(Connection& conn, const TransportOptions& options, std::string* peer_name);
 /// Runs the server side; sets `peer_name` on success. The failure reason is in the Status (the
 /// caller logs it); the peer gets an Error message without details that would help guessing.
-Status ServerHandshake(Connection& conn, const TransportOptions& options, std::string* peer_name);
+/// `verified` (when given) runs once the peer is verified and before AuthOk is sent: a
+/// connection that drops data frames from unauthenticated peers must be marked authenticated
+/// there, since the client may send its first data frame as soon as AuthOk arrives.
+Status ServerHandshake(Connection& conn, const TransportOptions& options, std::string* peer_name,
+                       const std::function<void(const std::string& peer)>& verified = {});
 
 }  // namespace kvwire::transport

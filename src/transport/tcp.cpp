@@ -245,11 +245,10 @@ class TcpListener final : public Listener {
       }
       KVWIRE_ASSIGN_OR_RETURN(std::unique_ptr<TcpConnection> conn, acceptor_->AcceptRaw(left));
       std::string peer;
-      Status s = ServerHandshake(*conn, options_, &peer);
-      if (s.ok()) {
-        conn->MarkAuthenticated(std::move(peer));
-        return std::unique_ptr<Connection>(std::move(conn));
-      }
+      TcpConnection* raw = conn.get();
+      Status s = ServerHandshake(*conn, options_, &peer,
+                                 [raw](const std::string& p) { raw->MarkAuthenticated(p); });
+      if (s.ok()) return std::unique_ptr<Connection>(std::move(conn));
       LogRefusedPeer("tcp://" + acceptor_->address() + " from " + conn->remote_address(), s);
     }
   }

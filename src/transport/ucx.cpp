@@ -556,12 +556,13 @@ class UcxListener final : public Listener {
     for (;;) {
       KVWIRE_ASSIGN_OR_RETURN(std::unique_ptr<TcpConnection> tcp, acceptor_->AcceptRaw(timeout_ms));
       std::string peer;
-      Status s = ServerHandshake(*tcp, options_, &peer);
+      TcpConnection* raw = tcp.get();
+      Status s = ServerHandshake(*tcp, options_, &peer,
+                                 [raw](const std::string& p) { raw->MarkAuthenticated(p); });
       if (!s.ok()) {
         LogRefusedPeer("ucx://" + acceptor_->address() + " from " + tcp->remote_address(), s);
         continue;
       }
-      tcp->MarkAuthenticated(std::move(peer));
       auto c = UcxConnection::Create(std::move(tcp), options_);
       if (!c.ok()) return c.status().WithContext("ucx accept");
       return std::unique_ptr<Connection>(std::move(*c));
