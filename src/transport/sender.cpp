@@ -4,6 +4,7 @@
 // transport's own send queue overlaps the wire with the next layer's encoding); a receive thread
 // handles accepts, acks and completions, and reconnects after a broken connection. One mutex
 // guards the session state; encoding and Send() run outside it.
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -23,6 +24,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using transport::ChunkGrid;
+
+// Until the first goodput sample, a request with a deadline keeps at most this much in flight:
+// the level chooser has no measurement yet and picks the cheapest level, so a full window sent
+// blind (64 MiB by default, half a second at 1 Gbit/s) would all go at that level.
+constexpr uint64_t kProbeWindowBytes = 1 << 20;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
@@ -344,8 +350,11 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
         // Back-pressure: wait for acks while the window is full (one message always fits).
         const uint64_t bytes = msg->bytes();
         auto room = [&] {
+          const uint64_t window = s->has_deadline && goodput_ <= 0
+                                      ? std::min(opts_.max_inflight_bytes, kProbeWindowBytes)
+                                      : opts_.max_inflight_bytes;
           return closed_ || !s->status.in_progress() || inflight_bytes_ == 0 ||
-                 inflight_bytes_ + bytes <= opts_.max_inflight_bytes;
+                 inflight_bytes_ + bytes <= window;
         };
         while (!room()) {
           if (cv_.wait_for(lock, std::chrono::milliseconds(opts_.stall_timeout_ms)) ==
@@ -512,7 +521,9 @@ void SenderCore::Handle(const control::Control& c) {
       inflight_bytes_ -= freed;
       sample_bytes_ += freed;
       const double dt = Seconds(now - sample_start_);
-      if (dt >= 0.002 && sample_bytes_ > 0) {
+      // Samples span >= 2 ms, except the first: it ends the probe window above, and a link
+      // fast enough to drain that window in under 2 ms would otherwise never be measured.
+      if ((dt >= 0.002 || (goodput_ <= 0 && dt > 0)) && sample_bytes_ > 0) {
         const double rate = sample_bytes_ / dt;
         goodput_ = goodput_ <= 0 ? rate : 0.7 * goodput_ + 0.3 * rate;
         sample_start_ = now;
