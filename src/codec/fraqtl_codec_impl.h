@@ -355,7 +355,6 @@ class FraqtlCodec final : public Codec {
       tokens = n_tokens;
       used = 0;
       offset.assign(columns, kNone);
-      if (pool.capacity() * sizeof(uint16_t) > kKeepBytes) std::vector<uint16_t>().swap(pool);
     }
   };
 

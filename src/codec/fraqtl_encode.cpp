@@ -206,9 +206,9 @@ Status FraqtlCodec::Encode(const ChunkDesc& desc, const float* in, std::vector<u
   }
 
   // Coefficients (and gains) of the quantized tokens.
-  // z is kept per thread across chunks (a fresh multi-MiB buffer per chunk costs its page faults).
+  // z is kept per thread across chunks (a fresh multi-MiB buffer per chunk costs its page faults);
+  // the end of Encode drops it (and the index columns) when a chunk made it larger than kKeepBytes.
   thread_local std::vector<float> z;
-  if (z.capacity() * sizeof(float) > IndexCache::kKeepBytes) std::vector<float>().swap(z);
   z.resize(nq * H * d);
   std::vector<float> gains(cfg_.gain ? nq * H : 0), row(d), tmp(d);
   const bool rot = prerope_ && desc.kind == KvKind::kKey;
