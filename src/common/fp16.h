@@ -7,9 +7,21 @@
 
 namespace kvwire {
 
-inline uint16_t FloatToHalf(float f) {
+// Bit casts through memcpy (also C++17: nvcc compiles this header for kernels/); compilers turn
+// them into plain register moves, so the loops below still vectorize.
+inline uint32_t FloatBits(float f) {
   uint32_t x;
   std::memcpy(&x, &f, 4);
+  return x;
+}
+inline float BitsFloat(uint32_t x) {
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
+inline uint16_t FloatToHalf(float f) {
+  const uint32_t x = FloatBits(f);
   const uint32_t sign = (x >> 16) & 0x8000u;
   const uint32_t abs = x & 0x7fffffffu;
   if (abs >= 0x7f800000u) {  // inf or nan
@@ -41,49 +53,26 @@ inline float HalfToFloat(uint16_t h) {
     if (mant == 0) {
       x = sign;
     } else {  // subnormal: value = mant * 2^-24
-      float f = static_cast<float>(mant) * 5.9604644775390625e-8f;
-      std::memcpy(&x, &f, 4);
-      x |= sign;
+      x = FloatBits(static_cast<float>(mant) * 5.9604644775390625e-8f) | sign;
     }
   } else if (exp == 31) {
     x = sign | 0x7f800000u | (mant << 13);
   } else {
     x = sign | ((exp + 112u) << 23) | (mant << 13);
   }
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
+  return BitsFloat(x);
 }
 
 inline uint16_t FloatToBf16(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
+  uint32_t x = FloatBits(f);
   if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // nan
   x += 0x7fffu + ((x >> 16) & 1u);
   return static_cast<uint16_t>(x >> 16);
 }
 
-inline float Bf16ToFloat(uint16_t b) {
-  const uint32_t x = uint32_t{b} << 16;
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
+inline float Bf16ToFloat(uint16_t b) { return BitsFloat(uint32_t{b} << 16); }
 
 // Branch-free versions (GCC vectorizes loops over them), bit-identical to the above.
-
-// Bit casts through memcpy (also C++17: nvcc compiles this header for kernels/); compilers turn
-// them into plain register moves, so the loops below still vectorize.
-inline uint32_t FloatBits(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  return x;
-}
-inline float BitsFloat(uint32_t x) {
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
 
 /// Branch-free float -> fp16, round to nearest even; equals FloatToHalf for every input.
 inline uint16_t FloatToHalfFast(float f) {
