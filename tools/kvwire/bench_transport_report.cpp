@@ -1,15 +1,12 @@
 #include "bench_transport_report.h"
 
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
-#include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "cli_util.h"
 #include "command.h"
-#include "kvwire/kv_file.h"
 
 namespace kvwire::cli {
 namespace {
@@ -185,20 +182,7 @@ int WriteTransportReport(const TransportBenchArgs& a, const BenchReport& r) {
   }
   j["configs"] = std::move(configs);
 
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  fs::create_directories(a.out_dir, ec);
-  if (ec) return Fail(cmd, "cannot create --out-dir " + a.out_dir + ": " + ec.message());
-  const std::string json_path = (fs::path(a.out_dir) / "transport.json").string();
-  const std::string md_path = (fs::path(a.out_dir) / "transport.md").string();
-  const std::string json_text = j.dump(2) + "\n";
-  const std::string md_text = md.str();
-  for (const auto& [path, text] : {std::pair{json_path, json_text}, std::pair{md_path, md_text}}) {
-    std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(text.data()), text.size());
-    if (Status s = WriteFileBytes(path, bytes); !s.ok()) return FailStatus(cmd, s);
-  }
-  std::cout << md_text << "\nwrote " << json_path << " and " << md_path << "\n";
-  return 0;
+  return WriteBenchResults(cmd, a.out_dir, "transport", j.dump(2) + "\n", md.str());
 }
 
 }  // namespace kvwire::cli

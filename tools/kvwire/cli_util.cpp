@@ -8,15 +8,18 @@
 #include <cstdarg>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <functional>
 #include <memory>
+#include <span>
 #include <iterator>
 #include <string_view>
 #include <vector>
 
 #include "command.h"
+#include "kvwire/kv_file.h"
 
 namespace kvwire::cli {
 
@@ -178,6 +181,23 @@ std::function<void(double, const std::string&)> ProgressBar(const std::string& w
                  tty && f < 1.0 ? "   " : "\n");
     std::fflush(stderr);
   };
+}
+
+int WriteBenchResults(const std::string& command, const std::string& out_dir,
+                      const std::string& stem, const std::string& json_text,
+                      const std::string& md_text) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) return Fail(command, "cannot create --out-dir " + out_dir + ": " + ec.message());
+  const std::string json_path = (fs::path(out_dir) / (stem + ".json")).string();
+  const std::string md_path = (fs::path(out_dir) / (stem + ".md")).string();
+  for (const auto& [path, text] : {std::pair{json_path, &json_text}, std::pair{md_path, &md_text}}) {
+    std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(text->data()), text->size());
+    if (Status s = WriteFileBytes(path, bytes); !s.ok()) return FailStatus(command, s);
+  }
+  std::cout << md_text << "\nwrote " << json_path << " and " << md_path << "\n";
+  return 0;
 }
 
 }  // namespace kvwire::cli

@@ -40,4 +40,10 @@ std::string Format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 /// elapsed time and an ETA, redrawn in place on a terminal; elsewhere one line per 5 %.
 std::function<void(double, const std::string&)> ProgressBar(const std::string& what);
 
+/// A benchmark's results: creates `out_dir`, writes `<stem>.json` and `<stem>.md` there, prints
+/// the markdown and the two paths. Returns 0, or the exit code of a one-line failure.
+int WriteBenchResults(const std::string& command, const std::string& out_dir,
+                      const std::string& stem, const std::string& json_text,
+                      const std::string& md_text);
+
 }  // namespace kvwire::cli

@@ -282,19 +282,7 @@ int RunBenchCodec(const BenchArgs& a) {
   j["codecs"] = std::move(list);
   const std::string md = MarkdownReport(a, j, results, memcpy_gbps, gb);
 
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  fs::create_directories(a.out_dir, ec);
-  if (ec) return Fail(cmd, "cannot create --out-dir " + a.out_dir + ": " + ec.message());
-  const std::string json_path = (fs::path(a.out_dir) / "codec_cpu.json").string();
-  const std::string md_path = (fs::path(a.out_dir) / "codec_cpu.md").string();
-  const std::string json_text = j.dump(2) + "\n";
-  for (const auto& [path, text] : {std::pair{json_path, json_text}, std::pair{md_path, md}}) {
-    std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(text.data()), text.size());
-    if (Status s = WriteFileBytes(path, bytes); !s.ok()) return FailStatus(cmd, s);
-  }
-  std::cout << md << "\nwrote " << json_path << " and " << md_path << "\n";
-  return 0;
+  return WriteBenchResults(cmd, a.out_dir, "codec_cpu", j.dump(2) + "\n", md);
 }
 
 // `bench codec --device cuda`: the CUDA benchmark is its own binary (kernels/bench/), built only
