@@ -254,9 +254,15 @@ TEST(Diagnose, SweepAndLevelsRunOnATinyModel) {
   EXPECT_NE(result->delta_verdict.find("b/e without"), std::string::npos) << result->delta_verdict;
   const bool sign_pays = result->sign_verdict.find("pays, on") != std::string::npos;
   const bool delta_pays = result->delta_verdict.find("pays, on") != std::string::npos;
-  if (!sign_pays && !delta_pays) EXPECT_EQ(profile->fraqtl_defaults, "");
-  if (!sign_pays) EXPECT_EQ(profile->fraqtl_defaults.find("sign=1"), std::string::npos);
-  if (!delta_pays) EXPECT_EQ(profile->fraqtl_defaults.find("delta=16"), std::string::npos);
+  if (!sign_pays && !delta_pays) {
+    EXPECT_EQ(profile->fraqtl_defaults, "");
+  }
+  if (!sign_pays) {
+    EXPECT_EQ(profile->fraqtl_defaults.find("sign=1"), std::string::npos);
+  }
+  if (!delta_pays) {
+    EXPECT_EQ(profile->fraqtl_defaults.find("delta=16"), std::string::npos);
+  }
   EXPECT_NE(
       result->delta_verdict.find("Profile fraqtl defaults: " + (profile->fraqtl_defaults.empty()
                                                                     ? std::string("none")

@@ -408,23 +408,48 @@ class CuttableProxy {
   std::thread acceptor_;
 };
 
+// A Receiver on loopback (`ro` with its address and key filled in), a CuttableProxy in front of
+// it and a Sender with a 20 ms reconnect backoff connected through the proxy. `ok` is false
+// (and the failure already reported) when a step failed.
+struct ThroughProxy {
+  std::unique_ptr<Receiver> receiver;
+  std::unique_ptr<CuttableProxy> proxy;
+  std::unique_ptr<Sender> sender;
+  bool ok = false;
+};
+
+ThroughProxy ConnectThroughProxy(ReceiverOptions ro) {
+  ThroughProxy t;
+  ro.transport.address = "127.0.0.1:0";
+  ro.transport.key = Key();
+  auto r = Receiver::Listen(ro);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  if (!r.ok()) return t;
+  t.receiver = std::move(*r);
+  const std::string addr = t.receiver->address();
+  t.proxy = std::make_unique<CuttableProxy>(
+      static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
+  SenderOptions so;
+  so.transport.address = t.proxy->address();
+  so.transport.key = Key();
+  so.reconnect_backoff_ms = 20;
+  auto s = Sender::Connect(so);
+  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  if (!s.ok()) return t;
+  t.sender = std::move(*s);
+  t.ok = true;
+  return t;
+}
+
 TEST(SessionResume, ReconnectsAndResumesAfterTheConnectionIsCut) {
   // Cut points from the handshake (first bytes) to the last layers (~160 KB of chunk traffic).
   for (uint64_t cut : {200ull, 700ull, 3000ull, 9000ull, 25000ull, 40000ull, 70000ull, 100000ull,
                        130000ull, 150000ull}) {
-    ReceiverOptions ro;
-    ro.transport.address = "127.0.0.1:0";
-    ro.transport.key = Key();
-    auto r = Receiver::Listen(ro);
-    ASSERT_TRUE(r.ok());
-    const std::string addr = (*r)->address();
-    CuttableProxy proxy(static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
-    SenderOptions so;
-    so.transport.address = proxy.address();
-    so.transport.key = Key();
-    so.reconnect_backoff_ms = 20;
-    auto s = Sender::Connect(so);
-    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    ThroughProxy t = ConnectThroughProxy({});
+    ASSERT_TRUE(t.ok);
+    Receiver* r = t.receiver.get();
+    Sender* s = t.sender.get();
+    CuttableProxy& proxy = *t.proxy;
     const KvShape shape{6, 96, 2, 32};
     KvCache src = RandomCache(shape, 7);
     auto dst = KvCache::Create(shape, DType::kF16);
@@ -433,20 +458,20 @@ TEST(SessionResume, ReconnectsAndResumesAfterTheConnectionIsCut) {
     q.levels = {{"fp16", 16, 0}};
     q.chunk_tokens = 16;
     proxy.CutAfter(cut);
-    auto req = (*s)->Open(src.view(), q);
+    auto req = s->Open(src.view(), q);
     ASSERT_TRUE(req.ok());
-    auto in = (*r)->NextRequest(5000);
+    auto in = r->NextRequest(5000);
     ASSERT_TRUE(in.ok()) << in.status().ToString();
-    ASSERT_TRUE((*r)->SetDestination(77, dst->view()).ok());
+    ASSERT_TRUE(r->SetDestination(77, dst->view()).ok());
     ASSERT_TRUE((*req)->PushAll().ok());
     Status st = (*req)->Wait(15000);
     ASSERT_TRUE(st.ok()) << "cut at " << cut << ": " << st.ToString();
-    ASSERT_TRUE((*r)->Wait(77, 5000).ok());
+    ASSERT_TRUE(r->Wait(77, 5000).ok());
     EXPECT_TRUE(SameBytes(src, *dst)) << "cut at " << cut;
     EXPECT_GE(proxy.connections(), 2) << "cut at " << cut;
     EXPECT_GE((*req)->stats().reconnects, 1u);
-    (*s)->Close();
-    (*r)->Close();
+    s->Close();
+    r->Close();
   }
 }
 
@@ -456,19 +481,12 @@ TEST(SessionResume, ReconnectsAndResumesAfterTheConnectionIsCut) {
 // sender failed 30 s later with "stalled" although every byte had been delivered.
 TEST(SessionResume, ResumeOfAReleasedRequestLearnsItsOutcome) {
   ReceiverOptions ro;
-  ro.transport.address = "127.0.0.1:0";
-  ro.transport.key = Key();
   ro.stall_timeout_ms = 2000;
-  auto r = Receiver::Listen(ro);
-  ASSERT_TRUE(r.ok());
-  const std::string addr = (*r)->address();
-  CuttableProxy proxy(static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
-  SenderOptions so;
-  so.transport.address = proxy.address();
-  so.transport.key = Key();
-  so.reconnect_backoff_ms = 20;
-  auto s = Sender::Connect(so);
-  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  ThroughProxy t = ConnectThroughProxy(ro);
+  ASSERT_TRUE(t.ok);
+  Receiver* r = t.receiver.get();
+  Sender* s = t.sender.get();
+  CuttableProxy& proxy = *t.proxy;
   const KvShape shape{2, 64, 2, 16};
   KvCache src = RandomCache(shape, 21);
   auto dst = KvCache::Create(shape, DType::kF16);
@@ -477,15 +495,15 @@ TEST(SessionResume, ResumeOfAReleasedRequestLearnsItsOutcome) {
   q.levels = {{"fp16", 16, 0}};
   q.chunk_tokens = 16;
   proxy.HoldReplies(true);
-  auto req = (*s)->Open(src.view(), q);
+  auto req = s->Open(src.view(), q);
   ASSERT_TRUE(req.ok());
-  auto in = (*r)->NextRequest(5000);
+  auto in = r->NextRequest(5000);
   ASSERT_TRUE(in.ok()) << in.status().ToString();
-  ASSERT_TRUE((*r)->SetDestination(31, dst->view()).ok());
+  ASSERT_TRUE(r->SetDestination(31, dst->view()).ok());
   ASSERT_TRUE((*req)->PushAll().ok());
-  ASSERT_TRUE((*r)->Wait(31, 5000).ok());
+  ASSERT_TRUE(r->Wait(31, 5000).ok());
   EXPECT_TRUE(SameBytes(src, *dst));
-  ASSERT_TRUE((*r)->Release(31).ok());
+  ASSERT_TRUE(r->Release(31).ok());
   EXPECT_TRUE((*req)->Poll().in_progress());  // it never heard back
   // The held replies die with the connection.
   proxy.CutAll();
@@ -494,9 +512,9 @@ TEST(SessionResume, ResumeOfAReleasedRequestLearnsItsOutcome) {
   EXPECT_TRUE(st.ok()) << st.ToString();
   EXPECT_GE((*req)->stats().reconnects, 1u);
   // And the receiver did not announce it a second time.
-  EXPECT_EQ((*r)->NextRequest(300).status().code(), StatusCode::kTimeout);
-  (*s)->Close();
-  (*r)->Close();
+  EXPECT_EQ(r->NextRequest(300).status().code(), StatusCode::kTimeout);
+  s->Close();
+  r->Close();
 }
 
 }  // namespace
