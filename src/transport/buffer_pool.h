@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -39,6 +40,9 @@ class BufferPool {
       std::lock_guard lock(mu_);
       auto it = buffers_.lower_bound(bytes);  // best fit: the smallest capacity >= bytes
       if (it != buffers_.end() && it->first / 2 <= bytes) {
+        // Of the buffers with that capacity, the one returned last: its bytes are the likeliest
+        // to be in the CPU's cache (the oldest would cycle through every pooled buffer).
+        it = std::prev(buffers_.upper_bound(it->first));
         std::vector<uint8_t> buf = std::move(it->second.buf);
         held_bytes_ -= it->first;
         buffers_.erase(it);

@@ -44,7 +44,7 @@ class MessageQueue {
     Message m = std::move(queue_.front());
     queue_.pop_front();
     bytes_ -= m.bytes();
-    not_full_.notify_all();
+    NotifyIfHalfEmpty();
     return m;
   }
 
@@ -55,7 +55,7 @@ class MessageQueue {
     *out = std::move(queue_.front());
     queue_.pop_front();
     bytes_ -= out->bytes();
-    not_full_.notify_all();
+    NotifyIfHalfEmpty();
     return true;
   }
 
@@ -81,6 +81,16 @@ class MessageQueue {
   }
 
  private:
+  // Blocked pushers wake when the queue has drained to half its bound (or empty), not at every
+  // pop: a producer faster than the consumer then refills the queue in a batch instead of
+  // sleeping and waking once per message. No pusher waits for longer than it must in order to
+  // avoid a deadlock: one whose message fits only below half (or only in an empty queue) is woken
+  // exactly when it fits, and the others are woken by a pop that leaves half or less, which the
+  // consumer reaches by draining.
+  void NotifyIfHalfEmpty() {
+    if (bytes_ <= max_bytes_ / 2) not_full_.notify_all();
+  }
+
   const uint64_t max_bytes_;
   mutable std::mutex mu_;
   std::condition_variable not_empty_, not_full_;

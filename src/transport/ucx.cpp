@@ -5,8 +5,9 @@
 // their UCP worker address; it stays open as the liveness channel.
 //
 // Threading: the UCP worker is single-threaded; every UCP call happens on the connection's
-// progress thread. Send() queues (bounded) and wakes it through an eventfd; the thread sleeps on
-// the worker's event fd and the eventfd when there is nothing to do (no busy polling).
+// progress thread. Send() queues (bounded) and wakes it through an eventfd when it sleeps; the
+// thread sleeps on the worker's event fd and the eventfd when there is nothing to do, at once by
+// default, or after polling for TransportOptions::busy_poll_us while a transfer is in flight.
 //
 // Order: every message carries a sequence number and the receiver delivers in sequence order, so
 // a rendezvous message that completes after a later eager one does not overtake it. A "goodbye"
@@ -86,7 +87,7 @@ class UcxConnection final : public Connection {
   Status Send(Message msg) override {
     KVWIRE_RETURN_IF_ERROR(ValidateMessageBounds(msg));
     KVWIRE_RETURN_IF_ERROR(send_queue_.Push(std::move(msg)));
-    Wake();
+    WakeIfSleeping();
     return Status::Ok();
   }
   Result<Message> Receive(int timeout_ms) override {
@@ -130,15 +131,22 @@ class UcxConnection final : public Connection {
         send_queue_(options.max_queued_bytes),
         recv_queue_(~0ull),
         max_inflight_(options.max_queued_bytes),
-        pool_(options.max_pooled_bytes) {}
+        pool_(options.max_pooled_bytes),
+        busy_poll_us_(options.busy_poll_us) {}
 
   Status Init();
+  // Wakes the progress thread when it sleeps (or is about to); see ProgressLoop. Cleared
+  // `sleeping_` means it will look at the queues again before sleeping.
+  void WakeIfSleeping() {
+    if (sleeping_) Wake();
+  }
   void Wake() {
     uint64_t one = 1;
     [[maybe_unused]] auto n = ::write(wake_.fd, &one, sizeof one);
   }
   void Fail(Status why);
   void ProgressLoop();
+  bool BusyPoll();  // polls up to busy_poll_us_; true when something happened
   void PostSends();
   void PostOne(Message msg, uint8_t kind);
   void Deliver(uint64_t seq, Message msg);
@@ -151,6 +159,7 @@ class UcxConnection final : public Connection {
   MessageQueue send_queue_, recv_queue_;
   const uint64_t max_inflight_;
   BufferPool pool_;  // received payloads; sent ones too once TakeBuffer was used
+  const uint32_t busy_poll_us_;
   std::atomic<bool> send_pooling_{false};
   UcpContext context_;
   UcpWorker worker_;
@@ -169,6 +178,7 @@ class UcxConnection final : public Connection {
   std::deque<Announced> deferred_;  // not pulled yet (receive queue full); no buffers held
   std::atomic<bool> has_deferred_{false};
   std::atomic<bool> peer_said_goodbye_{false};
+  std::atomic<bool> sleeping_{false};  // the progress thread is in (or entering) poll()
 
   std::atomic<bool> closing_{false};  // stop taking new sends, flush, say goodbye
   std::atomic<bool> stop_{false};     // progress thread exits
@@ -243,11 +253,14 @@ Status UcxConnection::Init() {
   // UCX_ZCOPY_THRESH wins.
   if (!std::getenv("UCX_ZCOPY_THRESH")) (void)ucp_config_modify(config, "ZCOPY_THRESH", "inf");
   // Rendezvous data over tcp (bcopy, see above) goes in TX_SEG_SIZE fragments, one send() each,
-  // 8 KiB by default. With peer error handling (below), 64 KiB fragments moved 1 MiB messages
-  // about 3x faster on loopback (bench/results/transport.md). The receiver takes up to its
-  // UCX_TCP_RX_SEG_SIZE (64 KiB by default) per AM. UCX_TCP_TX_SEG_SIZE wins. ("TX_SEG_SIZE" is
-  // the name ucp_config_modify applies to the tcp transport's UCX_TCP_TX_SEG_SIZE.)
-  if (!std::getenv("UCX_TCP_TX_SEG_SIZE")) (void)ucp_config_modify(config, "TX_SEG_SIZE", "64K");
+  // 8 KiB by default, and the receiver takes at most its RX_SEG_SIZE (64 KiB by default) per AM.
+  // With peer error handling (below), 256 KiB fragments on both ends moved 1 MiB messages 4-6x
+  // faster on loopback than the defaults, and ucx_perftest -e with them as fast as without
+  // peer error handling (bench/results/transport.md). UCX_TCP_TX_SEG_SIZE and
+  // UCX_TCP_RX_SEG_SIZE win. ("TX_SEG_SIZE" is the name ucp_config_modify applies to the tcp
+  // transport's UCX_TCP_TX_SEG_SIZE.) Both ends of a kvwire connection set the same sizes.
+  if (!std::getenv("UCX_TCP_TX_SEG_SIZE")) (void)ucp_config_modify(config, "TX_SEG_SIZE", "256K");
+  if (!std::getenv("UCX_TCP_RX_SEG_SIZE")) (void)ucp_config_modify(config, "RX_SEG_SIZE", "256K");
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES;
   params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
@@ -479,6 +492,16 @@ void UcxConnection::PostSends() {
   }
 }
 
+bool UcxConnection::BusyPoll() {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(busy_poll_us_);
+  do {
+    if (ucp_worker_progress(worker_.h) != 0) return true;
+    // Close() and Fail() also write the eventfd, which ends the poll() that may follow.
+    if ((send_queue_.bytes() != 0 && inflight_bytes_ < max_inflight_) || stop_) return true;
+  } while (std::chrono::steady_clock::now() < until);
+  return false;
+}
+
 void UcxConnection::ProgressLoop() {
   bool goodbye_sent = false;
   while (!stop_) {
@@ -499,10 +522,21 @@ void UcxConnection::ProgressLoop() {
       done_cv_.notify_all();
     }
     if (stop_) break;
+    if (busy_poll_us_ != 0 && (inflight_sends_ != 0 || pending_recvs_ != 0) && BusyPoll()) continue;
+    // Announce the sleep before the last look at the queue, so that a Send after it wakes us.
+    sleeping_ = true;
+    if (send_queue_.bytes() != 0 && inflight_bytes_ < max_inflight_) {
+      sleeping_ = false;
+      continue;
+    }
     ucs_status_t st = ucp_worker_arm(worker_.h);
-    if (st == UCS_ERR_BUSY) continue;
+    if (st == UCS_ERR_BUSY) {
+      sleeping_ = false;
+      continue;
+    }
     pollfd fds[2] = {{worker_fd_, POLLIN, 0}, {wake_.fd, POLLIN, 0}};
     ::poll(fds, 2, 100);
+    sleeping_ = false;
     uint64_t drained;
     [[maybe_unused]] auto n = ::read(wake_.fd, &drained, sizeof drained);
   }

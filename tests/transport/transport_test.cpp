@@ -19,10 +19,18 @@ std::vector<uint8_t> TestKey(uint8_t salt = 0) {
   return k;
 }
 
+// A backend name, or "ucx_busypoll": the ucx backend with TransportOptions::busy_poll_us set, so
+// that the progress thread's polling path (it sleeps less, and Send skips waking it while it
+// polls) runs the same suite.
+constexpr char kUcxBusyPoll[] = "ucx_busypoll";
+
 class TransportTest : public testing::TestWithParam<std::string> {
  protected:
+  std::string Backend() const { return GetParam() == kUcxBusyPoll ? "ucx" : GetParam(); }
+  uint32_t BusyPollUs() const { return GetParam() == kUcxBusyPoll ? 200 : 0; }
+
   void SetUp() override {
-    auto t = CreateTransport(GetParam());
+    auto t = CreateTransport(Backend());
     ASSERT_TRUE(t.ok()) << t.status().ToString();
     transport_ = std::move(*t);
   }
@@ -34,6 +42,7 @@ class TransportTest : public testing::TestWithParam<std::string> {
     o.key = TestKey();
     o.node_name = "server";
     o.handshake_timeout_ms = 3000;
+    o.busy_poll_us = BusyPollUs();
     return o;
   }
   TransportOptions ClientOptions(const Listener& l) {
@@ -42,6 +51,7 @@ class TransportTest : public testing::TestWithParam<std::string> {
     o.key = TestKey();
     o.node_name = "client";
     o.handshake_timeout_ms = 3000;
+    o.busy_poll_us = BusyPollUs();
     return o;
   }
 
@@ -79,7 +89,7 @@ class TransportTest : public testing::TestWithParam<std::string> {
 };
 
 TEST_P(TransportTest, CapabilitiesAreConsistent) {
-  EXPECT_EQ(transport_->name(), GetParam());
+  EXPECT_EQ(transport_->name(), Backend());
   EXPECT_GE(transport_->caps().max_message_bytes, kMaxDataMessageBytes);
   EXPECT_EQ(transport_->caps().remote, GetParam() != "inproc");
 }
@@ -277,9 +287,15 @@ std::string Name(const testing::TestParamInfo<std::string>& info) { return info.
 // (not inproc, which hands the sender's buffer over).
 class PooledTransportTest : public TransportTest {};
 
+std::vector<std::string> TestedTransports() {
+  std::vector<std::string> out = AvailableTransports();
+  if (std::count(out.begin(), out.end(), "ucx") != 0) out.push_back(kUcxBusyPoll);
+  return out;
+}
+
 std::vector<std::string> PooledTransports() {
   std::vector<std::string> out;
-  for (const std::string& t : AvailableTransports())
+  for (const std::string& t : TestedTransports())
     if (t != "inproc") out.push_back(t);
   return out;
 }
@@ -334,7 +350,7 @@ TEST_P(PooledTransportTest, SentBuffersComeBackThroughTakeBuffer) {
   EXPECT_EQ(again.capacity(), kBytes);  // the sent buffer, not a fresh one
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, TransportTest, testing::ValuesIn(AvailableTransports()), Name);
+INSTANTIATE_TEST_SUITE_P(Backends, TransportTest, testing::ValuesIn(TestedTransports()), Name);
 INSTANTIATE_TEST_SUITE_P(Backends, PooledTransportTest, testing::ValuesIn(PooledTransports()),
                          Name);
 

@@ -50,11 +50,20 @@ double Percentile(std::vector<double> v, double p) {
 
 double Median(std::vector<double> v) { return Percentile(std::move(v), 0.5); }
 
-TransportOptions Loopback() {
+TransportOptions Loopback(const TransportBenchArgs& a) {
   TransportOptions o;
   o.address = "127.0.0.1:0";
   o.key = std::vector<uint8_t>(32, 0x42);
   o.node_name = "bench";
+  o.busy_poll_us = a.busy_poll_us;
+  return o;
+}
+
+// The raw runs' window: see TransportBenchArgs::queue_mib.
+TransportOptions RawLoopback(const TransportBenchArgs& a, uint64_t size) {
+  TransportOptions o = Loopback(a);
+  o.max_queued_bytes = std::max<uint64_t>(a.queue_mib << 20, 2 * size);
+  o.max_pooled_bytes = 4 * o.max_queued_bytes;
   return o;
 }
 
@@ -65,8 +74,8 @@ TransportOptions Loopback() {
 // Payload contents are whatever the buffers held (the backend does not look at them).
 Status MeasureRaw(const std::string& backend, const TransportBenchArgs& a, BenchPoint* p) {
   KVWIRE_ASSIGN_OR_RETURN(auto transport, CreateTransport(backend));
-  KVWIRE_ASSIGN_OR_RETURN(auto listener, transport->Listen(Loopback()));
-  TransportOptions co = Loopback();
+  KVWIRE_ASSIGN_OR_RETURN(auto listener, transport->Listen(RawLoopback(a, p->size)));
+  TransportOptions co = RawLoopback(a, p->size);
   co.address = listener->address();
   auto accepted = std::async(std::launch::async, [&] { return listener->Accept(10000); });
   KVWIRE_ASSIGN_OR_RETURN(std::unique_ptr<Connection> client, transport->Connect(co));
@@ -160,11 +169,11 @@ Status MeasureSession(const std::string& backend, const KvCache& src, KvCache* d
   }
   ReceiverOptions ro;
   ro.backend = backend;
-  ro.transport = Loopback();
+  ro.transport = Loopback(a);
   KVWIRE_ASSIGN_OR_RETURN(auto receiver, Receiver::Listen(ro));
   SenderOptions so;
   so.backend = backend;
-  so.transport = Loopback();
+  so.transport = Loopback(a);
   so.transport.address = receiver->address();
   KVWIRE_ASSIGN_OR_RETURN(auto sender, Sender::Connect(so));
   uint64_t next_id = 1;
@@ -320,6 +329,16 @@ void AddTransportBenchOptions(CLI::App* cmd, TransportBenchArgs* a, TransportBen
                   "the ucx backend and ucx_perftest (UCX_ZCOPY_THRESH=auto: zero-copy eager sends, "
                   "which kvwire turns off by default; see src/transport/ucx.cpp)")
       ->capture_default_str();
+  cmd->add_option("--queue-mib", a->queue_mib,
+                  "Raw runs: MiB a connection may queue (at least two messages); each end pools "
+                  "4x that for buffer reuse")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--busy-poll-us", a->busy_poll_us,
+                  "ucx: microseconds the progress thread polls during transfers before it "
+                  "sleeps (TransportOptions::busy_poll_us; the library default is 0, sleep at once)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000000));
   cmd->add_flag("--no-session", t->no_session, "Measure the backends alone only");
   cmd->add_option("--perftest", a->perftest, "ucx_perftest to compare with, or none")
       ->capture_default_str();

@@ -29,6 +29,14 @@ struct TransportBenchArgs {
   std::string perftest = "/usr/bin/ucx_perftest";  // "none": skip the reference
   int perftest_port = 13370;
   std::string out_dir = "bench/results";
+  /// Raw runs: the connection's send-queue bound (TransportOptions::max_queued_bytes), raised
+  /// to two messages for large sizes; the buffer pool holds four times it, every buffer a
+  /// window of messages keeps in circulation (queued and in flight on the sender, queued on the
+  /// receiver), so that after the warm-up nothing is allocated, like ucx_perftest's one buffer.
+  uint64_t queue_mib = 32;
+  /// TransportOptions::busy_poll_us for the ucx runs (raw and session). The library's default
+  /// is 0 (sleep at once); ucx_perftest polls all the time.
+  uint32_t busy_poll_us = 500;
 };
 
 /// The list options as typed, turned into TransportBenchArgs by FinishTransportBenchArgs.

@@ -90,7 +90,13 @@ int WriteTransportReport(const TransportBenchArgs& a, const BenchReport& r) {
                   " MiB (at least 8 messages); the sender's payloads come from "
                   "Connection::TakeBuffer and the receiver hands each message back with "
                   "Connection::Recycle, so after a warm-up neither side allocates per message; "
-                  "latency: one message in flight, Send() called to Receive() returned"},
+                  "a window of max(" + std::to_string(a.queue_mib) +
+                  " MiB, 2 messages) may be queued (max_queued_bytes) and each end pools 4x "
+                  "that; latency: one message in flight, Send() called to Receive() returned"},
+      {"busy_poll", "ucx raw and session runs use TransportOptions::busy_poll_us = " +
+                        std::to_string(a.busy_poll_us) +
+                        " (the progress thread polls this long during transfers before it "
+                        "sleeps; the library's default is 0); ucx_perftest polls all the time"},
       {"session",
        "Sender/Receiver, fp16 level (CRC, acknowledgements): 4 layers x 8192 tokens x "
        "8 kv heads x 128 = 128 MiB per request, Open() to the sender's completion, "
@@ -113,6 +119,7 @@ int WriteTransportReport(const TransportBenchArgs& a, const BenchReport& r) {
         "(UCP_ERR_HANDLING_MODE_PEER), which UCX's shared-memory transports do not offer, so on "
         "one host only its network transports compare (UCX_TLS=tcp over loopback).\n\n"
      << "- **raw**: " << j["definitions"]["raw"].get<std::string>() << ".\n"
+     << "- **busy polling**: " << j["definitions"]["busy_poll"].get<std::string>() << ".\n"
      << "- **session**: " << j["definitions"]["session"].get<std::string>() << ".\n"
      << "- **ucx_perftest**: " << j["definitions"]["perftest"].get<std::string>()
      << "; every run's GB/s is in transport.json (`*_runs_gbps`).\n"

@@ -30,6 +30,7 @@ struct SendArgs {
   uint32_t chunk_tokens = 0;
   uint64_t request_id = 1;
   uint64_t max_inflight_mib = 64;
+  uint32_t busy_poll_us = 0;
   std::string json;
   bool verbose = false;
 };
@@ -71,6 +72,7 @@ int RunSend(const SendArgs& a) {
   o.transport.address = a.connect;
   o.transport.node_name = "kvwire-send";
   o.max_inflight_bytes = a.max_inflight_mib << 20;
+  o.transport.busy_poll_us = a.busy_poll_us;
   o.verbose = a.verbose;
   o.profile = profile->get();
   if (!a.key_file.empty()) {
@@ -227,6 +229,9 @@ const CommandRegistrar kRegister(
       sub->add_option("--request-id", a->request_id, "request id (!= 0)");
       sub->add_option("--max-inflight-mib", a->max_inflight_mib,
                       "unacknowledged bytes bound (MiB)");
+      sub->add_option("--busy-poll-us", a->busy_poll_us,
+                      "ucx: poll the network this long during transfers before sleeping "
+                      "(spends a core; faster on loopback, see bench/results/transport.md)");
       sub->add_option("--json", a->json,
                       "write levels chosen, bytes and timings (load, connect, send) as JSON");
       sub->add_flag("--verbose,-v", a->verbose, "log level choices and reconnects");

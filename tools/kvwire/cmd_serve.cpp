@@ -23,6 +23,7 @@ struct ServeArgs {
   std::string profile;
   int count = 0;  // 0: serve forever
   int stall_timeout_ms = 30000;
+  uint32_t busy_poll_us = 0;
   bool discard = false;
   bool verbose = false;
 };
@@ -34,6 +35,7 @@ int RunServe(const ServeArgs& a) {
   o.transport.address = a.listen;
   o.transport.node_name = "kvwire-serve";
   o.stall_timeout_ms = a.stall_timeout_ms;
+  o.transport.busy_poll_us = a.busy_poll_us;
   o.verbose = a.verbose;
   auto profile = LoadProfileArg(a.profile);
   if (!profile.ok()) return FailStatus(cmd, profile.status().WithContext("--profile " + a.profile));
@@ -129,6 +131,9 @@ const CommandRegistrar kRegister(
                       "calibration profile (.kvp) for requests with profile-based levels (fraqtl)");
       sub->add_option("--count", a->count, "exit after this many requests (0: serve forever)");
       sub->add_option("--stall-timeout-ms", a->stall_timeout_ms, "fail a request idle this long");
+      sub->add_option("--busy-poll-us", a->busy_poll_us,
+                      "ucx: poll the network this long during transfers before sleeping "
+                      "(spends a core; faster on loopback, see bench/results/transport.md)");
       sub->add_flag("--verbose,-v", a->verbose, "log connections, levels and completions");
       return [a] { return RunServe(*a); };
     });
