@@ -147,6 +147,8 @@ class UcxConnection final : public Connection {
   void Fail(Status why);
   void ProgressLoop();
   bool BusyPoll();  // polls up to busy_poll_us_; true when something happened
+  // PostSends may post another queued message (one always fits when nothing is in flight).
+  bool RoomInFlight() const { return inflight_bytes_ == 0 || inflight_bytes_ < max_inflight_; }
   void PostSends();
   void PostOne(Message msg, uint8_t kind);
   void Deliver(uint64_t seq, Message msg);
@@ -486,8 +488,7 @@ void UcxConnection::PostOne(Message msg, uint8_t kind) {
 
 void UcxConnection::PostSends() {
   Message m;
-  while (!failed_ && (inflight_bytes_ == 0 || inflight_bytes_ < max_inflight_) &&
-         send_queue_.TryPop(&m)) {
+  while (!failed_ && RoomInFlight() && send_queue_.TryPop(&m)) {
     PostOne(std::move(m), static_cast<uint8_t>(m.kind));
   }
 }
@@ -497,7 +498,7 @@ bool UcxConnection::BusyPoll() {
   do {
     if (ucp_worker_progress(worker_.h) != 0) return true;
     // Close() and Fail() also write the eventfd, which ends the poll() that may follow.
-    if ((send_queue_.bytes() != 0 && inflight_bytes_ < max_inflight_) || stop_) return true;
+    if ((send_queue_.bytes() != 0 && RoomInFlight()) || stop_) return true;
   } while (std::chrono::steady_clock::now() < until);
   return false;
 }
@@ -525,7 +526,7 @@ void UcxConnection::ProgressLoop() {
     if (busy_poll_us_ != 0 && (inflight_sends_ != 0 || pending_recvs_ != 0) && BusyPoll()) continue;
     // Announce the sleep before the last look at the queue, so that a Send after it wakes us.
     sleeping_ = true;
-    if (send_queue_.bytes() != 0 && inflight_bytes_ < max_inflight_) {
+    if (send_queue_.bytes() != 0 && RoomInFlight()) {
       sleeping_ = false;
       continue;
     }

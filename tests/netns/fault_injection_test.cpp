@@ -41,6 +41,7 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using netns_test::Child;
+using netns_test::NetnsUnavailable;
 using netns_test::ReadFile;
 using netns_test::Sh;
 using netns_test::Spawn;
@@ -98,12 +99,8 @@ struct Receiver {
 class FaultInjection : public testing::Test {
  protected:
   void SetUp() override {
-    if (::geteuid() != 0)
-      GTEST_SKIP() << "SKIPPED: needs root to create network namespaces (ip netns add); running "
-                      "as uid "
-                   << ::geteuid();
-    if (Sh("ip netns list").first != 0)
-      GTEST_SKIP() << "SKIPPED: `ip netns` is not available (iproute2 missing?)";
+    if (std::string why = NetnsUnavailable(/*need_tc=*/false); !why.empty())
+      GTEST_SKIP() << "SKIPPED: " << why;
     ns_.RemoveStale();
     if (std::string why = ns_.Create(); !why.empty())
       GTEST_SKIP() << "SKIPPED: cannot create network namespaces: " << why;

@@ -45,6 +45,19 @@ inline std::pair<int, std::string> Sh(const std::string& cmd) {
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
 }
 
+// Why the network-namespace tests cannot run here, or "" when they can: they need root and
+// `ip netns`, and with `need_tc` also `tc` (to shape a link).
+inline std::string NetnsUnavailable(bool need_tc) {
+  if (::geteuid() != 0)
+    return std::string("needs root to create network namespaces") +
+           (need_tc ? " and qdiscs" : " (ip netns add)") + "; running as uid " +
+           std::to_string(::geteuid());
+  if (Sh("ip netns list").first != 0) return "`ip netns` is not available (iproute2 missing?)";
+  if (need_tc && Sh("tc qdisc show dev lo").first != 0)
+    return "`tc` is not available (iproute2 missing?)";
+  return "";
+}
+
 // A child process whose stdout and stderr go to files (the same file when out == err).
 struct Child {
   pid_t pid = -1;  // -1: it could not be started

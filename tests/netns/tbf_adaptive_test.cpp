@@ -46,6 +46,7 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using Json = nlohmann::json;
+using netns_test::NetnsUnavailable;
 using netns_test::ReadFile;
 using netns_test::Sh;
 using netns_test::Spawn;
@@ -82,14 +83,8 @@ struct Sent {
 class TbfAdaptive : public testing::Test {
  protected:
   void SetUp() override {
-    if (::geteuid() != 0)
-      GTEST_SKIP() << "SKIPPED: needs root to create network namespaces and qdiscs; running as "
-                      "uid "
-                   << ::geteuid();
-    if (Sh("ip netns list").first != 0)
-      GTEST_SKIP() << "SKIPPED: `ip netns` is not available (iproute2 missing?)";
-    if (Sh("tc qdisc show dev lo").first != 0)
-      GTEST_SKIP() << "SKIPPED: `tc` is not available (iproute2 missing?)";
+    if (std::string why = NetnsUnavailable(/*need_tc=*/true); !why.empty())
+      GTEST_SKIP() << "SKIPPED: " << why;
     link_.RemoveStale();
     if (std::string why = link_.Create(); !why.empty())
       GTEST_SKIP() << "SKIPPED: cannot create network namespaces: " << why;

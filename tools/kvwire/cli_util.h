@@ -46,4 +46,9 @@ int WriteBenchResults(const std::string& command, const std::string& out_dir,
                       const std::string& stem, const std::string& json_text,
                       const std::string& md_text);
 
+/// Help text of --busy-poll-us (serve and send; TransportOptions::busy_poll_us).
+inline constexpr char kBusyPollHelp[] =
+    "ucx: poll the network this long during transfers before sleeping "
+    "(spends a core; faster on loopback, see bench/results/transport.md)";
+
 }  // namespace kvwire::cli

@@ -229,9 +229,7 @@ const CommandRegistrar kRegister(
       sub->add_option("--request-id", a->request_id, "request id (!= 0)");
       sub->add_option("--max-inflight-mib", a->max_inflight_mib,
                       "unacknowledged bytes bound (MiB)");
-      sub->add_option("--busy-poll-us", a->busy_poll_us,
-                      "ucx: poll the network this long during transfers before sleeping "
-                      "(spends a core; faster on loopback, see bench/results/transport.md)");
+      sub->add_option("--busy-poll-us", a->busy_poll_us, kBusyPollHelp);
       sub->add_option("--json", a->json,
                       "write levels chosen, bytes and timings (load, connect, send) as JSON");
       sub->add_flag("--verbose,-v", a->verbose, "log level choices and reconnects");

@@ -131,9 +131,7 @@ const CommandRegistrar kRegister(
                       "calibration profile (.kvp) for requests with profile-based levels (fraqtl)");
       sub->add_option("--count", a->count, "exit after this many requests (0: serve forever)");
       sub->add_option("--stall-timeout-ms", a->stall_timeout_ms, "fail a request idle this long");
-      sub->add_option("--busy-poll-us", a->busy_poll_us,
-                      "ucx: poll the network this long during transfers before sleeping "
-                      "(spends a core; faster on loopback, see bench/results/transport.md)");
+      sub->add_option("--busy-poll-us", a->busy_poll_us, kBusyPollHelp);
       sub->add_flag("--verbose,-v", a->verbose, "log connections, levels and completions");
       return [a] { return RunServe(*a); };
     });
