@@ -69,6 +69,12 @@ class Codec {
   /// Chunks split along tokens must start at a multiple of this (e.g. kivi's group G).
   virtual uint32_t TokenAlignment() const { return 1; }
 
+  /// True when a chunk's payload is just its elements as little-endian fp16 in input order and
+  /// every finite fp16 value codes as itself (the fp16 codec). Streams then copy an fp16 KV
+  /// cache in and out as it is: the same payload bytes and decoded values as Encode and Decode
+  /// with a conversion through float32, without the conversion.
+  virtual bool PayloadIsHalves() const { return false; }
+
   /// Appends the payload of chunk `desc` to `out`. `in`: float32 [tokens, kv_heads, head_dim].
   /// Non-finite inputs are an error (kInvalidArgument), never silently coded.
   virtual Status Encode(const ChunkDesc& desc, const float* in, std::vector<uint8_t>* out,

@@ -95,6 +95,15 @@ class KvView {
   Status WriteF32(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
                   const float* in) const;
 
+  /// As ReadF32, but the elements stay in the view's dtype: `out` receives
+  /// tokens x row_bytes() bytes, [tokens, kv_heads, head_dim]. Rows that lie back to back
+  /// (a contiguous view, or consecutive slots of one block) are copied in one piece.
+  Status ReadRaw(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
+                 uint8_t* out) const;
+  /// As WriteF32 from elements already in the view's dtype (tokens x row_bytes() bytes).
+  Status WriteRaw(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
+                  const uint8_t* in) const;
+
  private:
   KvShape shape_{};
   DType dtype_ = DType::kF16;

@@ -22,7 +22,8 @@
 //
 // Thread-safety: Sender, Receiver and SendRequest methods may be called from any thread.
 // Ownership: the KvViews given to Open/SetDestination must stay valid until the request is
-// complete (or failed); a `profile` must outlive the session.
+// complete (or failed); a `profile` must outlive the session. A sender's Wait and Poll report
+// a request finished only once no encoding of it is under way, so its KV cache may be freed then.
 #pragma once
 
 #include <cstdint>

@@ -14,6 +14,7 @@ class Fp16Codec final : public Codec {
  public:
   std::string Spec() const override { return "fp16"; }
   uint16_t Id() const override { return kIdFp16; }
+  bool PayloadIsHalves() const override { return true; }
 
   Status Encode(const ChunkDesc& desc, const float* in, std::vector<uint8_t>* out,
                 CodecImpl impl) const override {

@@ -160,11 +160,35 @@ inline void LoadHalves(const uint8_t* in, size_t n, float* out) {
   }
 }
 
-/// True when all n fp16 at `p` are finite.
+/// True when all n fp16 at `p` (little-endian) are finite: no exponent field of all ones.
 inline bool HalvesFinite(const uint8_t* p, size_t n) {
-  uint32_t bad = 0;
-  for (size_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>((p[2 * i + 1] & 0x7cu) == 0x7cu);
-  return bad == 0;
+  // Four halves per 64-bit word. In each 16-bit lane, t = (exponent bits) ^ (all ones) is 0 for
+  // a non-finite value and at least 0x0400 (0x0004 big-endian) otherwise, so t - 1 sets the
+  // lane's top bit exactly when t is 0 (a lower lane's borrow takes at most 1 more).
+  constexpr bool kLittle = std::endian::native == std::endian::little;
+  constexpr uint64_t kExp = kLittle ? 0x7c007c007c007c00ull : 0x007c007c007c007cull;
+  uint64_t hit = 0;
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    uint64_t w;
+    std::memcpy(&w, p + 2 * i, 8);
+    const uint64_t t = (w & kExp) ^ kExp;
+    hit |= (t - 0x0001000100010001ull) & 0x8000800080008000ull;
+  }
+  for (; i < n; ++i) hit |= static_cast<uint64_t>((p[2 * i + 1] & 0x7cu) == 0x7cu);
+  return hit == 0;
+}
+/// CheckFinite for n = d.elements() fp16 values at `p` (little-endian), with its message.
+inline Status CheckFiniteHalves(const ChunkDesc& d, const uint8_t* p, std::string_view codec) {
+  const size_t n = d.elements();
+  if (HalvesFinite(p, n)) return Status::Ok();
+  size_t i = 0;
+  while ((p[2 * i + 1] & 0x7cu) != 0x7cu) ++i;
+  const size_t row = i / d.head_dim;
+  return Status(StatusCode::kInvalidArgument,
+                std::string(codec) + ": non-finite input at token " +
+                    std::to_string(row / d.kv_heads) + ", head " +
+                    std::to_string(row % d.kv_heads) + ", dim " + std::to_string(i % d.head_dim));
 }
 /// True when all n fp16 at `p` are valid scales (HalfIsScale).
 inline bool HalvesAreScales(const uint8_t* p, size_t n) {

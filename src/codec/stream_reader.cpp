@@ -10,6 +10,7 @@
 #include <string>
 #include <utility>
 
+#include "codec/quant_common.h"
 #include "codec/stream_format.h"
 #include "kvwire/profile.h"
 #include "kvwire/stream.h"
@@ -458,12 +459,23 @@ Status StreamReader::DecodeChunk(const ChunkRef& chunk, const KvView& dst, Codec
                          kInvalidArgument, label + ": chunk does not belong to this stream");
   KVWIRE_ASSIGN_OR_RETURN(const uint32_t view_offset, format::ViewTokenOffset(dst, r.info));
   const uint64_t elements = uint64_t{h.tokens} * s.kv_heads * s.head_dim;
+  const ChunkDesc desc = format::MakeChunkDesc(r.info, h.layer, h.kind, h.token_begin, h.tokens);
+  const Codec& codec = *r.codecs[h.level];
+  if (codec.PayloadIsHalves() && dst.dtype() == DType::kF16 && impl == CodecImpl::kOptimized) {
+    // The fp16 level into fp16 rows: Decode's checks, then the payload as it is.
+    const std::string spec = codec.Spec();
+    KVWIRE_RETURN_IF_ERROR(
+        baseline::CheckPayloadSize(chunk.payload.size(), 2 * elements, spec).WithContext(label));
+    KVWIRE_RETURN_ERROR_IF(!baseline::HalvesFinite(chunk.payload.data(), elements), kCorrupt,
+                           label + ": " + spec + ": payload holds a non-finite value");
+    return dst.WriteRaw(h.layer, h.kind, view_offset + h.token_begin, h.tokens,
+                        chunk.payload.data());
+  }
   try {
     r.scratch.resize(elements);
   } catch (const std::bad_alloc&) {
     return Status(StatusCode::kResourceExhausted, label + ": out of memory");
   }
-  const ChunkDesc desc = format::MakeChunkDesc(r.info, h.layer, h.kind, h.token_begin, h.tokens);
   KVWIRE_RETURN_IF_ERROR(
       r.codecs[h.level]->Decode(desc, chunk.payload, r.scratch.data(), impl).WithContext(label));
   return dst.WriteF32(h.layer, h.kind, view_offset + h.token_begin, h.tokens, r.scratch.data());

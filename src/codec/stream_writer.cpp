@@ -13,6 +13,7 @@
 #include <thread>
 #include <utility>
 
+#include "codec/quant_common.h"
 #include "codec/stream_format.h"
 #include "kvwire/profile.h"
 #include "kvwire/stream.h"
@@ -119,19 +120,33 @@ Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, u
                                        uint8_t level, std::vector<uint8_t>* frame) const {
   const std::string where = ChunkName(layer, kind, token_begin, tokens);
   const uint64_t elements = uint64_t{tokens} * info.shape.kv_heads * info.shape.head_dim;
+  const Codec& codec = *codecs[level];
+  const ChunkDesc desc = format::MakeChunkDesc(info, layer, kind, token_begin, tokens);
   try {
-    // The float copy of the chunk, per thread and reused: a fresh zero-filled buffer per chunk
-    // cost the sender ~20 % of its CPU in page clearing and faults (perf, int3-token session).
-    constexpr size_t kKeepFloats = size_t{16} << 20;  // 64 MiB kept at most
-    thread_local std::vector<float> values;
-    if (values.size() < elements) values.resize(elements);
-    KVWIRE_RETURN_IF_ERROR(kv.ReadF32(layer, kind, view_offset + token_begin, tokens, values.data())
-                               .WithContext(where));
-    frame->assign(kChunkHeaderBytes, 0);
-    const ChunkDesc desc = format::MakeChunkDesc(info, layer, kind, token_begin, tokens);
-    KVWIRE_RETURN_IF_ERROR(
-        codecs[level]->Encode(desc, values.data(), frame, options.impl).WithContext(where));
-    if (values.size() > kKeepFloats) std::vector<float>().swap(values);
+    if (codec.PayloadIsHalves() && kv.dtype() == DType::kF16 &&
+        options.impl == CodecImpl::kOptimized) {
+      // fp16 rows at the fp16 level: the payload is the rows as they are.
+      frame->resize(kChunkHeaderBytes + 2 * elements);
+      uint8_t* halves = frame->data() + kChunkHeaderBytes;
+      KVWIRE_RETURN_IF_ERROR(
+          kv.ReadRaw(layer, kind, view_offset + token_begin, tokens, halves).WithContext(where));
+      KVWIRE_RETURN_IF_ERROR(
+          baseline::CheckFiniteHalves(desc, halves, codec.Spec()).WithContext(where));
+    } else {
+      // The float copy of the chunk, per thread and reused: a fresh zero-filled buffer per
+      // chunk cost the sender ~20 % of its CPU in page clearing and faults (perf, int3-token
+      // session).
+      constexpr size_t kKeepFloats = size_t{16} << 20;  // 64 MiB kept at most
+      thread_local std::vector<float> values;
+      if (values.size() < elements) values.resize(elements);
+      KVWIRE_RETURN_IF_ERROR(
+          kv.ReadF32(layer, kind, view_offset + token_begin, tokens, values.data())
+              .WithContext(where));
+      frame->assign(kChunkHeaderBytes, 0);
+      KVWIRE_RETURN_IF_ERROR(
+          codec.Encode(desc, values.data(), frame, options.impl).WithContext(where));
+      if (values.size() > kKeepFloats) std::vector<float>().swap(values);
+    }
   } catch (const std::bad_alloc&) {
     return Status(StatusCode::kResourceExhausted, where + ": out of memory");
   }
@@ -332,7 +347,11 @@ Status StreamWriter::EncodeChunk(const KvView& kv, uint32_t layer, KvKind kind,
   std::vector<uint8_t> frame;
   KVWIRE_RETURN_IF_ERROR(
       w.EncodeFrame(kv, view_offset, layer, kind, token_begin, tokens, level, &frame));
-  out->insert(out->end(), frame.begin(), frame.end());
+  if (out->empty()) {
+    *out = std::move(frame);
+  } else {
+    out->insert(out->end(), frame.begin(), frame.end());
+  }
   return Status::Ok();
 }
 

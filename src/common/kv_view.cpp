@@ -152,6 +152,48 @@ Status KvView::WriteF32(uint32_t layer, KvKind kind, uint32_t token_begin, uint3
   return Status::Ok();
 }
 
+namespace {
+
+// Calls copy(row, bytes, i) for maximal runs of rows of (layer, kind) that lie back to back in
+// memory; i is the run's first token relative to token_begin.
+template <typename Copy>
+void ForEachRowRun(const KvView& v, uint32_t layer, KvKind kind, uint32_t token_begin,
+                   uint32_t tokens, Copy copy) {
+  const size_t row = v.row_bytes();
+  uint32_t t = 0;
+  while (t < tokens) {
+    auto* start = static_cast<uint8_t*>(v.Row(layer, kind, token_begin + t));
+    uint32_t run = 1;
+    while (t + run < tokens && v.Row(layer, kind, token_begin + t + run) == start + run * row) ++run;
+    copy(start, run * row, t);
+    t += run;
+  }
+}
+
+}  // namespace
+
+Status KvView::ReadRaw(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
+                       uint8_t* out) const {
+  KVWIRE_RETURN_IF_ERROR(CheckRange(shape_, layer, token_begin, tokens));
+  const size_t row = row_bytes();
+  ForEachRowRun(*this, layer, kind, token_begin, tokens,
+                [&](const uint8_t* src, size_t bytes, uint32_t i) {
+                  std::memcpy(out + size_t{i} * row, src, bytes);
+                });
+  return Status::Ok();
+}
+
+Status KvView::WriteRaw(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
+                        const uint8_t* in) const {
+  KVWIRE_RETURN_IF_ERROR(CheckRange(shape_, layer, token_begin, tokens));
+  const size_t row = row_bytes();
+  ForEachRowRun(*this, layer, kind, token_begin, tokens,
+                [&](uint8_t* dst, size_t bytes, uint32_t i) {
+                  std::memcpy(dst, in + size_t{i} * row, bytes);
+                });
+  return Status::Ok();
+}
+
 Result<KvCache> KvCache::Create(const KvShape& shape, DType dtype, uint32_t q_heads) {
   KVWIRE_RETURN_IF_ERROR(ValidateShape(shape));
   KVWIRE_RETURN_ERROR_IF(q_heads > kMaxKvHeads, kInvalidArgument, "too many query heads");

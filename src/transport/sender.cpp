@@ -50,7 +50,16 @@ struct SendState final : SendRequest, std::enable_shared_from_this<SendState> {
   uint32_t layers_pushed = 0;
   uint32_t chunks_sent = 0;
   uint64_t elements_sent = 0;
-  std::map<uint32_t, Message> unacked;  // seq -> data message, kept for resending
+  // Sent, not acknowledged yet: seq -> bytes on the wire and level. A chunk to resend is encoded
+  // again from the KV cache (the codecs are deterministic), so no copy of it is kept.
+  struct Unacked {
+    uint64_t bytes;
+    uint8_t level;
+  };
+  std::map<uint32_t, Unacked> unacked;
+  // Threads reading `kv` outside the lock (encoding). The request is reported done only once
+  // this is 0, so that the caller may free the KV cache as soon as Wait or Poll says so.
+  int kv_readers = 0;
   std::vector<bool> acked;
   uint32_t acked_count = 0;
   bool end_sent = false;
@@ -87,7 +96,7 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   Status WaitFor(SendState* s, int timeout_ms);
   Status PollOf(const SendState* s) const {
     std::lock_guard lock(mu_);
-    return s->status;
+    return s->kv_readers == 0 ? s->status : Status::InProgress();
   }
   SendStats StatsOf(const SendState* s) const {
     std::lock_guard lock(mu_);
@@ -99,6 +108,12 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
  private:
   void EncodeLoop();
   void EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer);
+  // Chunk `seq` of `s` at `level` as a data message. Call with a kv_readers count held.
+  Result<Message> EncodeChunk(const SendState& s, uint32_t seq, uint8_t level) const;
+  // Ends a kv_readers count taken under mu_ (held when called).
+  void ReleaseKvLocked(SendState* s) {
+    if (--s->kv_readers == 0 && !s->status.in_progress()) cv_.notify_all();
+  }
   void ReceiveLoop();
   void Handle(const control::Control& c);
   bool Reconnect(const Status& why);
@@ -262,7 +277,7 @@ Status SenderCore::PushAll(const std::shared_ptr<SendState>& s) {
 
 Status SenderCore::WaitFor(SendState* s, int timeout_ms) {
   std::unique_lock lock(mu_);
-  auto done = [&] { return !s->status.in_progress(); };
+  auto done = [&] { return !s->status.in_progress() && s->kv_readers == 0; };
   if (timeout_ms < 0) {
     cv_.wait(lock, done);
   } else {
@@ -280,7 +295,7 @@ void SenderCore::FailLocked(SendState* s, Status why) {
 void SenderCore::FinishLocked(SendState* s, Status result) {
   s->status = std::move(result);
   s->st.seconds = Seconds(Clock::now() - s->start);
-  for (auto& [seq, m] : s->unacked) inflight_bytes_ -= m.bytes();
+  for (const auto& [seq, u] : s->unacked) inflight_bytes_ -= u.bytes;
   s->unacked.clear();
   requests_.erase(s->id);
   cv_.notify_all();
@@ -307,13 +322,32 @@ void SenderCore::EncodeLoop() {
   }
 }
 
+Result<Message> SenderCore::EncodeChunk(const SendState& s, uint32_t seq, uint8_t level) const {
+  const ChunkGrid& g = s.grid;
+  const uint32_t layer = g.LayerOf(seq), idx = g.IndexOf(seq);
+  const KvKind kind = g.KindOf(seq);
+  std::vector<uint8_t> frame;
+  KVWIRE_RETURN_IF_ERROR(s.writer->EncodeChunk(s.kv, layer, kind, g.TokenBegin(idx), g.Tokens(idx),
+                                               level, &frame));
+  control::ChunkDescriptor d;
+  d.set_request_id(s.id);
+  d.set_seq(seq);
+  d.set_layer(layer);
+  d.set_kind(static_cast<uint32_t>(kind));
+  d.set_token_begin(g.TokenBegin(idx));
+  d.set_tokens(g.Tokens(idx));
+  d.set_level(level);
+  d.set_payload_bytes(static_cast<uint32_t>(frame.size()));
+  return transport::MakeDataMessage(d, std::move(frame));
+}
+
 void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer) {
   const ChunkGrid& g = s->grid;
   const uint64_t row = uint64_t{g.shape.kv_heads} * g.shape.head_dim;
   for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
     for (uint32_t idx = 0; idx < g.per_tensor; ++idx) {
       const uint32_t seq = g.Seq(layer, kind, idx);
-      const uint32_t begin = g.TokenBegin(idx), tokens = g.Tokens(idx);
+      const uint32_t tokens = g.Tokens(idx);
       transport::LevelChoiceInput in;
       in.levels = s->levels;
       in.max_kl = s->opts.max_kl;
@@ -324,28 +358,17 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
         in.goodput_bytes_per_s = goodput_;
         in.inflight_bytes = inflight_bytes_;
         in.remaining_elements = g.shape.elements() - s->elements_sent;
+        ++s->kv_readers;
       }
       if (s->has_deadline)
         in.remaining_ms = std::max(0.0, Seconds(s->deadline - Clock::now()) * 1000);
       const transport::LevelChoice choice = transport::ChooseLevel(in);
-      std::vector<uint8_t> frame;
-      Status enc = s->writer->EncodeChunk(s->kv, layer, kind, begin, tokens,
-                                          static_cast<uint8_t>(choice.level), &frame);
-      control::ChunkDescriptor d;
-      d.set_request_id(s->id);
-      d.set_seq(seq);
-      d.set_layer(layer);
-      d.set_kind(static_cast<uint32_t>(kind));
-      d.set_token_begin(begin);
-      d.set_tokens(tokens);
-      d.set_level(choice.level);
-      d.set_payload_bytes(static_cast<uint32_t>(frame.size()));
-      Result<Message> msg =
-          enc.ok() ? transport::MakeDataMessage(d, std::move(frame)) : Result<Message>(enc);
+      Result<Message> msg = EncodeChunk(*s, seq, static_cast<uint8_t>(choice.level));
       std::shared_ptr<Connection> conn;
       control::Control level_change;
       {
         std::unique_lock lock(mu_);
+        ReleaseKvLocked(s.get());
         if (!msg.ok()) return FailLocked(s.get(), msg.status().WithContext("encode"));
         // Back-pressure: wait for acks while the window is full (one message always fits).
         const uint64_t bytes = msg->bytes();
@@ -373,7 +396,7 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
           last_ack_ = Clock::now();
         }
         inflight_bytes_ += bytes;
-        s->unacked.emplace(seq, *msg);  // a copy, kept until acknowledged
+        s->unacked[seq] = {bytes, static_cast<uint8_t>(choice.level)};
         ++s->chunks_sent;
         s->elements_sent += uint64_t{tokens} * row;
         ++s->st.chunks;
@@ -474,7 +497,7 @@ void SenderCore::Handle(const control::Control& c) {
       for (uint32_t seq : c.request_accept().have_chunks()) {
         auto it = s->unacked.find(seq);
         if (it != s->unacked.end()) {
-          inflight_bytes_ -= it->second.bytes();
+          inflight_bytes_ -= it->second.bytes;
           s->unacked.erase(it);
         }
         if (seq < s->acked.size() && !s->acked[seq]) {
@@ -482,18 +505,33 @@ void SenderCore::Handle(const control::Control& c) {
           ++s->acked_count;
         }
       }
-      std::vector<Message> resend;
+      std::vector<std::pair<uint32_t, uint8_t>> resend;  // seq, level
       if (c.request_accept().have_chunks_size() > 0 || s->st.reconnects > 0) {
-        for (auto& [seq, msg] : s->unacked) resend.push_back(msg);
+        for (const auto& [seq, u] : s->unacked) resend.emplace_back(seq, u.level);
       }
+      if (resend.empty() || !s->status.in_progress()) return;
       s->st.resent_chunks += resend.size();
       const bool end = s->end_sent;
       const uint64_t id = s->id;
       const uint32_t total = s->grid.total();
       auto conn = conn_;
+      std::shared_ptr<SendState> keep = requests_.at(id);
+      ++s->kv_readers;
       lock.unlock();
-      for (auto& msg : resend) (void)conn->Send(std::move(msg));
-      if (end && !resend.empty()) {
+      Status failed;
+      for (const auto& [seq, level] : resend) {
+        Result<Message> msg = EncodeChunk(*keep, seq, level);
+        if (!msg.ok()) {
+          failed = msg.status().WithContext("encode for resending");
+          break;
+        }
+        (void)conn->Send(std::move(*msg));
+      }
+      lock.lock();
+      ReleaseKvLocked(keep.get());
+      if (!failed.ok()) return FailLocked(keep.get(), failed);
+      lock.unlock();
+      if (end) {
         control::Control e;
         e.mutable_request_end()->set_request_id(id);
         e.mutable_request_end()->set_chunks(total);
@@ -510,7 +548,7 @@ void SenderCore::Handle(const control::Control& c) {
       for (uint32_t seq : c.ack().seqs()) {
         auto it = s->unacked.find(seq);
         if (it != s->unacked.end()) {
-          freed += it->second.bytes();
+          freed += it->second.bytes;
           s->unacked.erase(it);
         }
         if (seq < s->acked.size() && !s->acked[seq]) {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <bit>
+#include <cmath>
 #include <limits>
 #include <random>
 #include <vector>
@@ -85,6 +86,30 @@ TEST(QuantCommonTest, DirectedHalfRounding) {
   EXPECT_EQ(HalfRoundDown(0.0f), 0x0000);
   EXPECT_EQ(HalfSaturate(1e9f), kHalfMaxBits);
   EXPECT_EQ(HalfSaturate(-1e9f), 0xfbff);
+}
+
+// HalvesFinite checks four halves per word: every one of the 65536 halves alone, and each
+// non-finite pattern at every position of short and odd-length runs of finite values.
+TEST(QuantCommonTest, HalvesFiniteSeesEveryNonFiniteValueAnywhere) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    std::vector<uint8_t> one(8, 0);  // a word: the value in lane 2, zeros beside it
+    one[4] = static_cast<uint8_t>(h);
+    one[5] = static_cast<uint8_t>(h >> 8);
+    ASSERT_EQ(HalvesFinite(one.data(), 4), std::isfinite(HalfToFloat(static_cast<uint16_t>(h))))
+        << std::hex << h;
+  }
+  for (uint16_t bad : {0x7c00, 0xfc00, 0x7e00, 0xffff, 0x7c01}) {
+    for (size_t n = 1; n <= 13; ++n) {
+      std::vector<uint8_t> run(2 * n);
+      for (size_t i = 0; i < n; ++i) StoreU16(run.data() + 2 * i, i % 2 ? 0x7bff : 0x8401);
+      ASSERT_TRUE(HalvesFinite(run.data(), n)) << n;
+      for (size_t at = 0; at < n; ++at) {
+        std::vector<uint8_t> r = run;
+        StoreU16(r.data() + 2 * at, bad);
+        EXPECT_FALSE(HalvesFinite(r.data(), n)) << std::hex << bad << " n " << n << " at " << at;
+      }
+    }
+  }
 }
 
 TEST(QuantCommonTest, BitPackingLayoutIsLsbFirst) {

@@ -224,6 +224,24 @@ TEST(Crc32cTest, HardwareMatchesPortableAtEveryLengthAndAlignment) {
   }
 }
 
+// Long inputs run in three interleaved lanes of 4 KiB joined by a shift table: lengths around
+// every multiple of the 12 KiB round, at odd offsets, from a non-zero start.
+TEST(Crc32cTest, HardwareLanesMatchPortable) {
+  std::mt19937 rng(11);
+  std::vector<uint8_t> data(5 * 12288 + 64);
+  for (auto& b : data) b = static_cast<uint8_t>(rng());
+  for (size_t offset : {0u, 3u}) {
+    for (size_t round = 1; round <= 4; ++round) {
+      for (size_t len : {round * 12288 - 1, round * 12288, round * 12288 + 1, round * 12288 + 13}) {
+        std::span<const uint8_t> s(data.data() + offset, len);
+        ASSERT_EQ(fmt::Crc32cHardware(s, 0x9e3779b9u), fmt::Crc32cPortable(s, 0x9e3779b9u))
+            << "offset " << offset << " len " << len;
+        ASSERT_EQ(fmt::Crc32cHardware(s, 0), fmt::Crc32cPortable(s, 0));
+      }
+    }
+  }
+}
+
 TEST(Crc32cTest, Continues) {
   const auto all = Bytes("the quick brown fox jumps over the lazy dog");
   for (size_t cut = 0; cut <= all.size(); ++cut) {
@@ -490,6 +508,103 @@ TEST_F(StreamTest, Fp16SourceThroughFp16IsLossless) {
       EXPECT_TRUE(std::equal(a.begin(), a.end(), b.begin(), b.end()));
     }
   }
+}
+
+// An fp16 view at the fp16 level is copied, not converted (Codec::PayloadIsHalves): the bytes,
+// the decoded values and the errors must be those of the conversion path (CodecImpl::kReference
+// always converts), for contiguous and paged views, with the awkward values fp16 has.
+TEST_F(StreamTest, Fp16CopyPathMatchesTheConversionPath) {
+  const KvShape shape{2, 21, 2, 4};
+  KvCache cache = MakeCache(shape, DType::kF16, 12);
+  const uint16_t specials[] = {0x0000, 0x8000, 0x0001, 0x83ff, 0x0400, 0x7bff, 0xfbff, 0x3c00};
+  for (size_t i = 0; i < std::size(specials); ++i) {
+    std::memcpy(cache.tensor(1, KvKind::kValue).data() + 2 * (5 * i + 1), &specials[i], 2);
+  }
+  const uint32_t block = 4, blocks = 7;
+  std::vector<int32_t> table(blocks);
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), std::mt19937(3));
+  const size_t row = cache.view().row_bytes();
+  std::vector<std::vector<uint8_t>> pool(2 * shape.layers,
+                                         std::vector<uint8_t>(size_t{blocks} * block * row));
+  std::vector<void*> k, v;
+  for (uint32_t l = 0; l < shape.layers; ++l) {
+    k.push_back(pool[2 * l].data());
+    v.push_back(pool[2 * l + 1].data());
+  }
+  auto paged = KvView::Paged(shape, DType::kF16, block, blocks, k, v, table);
+  ASSERT_TRUE(paged.ok()) << paged.status().ToString();
+  auto copy_into = [&](const KvView& to, const KvView& from) {
+    for (uint32_t l = 0; l < shape.layers; ++l) {
+      for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+        std::vector<uint8_t> rows(size_t{shape.tokens} * row);
+        ASSERT_TRUE(from.ReadRaw(l, kind, 0, shape.tokens, rows.data()).ok());
+        ASSERT_TRUE(to.WriteRaw(l, kind, 0, shape.tokens, rows.data()).ok());
+      }
+    }
+  };
+  copy_into(*paged, cache.view());
+  const StreamInfo info = MakeInfo(shape, DType::kF16, {"fp16"});
+  for (uint32_t chunk_tokens : {0u, 5u}) {
+    auto converted = EncodeStream(cache.view(), info, {chunk_tokens, 1, CodecImpl::kReference});
+    ASSERT_TRUE(converted.ok()) << converted.status().ToString();
+    for (const KvView& src : {cache.view(), *paged}) {
+      auto copied = EncodeStream(src, info, {chunk_tokens, 2, CodecImpl::kOptimized});
+      ASSERT_TRUE(copied.ok()) << copied.status().ToString();
+      EXPECT_EQ(*copied, *converted);
+    }
+    // Decoding: copied into fp16 rows (contiguous and paged) and converted, the same halves.
+    for (CodecImpl impl : {CodecImpl::kOptimized, CodecImpl::kReference}) {
+      auto out = KvCache::Create(shape, DType::kF16);
+      ASSERT_TRUE(out.ok());
+      auto reader = StreamReader::Open(*converted);
+      ASSERT_TRUE(reader.ok());
+      ASSERT_TRUE((*reader)->DecodeAll(out->view(), impl).ok());
+      for (auto& p : pool) std::fill(p.begin(), p.end(), 0);
+      ASSERT_TRUE((*reader)->DecodeAll(*paged, impl).ok());
+      auto back = KvCache::Create(shape, DType::kF16);
+      ASSERT_TRUE(back.ok());
+      copy_into(back->view(), *paged);
+      for (uint32_t l = 0; l < shape.layers; ++l) {
+        for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+          const auto a = cache.tensor(l, kind), b = out->tensor(l, kind), c = back->tensor(l, kind);
+          EXPECT_TRUE(std::equal(a.begin(), a.end(), b.begin(), b.end())) << l;
+          EXPECT_TRUE(std::equal(a.begin(), a.end(), c.begin(), c.end())) << l;
+        }
+      }
+    }
+  }
+
+  // A non-finite input is refused with the same error either way: NaN at layer 1 V, token 7,
+  // head 1, dim 2 (+inf, -inf and NaN all have the exponent bits set).
+  const uint16_t nan = 0x7e00;
+  std::memcpy(cache.tensor(1, KvKind::kValue).data() + 2 * ((7 * 2 + 1) * 4 + 2), &nan, 2);
+  const Status copied = EncodeStream(cache.view(), info, {5, 1, CodecImpl::kOptimized}).status();
+  const Status converted = EncodeStream(cache.view(), info, {5, 1, CodecImpl::kReference}).status();
+  EXPECT_EQ(copied.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(copied.ToString(), converted.ToString());
+  EXPECT_NE(copied.message().find("token 2, head 1, dim 2"), std::string::npos)
+      << copied.ToString();  // token 7 is token 2 of the chunk [5, 10)
+
+  // A payload holding a non-finite value (CRCs fixed up) is kCorrupt either way, same message.
+  std::memcpy(cache.tensor(1, KvKind::kValue).data() + 2 * ((7 * 2 + 1) * 4 + 2), &specials[7], 2);
+  auto good = EncodeStream(cache.view(), info, {5, 1, CodecImpl::kOptimized});
+  ASSERT_TRUE(good.ok());
+  Parsed parts = Split(*good);
+  parts.chunks.back().payload[1] = 0x7c;  // first element: +inf
+  const std::vector<uint8_t> bad = Join(parts);
+  std::string messages[2];
+  int i = 0;
+  for (CodecImpl impl : {CodecImpl::kOptimized, CodecImpl::kReference}) {
+    auto out = KvCache::Create(shape, DType::kF16);
+    auto reader = StreamReader::Open(bad);
+    ASSERT_TRUE(reader.ok());
+    const Status s = (*reader)->DecodeAll(out->view(), impl);
+    EXPECT_EQ(s.code(), StatusCode::kCorrupt) << s.ToString();
+    EXPECT_NE(s.message().find("non-finite"), std::string::npos) << s.ToString();
+    messages[i++] = s.ToString();
+  }
+  EXPECT_EQ(messages[0], messages[1]);
 }
 
 TEST_F(StreamTest, FramesOneByOne) {
