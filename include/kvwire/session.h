@@ -120,6 +120,12 @@ struct ReceiverOptions {
   uint64_t max_buffered_bytes = 256ull << 20;  // chunks held before SetDestination, all requests
   int stall_timeout_ms = 30000;  // an unfinished request idle this long fails (kTimeout)
   const Profile* profile = nullptr;
+  /// A request whose stream needs another profile than `profile` (or any, when it is null) gets
+  /// it from the sender, which encodes with it (ProfileRequest/ProfileData, docs/PROTOCOL.md):
+  /// the file is checked against its content hash, parsed and validated, and the last few are
+  /// kept for later requests. The request reaches NextRequest once its profile is here. False:
+  /// such a request is refused ("the stream needs profile ...").
+  bool fetch_profiles = true;
   bool verbose = false;
 };
 

@@ -17,7 +17,6 @@ constexpr size_t kMaxName = 256;
 constexpr size_t kMaxMessage = 1024;
 constexpr size_t kMaxProfileId = 128;
 constexpr size_t kMaxCodecSpec = 256;
-constexpr size_t kMaxProfileData = 512u << 10;
 
 // Text fields end up in logs: bounded, and printable ASCII only (no terminal escapes, no forged
 // log lines).
@@ -121,8 +120,15 @@ Status ValidateBody(const Control& m) {
     case Control::kProfileData:
       KVWIRE_RETURN_IF_ERROR(
           CheckString(m.profile_data().profile_id(), kMaxProfileId, "profile id"));
-      CHECK_FIELD(m.profile_data().data().size() <= kMaxProfileData, "profile_data too large");
-      CHECK_FIELD(m.profile_data().offset() <= (1ull << 32), "profile_data offset out of range");
+      CHECK_FIELD(m.profile_data().data().size() <= kMaxProfileDataBytes, "profile_data too large");
+      CHECK_FIELD(m.profile_data().total_bytes() <= kMaxProfileBytes,
+                  "profile larger than " + std::to_string(kMaxProfileBytes) + " bytes");
+      CHECK_FIELD(m.profile_data().offset() + m.profile_data().data().size() <=
+                      m.profile_data().total_bytes(),
+                  "profile_data beyond the profile's size");
+      KVWIRE_RETURN_IF_ERROR(CheckString(m.profile_data().message(), kMaxMessage, "message"));
+      CHECK_FIELD(m.profile_data().status_code() == 0 || m.profile_data().data().empty(),
+                  "profile_data with both an error and data");
       return Status::Ok();
     case Control::kRequestBegin:
       return ValidateRequestBegin(m.request_begin());

@@ -17,6 +17,9 @@ inline constexpr size_t kNonceBytes = 32;
 inline constexpr size_t kMacBytes = 32;
 inline constexpr uint32_t kMaxChunkSeq = 1u << 24;
 inline constexpr size_t kMaxAcksPerMessage = 4096;
+/// Largest profile file a session transfers, and most bytes of it per ProfileData message.
+inline constexpr uint64_t kMaxProfileBytes = 1ull << 30;
+inline constexpr size_t kMaxProfileDataBytes = 512u << 10;
 
 /// Parses and validates one Control (every field against the bounds in the .proto).
 Result<control::Control> ParseControl(std::span<const uint8_t> bytes);

@@ -4,6 +4,7 @@
 // decodes chunks into the destination as they land and acknowledges them. Requests outlive
 // connections (a sender that reconnects resumes them). Locks: a request's decode_mu before the
 // core's mu_, never the other way round.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -14,6 +15,7 @@
 #include <optional>
 #include <thread>
 
+#include "kvwire/profile.h"
 #include "kvwire/session.h"
 #include "transport/chunk_grid.h"
 #include "transport/control.h"
@@ -28,7 +30,8 @@ struct RecvState {
   uint64_t id = 0;
   IncomingRequest info;
   std::vector<uint8_t> header;  // the reader points into it
-  std::unique_ptr<StreamReader> reader;
+  std::unique_ptr<StreamReader> reader;    // null while the profile is fetched
+  std::shared_ptr<const Profile> profile;  // a fetched profile the reader uses
   ChunkGrid grid;
   Clock::time_point start;
 
@@ -46,7 +49,15 @@ struct RecvState {
   Clock::time_point last_progress;
   ReceiveStats st;
   bool announced = false;
+  // The profile the stream needs, while it is fetched from the sender: the request is known
+  // (its chunks are buffered) but not handed to the application yet.
+  std::string awaiting_profile;
 };
+
+// Profiles fetched from senders: at most this many kept for later requests (a request holds
+// its own reference), and at most this many fetches at once.
+constexpr size_t kMaxFetchedProfiles = 4;
+constexpr size_t kMaxProfileFetches = 4;
 
 class ReceiverCore {
  public:
@@ -54,6 +65,9 @@ class ReceiverCore {
   ~ReceiverCore() { Close(); }
 
   Status Start() {
+    if (opts_.profile != nullptr) {
+      KVWIRE_ASSIGN_OR_RETURN(local_profile_id_, opts_.profile->Id());
+    }
     KVWIRE_ASSIGN_OR_RETURN(transport_, CreateTransport(opts_.backend));
     KVWIRE_ASSIGN_OR_RETURN(listener_, transport_->Listen(opts_.transport));
     accept_ = std::thread([this] { AcceptLoop(); });
@@ -74,6 +88,16 @@ class ReceiverCore {
   Status HandleControl(const std::shared_ptr<Connection>& conn, const control::Control& c);
   Status HandleData(const std::shared_ptr<Connection>& conn, Message msg);
   Status HandleBegin(const std::shared_ptr<Connection>& conn, const control::RequestBegin& b);
+  Status HandleProfileData(const std::shared_ptr<Connection>& conn, const control::ProfileData& d);
+  // Asks `conn`'s sender for profile `id` for request `request` (mu_ held). False: too many
+  // fetches at once. *ask: a ProfileRequest must be sent (outside the lock).
+  bool StartFetchLocked(const std::string& id, uint64_t request,
+                        const std::shared_ptr<Connection>& conn, bool* ask);
+  static void AskForProfile(const std::shared_ptr<Connection>& conn, const std::string& id) {
+    control::Control c;
+    c.mutable_profile_request()->set_profile_id(id);
+    SendControl(conn, c);
+  }
   // Decodes one validated chunk (decode_mu held) and acknowledges it.
   void DecodeAndAck(const std::shared_ptr<RecvState>& s, const control::ChunkDescriptor& d,
                     const Message& msg);
@@ -93,6 +117,7 @@ class ReceiverCore {
   }
 
   const ReceiverOptions opts_;
+  std::string local_profile_id_;  // opts_.profile's
   std::unique_ptr<Transport> transport_;
   std::unique_ptr<Listener> listener_;
   mutable std::mutex mu_;
@@ -118,6 +143,16 @@ class ReceiverCore {
   static constexpr size_t kMaxReleased = 4096;
   std::map<uint64_t, Released> released_;
   std::deque<uint64_t> released_order_;
+  // Profiles being fetched (by id): the connection asked, the bytes so far, requests waiting.
+  struct ProfileFetch {
+    std::shared_ptr<Connection> conn;
+    uint64_t total_bytes = 0;
+    std::vector<uint8_t> bytes;
+    std::vector<uint64_t> waiting;
+  };
+  std::map<std::string, ProfileFetch> fetches_;
+  std::map<std::string, std::shared_ptr<const Profile>> fetched_;
+  std::deque<std::string> fetched_order_;
 };
 
 void ReceiverCore::AcceptLoop() {
@@ -195,6 +230,8 @@ Status ReceiverCore::HandleBegin(const std::shared_ptr<Connection>& conn,
     control::Control acc;
     acc.mutable_request_accept()->set_request_id(id);
     Status status;
+    bool ask = false;
+    std::string profile_id;
     {
       std::lock_guard lock(mu_);
       existing->conn = conn;
@@ -202,7 +239,13 @@ Status ReceiverCore::HandleBegin(const std::shared_ptr<Connection>& conn,
       for (uint32_t i = 0; i < existing->have.size(); ++i)
         if (existing->have[i]) acc.mutable_request_accept()->add_have_chunks(i);
       status = existing->status;
+      if (status.in_progress() && !existing->awaiting_profile.empty()) {
+        // Its profile was being fetched on the broken connection: ask again on this one.
+        profile_id = existing->awaiting_profile;
+        (void)StartFetchLocked(profile_id, id, conn, &ask);
+      }
     }
+    if (ask) AskForProfile(conn, profile_id);
     Log("request " + std::to_string(id) + " resumed with " +
         std::to_string(acc.request_accept().have_chunks_size()) + " chunks held");
     SendControl(conn, acc);
@@ -242,13 +285,42 @@ Status ReceiverCore::HandleBegin(const std::shared_ptr<Connection>& conn,
   auto s = std::make_shared<RecvState>();
   s->id = id;
   s->header.assign(b.stream_header().begin(), b.stream_header().end());
-  auto reader = StreamReader::Open(s->header, opts_.profile);
-  if (!reader.ok()) {
-    SendControl(conn, transport::MakeError(id, reader.status().WithContext("stream header")));
+  // The profile the stream needs: none, ours, one fetched before, or one to fetch now from the
+  // sender (which must hold it: it encodes with it).
+  auto peek = StreamReader::OpenForInspection(s->header);
+  if (!peek.ok()) {
+    SendControl(conn, transport::MakeError(id, peek.status().WithContext("stream header")));
     return Status::Ok();  // the request is refused, the connection stays
   }
-  s->reader = std::move(*reader);
-  const StreamInfo& info = s->reader->info();
+  const std::string profile_id = (*peek)->info().profile_id;
+  const Profile* profile = opts_.profile;
+  bool fetch = false;
+  if (!profile_id.empty() && profile_id != local_profile_id_) {
+    std::lock_guard lock(mu_);
+    if (auto it = fetched_.find(profile_id); it != fetched_.end()) {
+      s->profile = it->second;
+      profile = s->profile.get();
+    } else {
+      fetch = opts_.fetch_profiles;
+    }
+  }
+  if (!fetch && !profile_id.empty() && profile_id != local_profile_id_ && !s->profile) {
+    const Status missing(StatusCode::kNotFound,
+                         "the stream needs profile '" + profile_id + "'; this receiver holds " +
+                             (local_profile_id_.empty() ? "none" : "'" + local_profile_id_ + "'") +
+                             " and does not fetch profiles (ReceiverOptions::fetch_profiles)");
+    SendControl(conn, transport::MakeError(id, missing));
+    return Status::Ok();
+  }
+  if (!fetch) {
+    auto reader = StreamReader::Open(s->header, profile);
+    if (!reader.ok()) {
+      SendControl(conn, transport::MakeError(id, reader.status().WithContext("stream header")));
+      return Status::Ok();
+    }
+    s->reader = std::move(*reader);
+  }
+  const StreamInfo& info = fetch ? (*peek)->info() : s->reader->info();
   const KvShape shape{b.shape().layers(), b.shape().tokens(), b.shape().kv_heads(),
                       b.shape().head_dim()};
   KVWIRE_RETURN_ERROR_IF(!(info.shape == shape) || info.levels.size() != size_t(b.levels_size()) ||
@@ -274,17 +346,31 @@ Status ReceiverCore::HandleBegin(const std::shared_ptr<Connection>& conn,
   s->st.chunks_per_level.assign(info.levels.size(), 0);
   s->start = s->last_progress = Clock::now();
   s->conn = conn;
+  bool ask = false;
   {
     std::lock_guard lock(mu_);
     KVWIRE_RETURN_ERROR_IF(closed_, kCancelled, "receiver closed");
+    if (fetch && !StartFetchLocked(profile_id, id, conn, &ask)) {
+      SendControl(conn, transport::MakeError(
+                            id, Status(StatusCode::kResourceExhausted,
+                                       "already fetching " + std::to_string(kMaxProfileFetches) +
+                                           " profiles; profile '" + profile_id + "' refused")));
+      return Status::Ok();
+    }
     requests_[id] = s;
-    incoming_.push_back(id);
-    cv_.notify_all();
+    if (fetch) {
+      s->awaiting_profile = profile_id;
+    } else {
+      incoming_.push_back(id);
+      cv_.notify_all();
+    }
   }
   Log("request " + std::to_string(id) + " from '" + conn->peer_name() +
       "': " + std::to_string(shape.layers) + " layers x " + std::to_string(shape.tokens) +
       " tokens, " + std::to_string(s->grid.total()) + " chunks, max_kl " +
-      std::to_string(b.max_kl()) + ", deadline " + std::to_string(b.deadline_ms()) + " ms");
+      std::to_string(b.max_kl()) + ", deadline " + std::to_string(b.deadline_ms()) + " ms" +
+      (fetch ? "; fetching its profile " + profile_id + " from the sender" : ""));
+  if (ask) AskForProfile(conn, profile_id);
   control::Control acc;
   acc.mutable_request_accept()->set_request_id(id);
   SendControl(conn, acc);
@@ -312,6 +398,8 @@ Status ReceiverCore::HandleControl(const std::shared_ptr<Connection>& conn,
           std::to_string(l.to_level()) + " (" + l.reason() + ")");
       return Status::Ok();
     }
+    case control::Control::kProfileData:
+      return HandleProfileData(conn, c.profile_data());
     case control::Control::kPing: {
       control::Control p;
       p.mutable_pong()->set_nonce(c.ping().nonce());
@@ -331,7 +419,7 @@ Status ReceiverCore::HandleControl(const std::shared_ptr<Connection>& conn,
     case control::Control::kAuthOk:
       return Status(StatusCode::kCorrupt, "handshake message after the handshake");
     default:
-      return Status::Ok();  // capabilities, profile and migration messages: not handled yet
+      return Status::Ok();  // capabilities, profile offers and migration: not handled yet
   }
 }
 
@@ -439,7 +527,115 @@ void ReceiverCore::FailLocked(RecvState* s, Status why) {
   s->status = why;
   control::Control err = transport::MakeError(s->id, why);
   SendControl(s->conn, err);
+  if (!s->awaiting_profile.empty()) {
+    // Never handed out: the application learns of it, failed, and releases it.
+    s->awaiting_profile.clear();
+    incoming_.push_back(s->id);
+  }
   cv_.notify_all();
+}
+
+bool ReceiverCore::StartFetchLocked(const std::string& id, uint64_t request,
+                                    const std::shared_ptr<Connection>& conn, bool* ask) {
+  auto it = fetches_.find(id);
+  if (it == fetches_.end()) {
+    if (fetches_.size() >= kMaxProfileFetches) return false;
+    it = fetches_.emplace(id, ProfileFetch{}).first;
+  }
+  ProfileFetch& f = it->second;
+  if (f.conn != conn) {  // new, or asked on a connection that broke: start over on this one
+    f.conn = conn;
+    f.total_bytes = 0;
+    f.bytes.clear();
+    *ask = true;
+  }
+  if (std::find(f.waiting.begin(), f.waiting.end(), request) == f.waiting.end())
+    f.waiting.push_back(request);
+  return true;
+}
+
+Status ReceiverCore::HandleProfileData(const std::shared_ptr<Connection>& conn,
+                                       const control::ProfileData& d) {
+  const std::string& id = d.profile_id();
+  std::vector<uint64_t> waiting;
+  std::vector<uint8_t> bytes;
+  Status failed;
+  {
+    std::lock_guard lock(mu_);
+    auto it = fetches_.find(id);
+    if (it == fetches_.end() || it->second.conn != conn) {
+      // A fetch abandoned for a newer connection may still drain here: ignore it. Otherwise the
+      // sender sent what nobody asked for.
+      KVWIRE_RETURN_ERROR_IF(it == fetches_.end(), kCorrupt,
+                             "profile_data for profile '" + id + "', which was not requested");
+      return Status::Ok();
+    }
+    ProfileFetch& f = it->second;
+    if (d.status_code() != 0) {
+      failed = Status(StatusCode::kNotFound,
+                      "the sender cannot send profile '" + id + "': " + d.message());
+    } else {
+      KVWIRE_RETURN_ERROR_IF(d.offset() != f.bytes.size(), kCorrupt,
+                             "profile_data at offset " + std::to_string(d.offset()) +
+                                 ", expected " + std::to_string(f.bytes.size()));
+      if (f.bytes.empty()) f.total_bytes = d.total_bytes();
+      KVWIRE_RETURN_ERROR_IF(d.total_bytes() != f.total_bytes, kCorrupt,
+                             "profile_data changed the profile's size");
+      f.bytes.insert(f.bytes.end(), d.data().begin(), d.data().end());
+      if (!d.last()) return Status::Ok();
+      KVWIRE_RETURN_ERROR_IF(f.bytes.size() != f.total_bytes, kCorrupt,
+                             "profile ended at " + std::to_string(f.bytes.size()) + " of " +
+                                 std::to_string(f.total_bytes) + " bytes");
+    }
+    waiting = std::move(f.waiting);
+    bytes = std::move(f.bytes);
+    fetches_.erase(it);
+  }
+  std::shared_ptr<const Profile> profile;
+  if (failed.ok()) {
+    // The id is the hash of the file: what arrived is the profile the stream was encoded with.
+    if (ProfileIdOfBytes(bytes) != id) {
+      failed = Status(StatusCode::kCorrupt, "the profile received does not hash to its id '" +
+                                                id + "'");
+    } else if (auto p = Profile::Parse(bytes); !p.ok()) {
+      failed = p.status().WithContext("profile '" + id + "' from the sender");
+    } else {
+      profile = std::make_shared<const Profile>(std::move(*p));
+      Log("profile " + id + " received (" + std::to_string(bytes.size()) + " bytes)");
+      std::lock_guard lock(mu_);
+      if (fetched_.emplace(id, profile).second) fetched_order_.push_back(id);
+      while (fetched_order_.size() > kMaxFetchedProfiles) {
+        fetched_.erase(fetched_order_.front());
+        fetched_order_.pop_front();
+      }
+    }
+  }
+  for (uint64_t request : waiting) {
+    auto s = Find(request);
+    if (!s) continue;
+    Status st = failed;
+    if (st.ok()) {
+      auto reader = StreamReader::Open(s->header, profile.get());
+      if (reader.ok()) {
+        std::lock_guard decode_lock(s->decode_mu);
+        s->reader = std::move(*reader);
+        s->profile = profile;
+      } else {
+        st = reader.status().WithContext("stream header");
+      }
+    }
+    std::lock_guard lock(mu_);
+    if (!s->status.in_progress() || s->awaiting_profile != id) continue;
+    if (!st.ok()) {
+      FailLocked(s.get(), st);
+      continue;
+    }
+    s->awaiting_profile.clear();
+    s->last_progress = Clock::now();
+    incoming_.push_back(request);
+    cv_.notify_all();
+  }
+  return Status::Ok();
 }
 
 void ReceiverCore::CheckStalls() {
@@ -488,6 +684,12 @@ Status ReceiverCore::SetDestination(uint64_t id, const KvView& dst) {
   std::shared_ptr<Connection> conn;
   {
     std::lock_guard lock(mu_);
+    if (!s->reader) {  // its profile is being fetched, or the fetch failed
+      return s->status.in_progress()
+                 ? Status(StatusCode::kNotFound, "request " + std::to_string(id) +
+                                                     " is not ready: its profile is being fetched")
+                 : s->status;
+    }
     KVWIRE_RETURN_ERROR_IF(s->has_dst, kInvalidArgument, "destination already set");
     s->dst = dst;
     s->has_dst = true;

@@ -14,6 +14,7 @@
 #include <numeric>
 #include <thread>
 
+#include "kvwire/profile.h"
 #include "kvwire/session.h"
 #include "transport/chunk_grid.h"
 #include "transport/control.h"
@@ -79,6 +80,11 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   explicit SenderCore(SenderOptions o) : opts_(std::move(o)) {}
 
   Status Start() {
+    if (opts_.profile != nullptr) {
+      // Served to a receiver that asks for it (ProfileRequest).
+      KVWIRE_ASSIGN_OR_RETURN(profile_bytes_, opts_.profile->Serialize());
+      profile_id_ = ProfileIdOfBytes(profile_bytes_);
+    }
     KVWIRE_ASSIGN_OR_RETURN(transport_, CreateTransport(opts_.backend));
     KVWIRE_ASSIGN_OR_RETURN(std::unique_ptr<Connection> c, transport_->Connect(opts_.transport));
     conn_ = std::move(c);
@@ -116,11 +122,13 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   }
   void ReceiveLoop();
   void Handle(const control::Control& c);
+  // Answers a ProfileRequest: the profile in pieces, or why not.
+  void ServeProfile(const std::shared_ptr<Connection>& conn, const std::string& id) const;
   bool Reconnect(const Status& why);
   void FailLocked(SendState* s, Status why);
   void FailAllLocked(const Status& why);
   void FinishLocked(SendState* s, Status result);
-  void SendOn(const std::shared_ptr<Connection>& conn, const control::Control& c) {
+  static void SendOn(const std::shared_ptr<Connection>& conn, const control::Control& c) {
     auto m = transport::MakeControlMessage(c);
     if (m.ok() && conn) (void)conn->Send(std::move(*m));
   }
@@ -130,6 +138,8 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   }
 
   const SenderOptions opts_;
+  std::vector<uint8_t> profile_bytes_;  // opts_.profile serialized, and its id
+  std::string profile_id_;
   std::unique_ptr<Transport> transport_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -483,6 +493,36 @@ void SenderCore::ReceiveLoop() {
   }
 }
 
+void SenderCore::ServeProfile(const std::shared_ptr<Connection>& conn,
+                              const std::string& id) const {
+  control::Control m;
+  auto* d = m.mutable_profile_data();
+  d->set_profile_id(id);
+  if (id != profile_id_) {
+    const std::string why = profile_id_.empty()
+                                ? "the sender holds no profile"
+                                : "the sender holds profile '" + profile_id_ + "', not this one";
+    Log("receiver asked for profile '" + id + "': " + why);
+    d->set_status_code(static_cast<uint32_t>(StatusCode::kNotFound));
+    d->set_message(why);
+    d->set_last(true);
+    SendOn(conn, m);
+    return;
+  }
+  Log("sending profile " + id + " (" + std::to_string(profile_bytes_.size()) +
+      " bytes) to the receiver");
+  d->set_total_bytes(profile_bytes_.size());
+  size_t offset = 0;
+  do {
+    const size_t n = std::min(transport::kMaxProfileDataBytes, profile_bytes_.size() - offset);
+    d->set_offset(offset);
+    d->set_data(profile_bytes_.data() + offset, n);
+    offset += n;
+    d->set_last(offset == profile_bytes_.size());
+    SendOn(conn, m);
+  } while (offset < profile_bytes_.size());
+}
+
 void SenderCore::Handle(const control::Control& c) {
   std::unique_lock lock(mu_);
   auto find = [&](uint64_t id) -> SendState* {
@@ -537,6 +577,12 @@ void SenderCore::Handle(const control::Control& c) {
         e.mutable_request_end()->set_chunks(total);
         SendOn(conn, e);
       }
+      return;
+    }
+    case control::Control::kProfileRequest: {
+      auto conn = conn_;
+      lock.unlock();
+      ServeProfile(conn, c.profile_request().profile_id());
       return;
     }
     case control::Control::kAck: {

@@ -72,6 +72,33 @@ TEST(Control, RefusesInvalidFields) {
   }
 }
 
+// ProfileData: pieces within the announced size, an error without data, bounded messages.
+TEST(Control, ProfileDataBounds) {
+  auto piece = [](uint64_t offset, size_t bytes, uint64_t total) {
+    control::Control c;
+    auto* d = c.mutable_profile_data();
+    d->set_profile_id("sha256:00");
+    d->set_offset(offset);
+    d->set_data(std::string(bytes, 'p'));
+    d->set_total_bytes(total);
+    return c;
+  };
+  EXPECT_TRUE(RoundTrip(piece(0, 512 << 10, 1 << 20)).ok());
+  EXPECT_TRUE(RoundTrip(piece(512 << 10, 512 << 10, 1 << 20)).ok());
+  EXPECT_FALSE(RoundTrip(piece(0, (512 << 10) + 1, 1 << 20)).ok());  // piece too large
+  EXPECT_FALSE(RoundTrip(piece(1 << 20, 1, 1 << 20)).ok());           // beyond the size
+  EXPECT_FALSE(RoundTrip(piece(0, 0, (1ull << 30) + 1)).ok());        // profile too large
+  control::Control refused = piece(0, 0, 0);
+  refused.mutable_profile_data()->set_status_code(static_cast<uint32_t>(StatusCode::kNotFound));
+  refused.mutable_profile_data()->set_message("the sender holds no profile");
+  EXPECT_TRUE(RoundTrip(refused).ok());
+  control::Control both = piece(0, 4, 4);
+  both.mutable_profile_data()->set_status_code(static_cast<uint32_t>(StatusCode::kNotFound));
+  EXPECT_FALSE(RoundTrip(both).ok());  // an error carries no data
+  refused.mutable_profile_data()->set_message(std::string(2000, 'm'));
+  EXPECT_FALSE(RoundTrip(refused).ok());
+}
+
 TEST(Control, RefusesGarbageBytes) {
   std::vector<uint8_t> junk = {0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01};
   EXPECT_EQ(ParseControl(junk).status().code(), StatusCode::kCorrupt);

@@ -15,6 +15,11 @@
 #include <random>
 #include <thread>
 
+#include "codec/fraqtl_toy.h"
+#include "kvwire/profile.h"
+#include "kvwire/stream.h"
+#include "transport/control.h"
+
 namespace kvwire {
 namespace {
 
@@ -313,6 +318,58 @@ TEST_P(SessionTest, UserDataAndCanonicalLevelSpecsReachTheReceiver) {
   EXPECT_EQ((*s)->Open(src.view(), ro).status().code(), StatusCode::kInvalidArgument);
 }
 
+// A receiver without the stream's profile fetches it from the sender (and keeps it for the next
+// request); the result is the same as on a receiver that holds it. With fetching turned off, the
+// request is refused and says which profile it needs.
+TEST_P(SessionTest, ReceiverFetchesTheProfileFromTheSender) {
+  const Profile profile = fraqtl_toy::ToyProfile(false);
+  const Profile other = fraqtl_toy::ToyProfile(true);  // another id
+  const std::string id = *profile.Id();
+  ASSERT_NE(id, *other.Id());
+  const KvShape shape{fraqtl_toy::kLayers, 40, fraqtl_toy::kHeads, fraqtl_toy::kDim};
+  const KvCache src = RandomCache(shape, 8);
+  auto transfer = [&](const Profile* held, bool fetch, uint64_t request, KvCache* out) -> Status {
+    ReceiverOptions ro = RecvOpts();
+    ro.profile = held;
+    ro.fetch_profiles = fetch;
+    KVWIRE_ASSIGN_OR_RETURN(auto r, Receiver::Listen(ro));
+    SenderOptions so = SendOpts(*r);
+    so.profile = &profile;
+    KVWIRE_ASSIGN_OR_RETURN(auto s, Sender::Connect(so));
+    for (uint64_t n = 0; n < 2; ++n) {  // the second request finds the profile already here
+      SendRequestOptions q;
+      q.request_id = request + n;
+      q.levels = {{"fraqtl@2", 2, -1}};
+      q.chunk_tokens = 16;
+      KVWIRE_ASSIGN_OR_RETURN(auto req, s->Open(src.view(), q));
+      KVWIRE_RETURN_IF_ERROR(req->PushAll());
+      if (!fetch && held != &profile) return req->Wait(10000);  // refused by the receiver
+      KVWIRE_ASSIGN_OR_RETURN(IncomingRequest in, r->NextRequest(10000));
+      EXPECT_EQ(in.info.profile_id, id);
+      KVWIRE_ASSIGN_OR_RETURN(*out, KvCache::Create(shape, DType::kF16));
+      KVWIRE_RETURN_IF_ERROR(r->SetDestination(in.request_id, out->view()));
+      KVWIRE_RETURN_IF_ERROR(req->Wait(10000));
+      KVWIRE_RETURN_IF_ERROR(r->Wait(in.request_id, 10000));
+      KVWIRE_RETURN_IF_ERROR(r->Release(in.request_id));
+    }
+    return Status::Ok();
+  };
+  KvCache held, fetched, replaced;
+  ASSERT_TRUE(transfer(&profile, false, 10, &held).ok());
+  Status st = transfer(nullptr, true, 20, &fetched);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  st = transfer(&other, true, 30, &replaced);  // holds another profile: fetches the right one
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_TRUE(SameBytes(held, fetched));
+  EXPECT_TRUE(SameBytes(held, replaced));
+  EXPECT_FALSE(SameBytes(held, src));  // fraqtl@2 is lossy: the comparison means something
+
+  KvCache unused;
+  st = transfer(nullptr, false, 40, &unused);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find(id), std::string::npos) << st.ToString();
+}
+
 std::string Name(const testing::TestParamInfo<std::string>& info) { return info.param; }
 INSTANTIATE_TEST_SUITE_P(Backends, SessionTest, testing::ValuesIn(AvailableTransports()), Name);
 
@@ -515,6 +572,116 @@ TEST(SessionResume, ResumeOfAReleasedRequestLearnsItsOutcome) {
   EXPECT_EQ(r->NextRequest(300).status().code(), StatusCode::kTimeout);
   s->Close();
   r->Close();
+}
+
+}  // namespace
+}  // namespace kvwire
+
+namespace kvwire {
+namespace {
+
+// A forged sender answers the receiver's ProfileRequest with a profile whose bytes do not hash
+// to its id: the request fails (kCorrupt, the application sees it failed), nothing is decoded.
+TEST(SessionProfileFetch, AProfileThatDoesNotMatchItsIdIsRefused) {
+  const Profile profile = fraqtl_toy::ToyProfile(false);
+  const std::string id = *profile.Id();
+  ReceiverOptions ro;
+  ro.backend = "tcp";
+  ro.transport.address = "127.0.0.1:0";
+  ro.transport.key = Key();
+  auto r = Receiver::Listen(ro);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto tcp = CreateTransport("tcp");
+  ASSERT_TRUE(tcp.ok());
+  TransportOptions co;
+  co.address = (*r)->address();
+  co.key = Key();
+  co.node_name = "forger";
+  auto conn = (*tcp)->Connect(co);
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+
+  const KvShape shape{fraqtl_toy::kLayers, 32, fraqtl_toy::kHeads, fraqtl_toy::kDim};
+  StreamInfo info;
+  info.shape = shape;
+  info.dtype = DType::kF16;
+  info.levels = {"fraqtl@2"};
+  auto writer = StreamWriter::Create(info, {}, &profile);
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  std::vector<uint8_t> header;
+  ASSERT_TRUE((*writer)->WriteHeader(&header).ok());
+  control::Control begin;
+  auto* b = begin.mutable_request_begin();
+  b->set_request_id(7);
+  b->mutable_shape()->set_layers(shape.layers);
+  b->mutable_shape()->set_tokens(shape.tokens);
+  b->mutable_shape()->set_kv_heads(shape.kv_heads);
+  b->mutable_shape()->set_head_dim(shape.head_dim);
+  b->set_dtype(static_cast<uint32_t>(DType::kF16));
+  auto* level = b->add_levels();
+  level->set_codec((*writer)->info().levels[0]);
+  level->set_bits_per_element(2);
+  level->set_kl(-1);
+  b->set_chunk_tokens(16);
+  b->set_stream_header(header.data(), header.size());
+  auto m = transport::MakeControlMessage(begin);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  ASSERT_TRUE((*conn)->Send(std::move(*m)).ok());
+
+  // Wait for the receiver's ProfileRequest; answer with one flipped byte.
+  auto next_control = [&]() -> Result<control::Control> {
+    KVWIRE_ASSIGN_OR_RETURN(Message msg, (*conn)->Receive(5000));
+    return transport::ParseControl(msg.meta);
+  };
+  bool asked = false;
+  for (int i = 0; i < 4 && !asked; ++i) {
+    auto c = next_control();
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    if (c->has_profile_request()) {
+      EXPECT_EQ(c->profile_request().profile_id(), id);
+      asked = true;
+    }
+  }
+  ASSERT_TRUE(asked);
+  auto bytes = profile.Serialize();
+  ASSERT_TRUE(bytes.ok());
+  ASSERT_LE(bytes->size(), transport::kMaxProfileDataBytes);
+  (*bytes)[bytes->size() / 2] ^= 1;
+  control::Control data;
+  data.mutable_profile_data()->set_profile_id(id);
+  data.mutable_profile_data()->set_total_bytes(bytes->size());
+  data.mutable_profile_data()->set_data(bytes->data(), bytes->size());
+  data.mutable_profile_data()->set_last(true);
+  m = transport::MakeControlMessage(data);
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE((*conn)->Send(std::move(*m)).ok());
+
+  bool refused = false;
+  for (int i = 0; i < 4 && !refused; ++i) {
+    auto c = next_control();
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    if (c->has_error() && c->error().request_id() == 7) {
+      EXPECT_EQ(c->error().status_code(), static_cast<uint32_t>(StatusCode::kCorrupt));
+      EXPECT_NE(c->error().message().find("does not hash"), std::string::npos)
+          << c->error().message();
+      refused = true;
+    }
+  }
+  EXPECT_TRUE(refused);
+  auto in = (*r)->NextRequest(5000);  // handed to the application, failed
+  ASSERT_TRUE(in.ok()) << in.status().ToString();
+  EXPECT_EQ(in->request_id, 7u);
+  EXPECT_EQ((*r)->Wait(7, 1000).code(), StatusCode::kCorrupt);
+  auto dst = KvCache::Create(shape, DType::kF16);
+  EXPECT_EQ((*r)->SetDestination(7, dst->view()).code(), StatusCode::kCorrupt);
+  EXPECT_TRUE((*r)->Release(7).ok());
+
+  // ProfileData nobody asked for is a protocol violation: the receiver drops the peer.
+  m = transport::MakeControlMessage(data);
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE((*conn)->Send(std::move(*m)).ok());
+  Status end;
+  for (int i = 0; i < 4 && end.ok(); ++i) end = next_control().status();
+  EXPECT_FALSE(end.ok());
 }
 
 }  // namespace

@@ -21,6 +21,7 @@ struct ServeArgs {
   bool insecure = false;
   std::string out_dir = ".";
   std::string profile;
+  bool no_fetch_profiles = false;
   int count = 0;  // 0: serve forever
   int stall_timeout_ms = 30000;
   uint32_t busy_poll_us = 0;
@@ -40,6 +41,7 @@ int RunServe(const ServeArgs& a) {
   auto profile = LoadProfileArg(a.profile);
   if (!profile.ok()) return FailStatus(cmd, profile.status().WithContext("--profile " + a.profile));
   o.profile = profile->get();
+  o.fetch_profiles = !a.no_fetch_profiles;
   if (!a.key_file.empty()) {
     auto key = LoadKeyFile(a.key_file);
     if (!key.ok()) return FailStatus(cmd, key.status());
@@ -128,7 +130,11 @@ const CommandRegistrar kRegister(
       sub->add_flag("--discard", a->discard,
                     "do not write the received KV (benchmarks: report bytes and time only)");
       sub->add_option("--profile", a->profile,
-                      "calibration profile (.kvp) for requests with profile-based levels (fraqtl)");
+                      "calibration profile (.kvp) for requests with profile-based levels "
+                      "(fraqtl); without it, or for a stream made with another one, the profile "
+                      "is fetched from the sender and checked against its content hash");
+      sub->add_flag("--no-fetch-profiles", a->no_fetch_profiles,
+                    "refuse requests whose profile is not --profile instead of fetching it");
       sub->add_option("--count", a->count, "exit after this many requests (0: serve forever)");
       sub->add_option("--stall-timeout-ms", a->stall_timeout_ms, "fail a request idle this long");
       sub->add_option("--busy-poll-us", a->busy_poll_us, kBusyPollHelp);
