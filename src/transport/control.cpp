@@ -248,6 +248,32 @@ Result<Message> MakeDataMessage(const control::ChunkDescriptor& desc,
   return m;
 }
 
+Control MakeCapabilities(std::string_view backend, const std::vector<std::string>& profile_ids,
+                         uint64_t max_inflight_bytes) {
+  Control c;
+  auto* caps = c.mutable_capabilities();
+  caps->add_backends(std::string(backend));
+  for (const CodecFamily& f : ListCodecFamilies()) {
+    if (caps->codecs_size() < 256 && f.pattern.size() <= kMaxCodecSpec) caps->add_codecs(f.pattern);
+  }
+  for (const std::string& id : profile_ids) {
+    if (caps->profile_ids_size() < 256 && id.size() <= kMaxProfileId) caps->add_profile_ids(id);
+  }
+  caps->set_max_inflight_bytes(max_inflight_bytes);
+  return c;
+}
+
+Result<std::string> CodecFamilyOf(std::string_view spec, const Profile* profile) {
+  std::string name;
+  CodecOptions options;
+  KVWIRE_RETURN_IF_ERROR(ParseCodecSpec(spec, &name, &options));
+  for (const CodecFamily& f : ListCodecFamilies()) {
+    auto made = f.make(name, options, profile);
+    if (made.ok() || made.status().code() != StatusCode::kNotFound) return f.pattern;
+  }
+  return Status(StatusCode::kNotFound, "no codec family makes '" + std::string(spec) + "'");
+}
+
 std::string ControlName(const Control& msg) {
   if (msg.body_case() == Control::BODY_NOT_SET) return "(empty)";
   const auto* field = Control::descriptor()->FindFieldByNumber(msg.body_case());

@@ -6,6 +6,8 @@
 #include <span>
 #include <string>
 
+#include "kvwire/codec.h"
+#include "kvwire/profile.h"
 #include "kvwire/status.h"
 #include "kvwire/transport.h"
 #include "kvwire_control.pb.h"
@@ -33,6 +35,15 @@ Result<control::ChunkDescriptor> ParseChunkDescriptor(const Message& msg);
 Result<Message> MakeControlMessage(const control::Control& msg);
 /// A data message: descriptor + chunk frame.
 Result<Message> MakeDataMessage(const control::ChunkDescriptor& desc, std::vector<uint8_t> payload);
+
+/// This end's Capabilities, sent first on every session connection: its backend, the codec
+/// families it can build (their registry patterns), the profiles it holds, its bound on data in
+/// flight (sender) or buffered (receiver).
+control::Control MakeCapabilities(std::string_view backend,
+                                  const std::vector<std::string>& profile_ids,
+                                  uint64_t max_inflight_bytes);
+/// The registry pattern of the codec family `spec` belongs to ("int<b>-token" for "int3-token").
+Result<std::string> CodecFamilyOf(std::string_view spec, const Profile* profile);
 
 /// Name of the oneof case ("hello", "ack", ...), for logs and errors.
 std::string ControlName(const control::Control& msg);

@@ -193,6 +193,13 @@ void ReceiverCore::AcceptLoop() {
 }
 
 void ReceiverCore::ServeConnection(std::shared_ptr<Connection> conn) {
+  {
+    std::vector<std::string> held;
+    if (!local_profile_id_.empty()) held.push_back(local_profile_id_);
+    std::lock_guard lock(mu_);
+    for (const auto& [id, p] : fetched_) held.push_back(id);
+    SendControl(conn, transport::MakeCapabilities(opts_.backend, held, opts_.max_buffered_bytes));
+  }
   for (;;) {
     auto m = conn->Receive(250);
     if (!m.ok()) {
@@ -400,6 +407,14 @@ Status ReceiverCore::HandleControl(const std::shared_ptr<Connection>& conn,
     }
     case control::Control::kProfileData:
       return HandleProfileData(conn, c.profile_data());
+    case control::Control::kCapabilities: {
+      const auto& caps = c.capabilities();
+      Log("sender '" + conn->peer_name() + "' (" +
+          (caps.backends_size() ? caps.backends(0) : std::string("?")) + "): " +
+          std::to_string(caps.codecs_size()) + " codec families, " +
+          std::to_string(caps.profile_ids_size()) + " profile(s)");
+      return Status::Ok();
+    }
     case control::Control::kPing: {
       control::Control p;
       p.mutable_pong()->set_nonce(c.ping().nonce());
@@ -419,7 +434,7 @@ Status ReceiverCore::HandleControl(const std::shared_ptr<Connection>& conn,
     case control::Control::kAuthOk:
       return Status(StatusCode::kCorrupt, "handshake message after the handshake");
     default:
-      return Status::Ok();  // capabilities, profile offers and migration: not handled yet
+      return Status::Ok();  // profile offers and migration: not handled yet
   }
 }
 

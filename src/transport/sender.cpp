@@ -88,6 +88,22 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
     KVWIRE_ASSIGN_OR_RETURN(transport_, CreateTransport(opts_.backend));
     KVWIRE_ASSIGN_OR_RETURN(std::unique_ptr<Connection> c, transport_->Connect(opts_.transport));
     conn_ = std::move(c);
+    // Capabilities both ways before anything else: Open() checks every level against the
+    // receiver's codec families.
+    SendOn(conn_, MyCapabilities());
+    auto first = conn_->Receive(opts_.transport.handshake_timeout_ms);
+    if (!first.ok()) return first.status().WithContext("waiting for the receiver's capabilities");
+    KVWIRE_RETURN_ERROR_IF(first->kind != MessageKind::kControl, kCorrupt,
+                           "receiver sent a data message first");
+    KVWIRE_ASSIGN_OR_RETURN(control::Control caps, transport::ParseControl(first->meta));
+    if (caps.has_error()) return transport::ErrorToStatus(caps.error()).WithContext("receiver");
+    KVWIRE_RETURN_ERROR_IF(!caps.has_capabilities(), kCorrupt,
+                           "expected the receiver's capabilities, got " +
+                               transport::ControlName(caps));
+    peer_caps_ = caps.capabilities();
+    Log("receiver '" + conn_->peer_name() + "' decodes " +
+        std::to_string(peer_caps_.codecs_size()) + " codec families, holds " +
+        std::to_string(peer_caps_.profile_ids_size()) + " profile(s)");
     encoder_ = std::thread([this] { EncodeLoop(); });
     receiver_ = std::thread([this] { ReceiveLoop(); });
     return Status::Ok();
@@ -122,6 +138,11 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   }
   void ReceiveLoop();
   void Handle(const control::Control& c);
+  control::Control MyCapabilities() const {
+    return transport::MakeCapabilities(
+        opts_.backend, profile_id_.empty() ? std::vector<std::string>{} : std::vector{profile_id_},
+        opts_.max_inflight_bytes);
+  }
   // Answers a ProfileRequest: the profile in pieces, or why not.
   void ServeProfile(const std::shared_ptr<Connection>& conn, const std::string& id) const;
   bool Reconnect(const Status& why);
@@ -140,6 +161,7 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   const SenderOptions opts_;
   std::vector<uint8_t> profile_bytes_;  // opts_.profile serialized, and its id
   std::string profile_id_;
+  control::Capabilities peer_caps_;  // the receiver's latest (guarded by mu_ once running)
   std::unique_ptr<Transport> transport_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -224,6 +246,17 @@ Result<std::shared_ptr<SendRequest>> SenderCore::Open(const KvView& kv,
   uint32_t alignment = 1;
   for (auto& l : s->opts.levels) {
     KVWIRE_ASSIGN_OR_RETURN(auto codec, CreateCodec(l.codec, opts_.profile));
+    KVWIRE_ASSIGN_OR_RETURN(const std::string family,
+                            transport::CodecFamilyOf(l.codec, opts_.profile));
+    {
+      std::lock_guard lock(mu_);
+      const auto& theirs = peer_caps_.codecs();
+      KVWIRE_RETURN_ERROR_IF(std::find(theirs.begin(), theirs.end(), family) == theirs.end(),
+                             kUnsupported,
+                             "the receiver cannot decode codec '" + l.codec + "' (family '" +
+                                 family + "' is not among its " +
+                                 std::to_string(theirs.size()) + " codec families)");
+    }
     // The stream header records canonical specs ("kivi2" -> "kivi2:g=32,r=32"); RequestBegin
     // must name the same ones, or the receiver refuses the request.
     l.codec = codec->Spec();
@@ -579,6 +612,9 @@ void SenderCore::Handle(const control::Control& c) {
       }
       return;
     }
+    case control::Control::kCapabilities:
+      peer_caps_ = c.capabilities();  // the receiver's, again after a reconnect
+      return;
     case control::Control::kProfileRequest: {
       auto conn = conn_;
       lock.unlock();
@@ -686,6 +722,7 @@ bool SenderCore::Reconnect(const Status& why) {
         begins.push_back(BeginMessage(*s, true));
       }
     }
+    SendOn(conn, MyCapabilities());
     for (auto& b : begins) SendOn(conn, b);
     Log("reconnected after " + std::to_string(attempt) + " attempt(s)");
     return true;

@@ -686,3 +686,65 @@ TEST(SessionProfileFetch, AProfileThatDoesNotMatchItsIdIsRefused) {
 
 }  // namespace
 }  // namespace kvwire
+
+namespace kvwire {
+namespace {
+
+// The sender learns the receiver's codec families first thing on the connection (Capabilities)
+// and refuses at Open a level the receiver could not decode. A "receiver" that does not answer
+// with its capabilities is refused at Connect.
+TEST(SessionCapabilities, OpenRefusesACodecTheReceiverCannotDecode) {
+  auto tcp = CreateTransport("tcp");
+  ASSERT_TRUE(tcp.ok());
+  TransportOptions lo;
+  lo.address = "127.0.0.1:0";
+  lo.key = Key();
+  lo.node_name = "old-decode";
+  auto listener = (*tcp)->Listen(lo);
+  ASSERT_TRUE(listener.ok()) << listener.status().ToString();
+  auto peer = [&](bool send_caps) {
+    return std::thread([&, send_caps] {
+      auto c = (*listener)->Accept(5000);
+      if (!c.ok()) return;
+      if (send_caps) {
+        control::Control caps;
+        caps.mutable_capabilities()->add_backends("tcp");
+        caps.mutable_capabilities()->add_codecs("fp16");
+        auto m = transport::MakeControlMessage(caps);
+        if (m.ok()) (void)(*c)->Send(std::move(*m));
+      }
+      while ((*c)->Receive(3000).ok()) {
+      }
+    });
+  };
+  SenderOptions so;
+  so.backend = "tcp";
+  so.transport.address = (*listener)->address();
+  so.transport.key = Key();
+  so.transport.handshake_timeout_ms = 500;
+  {
+    std::thread t = peer(true);
+    auto s = Sender::Connect(so);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    const KvCache src = RandomCache({1, 8, 2, 16}, 3);
+    SendRequestOptions q;
+    q.request_id = 1;
+    q.levels = {{"q4_0", 4.5, -1}};
+    auto refused = (*s)->Open(src.view(), q);
+    EXPECT_EQ(refused.status().code(), StatusCode::kUnsupported) << refused.status().ToString();
+    EXPECT_NE(refused.status().message().find("q4_0"), std::string::npos);
+    q.request_id = 2;
+    q.levels = {{"fp16", 16, 0}};
+    EXPECT_TRUE((*s)->Open(src.view(), q).ok());
+    s->reset();
+    t.join();
+  }
+  std::thread t = peer(false);
+  auto s = Sender::Connect(so);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("capabilities"), std::string::npos) << s.status().ToString();
+  t.join();
+}
+
+}  // namespace
+}  // namespace kvwire
