@@ -14,7 +14,8 @@
 //
 // Connection set-up authenticates both ends with a pre-shared key (HMAC-SHA256
 // challenge-response, docs/PROTOCOL.md) before any other message is accepted; a peer that
-// fails is refused and logged. The ucx backend bootstraps over an authenticated TCP control
+// fails is refused and logged. The tcp backend can run the connection inside TLS (TlsOptions),
+// which adds confidentiality to the authentication. The ucx backend bootstraps over an authenticated TCP control
 // connection, on which the UCP worker addresses are exchanged.
 //
 // Buffer reuse (optional, for throughput): a caller done with a received message hands it back
@@ -64,6 +65,22 @@ struct TransportCaps {
   uint64_t max_message_bytes = kMaxDataMessageBytes;
 };
 
+/// TLS on a tcp connection (OpenSSL, TLS 1.3 only). Both ends must enable it; the pre-shared-key
+/// handshake then runs inside TLS and is bound to that TLS session (its keying-material exporter
+/// enters both HMACs), so a man in the middle who terminates TLS on each side cannot relay it.
+struct TlsOptions {
+  bool enabled = false;
+  /// PEM certificate chain and private key. Required when listening; when connecting, they are
+  /// presented as a client certificate (needed when the listener has a ca_file).
+  std::string cert_file, key_file;
+  /// PEM CA certificates. Connecting: verify the server's certificate against them, and its name
+  /// (server_name, else the host of `address`; an IP address is matched against IP SANs). Without
+  /// a ca_file the connecting side needs a pre-shared key, whose channel binding then
+  /// authenticates the server. Listening: require and verify a client certificate.
+  std::string ca_file;
+  std::string server_name;
+};
+
 /// Options of Listen/Connect. Fields may be added; defaults stay valid.
 struct TransportOptions {
   /// "HOST:PORT" for tcp/ucx (port 0 = ephemeral when listening), any name for inproc.
@@ -85,6 +102,8 @@ struct TransportOptions {
   /// on loopback it raised goodput by up to 1.5x (bench/results/transport.md). Other backends
   /// ignore it.
   uint32_t busy_poll_us = 0;
+  /// tcp only; the other backends refuse `tls.enabled` (kUnsupported).
+  TlsOptions tls;
 };
 
 /// One authenticated, bidirectional, ordered message connection.

@@ -46,6 +46,13 @@ Result<control::Control> ReceiveControl(Connection& conn, Clock::time_point dead
   return c;
 }
 
+// The second MAC input: the other side's nonce, then the TLS channel binding (empty without TLS).
+std::vector<uint8_t> Bound(std::span<const uint8_t> nonce, std::span<const uint8_t> binding) {
+  std::vector<uint8_t> out(nonce.begin(), nonce.end());
+  out.insert(out.end(), binding.begin(), binding.end());
+  return out;
+}
+
 }  // namespace
 
 std::vector<uint8_t> HmacSha256(std::span<const uint8_t> key, std::string_view label,
@@ -110,7 +117,8 @@ Status ValidateKeyOptions(const TransportOptions& options) {
   return Status::Ok();
 }
 
-Status ClientHandshake(Connection& conn, const TransportOptions& options, std::string* peer_name) {
+Status ClientHandshake(Connection& conn, const TransportOptions& options, std::string* peer_name,
+                       std::span<const uint8_t> channel_binding) {
   KVWIRE_RETURN_IF_ERROR(ValidateKeyOptions(options));
   const auto deadline = Clock::now() + std::chrono::milliseconds(options.handshake_timeout_ms);
   KVWIRE_ASSIGN_OR_RETURN(std::vector<uint8_t> nc, RandomBytes(kNonceBytes));
@@ -134,10 +142,15 @@ Status ClientHandshake(Connection& conn, const TransportOptions& options, std::s
   } else {
     KVWIRE_RETURN_ERROR_IF(c.server_mac().empty(), kUnauthenticated,
                            "server did not authenticate itself (it runs without a key)");
-    auto expect = HmacSha256(options.key, "kvwire-server", nc, AsBytes(c.server_nonce()));
+    auto expect = HmacSha256(options.key, "kvwire-server", nc,
+                             Bound(AsBytes(c.server_nonce()), channel_binding));
     KVWIRE_RETURN_ERROR_IF(!ConstantTimeEqual(expect, AsBytes(c.server_mac())), kUnauthenticated,
-                           "server failed authentication (wrong key?)");
-    proof = HmacSha256(options.key, "kvwire-client", AsBytes(c.server_nonce()), nc);
+                           channel_binding.empty()
+                               ? "server failed authentication (wrong key?)"
+                               : "server failed authentication (wrong key, or a TLS session "
+                                 "that is not the server's: a relay in between?)");
+    proof = HmacSha256(options.key, "kvwire-client", AsBytes(c.server_nonce()),
+                       Bound(nc, channel_binding));
   }
   control::Control p;
   p.mutable_auth_proof()->set_client_mac(proof.data(), proof.size());
@@ -150,7 +163,8 @@ Status ClientHandshake(Connection& conn, const TransportOptions& options, std::s
 }
 
 Status ServerHandshake(Connection& conn, const TransportOptions& options, std::string* peer_name,
-                       const std::function<void(const std::string& peer)>& verified) {
+                       const std::function<void(const std::string& peer)>& verified,
+                       std::span<const uint8_t> channel_binding) {
   KVWIRE_RETURN_IF_ERROR(ValidateKeyOptions(options));
   const auto deadline = Clock::now() + std::chrono::milliseconds(options.handshake_timeout_ms);
   auto refuse = [&](Status why) {
@@ -177,14 +191,14 @@ Status ServerHandshake(Connection& conn, const TransportOptions& options, std::s
   ch.mutable_challenge()->set_node_name(options.node_name.substr(0, 256));
   ch.mutable_challenge()->set_server_nonce(ns.data(), ns.size());
   if (!options.key.empty()) {
-    auto mac = HmacSha256(options.key, "kvwire-server", nc, ns);
+    auto mac = HmacSha256(options.key, "kvwire-server", nc, Bound(ns, channel_binding));
     ch.mutable_challenge()->set_server_mac(mac.data(), mac.size());
   }
   KVWIRE_RETURN_IF_ERROR(SendControl(conn, ch));
   auto p = ReceiveControl(conn, deadline, control::Control::kAuthProof);
   if (!p.ok()) return refuse(p.status());
   if (!options.key.empty()) {
-    auto expect = HmacSha256(options.key, "kvwire-client", ns, nc);
+    auto expect = HmacSha256(options.key, "kvwire-client", ns, Bound(nc, channel_binding));
     if (!ConstantTimeEqual(expect, AsBytes(p->auth_proof().client_mac()))) {
       return refuse(Status(StatusCode::kUnauthenticated,
                            "peer '" + hello.node_name() + "' failed authentication (wrong key)"));

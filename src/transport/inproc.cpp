@@ -11,6 +11,7 @@
 #include "transport/backends.h"
 #include "transport/framing.h"
 #include "transport/message_queue.h"
+#include "transport/tls.h"
 
 namespace kvwire::transport {
 namespace {
@@ -141,6 +142,7 @@ class InprocTransport final : public Transport {
   }
   Result<std::unique_ptr<Listener>> Listen(const TransportOptions& options) override {
     KVWIRE_RETURN_IF_ERROR(ValidateKeyOptions(options));
+    KVWIRE_RETURN_IF_ERROR(RefuseTls(options, "inproc"));
     KVWIRE_RETURN_ERROR_IF(options.address.empty(), kInvalidArgument, "inproc needs a name");
     auto l = std::make_unique<InprocListener>(options.address, options);
     std::lock_guard lock(Registry::Get().mu);
@@ -151,6 +153,7 @@ class InprocTransport final : public Transport {
   }
   Result<std::unique_ptr<Connection>> Connect(const TransportOptions& options) override {
     KVWIRE_RETURN_IF_ERROR(ValidateKeyOptions(options));
+    KVWIRE_RETURN_IF_ERROR(RefuseTls(options, "inproc"));
     auto a = std::make_shared<Pipe>(options.max_queued_bytes);
     auto b = std::make_shared<Pipe>(options.max_queued_bytes);
     auto client = std::make_unique<InprocConnection>(a, b);

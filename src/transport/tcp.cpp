@@ -45,9 +45,10 @@ Status ParseHostPort(const std::string& address, std::string* host, uint16_t* po
 }
 
 TcpConnection::TcpConnection(std::shared_ptr<asio::io_context> ctx, asio::ip::tcp::socket socket,
-                             const TransportOptions& options)
+                             const TransportOptions& options, std::unique_ptr<TlsSession> tls)
     : ctx_(std::move(ctx)),
       socket_(std::move(socket)),
+      tls_(std::move(tls)),
       send_queue_(options.max_queued_bytes),
       recv_queue_(options.max_queued_bytes),
       pool_(options.max_pooled_bytes) {
@@ -65,6 +66,10 @@ Result<std::unique_ptr<TcpConnection>> TcpConnection::Dial(const TransportOption
   std::string host;
   uint16_t port = 0;
   KVWIRE_RETURN_IF_ERROR(ParseHostPort(options.address, &host, &port));
+  std::shared_ptr<TlsContext> tls;
+  if (options.tls.enabled) {
+    KVWIRE_ASSIGN_OR_RETURN(tls, TlsContext::ForClient(options.tls, !options.key.empty()));
+  }
   auto ctx = std::make_shared<asio::io_context>();
   asio::ip::tcp::socket socket(*ctx);
   try {
@@ -86,7 +91,13 @@ Result<std::unique_ptr<TcpConnection>> TcpConnection::Dial(const TransportOption
     return Status(StatusCode::kIoError, "connect to " + options.address + ": " + e.what());
   }
   ctx->restart();
-  return std::make_unique<TcpConnection>(ctx, std::move(socket), options);
+  std::unique_ptr<TlsSession> session;
+  if (tls) {
+    auto t = TlsSession::Connect(tls, socket.native_handle(), host, options.handshake_timeout_ms);
+    if (!t.ok()) return t.status().WithContext("connect to " + options.address);
+    session = std::move(*t);
+  }
+  return std::make_unique<TcpConnection>(ctx, std::move(socket), options, std::move(session));
 }
 
 void TcpConnection::MarkAuthenticated(std::string peer_name) {
@@ -108,12 +119,33 @@ void TcpConnection::Fail(Status why) {
   ::shutdown(socket_.native_handle(), SHUT_RDWR);
 }
 
+Status TcpConnection::ReadBytes(asio::mutable_buffer b) {
+  if (b.size() == 0) return Status::Ok();
+  if (tls_) return tls_->ReadExactly(static_cast<uint8_t*>(b.data()), b.size());
+  asio::error_code ec;
+  asio::read(socket_, b, ec);
+  return ec ? IoStatus("read", ec) : Status::Ok();
+}
+
+Status TcpConnection::WriteFrame(const std::vector<uint8_t>& prefix, const Message& m) {
+  if (tls_) {
+    // The prefix and the meta in one TLS record (when they fit), the payload after them.
+    std::vector<uint8_t> head(prefix);
+    head.insert(head.end(), m.meta.begin(), m.meta.end());
+    KVWIRE_RETURN_IF_ERROR(tls_->WriteAll(head.data(), head.size()));
+    return tls_->WriteAll(m.payload.data(), m.payload.size());
+  }
+  std::array<asio::const_buffer, 3> bufs = {asio::buffer(prefix), asio::buffer(m.meta),
+                                            asio::buffer(m.payload)};
+  asio::error_code ec;
+  asio::write(socket_, bufs, ec);
+  return ec ? IoStatus("write", ec) : Status::Ok();
+}
+
 void TcpConnection::ReadLoop() {
   std::array<uint8_t, kFramePrefixBytes> prefix{};
   for (;;) {
-    asio::error_code ec;
-    asio::read(socket_, asio::buffer(prefix), ec);
-    if (ec) return Fail(IoStatus("read", ec));
+    if (Status s = ReadBytes(asio::buffer(prefix)); !s.ok()) return Fail(s);
     auto p = ParseFramePrefix(prefix);
     if (!p.ok()) return Fail(p.status().WithContext("from " + remote_));
     if (!authenticated_ && (p->kind != MessageKind::kControl || p->meta_bytes > kPreAuthMaxFrame)) {
@@ -124,9 +156,16 @@ void TcpConnection::ReadLoop() {
     m.kind = p->kind;
     m.meta.resize(p->meta_bytes);
     m.payload = pool_.Take(p->payload_bytes);  // bounds checked by ParseFramePrefix
-    std::array<asio::mutable_buffer, 2> bufs = {asio::buffer(m.meta), asio::buffer(m.payload)};
-    asio::read(socket_, bufs, ec);
-    if (ec) return Fail(IoStatus("read", ec));
+    if (tls_) {
+      Status s = ReadBytes(asio::buffer(m.meta));
+      if (s.ok()) s = ReadBytes(asio::buffer(m.payload));
+      if (!s.ok()) return Fail(s);
+    } else {
+      std::array<asio::mutable_buffer, 2> bufs = {asio::buffer(m.meta), asio::buffer(m.payload)};
+      asio::error_code ec;
+      asio::read(socket_, bufs, ec);
+      if (ec) return Fail(IoStatus("read", ec));
+    }
     if (!recv_queue_.Push(std::move(m)).ok()) return;
   }
 }
@@ -138,12 +177,8 @@ void TcpConnection::WriteLoop() {
     if (!m.ok()) break;  // closed and drained
     prefix.clear();
     AppendFramePrefix(*m, &prefix);
-    std::array<asio::const_buffer, 3> bufs = {asio::buffer(prefix), asio::buffer(m->meta),
-                                              asio::buffer(m->payload)};
-    asio::error_code ec;
-    asio::write(socket_, bufs, ec);
-    if (ec) {
-      Fail(IoStatus("write", ec));
+    if (Status s = WriteFrame(prefix, *m); !s.ok()) {
+      Fail(s);
       break;
     }
     if (send_pooling_) pool_.Put(std::move(m->payload));
@@ -177,6 +212,9 @@ Result<std::unique_ptr<TcpAcceptor>> TcpAcceptor::Bind(const TransportOptions& o
   KVWIRE_RETURN_IF_ERROR(ParseHostPort(options.address, &host, &port));
   std::unique_ptr<TcpAcceptor> a(new TcpAcceptor());
   a->options_ = options;
+  if (options.tls.enabled) {
+    KVWIRE_ASSIGN_OR_RETURN(a->tls_, TlsContext::ForServer(options.tls));
+  }
   a->ctx_ = std::make_shared<asio::io_context>();
   try {
     asio::ip::tcp::resolver resolver(*a->ctx_);
@@ -197,6 +235,30 @@ Result<std::unique_ptr<TcpAcceptor>> TcpAcceptor::Bind(const TransportOptions& o
 TcpAcceptor::~TcpAcceptor() { Close(); }
 
 Result<std::unique_ptr<TcpConnection>> TcpAcceptor::AcceptRaw(int timeout_ms) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    int left = timeout_ms;
+    if (timeout_ms >= 0) {
+      left = static_cast<int>(std::max<int64_t>(
+          0, std::chrono::duration_cast<std::chrono::milliseconds>(
+                 deadline - std::chrono::steady_clock::now())
+                 .count()));
+    }
+    KVWIRE_ASSIGN_OR_RETURN(asio::ip::tcp::socket socket, AcceptSocket(left));
+    if (!tls_) return std::make_unique<TcpConnection>(ctx_, std::move(socket), options_);
+    asio::error_code ec;
+    auto from = socket.remote_endpoint(ec);
+    auto t = TlsSession::Accept(tls_, socket.native_handle(), options_.handshake_timeout_ms);
+    if (t.ok())
+      return std::make_unique<TcpConnection>(ctx_, std::move(socket), options_, std::move(*t));
+    LogRefusedPeer("tcp://" + address_ + " from " +
+                       (ec ? std::string("?")
+                           : from.address().to_string() + ":" + std::to_string(from.port())),
+                   t.status());
+  }
+}
+
+Result<asio::ip::tcp::socket> TcpAcceptor::AcceptSocket(int timeout_ms) {
   KVWIRE_RETURN_ERROR_IF(closed_, kCancelled, "listener closed");
   asio::ip::tcp::socket socket(*ctx_);
   asio::error_code result = asio::error::would_block;
@@ -218,7 +280,7 @@ Result<std::unique_ptr<TcpConnection>> TcpAcceptor::AcceptRaw(int timeout_ms) {
   }
   if (closed_) return Status(StatusCode::kCancelled, "listener closed");
   if (result) return IoStatus("accept", result);
-  return std::make_unique<TcpConnection>(ctx_, std::move(socket), options_);
+  return socket;
 }
 
 void TcpAcceptor::Close() {
@@ -247,7 +309,8 @@ class TcpListener final : public Listener {
       std::string peer;
       TcpConnection* raw = conn.get();
       Status s = ServerHandshake(*conn, options_, &peer,
-                                 [raw](const std::string& p) { raw->MarkAuthenticated(p); });
+                                 [raw](const std::string& p) { raw->MarkAuthenticated(p); },
+                                 conn->channel_binding());
       if (s.ok()) return std::unique_ptr<Connection>(std::move(conn));
       LogRefusedPeer("tcp://" + acceptor_->address() + " from " + conn->remote_address(), s);
     }
@@ -266,6 +329,7 @@ class TcpTransport final : public Transport {
   TransportCaps caps() const override {
     TransportCaps c;
     c.remote = true;
+    c.tls = true;
     return c;
   }
   Result<std::unique_ptr<Listener>> Listen(const TransportOptions& options) override {
@@ -277,8 +341,13 @@ class TcpTransport final : public Transport {
     KVWIRE_RETURN_IF_ERROR(ValidateKeyOptions(options));
     KVWIRE_ASSIGN_OR_RETURN(auto conn, TcpConnection::Dial(options));
     std::string peer;
-    Status s = ClientHandshake(*conn, options, &peer);
-    if (!s.ok()) return s.WithContext("connect tcp://" + options.address);
+    Status s = ClientHandshake(*conn, options, &peer, conn->channel_binding());
+    if (!s.ok()) {
+      if (!options.tls.enabled &&
+          (s.code() == StatusCode::kIoError || s.code() == StatusCode::kCorrupt))
+        s = Status(s.code(), s.message() + " (if the listener uses TLS, enable it here too)");
+      return s.WithContext("connect tcp://" + options.address);
+    }
     conn->MarkAuthenticated(std::move(peer));
     return std::unique_ptr<Connection>(std::move(conn));
   }

@@ -1,7 +1,9 @@
 // The tcp backend's connection and acceptor, also used by the ucx backend for its
 // authenticated bootstrap/control connection. Blocking Asio I/O on two threads per connection
 // (one writer draining the send queue, one reader filling the receive queue); both queues are
-// bounded, so a slow peer back-pressures the sender through TCP flow control.
+// bounded, so a slow peer back-pressures the sender through TCP flow control. With
+// TransportOptions::tls the TLS handshake runs as the socket is dialled or accepted, before the
+// connection exists, and the two threads read and write through the TLS session (tls.h).
 #pragma once
 
 #include <asio.hpp>
@@ -14,6 +16,7 @@
 #include "kvwire/transport.h"
 #include "transport/buffer_pool.h"
 #include "transport/message_queue.h"
+#include "transport/tls.h"
 
 namespace kvwire::transport {
 
@@ -22,10 +25,11 @@ Status ParseHostPort(const std::string& address, std::string* host, uint16_t* po
 
 class TcpConnection final : public Connection {
  public:
-  /// Opens a TCP connection (no handshake yet: call ClientHandshake, then MarkAuthenticated).
+  /// Opens a TCP connection, and its TLS session when options.tls is enabled (no kvwire
+  /// handshake yet: call ClientHandshake, then MarkAuthenticated).
   static Result<std::unique_ptr<TcpConnection>> Dial(const TransportOptions& options);
   TcpConnection(std::shared_ptr<asio::io_context> ctx, asio::ip::tcp::socket socket,
-                const TransportOptions& options);
+                const TransportOptions& options, std::unique_ptr<TlsSession> tls = nullptr);
   ~TcpConnection() override;
 
   Status Send(Message msg) override;
@@ -42,14 +46,21 @@ class TcpConnection final : public Connection {
   /// Lifts the pre-authentication limits (small control frames only).
   void MarkAuthenticated(std::string peer_name);
   std::string remote_address() const { return remote_; }
+  /// The TLS session's channel binding (TlsSession::channel_binding); empty without TLS.
+  std::vector<uint8_t> channel_binding() const {
+    return tls_ ? tls_->channel_binding() : std::vector<uint8_t>{};
+  }
 
  private:
   void ReadLoop();
   void WriteLoop();
   void Fail(Status why);
+  Status ReadBytes(asio::mutable_buffer b);
+  Status WriteFrame(const std::vector<uint8_t>& prefix, const Message& m);
 
   std::shared_ptr<asio::io_context> ctx_;
   asio::ip::tcp::socket socket_;
+  std::unique_ptr<TlsSession> tls_;
   std::string remote_;
   std::string peer_name_;
   MessageQueue send_queue_, recv_queue_;
@@ -69,14 +80,17 @@ class TcpAcceptor {
   /// Binds and listens on options.address (port 0: ephemeral).
   static Result<std::unique_ptr<TcpAcceptor>> Bind(const TransportOptions& options);
   ~TcpAcceptor();
-  /// Next TCP connection, not yet authenticated.
+  /// Next TCP connection, not yet authenticated; with TLS, the next whose TLS handshake succeeds
+  /// (the others are logged and dropped).
   Result<std::unique_ptr<TcpConnection>> AcceptRaw(int timeout_ms);
   std::string address() const { return address_; }
   void Close();
 
  private:
   TcpAcceptor() = default;
+  Result<asio::ip::tcp::socket> AcceptSocket(int timeout_ms);
   std::shared_ptr<asio::io_context> ctx_;
+  std::shared_ptr<TlsContext> tls_;
   std::unique_ptr<asio::ip::tcp::acceptor> acceptor_;
   TransportOptions options_;
   std::string address_;

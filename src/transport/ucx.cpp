@@ -31,6 +31,7 @@
 #include "transport/control.h"
 #include "transport/framing.h"
 #include "transport/tcp_connection.h"
+#include "transport/tls.h"
 
 namespace kvwire::transport {
 namespace {
@@ -625,11 +626,13 @@ class UcxTransport final : public Transport {
   }
   Result<std::unique_ptr<Listener>> Listen(const TransportOptions& options) override {
     KVWIRE_RETURN_IF_ERROR(ValidateKeyOptions(options));
+    KVWIRE_RETURN_IF_ERROR(RefuseTls(options, "ucx"));
     KVWIRE_ASSIGN_OR_RETURN(auto acceptor, TcpAcceptor::Bind(options));
     return std::unique_ptr<Listener>(std::make_unique<UcxListener>(std::move(acceptor), options));
   }
   Result<std::unique_ptr<Connection>> Connect(const TransportOptions& options) override {
     KVWIRE_RETURN_IF_ERROR(ValidateKeyOptions(options));
+    KVWIRE_RETURN_IF_ERROR(RefuseTls(options, "ucx"));
     KVWIRE_ASSIGN_OR_RETURN(auto tcp, TcpConnection::Dial(options));
     std::string peer;
     Status s = ClientHandshake(*tcp, options, &peer);

@@ -1,5 +1,5 @@
-// `kvwire serve` + `kvwire send` over loopback, tcp and ucx: the received KV dump equals the
-// sent one (fp16 codec: bit-exact).
+// `kvwire serve` + `kvwire send` over loopback, tcp, tcp inside TLS and ucx: the received KV dump
+// equals the sent one (fp16 codec: bit-exact).
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -12,6 +12,7 @@
 
 #include "kvwire/kv_file.h"
 #include "kvwire/transport.h"
+#include "transport/test_pki.h"
 
 namespace kvwire {
 namespace {
@@ -23,7 +24,26 @@ std::string Dir(const std::string& name) {
   return d;
 }
 
-class CliTransportTest : public testing::TestWithParam<std::string> {};
+// A backend name, or "tcp_tls": tcp with --tls (certificates of test_pki.h).
+class CliTransportTest : public testing::TestWithParam<std::string> {
+ protected:
+  bool Tls() const { return GetParam() == "tcp_tls"; }
+  std::string Backend() const { return Tls() ? "tcp" : GetParam(); }
+  // " --backend B" and, with TLS, the flags of each side.
+  std::string ServeFlags() const {
+    std::string f = " --backend " + Backend();
+    if (Tls()) {
+      const auto& pki = testing_pki::Get();
+      f += " --tls --tls-cert " + pki.server_cert + " --tls-key " + pki.server_key;
+    }
+    return f;
+  }
+  std::string SendFlags() const {
+    std::string f = " --backend " + Backend();
+    if (Tls()) f += " --tls --tls-ca " + testing_pki::Get().ca_cert;
+    return f;
+  }
+};
 
 TEST_P(CliTransportTest, ServeAndSendRoundTrip) {
   const std::string dir = Dir(GetParam());
@@ -49,8 +69,8 @@ TEST_P(CliTransportTest, ServeAndSendRoundTrip) {
   ASSERT_TRUE(SaveKvDump(in, *cache).ok());
 
   const std::string serve = "timeout 60 " + std::string(KVWIRE_CLI) +
-                            " serve --listen 127.0.0.1:0 --backend " + GetParam() + " --key-file " +
-                            key + " --out-dir " + dir + "/out --count 1 2>&1";
+                            " serve --listen 127.0.0.1:0" + ServeFlags() + " --key-file " + key +
+                            " --out-dir " + dir + "/out --count 1 2>&1";
   FILE* p = ::popen(serve.c_str(), "r");
   ASSERT_NE(p, nullptr);
   char line[512];
@@ -63,8 +83,8 @@ TEST_P(CliTransportTest, ServeAndSendRoundTrip) {
   address = first.substr(at + marker.size());
   address = address.substr(0, address.find(' '));
 
-  const std::string send = std::string(KVWIRE_CLI) + " send --connect " + address + " --backend " +
-                           GetParam() + " --key-file " + key + " --in " + in +
+  const std::string send = std::string(KVWIRE_CLI) + " send --connect " + address +
+                           SendFlags() + " --key-file " + key + " --in " + in +
                            " --codec fp16 --chunk-tokens 32 --request-id 3";
   EXPECT_EQ(std::system(send.c_str()), 0) << send;
   std::string rest;
@@ -88,20 +108,20 @@ TEST_P(CliTransportTest, ServeAndSendRoundTrip) {
   }
   ::chmod(bad_key.c_str(), 0600);
   FILE* p2 =
-      ::popen(("timeout 60 " + std::string(KVWIRE_CLI) + " serve --listen 127.0.0.1:0 --backend " +
-               GetParam() + " --key-file " + key + " --out-dir " + dir + "/out2 --count 1 2>&1")
+      ::popen(("timeout 60 " + std::string(KVWIRE_CLI) + " serve --listen 127.0.0.1:0" +
+               ServeFlags() + " --key-file " + key + " --out-dir " + dir + "/out2 --count 1 2>&1")
                   .c_str(),
               "r");
   ASSERT_NE(std::fgets(line, sizeof line, p2), nullptr);
   std::string l2(line);
   std::string addr2 = l2.substr(l2.find(marker) + marker.size());
   addr2 = addr2.substr(0, addr2.find(' '));
-  const std::string bad = std::string(KVWIRE_CLI) + " send --connect " + addr2 + " --backend " +
-                          GetParam() + " --key-file " + bad_key + " --in " + in + " 2>/dev/null";
+  const std::string bad = std::string(KVWIRE_CLI) + " send --connect " + addr2 + SendFlags() +
+                          " --key-file " + bad_key + " --in " + in + " 2>/dev/null";
   EXPECT_NE(std::system(bad.c_str()), 0);
   // Stop the server: a good request completes it.
-  EXPECT_EQ(std::system((std::string(KVWIRE_CLI) + " send --connect " + addr2 + " --backend " +
-                         GetParam() + " --key-file " + key + " --in " + in + " >/dev/null")
+  EXPECT_EQ(std::system((std::string(KVWIRE_CLI) + " send --connect " + addr2 + SendFlags() +
+                         " --key-file " + key + " --in " + in + " >/dev/null")
                             .c_str()),
             0);
   while (std::fgets(line, sizeof line, p2)) {
@@ -114,9 +134,35 @@ std::vector<std::string> NetworkBackends() {
   std::vector<std::string> out;
   for (auto& b : AvailableTransports())
     if (b != "inproc") out.push_back(b);
+  out.push_back("tcp_tls");
   return out;
 }
 INSTANTIATE_TEST_SUITE_P(Backends, CliTransportTest, testing::ValuesIn(NetworkBackends()), Name);
+
+// Output and exit code of a command (stderr included).
+std::pair<int, std::string> RunCommand(const std::string& cmd) {
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  std::string out;
+  char buf[512];
+  while (p && std::fgets(buf, sizeof buf, p)) out += buf;
+  const int rc = p ? ::pclose(p) : -1;
+  return {rc, out};
+}
+
+TEST(CliTls, FlagsThatCannotWorkAreRefusedWithTheReason) {
+  const std::string cli = KVWIRE_CLI;
+  const auto& pki = testing_pki::Get();
+  auto [rc, out] = RunCommand(cli + " serve --listen 127.0.0.1:0 --insecure --count 1 --tls-cert " +
+                       pki.server_cert);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("need --tls"), std::string::npos) << out;
+  std::tie(rc, out) = RunCommand(cli + " serve --listen 127.0.0.1:0 --insecure --count 1 --tls");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("certificate and its key"), std::string::npos) << out;
+  std::tie(rc, out) = RunCommand(cli + " send --connect 127.0.0.1:1 --insecure --in x --backend ucx --tls");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("--tls needs --backend tcp"), std::string::npos) << out;
+}
 
 }  // namespace
 }  // namespace kvwire

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "transport/control.h"
+#include "transport/test_pki.h"
 
 namespace kvwire {
 namespace {
@@ -23,10 +24,29 @@ std::vector<uint8_t> TestKey(uint8_t salt = 0) {
 // that the progress thread's polling path (it sleeps less, and Send skips waking it while it
 // polls) runs the same suite.
 constexpr char kUcxBusyPoll[] = "ucx_busypoll";
+// "tcp_tls": the tcp backend inside TLS (TransportOptions::tls, certificates of test_pki.h).
+constexpr char kTcpTls[] = "tcp_tls";
 
 class TransportTest : public testing::TestWithParam<std::string> {
  protected:
-  std::string Backend() const { return GetParam() == kUcxBusyPoll ? "ucx" : GetParam(); }
+  std::string Backend() const {
+    if (GetParam() == kUcxBusyPoll) return "ucx";
+    if (GetParam() == kTcpTls) return "tcp";
+    return GetParam();
+  }
+  TlsOptions Tls(bool server) const {
+    TlsOptions t;
+    if (GetParam() != kTcpTls) return t;
+    const testing_pki::Pki& pki = testing_pki::Get();
+    t.enabled = true;
+    if (server) {
+      t.cert_file = pki.server_cert;
+      t.key_file = pki.server_key;
+    } else {
+      t.ca_file = pki.ca_cert;
+    }
+    return t;
+  }
   uint32_t BusyPollUs() const { return GetParam() == kUcxBusyPoll ? 200 : 0; }
 
   void SetUp() override {
@@ -43,6 +63,7 @@ class TransportTest : public testing::TestWithParam<std::string> {
     o.node_name = "server";
     o.handshake_timeout_ms = 3000;
     o.busy_poll_us = BusyPollUs();
+    o.tls = Tls(/*server=*/true);
     return o;
   }
   TransportOptions ClientOptions(const Listener& l) {
@@ -52,6 +73,7 @@ class TransportTest : public testing::TestWithParam<std::string> {
     o.node_name = "client";
     o.handshake_timeout_ms = 3000;
     o.busy_poll_us = BusyPollUs();
+    o.tls = Tls(/*server=*/false);
     return o;
   }
 
@@ -290,6 +312,7 @@ class PooledTransportTest : public TransportTest {};
 std::vector<std::string> TestedTransports() {
   std::vector<std::string> out = AvailableTransports();
   if (std::count(out.begin(), out.end(), "ucx") != 0) out.push_back(kUcxBusyPoll);
+  out.push_back(kTcpTls);
   return out;
 }
 

@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
+
 #include <cctype>
 #include <chrono>
 #include <cmath>
@@ -198,6 +200,41 @@ int WriteBenchResults(const std::string& command, const std::string& out_dir,
   }
   std::cout << md_text << "\nwrote " << json_path << " and " << md_path << "\n";
   return 0;
+}
+
+void AddTlsOptions(CLI::App* sub, TlsArgs* a, bool listening) {
+  sub->add_flag("--tls", a->tls,
+                "tcp: run the connection inside TLS 1.3 (both ends; the key handshake is then "
+                "bound to the TLS session)");
+  sub->add_option("--tls-cert", a->cert,
+                  listening ? "PEM certificate chain of this server (with --tls)"
+                            : "PEM client certificate, for a server that requires one");
+  sub->add_option("--tls-key", a->key, "PEM private key of --tls-cert");
+  sub->add_option("--tls-ca", a->ca,
+                  listening ? "PEM CA certificates: require client certificates signed by them"
+                            : "PEM CA certificates to verify the server's certificate and name "
+                              "(without it, the --key-file alone authenticates the server)");
+  if (!listening) {
+    sub->add_option("--tls-server-name", a->server_name,
+                    "name the server's certificate must carry (default: the host of --connect)");
+  }
+}
+
+Result<TlsOptions> MakeTlsOptions(const TlsArgs& a, const std::string& backend) {
+  TlsOptions t;
+  const bool configured =
+      !a.cert.empty() || !a.key.empty() || !a.ca.empty() || !a.server_name.empty();
+  KVWIRE_RETURN_ERROR_IF(configured && !a.tls, kInvalidArgument,
+                         "--tls-cert, --tls-key, --tls-ca and --tls-server-name need --tls");
+  if (!a.tls) return t;
+  KVWIRE_RETURN_ERROR_IF(backend != "tcp", kInvalidArgument,
+                         "--tls needs --backend tcp (the " + backend + " backend has no TLS)");
+  t.enabled = true;
+  t.cert_file = a.cert;
+  t.key_file = a.key;
+  t.ca_file = a.ca;
+  t.server_name = a.server_name;
+  return t;
 }
 
 }  // namespace kvwire::cli

@@ -7,6 +7,11 @@
 #include <string>
 
 #include "kvwire/status.h"
+#include "kvwire/transport.h"
+
+namespace CLI {
+class App;
+}
 
 namespace kvwire::cli {
 
@@ -50,5 +55,16 @@ int WriteBenchResults(const std::string& command, const std::string& out_dir,
 inline constexpr char kBusyPollHelp[] =
     "ucx: poll the network this long during transfers before sleeping "
     "(spends a core; faster on loopback, see bench/results/transport.md)";
+
+/// The TLS flags of serve and send (tcp backend).
+struct TlsArgs {
+  bool tls = false;
+  std::string cert, key, ca, server_name;
+};
+/// Adds --tls, --tls-cert, --tls-key, --tls-ca, and on the connecting side --tls-server-name.
+void AddTlsOptions(CLI::App* sub, TlsArgs* args, bool listening);
+/// TransportOptions::tls from those flags; an error that says why when a --tls-* flag comes
+/// without --tls, or --tls with a backend other than tcp.
+Result<TlsOptions> MakeTlsOptions(const TlsArgs& args, const std::string& backend);
 
 }  // namespace kvwire::cli

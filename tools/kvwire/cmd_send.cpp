@@ -24,6 +24,7 @@ struct SendArgs {
   std::string backend = "tcp";
   std::string key_file;
   bool insecure = false;
+  TlsArgs tls;
   std::string in, codec = "fp16", profile;
   std::optional<double> max_kl, bits;
   int deadline_ms = 0;
@@ -75,6 +76,9 @@ int RunSend(const SendArgs& a) {
   o.transport.busy_poll_us = a.busy_poll_us;
   o.verbose = a.verbose;
   o.profile = profile->get();
+  auto tls = MakeTlsOptions(a.tls, a.backend);
+  if (!tls.ok()) return FailStatus(cmd, tls.status());
+  o.transport.tls = std::move(*tls);
   if (!a.key_file.empty()) {
     auto key = LoadKeyFile(a.key_file);
     if (!key.ok()) return FailStatus(cmd, key.status());
@@ -230,6 +234,7 @@ const CommandRegistrar kRegister(
       sub->add_option("--max-inflight-mib", a->max_inflight_mib,
                       "unacknowledged bytes bound (MiB)");
       sub->add_option("--busy-poll-us", a->busy_poll_us, kBusyPollHelp);
+      AddTlsOptions(sub, &a->tls, /*listening=*/false);
       sub->add_option("--json", a->json,
                       "write levels chosen, bytes and timings (load, connect, send) as JSON");
       sub->add_flag("--verbose,-v", a->verbose, "log level choices and reconnects");

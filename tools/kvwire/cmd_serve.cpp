@@ -19,6 +19,7 @@ struct ServeArgs {
   std::string backend = "tcp";
   std::string key_file;
   bool insecure = false;
+  TlsArgs tls;
   std::string out_dir = ".";
   std::string profile;
   bool no_fetch_profiles = false;
@@ -42,6 +43,9 @@ int RunServe(const ServeArgs& a) {
   if (!profile.ok()) return FailStatus(cmd, profile.status().WithContext("--profile " + a.profile));
   o.profile = profile->get();
   o.fetch_profiles = !a.no_fetch_profiles;
+  auto tls = MakeTlsOptions(a.tls, a.backend);
+  if (!tls.ok()) return FailStatus(cmd, tls.status());
+  o.transport.tls = std::move(*tls);
   if (!a.key_file.empty()) {
     auto key = LoadKeyFile(a.key_file);
     if (!key.ok()) return FailStatus(cmd, key.status());
@@ -59,7 +63,8 @@ int RunServe(const ServeArgs& a) {
 
   auto receiver = Receiver::Listen(o);
   if (!receiver.ok()) return FailStatus(cmd, receiver.status());
-  std::cout << "kvwire serve: listening on " << (*receiver)->address() << " (" << a.backend << ")"
+  std::cout << "kvwire serve: listening on " << (*receiver)->address() << " (" << a.backend
+            << (a.tls.tls ? ", TLS" : "") << ")"
             << std::endl;
   std::optional<KvCache> cache;
   for (int served = 0; a.count == 0 || served < a.count;) {
@@ -138,6 +143,7 @@ const CommandRegistrar kRegister(
       sub->add_option("--count", a->count, "exit after this many requests (0: serve forever)");
       sub->add_option("--stall-timeout-ms", a->stall_timeout_ms, "fail a request idle this long");
       sub->add_option("--busy-poll-us", a->busy_poll_us, kBusyPollHelp);
+      AddTlsOptions(sub, &a->tls, /*listening=*/true);
       sub->add_flag("--verbose,-v", a->verbose, "log connections, levels and completions");
       return [a] { return RunServe(*a); };
     });

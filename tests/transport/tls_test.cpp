@@ -1,0 +1,455 @@
+// TLS on the tcp backend (TransportOptions::tls, src/transport/tls.cpp): what reaches the wire is
+// ciphertext, certificates and names are verified, misconfigurations fail with their reason,
+// and the pre-shared-key handshake is bound to the TLS session. The TransportTest suite also
+// runs as "tcp_tls" (transport_test.cpp).
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "kvwire/transport.h"
+#include "transport/auth.h"
+#include "transport/control.h"
+#include "transport/tcp_connection.h"
+#include "transport/test_pki.h"
+
+namespace kvwire {
+namespace {
+
+using testing_pki::Pki;
+
+std::vector<uint8_t> Key(uint8_t salt = 0) {
+  std::vector<uint8_t> k(32);
+  for (size_t i = 0; i < k.size(); ++i) k[i] = static_cast<uint8_t>(i * 13 + salt);
+  return k;
+}
+
+TransportOptions ServerTls(const Pki& pki) {
+  TransportOptions o;
+  o.address = "127.0.0.1:0";
+  o.key = Key();
+  o.node_name = "server";
+  o.handshake_timeout_ms = 3000;
+  o.tls.enabled = true;
+  o.tls.cert_file = pki.server_cert;
+  o.tls.key_file = pki.server_key;
+  return o;
+}
+
+TransportOptions ClientTls(const Pki& pki, const std::string& address) {
+  TransportOptions o;
+  o.address = address;
+  o.key = Key();
+  o.node_name = "client";
+  o.handshake_timeout_ms = 3000;
+  o.connect_timeout_ms = 3000;
+  o.tls.enabled = true;
+  o.tls.ca_file = pki.ca_cert;
+  return o;
+}
+
+// The 64 bytes every test payload repeats: easy to find in a capture of the wire.
+std::vector<uint8_t> Marked(size_t bytes) {
+  static const char kMark[] = "kvwire-plaintext-marker-0123456789-abcdefghijklmnopqrstuvwxyz-KV!";
+  std::vector<uint8_t> out(bytes);
+  for (size_t i = 0; i < bytes; ++i) out[i] = static_cast<uint8_t>(kMark[i % 64]);
+  return out;
+}
+
+Message DataMessage(std::vector<uint8_t> payload, uint32_t seq = 0) {
+  control::ChunkDescriptor d;
+  d.set_request_id(1);
+  d.set_seq(seq);
+  d.set_tokens(1);
+  d.set_payload_bytes(static_cast<uint32_t>(payload.size()));
+  return *transport::MakeDataMessage(d, std::move(payload));
+}
+
+// A transport plus one listener; Connect runs against it while Accept waits on another thread.
+struct Endpoint {
+  std::unique_ptr<Transport> transport = std::move(CreateTransport("tcp").value());
+  std::unique_ptr<Listener> listener;
+  std::future<Result<std::unique_ptr<Connection>>> accepted;
+
+  Status Listen(const TransportOptions& o) {
+    KVWIRE_ASSIGN_OR_RETURN(listener, transport->Listen(o));
+    return Status::Ok();
+  }
+  void AcceptAsync(int timeout_ms) {
+    accepted = std::async(std::launch::async, [this, timeout_ms] {
+      return listener->Accept(timeout_ms);
+    });
+  }
+};
+
+// Forwards bytes between one client and `target` as they are (a network tap), and keeps a copy
+// of what the client sent.
+class ByteTap {
+ public:
+  explicit ByteTap(uint16_t target_port) : target_port_(target_port) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    EXPECT_EQ(::listen(listen_fd_, 1), 0);
+    socklen_t len = sizeof a;
+    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~ByteTap() {
+    stop_ = true;
+    ::shutdown(listen_fd_, SHUT_RDWR);
+    thread_.join();
+    ::close(listen_fd_);
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::vector<uint8_t> client_bytes() {
+    std::lock_guard lock(mu_);
+    return seen_;
+  }
+
+ private:
+  void Run() {
+    int a = ::accept(listen_fd_, nullptr, nullptr);
+    if (a < 0) return;
+    int b = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in t{};
+    t.sin_family = AF_INET;
+    t.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    t.sin_port = htons(target_port_);
+    if (::connect(b, reinterpret_cast<sockaddr*>(&t), sizeof t) != 0) {
+      ::close(a);
+      ::close(b);
+      return;
+    }
+    std::vector<uint8_t> buf(1 << 16);
+    while (!stop_) {
+      pollfd p[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
+      if (::poll(p, 2, 100) <= 0) continue;
+      bool done = false;
+      for (int i = 0; i < 2 && !done; ++i) {
+        if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        ssize_t n = ::recv(p[i].fd, buf.data(), buf.size(), 0);
+        if (n <= 0) {
+          done = true;
+          break;
+        }
+        if (i == 0) {
+          std::lock_guard lock(mu_);
+          seen_.insert(seen_.end(), buf.begin(), buf.begin() + n);
+        }
+        const int to = i == 0 ? b : a;
+        for (ssize_t off = 0; off < n;) {
+          ssize_t w = ::send(to, buf.data() + off, n - off, MSG_NOSIGNAL);
+          if (w <= 0) {
+            done = true;
+            break;
+          }
+          off += w;
+        }
+      }
+      if (done) break;
+    }
+    ::close(a);
+    ::close(b);
+  }
+
+  uint16_t target_port_;
+  uint16_t port_ = 0;
+  int listen_fd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::vector<uint8_t> seen_;
+  std::thread thread_;
+};
+
+uint16_t PortOf(const std::string& address) {
+  return static_cast<uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
+}
+
+bool Contains(const std::vector<uint8_t>& hay, const std::vector<uint8_t>& needle) {
+  return std::search(hay.begin(), hay.end(), needle.begin(), needle.end()) != hay.end();
+}
+
+// Sends one marked payload from a client through a tap and returns what the tap saw; the
+// payload must arrive intact.
+std::vector<uint8_t> CaptureOneTransfer(bool tls) {
+  const Pki& pki = testing_pki::Get();
+  TransportOptions so = ServerTls(pki);
+  so.tls.enabled = tls;
+  Endpoint server;
+  EXPECT_TRUE(server.Listen(so).ok());
+  ByteTap tap(PortOf(server.listener->address()));
+  server.AcceptAsync(5000);
+  TransportOptions co = ClientTls(pki, tap.address());
+  co.tls.enabled = tls;
+  auto c = server.transport->Connect(co);
+  auto s = server.accepted.get();
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  if (!c.ok() || !s.ok()) return {};
+  const std::vector<uint8_t> payload = Marked(256 << 10);
+  EXPECT_TRUE((*c)->Send(DataMessage(payload)).ok());
+  auto m = (*s)->Receive(5000);
+  EXPECT_TRUE(m.ok()) << m.status().ToString();
+  if (m.ok()) {
+    EXPECT_EQ(m->payload, payload);
+  }
+  (*c)->Close();
+  (*s)->Close();
+  return tap.client_bytes();
+}
+
+TEST(TcpTls, TheWireCarriesCiphertextOnly) {
+  const std::vector<uint8_t> mark = Marked(64);
+  // Without TLS the tap sees the payload (so the search below can find it)...
+  std::vector<uint8_t> plain = CaptureOneTransfer(false);
+  EXPECT_GT(plain.size(), size_t{256} << 10);
+  EXPECT_TRUE(Contains(plain, mark));
+  // ...with TLS it sees as many bytes and none of it.
+  std::vector<uint8_t> wire = CaptureOneTransfer(true);
+  EXPECT_GT(wire.size(), size_t{256} << 10);
+  EXPECT_FALSE(Contains(wire, mark));
+  EXPECT_FALSE(Contains(wire, std::vector<uint8_t>(mark.begin(), mark.begin() + 16)));
+}
+
+TEST(TcpTls, ManyMessagesBothWaysArriveIntact) {
+  const Pki& pki = testing_pki::Get();
+  Endpoint server;
+  ASSERT_TRUE(server.Listen(ServerTls(pki)).ok());
+  server.AcceptAsync(5000);
+  auto c = server.transport->Connect(ClientTls(pki, server.listener->address()));
+  auto s = server.accepted.get();
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ((*c)->peer_name(), "server");
+  EXPECT_EQ((*s)->peer_name(), "client");
+  // Both directions at once (the reader and writer threads share the TLS session), sizes from
+  // empty to several MiB.
+  const size_t sizes[] = {0, 1, 17, 16384, 16385, 100000, 3u << 20, 65536};
+  auto pump = [&](Connection& from, Connection& to, uint8_t salt) {
+    std::thread sender([&] {
+      for (int round = 0; round < 6; ++round)
+        for (uint32_t i = 0; i < std::size(sizes); ++i) {
+          std::vector<uint8_t> p(sizes[i]);
+          for (size_t j = 0; j < p.size(); ++j) p[j] = static_cast<uint8_t>(j * 7 + i + salt);
+          ASSERT_TRUE(from.Send(DataMessage(std::move(p), i)).ok());
+        }
+    });
+    for (int round = 0; round < 6; ++round)
+      for (uint32_t i = 0; i < std::size(sizes); ++i) {
+        auto m = to.Receive(10000);
+        ASSERT_TRUE(m.ok()) << m.status().ToString();
+        ASSERT_EQ(m->payload.size(), sizes[i]);
+        for (size_t j = 0; j < m->payload.size(); j += 997)
+          ASSERT_EQ(m->payload[j], static_cast<uint8_t>(j * 7 + i + salt)) << i << " " << j;
+        if (!m->payload.empty()) {
+          ASSERT_EQ(m->payload.back(),
+                    static_cast<uint8_t>((m->payload.size() - 1) * 7 + i + salt));
+        }
+      }
+    sender.join();
+  };
+  std::thread back([&] { pump(**s, **c, 100); });
+  pump(**c, **s, 1);
+  back.join();
+}
+
+// Connects with `co` to a listener with `so`; returns the client's status (the listener logs
+// and drops what fails, so its Accept then times out).
+Status TryConnect(const TransportOptions& so, TransportOptions co) {
+  Endpoint server;
+  KVWIRE_RETURN_IF_ERROR(server.Listen(so));
+  server.AcceptAsync(1500);
+  co.address = server.listener->address();
+  auto c = server.transport->Connect(co);
+  auto s = server.accepted.get();
+  if (c.ok()) {
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    return Status::Ok();
+  }
+  EXPECT_FALSE(s.ok()) << "the listener accepted a client whose own connect failed";
+  return c.status();
+}
+
+TEST(TcpTls, TheClientVerifiesTheServersCertificateAndName) {
+  const Pki& pki = testing_pki::Get();
+  // Signed by a CA the client does not trust.
+  TransportOptions co = ClientTls(pki, "");
+  co.tls.ca_file = pki.other_ca_cert;
+  Status s = TryConnect(ServerTls(pki), co);
+  EXPECT_EQ(s.code(), StatusCode::kUnauthenticated) << s.ToString();
+  EXPECT_NE(s.message().find("server's certificate was refused"), std::string::npos)
+      << s.ToString();
+  // The right CA but a name the certificate does not carry.
+  co = ClientTls(pki, "");
+  co.tls.server_name = "somebody-else";
+  s = TryConnect(ServerTls(pki), co);
+  EXPECT_EQ(s.code(), StatusCode::kUnauthenticated) << s.ToString();
+  EXPECT_NE(s.message().find("mismatch"), std::string::npos) << s.ToString();
+  // The DNS name it does carry, and (above, by default) its IP address.
+  co.tls.server_name = "kvwire-test";
+  EXPECT_TRUE(TryConnect(ServerTls(pki), co).ok());
+  EXPECT_TRUE(TryConnect(ServerTls(pki), ClientTls(pki, "")).ok());
+}
+
+TEST(TcpTls, AListenerWithACaRequiresAClientCertificate) {
+  const Pki& pki = testing_pki::Get();
+  TransportOptions so = ServerTls(pki);
+  so.tls.ca_file = pki.ca_cert;
+  Status s = TryConnect(so, ClientTls(pki, ""));
+  EXPECT_FALSE(s.ok());
+  TransportOptions co = ClientTls(pki, "");
+  co.tls.cert_file = pki.other_server_cert;  // a certificate from a CA the listener does not trust
+  co.tls.key_file = pki.other_server_key;
+  EXPECT_FALSE(TryConnect(so, co).ok());
+  co.tls.cert_file = pki.client_cert;
+  co.tls.key_file = pki.client_key;
+  EXPECT_TRUE(TryConnect(so, co).ok());
+}
+
+TEST(TcpTls, PlainAndTlsPeersRefuseEachOtherWithAReason) {
+  const Pki& pki = testing_pki::Get();
+  TransportOptions plain_server = ServerTls(pki);
+  plain_server.tls.enabled = false;
+  Status s = TryConnect(plain_server, ClientTls(pki, ""));
+  EXPECT_EQ(s.code(), StatusCode::kIoError) << s.ToString();
+  EXPECT_NE(s.message().find("TLS enabled"), std::string::npos) << s.ToString();
+  TransportOptions plain_client = ClientTls(pki, "");
+  plain_client.tls.enabled = false;
+  s = TryConnect(ServerTls(pki), plain_client);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("TLS"), std::string::npos) << s.ToString();
+}
+
+TEST(TcpTls, AListenerKeepsServingAfterAFailedTlsHandshake) {
+  const Pki& pki = testing_pki::Get();
+  Endpoint server;
+  ASSERT_TRUE(server.Listen(ServerTls(pki)).ok());
+  server.AcceptAsync(8000);
+  TransportOptions bad = ClientTls(pki, server.listener->address());
+  bad.tls.enabled = false;
+  EXPECT_FALSE(server.transport->Connect(bad).ok());
+  TransportOptions wrong_ca = ClientTls(pki, server.listener->address());
+  wrong_ca.tls.ca_file = pki.other_ca_cert;
+  EXPECT_FALSE(server.transport->Connect(wrong_ca).ok());
+  auto c = server.transport->Connect(ClientTls(pki, server.listener->address()));
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  auto s = server.accepted.get();
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ((*s)->peer_name(), "client");
+}
+
+// A relay that ends TLS on both sides (its own certificate towards the client, a TLS client of
+// the real server) and passes the kvwire handshake messages on. A client without a CA file
+// accepts any certificate, so only the channel binding of the pre-shared-key handshake can tell
+// that the TLS session it sees is not the server's.
+TEST(TcpTls, ThePreSharedKeyHandshakeIsBoundToTheTlsSession) {
+  const Pki& pki = testing_pki::Get();
+  Endpoint server;
+  ASSERT_TRUE(server.Listen(ServerTls(pki)).ok());
+  server.AcceptAsync(3000);
+
+  TransportOptions relay_opts = ServerTls(pki);
+  relay_opts.tls.cert_file = pki.other_server_cert;
+  relay_opts.tls.key_file = pki.other_server_key;
+  auto acceptor = transport::TcpAcceptor::Bind(relay_opts);
+  ASSERT_TRUE(acceptor.ok()) << acceptor.status().ToString();
+  std::atomic<int> relayed{0};
+  std::thread relay([&] {
+    auto front = (*acceptor)->AcceptRaw(4000);
+    ASSERT_TRUE(front.ok()) << front.status().ToString();
+    TransportOptions to_server = ClientTls(pki, server.listener->address());
+    auto back = transport::TcpConnection::Dial(to_server);
+    ASSERT_TRUE(back.ok()) << back.status().ToString();
+    auto pass = [&](Connection& from, Connection& to) {
+      for (;;) {
+        auto m = from.Receive(3000);
+        if (!m.ok() || !to.Send(std::move(*m)).ok()) break;
+        ++relayed;
+      }
+      to.Close();
+      from.Close();
+    };
+    std::thread up([&] { pass(**front, **back); });
+    pass(**back, **front);
+    up.join();
+  });
+
+  TransportOptions co = ClientTls(pki, (*acceptor)->address());
+  co.tls.ca_file.clear();  // trusts the pre-shared key alone
+  auto c = server.transport->Connect(co);
+  EXPECT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kUnauthenticated) << c.status().ToString();
+  EXPECT_NE(c.status().message().find("relay"), std::string::npos) << c.status().ToString();
+  relay.join();  // the client's end closed with its failed Connect, which ends the relay
+  EXPECT_GE(relayed.load(), 2);  // the relay did pass the hello and the challenge on
+  auto s = server.accepted.get();
+  EXPECT_FALSE(s.ok()) << "the server accepted the relayed client";
+}
+
+TEST(TcpTls, MisconfigurationsFailWithTheirReason) {
+  const Pki& pki = testing_pki::Get();
+  std::unique_ptr<Transport> tcp = std::move(CreateTransport("tcp").value());
+  TransportOptions so = ServerTls(pki);
+  so.tls.cert_file.clear();
+  so.tls.key_file.clear();
+  auto l = tcp->Listen(so);
+  ASSERT_FALSE(l.ok());
+  EXPECT_EQ(l.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(l.status().message().find("certificate and its key"), std::string::npos);
+
+  so = ServerTls(pki);
+  so.tls.cert_file = pki.dir + "/missing.pem";
+  l = tcp->Listen(so);
+  ASSERT_FALSE(l.ok());
+  EXPECT_EQ(l.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(l.status().message().find("missing.pem"), std::string::npos);
+
+  so = ServerTls(pki);
+  so.tls.key_file = pki.client_key;  // another certificate's key
+  l = tcp->Listen(so);
+  ASSERT_FALSE(l.ok());
+  EXPECT_NE(l.status().message().find("does not belong"), std::string::npos)
+      << l.status().ToString();
+
+  so = ServerTls(pki);
+  so.tls.cert_file = pki.server_key;  // not a certificate
+  l = tcp->Listen(so);
+  ASSERT_FALSE(l.ok());
+  EXPECT_NE(l.status().message().find("cannot load certificate"), std::string::npos)
+      << l.status().ToString();
+
+  // No CA and no key: nothing would authenticate the server.
+  TransportOptions co = ClientTls(pki, "127.0.0.1:1");
+  co.tls.ca_file.clear();
+  co.key.clear();
+  co.allow_unauthenticated = true;
+  auto c = tcp->Connect(co);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("impostor"), std::string::npos);
+
+  for (const char* name : {"inproc", "ucx"}) {
+    auto t = CreateTransport(name);
+    if (!t.ok()) continue;  // ucx not built
+    auto r = (*t)->Listen(ServerTls(pki));
+    EXPECT_EQ(r.status().code(), StatusCode::kUnsupported) << name;
+    auto cr = (*t)->Connect(ClientTls(pki, "127.0.0.1:1"));
+    EXPECT_EQ(cr.status().code(), StatusCode::kUnsupported) << name;
+  }
+  EXPECT_TRUE(tcp->caps().tls);
+}
+
+}  // namespace
+}  // namespace kvwire
