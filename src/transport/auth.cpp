@@ -13,6 +13,7 @@
 #include <iostream>
 #include <iterator>
 
+#include "transport/backends.h"
 #include "transport/control.h"
 
 namespace kvwire::transport {
@@ -22,11 +23,6 @@ using Clock = std::chrono::steady_clock;
 
 std::span<const uint8_t> AsBytes(const std::string& s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
-}
-
-int RemainingMs(Clock::time_point deadline) {
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-  return ms > 0 ? static_cast<int>(ms) : 0;
 }
 
 Status SendControl(Connection& conn, const control::Control& c) {

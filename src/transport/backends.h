@@ -1,6 +1,7 @@
 // Backend constructors behind CreateTransport (factory.cpp), and shared helpers.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -16,5 +17,13 @@ std::unique_ptr<Transport> MakeUcxTransport();
 
 /// Logs (stderr) a peer refused during the handshake: who and why.
 void LogRefusedPeer(const std::string& where, const Status& why);
+
+/// Whole milliseconds from now to `deadline` (steady clock), 0 once it has passed.
+inline int RemainingMs(std::chrono::steady_clock::time_point deadline) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      deadline - std::chrono::steady_clock::now())
+                      .count();
+  return ms > 0 ? static_cast<int>(ms) : 0;
+}
 
 }  // namespace kvwire::transport

@@ -127,12 +127,12 @@ Status TcpConnection::ReadBytes(asio::mutable_buffer b) {
   return ec ? IoStatus("read", ec) : Status::Ok();
 }
 
-Status TcpConnection::WriteFrame(const std::vector<uint8_t>& prefix, const Message& m) {
+Status TcpConnection::WriteFrame(std::vector<uint8_t>& prefix, const Message& m) {
   if (tls_) {
-    // The prefix and the meta in one TLS record (when they fit), the payload after them.
-    std::vector<uint8_t> head(prefix);
-    head.insert(head.end(), m.meta.begin(), m.meta.end());
-    KVWIRE_RETURN_IF_ERROR(tls_->WriteAll(head.data(), head.size()));
+    // The prefix and the meta in one TLS record (when they fit), the payload after them. The
+    // meta goes after the prefix in the writer's scratch buffer, which WriteLoop clears.
+    prefix.insert(prefix.end(), m.meta.begin(), m.meta.end());
+    KVWIRE_RETURN_IF_ERROR(tls_->WriteAll(prefix.data(), prefix.size()));
     return tls_->WriteAll(m.payload.data(), m.payload.size());
   }
   std::array<asio::const_buffer, 3> bufs = {asio::buffer(prefix), asio::buffer(m.meta),
@@ -237,13 +237,7 @@ TcpAcceptor::~TcpAcceptor() { Close(); }
 Result<std::unique_ptr<TcpConnection>> TcpAcceptor::AcceptRaw(int timeout_ms) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   for (;;) {
-    int left = timeout_ms;
-    if (timeout_ms >= 0) {
-      left = static_cast<int>(std::max<int64_t>(
-          0, std::chrono::duration_cast<std::chrono::milliseconds>(
-                 deadline - std::chrono::steady_clock::now())
-                 .count()));
-    }
+    const int left = timeout_ms < 0 ? timeout_ms : RemainingMs(deadline);
     KVWIRE_ASSIGN_OR_RETURN(asio::ip::tcp::socket socket, AcceptSocket(left));
     if (!tls_) return std::make_unique<TcpConnection>(ctx_, std::move(socket), options_);
     asio::error_code ec;
@@ -298,13 +292,8 @@ class TcpListener final : public Listener {
   Result<std::unique_ptr<Connection>> Accept(int timeout_ms) override {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     for (;;) {
-      int left = timeout_ms;
-      if (timeout_ms >= 0) {
-        left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                    deadline - std::chrono::steady_clock::now())
-                                    .count());
-        if (left <= 0) return Status(StatusCode::kTimeout, "no connection");
-      }
+      const int left = timeout_ms < 0 ? timeout_ms : RemainingMs(deadline);
+      if (timeout_ms >= 0 && left == 0) return Status(StatusCode::kTimeout, "no connection");
       KVWIRE_ASSIGN_OR_RETURN(std::unique_ptr<TcpConnection> conn, acceptor_->AcceptRaw(left));
       std::string peer;
       TcpConnection* raw = conn.get();

@@ -56,7 +56,8 @@ class TcpConnection final : public Connection {
   void WriteLoop();
   void Fail(Status why);
   Status ReadBytes(asio::mutable_buffer b);
-  Status WriteFrame(const std::vector<uint8_t>& prefix, const Message& m);
+  // Writes one frame; `prefix` holds its prefix and is the writer's scratch (TLS appends the meta).
+  Status WriteFrame(std::vector<uint8_t>& prefix, const Message& m);
 
   std::shared_ptr<asio::io_context> ctx_;
   asio::ip::tcp::socket socket_;

@@ -73,6 +73,9 @@ class TlsSession {
   TlsSession(std::shared_ptr<TlsContext> ctx, int fd) : ctx_(std::move(ctx)), fd_(fd) {}
   Status Init();  // non-blocking socket, SSL object, socket BIO
   Status Handshake(bool client, int timeout_ms);
+  // Polls the socket for what an SSL call wanted (SSL_ERROR_WANT_READ: readable, else
+  // writable), up to timeout_ms (< 0: no limit).
+  void WaitForSocket(int ssl_error, int timeout_ms) const;
   // The status of a failed SSL call (`ssl_error` from SSL_get_error) during `during`.
   Status Failure(int ssl_error, const std::string& during);
 
