@@ -2,23 +2,18 @@
 // ciphertext, certificates and names are verified, misconfigurations fail with their reason,
 // and the pre-shared-key handshake is bound to the TLS session. The TransportTest suite also
 // runs as "tcp_tls" (transport_test.cpp).
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <future>
-#include <mutex>
 #include <thread>
 
 #include "kvwire/transport.h"
 #include "transport/auth.h"
 #include "transport/control.h"
 #include "transport/tcp_connection.h"
+#include "transport/tcp_proxy.h"
 #include "transport/test_pki.h"
 
 namespace kvwire {
@@ -90,89 +85,6 @@ struct Endpoint {
   }
 };
 
-// Forwards bytes between one client and `target` as they are (a network tap), and keeps a copy
-// of what the client sent.
-class ByteTap {
- public:
-  explicit ByteTap(uint16_t target_port) : target_port_(target_port) {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    EXPECT_EQ(::listen(listen_fd_, 1), 0);
-    socklen_t len = sizeof a;
-    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
-    thread_ = std::thread([this] { Run(); });
-  }
-  ~ByteTap() {
-    stop_ = true;
-    ::shutdown(listen_fd_, SHUT_RDWR);
-    thread_.join();
-    ::close(listen_fd_);
-  }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
-  std::vector<uint8_t> client_bytes() {
-    std::lock_guard lock(mu_);
-    return seen_;
-  }
-
- private:
-  void Run() {
-    int a = ::accept(listen_fd_, nullptr, nullptr);
-    if (a < 0) return;
-    int b = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in t{};
-    t.sin_family = AF_INET;
-    t.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    t.sin_port = htons(target_port_);
-    if (::connect(b, reinterpret_cast<sockaddr*>(&t), sizeof t) != 0) {
-      ::close(a);
-      ::close(b);
-      return;
-    }
-    std::vector<uint8_t> buf(1 << 16);
-    while (!stop_) {
-      pollfd p[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
-      if (::poll(p, 2, 100) <= 0) continue;
-      bool done = false;
-      for (int i = 0; i < 2 && !done; ++i) {
-        if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-        ssize_t n = ::recv(p[i].fd, buf.data(), buf.size(), 0);
-        if (n <= 0) {
-          done = true;
-          break;
-        }
-        if (i == 0) {
-          std::lock_guard lock(mu_);
-          seen_.insert(seen_.end(), buf.begin(), buf.begin() + n);
-        }
-        const int to = i == 0 ? b : a;
-        for (ssize_t off = 0; off < n;) {
-          ssize_t w = ::send(to, buf.data() + off, n - off, MSG_NOSIGNAL);
-          if (w <= 0) {
-            done = true;
-            break;
-          }
-          off += w;
-        }
-      }
-      if (done) break;
-    }
-    ::close(a);
-    ::close(b);
-  }
-
-  uint16_t target_port_;
-  uint16_t port_ = 0;
-  int listen_fd_ = -1;
-  std::atomic<bool> stop_{false};
-  std::mutex mu_;
-  std::vector<uint8_t> seen_;
-  std::thread thread_;
-};
-
 uint16_t PortOf(const std::string& address) {
   return static_cast<uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
 }
@@ -189,7 +101,7 @@ std::vector<uint8_t> CaptureOneTransfer(bool tls) {
   so.tls.enabled = tls;
   Endpoint server;
   EXPECT_TRUE(server.Listen(so).ok());
-  ByteTap tap(PortOf(server.listener->address()));
+  testing_net::CuttableProxy tap(PortOf(server.listener->address()), /*record_upstream=*/true);
   server.AcceptAsync(5000);
   TransportOptions co = ClientTls(pki, tap.address());
   co.tls.enabled = tls;
@@ -207,7 +119,7 @@ std::vector<uint8_t> CaptureOneTransfer(bool tls) {
   }
   (*c)->Close();
   (*s)->Close();
-  return tap.client_bytes();
+  return tap.upstream_bytes();
 }
 
 TEST(TcpTls, TheWireCarriesCiphertextOnly) {
