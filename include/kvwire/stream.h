@@ -99,12 +99,21 @@ class StreamWriter {
   /// Appends the trailer; every layer must have been written.
   Status Finish(std::vector<uint8_t>* out);
 
-  /// Encodes one chunk frame (header + payload) without stream bookkeeping (for transports).
+  /// Appends one chunk frame (header + payload) to `out`, without stream bookkeeping (for
+  /// transports).
   Status EncodeChunk(const KvView& kv, uint32_t layer, KvKind kind, uint32_t token_begin,
                      uint32_t tokens, uint8_t level, std::vector<uint8_t>* out) const;
+  /// Like EncodeChunk, but `frame` becomes that one frame, in its own storage: a buffer kept
+  /// for reuse (Connection::TakeBuffer) is filled without a new allocation, and at the fp16
+  /// level without zero-filling either. On error `frame`'s contents are unspecified.
+  Status EncodeChunkInto(const KvView& kv, uint32_t layer, KvKind kind, uint32_t token_begin,
+                         uint32_t tokens, uint8_t level, std::vector<uint8_t>* frame) const;
 
  private:
   StreamWriter();
+  // EncodeChunk's checks of its arguments; the token offset of `kv` in the stream.
+  Result<uint32_t> CheckChunk(const KvView& kv, uint32_t layer, KvKind kind, uint32_t token_begin,
+                              uint32_t tokens, uint8_t level) const;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
@@ -119,6 +128,9 @@ struct ChunkRef {
   ChunkHeader header;
   uint64_t offset = 0;                 // offset of the chunk header in the stream
   std::span<const uint8_t> payload;    // CRC32C already verified
+  /// Set by Next/ParseFrame when the chunk's level stores fp16 values as they are and they were
+  /// found finite while the CRC was checked, so DecodeChunk need not read them again for that.
+  bool payload_finite_halves = false;
 };
 
 /// Parses a complete stream held in memory. Not thread-safe.

@@ -267,4 +267,10 @@ uint32_t Crc32cHardware(std::span<const uint8_t> data, uint32_t crc = 0);
 /// Whether Crc32cHardware really uses the instruction in this build.
 bool Crc32cHardwareAvailable();
 
+/// Crc32c(data, crc), and in the same read of `data` whether every fp16 value in it (little-
+/// endian halves; a trailing odd byte is not one) is finite: `*finite`. The fp16 level's payload
+/// needs both, and one pass over it, in blocks that stay in L1 between the two, is cheaper than
+/// two (the sender's and the receiver's share of a session's CPU, bench/results/transport.md).
+uint32_t Crc32cFiniteHalves(std::span<const uint8_t> data, uint32_t crc, bool* finite);
+
 }  // namespace kvwire::format

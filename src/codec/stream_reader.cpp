@@ -68,6 +68,18 @@ struct StreamReader::Impl {
   Status CheckChunkFields(const uint8_t* at, uint64_t offset, uint64_t index,
                           format::ChunkWire* wire) const;
   Result<ChunkRef> NextChunk();
+  // The payload's CRC32C; for a level whose payload is the fp16 values themselves (and of their
+  // size), whether they are all finite too, found in the same pass (else false).
+  uint32_t PayloadCrc(const ChunkHeader& h, std::span<const uint8_t> payload,
+                      bool* finite_halves) const {
+    *finite_halves = false;
+    const uint64_t elements = uint64_t{h.tokens} * info.shape.kv_heads * info.shape.head_dim;
+    if (h.level < codecs.size() && codecs[h.level]->PayloadIsHalves() &&
+        payload.size() == 2 * elements) {
+      return format::Crc32cFiniteHalves(payload, 0, finite_halves);
+    }
+    return Crc32c(payload);
+  }
   void Rewind() {
     pos = header_end;
     layer = 0;
@@ -357,14 +369,15 @@ Result<ChunkRef> StreamReader::Impl::NextChunk() {
                    std::to_string(pos + format::chunk::kPayloadBytes));
   }
   const std::span<const uint8_t> payload(b + payload_at, w.h.payload_bytes);
-  const uint32_t computed = Crc32c(payload);
+  bool finite_halves = false;
+  const uint32_t computed = PayloadCrc(w.h, payload, &finite_halves);
   if (computed != w.h.payload_crc32c) {
     return Err(StatusCode::kCorrupt, payload_at,
                label + ": payload CRC32C mismatch (stored " + Hex(w.h.payload_crc32c) +
                    ", computed " + Hex(computed) + ")");
   }
 
-  ChunkRef ref{w.h, pos, payload};
+  ChunkRef ref{w.h, pos, payload, finite_halves};
   crc = Crc32c({at, kChunkHeaderBytes + uint64_t{w.h.payload_bytes}}, crc);
   pos = payload_at + w.h.payload_bytes;
   ++chunks;
@@ -430,13 +443,14 @@ Result<ChunkRef> StreamReader::ParseFrame(std::span<const uint8_t> frame, uint64
                    std::to_string(want));
   }
   const std::span<const uint8_t> payload = frame.subspan(kChunkHeaderBytes);
-  const uint32_t computed = Crc32c(payload);
+  bool finite_halves = false;
+  const uint32_t computed = r.PayloadCrc(w.h, payload, &finite_halves);
   if (computed != w.h.payload_crc32c) {
     return Err(StatusCode::kCorrupt, offset + kChunkHeaderBytes,
                "payload CRC32C mismatch (stored " + Hex(w.h.payload_crc32c) + ", computed " +
                    Hex(computed) + ")");
   }
-  return ChunkRef{w.h, offset, payload};
+  return ChunkRef{w.h, offset, payload, finite_halves};
 }
 
 Status StreamReader::DecodeChunk(const ChunkRef& chunk, const KvView& dst, CodecImpl impl) {
@@ -466,8 +480,9 @@ Status StreamReader::DecodeChunk(const ChunkRef& chunk, const KvView& dst, Codec
     const std::string spec = codec.Spec();
     KVWIRE_RETURN_IF_ERROR(
         baseline::CheckPayloadSize(chunk.payload.size(), 2 * elements, spec).WithContext(label));
-    KVWIRE_RETURN_ERROR_IF(!baseline::HalvesFinite(chunk.payload.data(), elements), kCorrupt,
-                           label + ": " + spec + ": payload holds a non-finite value");
+    KVWIRE_RETURN_ERROR_IF(
+        !chunk.payload_finite_halves && !baseline::HalvesFinite(chunk.payload.data(), elements),
+        kCorrupt, label + ": " + spec + ": payload holds a non-finite value");
     return dst.WriteRaw(h.layer, h.kind, view_offset + h.token_begin, h.tokens,
                         chunk.payload.data());
   }

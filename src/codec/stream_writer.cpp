@@ -122,16 +122,25 @@ Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, u
   const uint64_t elements = uint64_t{tokens} * info.shape.kv_heads * info.shape.head_dim;
   const Codec& codec = *codecs[level];
   const ChunkDesc desc = format::MakeChunkDesc(info, layer, kind, token_begin, tokens);
+  bool have_crc = false;  // the fp16 copy path computes the payload CRC with its check
+  uint32_t payload_crc = 0;
   try {
     if (codec.PayloadIsHalves() && kv.dtype() == DType::kF16 &&
         options.impl == CodecImpl::kOptimized) {
-      // fp16 rows at the fp16 level: the payload is the rows as they are.
+      // fp16 rows at the fp16 level: the payload is the rows as they are. (A frame of this
+      // size already, say a pooled buffer from Connection::TakeBuffer, is not zero-filled.)
       frame->resize(kChunkHeaderBytes + 2 * elements);
       uint8_t* halves = frame->data() + kChunkHeaderBytes;
       KVWIRE_RETURN_IF_ERROR(
           kv.ReadRaw(layer, kind, view_offset + token_begin, tokens, halves).WithContext(where));
-      KVWIRE_RETURN_IF_ERROR(
-          baseline::CheckFiniteHalves(desc, halves, codec.Spec()).WithContext(where));
+      bool finite = false;
+      payload_crc = format::Crc32cFiniteHalves({halves, 2 * elements}, 0, &finite);
+      have_crc = true;
+      if (!finite) {
+        // Where, for the message.
+        KVWIRE_RETURN_IF_ERROR(
+            baseline::CheckFiniteHalves(desc, halves, codec.Spec()).WithContext(where));
+      }
     } else {
       // The float copy of the chunk, per thread and reused: a fresh zero-filled buffer per
       // chunk cost the sender ~20 % of its CPU in page clearing and faults (perf, int3-token
@@ -166,7 +175,7 @@ Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, u
   h.token_begin = token_begin;
   h.tokens = tokens;
   h.payload_bytes = static_cast<uint32_t>(payload);
-  h.payload_crc32c = Crc32c({frame->data() + kChunkHeaderBytes, payload});
+  h.payload_crc32c = have_crc ? payload_crc : Crc32c({frame->data() + kChunkHeaderBytes, payload});
   format::EncodeChunkHeader(h, stream_tag, frame->data());
   return Status::Ok();
 }
@@ -317,9 +326,9 @@ Status StreamWriter::Finish(std::vector<uint8_t>* out) {
   return Status::Ok();
 }
 
-Status StreamWriter::EncodeChunk(const KvView& kv, uint32_t layer, KvKind kind,
-                                 uint32_t token_begin, uint32_t tokens, uint8_t level,
-                                 std::vector<uint8_t>* out) const {
+Result<uint32_t> StreamWriter::CheckChunk(const KvView& kv, uint32_t layer, KvKind kind,
+                                          uint32_t token_begin, uint32_t tokens,
+                                          uint8_t level) const {
   const Impl& w = *impl_;
   const KvShape& s = w.info.shape;
   KVWIRE_RETURN_ERROR_IF(
@@ -343,16 +352,31 @@ Status StreamWriter::EncodeChunk(const KvView& kv, uint32_t layer, KvKind kind,
                          kInvalidArgument,
                          "chunk of " + std::to_string(tokens) + " tokens exceeds " +
                              std::to_string(kMaxChunkElements) + " elements");
-  KVWIRE_ASSIGN_OR_RETURN(const uint32_t view_offset, format::ViewTokenOffset(kv, w.info));
+  return format::ViewTokenOffset(kv, w.info);
+}
+
+Status StreamWriter::EncodeChunk(const KvView& kv, uint32_t layer, KvKind kind,
+                                 uint32_t token_begin, uint32_t tokens, uint8_t level,
+                                 std::vector<uint8_t>* out) const {
+  KVWIRE_ASSIGN_OR_RETURN(const uint32_t view_offset,
+                          CheckChunk(kv, layer, kind, token_begin, tokens, level));
   std::vector<uint8_t> frame;
   KVWIRE_RETURN_IF_ERROR(
-      w.EncodeFrame(kv, view_offset, layer, kind, token_begin, tokens, level, &frame));
+      impl_->EncodeFrame(kv, view_offset, layer, kind, token_begin, tokens, level, &frame));
   if (out->empty()) {
     *out = std::move(frame);
   } else {
     out->insert(out->end(), frame.begin(), frame.end());
   }
   return Status::Ok();
+}
+
+Status StreamWriter::EncodeChunkInto(const KvView& kv, uint32_t layer, KvKind kind,
+                                     uint32_t token_begin, uint32_t tokens, uint8_t level,
+                                     std::vector<uint8_t>* frame) const {
+  KVWIRE_ASSIGN_OR_RETURN(const uint32_t view_offset,
+                          CheckChunk(kv, layer, kind, token_begin, tokens, level));
+  return impl_->EncodeFrame(kv, view_offset, layer, kind, token_begin, tokens, level, frame);
 }
 
 Result<std::vector<uint8_t>> EncodeStream(const KvView& kv, StreamInfo info,

@@ -130,8 +130,11 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
  private:
   void EncodeLoop();
   void EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer);
-  // Chunk `seq` of `s` at `level` as a data message. Call with a kv_readers count held.
-  Result<Message> EncodeChunk(const SendState& s, uint32_t seq, uint8_t level) const;
+  // Chunk `seq` of `s` at `level` as a data message. Call with a kv_readers count held. The
+  // frame goes into a buffer from `buffers`' pool (Connection::TakeBuffer) when it is given:
+  // no allocation, zero-fill or page faults per chunk once the sent chunks come back to it.
+  Result<Message> EncodeChunk(const SendState& s, uint32_t seq, uint8_t level,
+                              Connection* buffers) const;
   // Ends a kv_readers count taken under mu_ (held when called).
   void ReleaseKvLocked(SendState* s) {
     if (--s->kv_readers == 0 && !s->status.in_progress()) cv_.notify_all();
@@ -365,13 +368,22 @@ void SenderCore::EncodeLoop() {
   }
 }
 
-Result<Message> SenderCore::EncodeChunk(const SendState& s, uint32_t seq, uint8_t level) const {
+Result<Message> SenderCore::EncodeChunk(const SendState& s, uint32_t seq, uint8_t level,
+                                        Connection* buffers) const {
   const ChunkGrid& g = s.grid;
   const uint32_t layer = g.LayerOf(seq), idx = g.IndexOf(seq);
   const KvKind kind = g.KindOf(seq);
+  // Sized for the chunk at fp16, which the fp16 level fills exactly; a level of 8 to 16 bits
+  // fills at least half of it (StreamWriter::EncodeChunk replaces the contents). Smaller levels
+  // allocate their frame as before: a pooled fp16-sized buffer per chunk in flight would hold
+  // up to 16x the window in memory.
   std::vector<uint8_t> frame;
-  KVWIRE_RETURN_IF_ERROR(s.writer->EncodeChunk(s.kv, layer, kind, g.TokenBegin(idx), g.Tokens(idx),
-                                               level, &frame));
+  if (buffers != nullptr && level < s.levels.size() && s.levels[level].bits_per_element >= 8) {
+    frame = buffers->TakeBuffer(kChunkHeaderBytes +
+                                2 * uint64_t{g.Tokens(idx)} * g.shape.kv_heads * g.shape.head_dim);
+  }
+  KVWIRE_RETURN_IF_ERROR(s.writer->EncodeChunkInto(s.kv, layer, kind, g.TokenBegin(idx),
+                                                   g.Tokens(idx), level, &frame));
   control::ChunkDescriptor d;
   d.set_request_id(s.id);
   d.set_seq(seq);
@@ -391,6 +403,7 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
     for (uint32_t idx = 0; idx < g.per_tensor; ++idx) {
       const uint32_t seq = g.Seq(layer, kind, idx);
       const uint32_t tokens = g.Tokens(idx);
+      std::shared_ptr<Connection> buffers;  // the connection whose pool the frame comes from
       transport::LevelChoiceInput in;
       in.levels = s->levels;
       in.max_kl = s->opts.max_kl;
@@ -402,11 +415,14 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
         in.inflight_bytes = inflight_bytes_;
         in.remaining_elements = g.shape.elements() - s->elements_sent;
         ++s->kv_readers;
+        buffers = conn_;
       }
       if (s->has_deadline)
         in.remaining_ms = std::max(0.0, Seconds(s->deadline - Clock::now()) * 1000);
       const transport::LevelChoice choice = transport::ChooseLevel(in);
-      Result<Message> msg = EncodeChunk(*s, seq, static_cast<uint8_t>(choice.level));
+      Result<Message> msg =
+          EncodeChunk(*s, seq, static_cast<uint8_t>(choice.level), buffers.get());
+      buffers.reset();
       std::shared_ptr<Connection> conn;
       control::Control level_change;
       {
@@ -593,7 +609,7 @@ void SenderCore::Handle(const control::Control& c) {
       lock.unlock();
       Status failed;
       for (const auto& [seq, level] : resend) {
-        Result<Message> msg = EncodeChunk(*keep, seq, level);
+        Result<Message> msg = EncodeChunk(*keep, seq, level, conn.get());
         if (!msg.ok()) {
           failed = msg.status().WithContext("encode for resending");
           break;

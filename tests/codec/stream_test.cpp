@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "codec/quant_common.h"
 #include "codec/stream_format.h"
 #include "fuzz/test_codecs.h"
 #include "kvwire/profile.h"
@@ -249,6 +250,38 @@ TEST(Crc32cTest, Continues) {
     EXPECT_EQ(Crc32c(b, Crc32c(a)), Crc32c(all));
     EXPECT_EQ(fmt::Crc32cPortable(b, fmt::Crc32cPortable(a)), Crc32c(all));
   }
+}
+
+// The fused pass gives the CRC of the bytes and the finiteness of the halves in them that two
+// separate passes give: lengths around its 12 KiB blocks, a non-finite value in the first block,
+// a later block, the last half, or only in an odd trailing byte (not a half: still finite).
+TEST(Crc32cTest, FiniteHalvesMatchesSeparatePasses) {
+  std::mt19937 rng(5);
+  std::vector<uint8_t> data(3 * 12288 + 64);
+  for (size_t i = 0; i < data.size(); i += 2) {
+    const uint16_t h = static_cast<uint16_t>(rng()) & 0xbfff;  // exponent never all ones
+    std::memcpy(&data[i], &h, 2);
+  }
+  int non_finite_cases = 0;
+  for (size_t len : {0u, 2u, 7u, 12286u, 12288u, 12290u, 24576u, 24577u, 36866u}) {
+    for (long bad_at : {-1L, 0L, 12290L, long(len) - 2, long(len) - 1}) {
+      if (bad_at >= long(len)) continue;
+      std::vector<uint8_t> d(data.begin(), data.begin() + len);
+      if (bad_at >= 0 && bad_at % 2 == 0) {
+        const uint16_t inf = 0x7c00;
+        std::memcpy(&d[bad_at], &inf, 2);
+      } else if (bad_at >= 0) {
+        d[bad_at] = 0x7c;  // the high byte of a half when len is even; a lone byte when odd
+      }
+      bool finite = false;
+      const uint32_t crc = fmt::Crc32cFiniteHalves(d, 0x5eedu, &finite);
+      EXPECT_EQ(crc, Crc32c(d, 0x5eedu)) << "len " << len << " bad at " << bad_at;
+      const bool want = baseline::HalvesFinite(d.data(), d.size() / 2);
+      EXPECT_EQ(finite, want) << "len " << len << " bad at " << bad_at;
+      non_finite_cases += !want;
+    }
+  }
+  EXPECT_GE(non_finite_cases, 10);  // the cases above do reach the non-finite branch
 }
 
 TEST(StreamFormatTest, LittleEndianLayout) {
@@ -605,6 +638,35 @@ TEST_F(StreamTest, Fp16CopyPathMatchesTheConversionPath) {
     messages[i++] = s.ToString();
   }
   EXPECT_EQ(messages[0], messages[1]);
+
+  // ParseFrame marks an fp16-level frame's halves as checked, and only when they are finite.
+  auto writer = StreamWriter::Create(info);
+  ASSERT_TRUE(writer.ok());
+  std::vector<uint8_t> header, frame;
+  ASSERT_TRUE((*writer)->WriteHeader(&header).ok());
+  ASSERT_TRUE((*writer)->EncodeChunk(cache.view(), 1, KvKind::kValue, 5, 5, 0, &frame).ok());
+  // EncodeChunkInto makes the same frame in a buffer that held other bytes: one of the frame's
+  // size (which the fp16 level overwrites without zero-filling), a larger one, an empty one.
+  for (size_t size : {frame.size(), frame.size() + 100, size_t{0}}) {
+    std::vector<uint8_t> reused(size, 0xab);
+    ASSERT_TRUE((*writer)->EncodeChunkInto(cache.view(), 1, KvKind::kValue, 5, 5, 0, &reused).ok());
+    EXPECT_EQ(reused, frame) << size;
+  }
+  auto frames = StreamReader::Open(header);
+  ASSERT_TRUE(frames.ok());
+  auto ref = (*frames)->ParseFrame(frame);
+  ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+  EXPECT_TRUE(ref->payload_finite_halves);
+  frame[kChunkHeaderBytes + 1] = 0x7c;  // +inf or NaN in the first element
+  const uint32_t fixed = Crc32c({frame.data() + kChunkHeaderBytes, frame.size() - kChunkHeaderBytes});
+  fmt::StoreLE32(frame.data() + fmt::chunk::kPayloadCrc, fixed);
+  fmt::StoreLE32(frame.data() + fmt::chunk::kHeaderCrc, Crc32c({frame.data(), fmt::chunk::kHeaderCrc}));
+  ref = (*frames)->ParseFrame(frame);
+  ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+  EXPECT_FALSE(ref->payload_finite_halves);
+  auto out = KvCache::Create(shape, DType::kF16);
+  const Status refused = (*frames)->DecodeChunk(*ref, out->view());
+  EXPECT_EQ(refused.code(), StatusCode::kCorrupt) << refused.ToString();
 }
 
 TEST_F(StreamTest, FramesOneByOne) {
@@ -626,6 +688,11 @@ TEST_F(StreamTest, FramesOneByOne) {
   ASSERT_TRUE(cache.view().ReadF32(1, KvKind::kValue, 2, 3, want.data()).ok());
   ASSERT_TRUE(dst->view().ReadF32(1, KvKind::kValue, 2, 3, got.data()).ok());
   EXPECT_EQ(got, want);
+  // EncodeChunkInto replaces what its buffer held (EncodeChunk appends); a codec that is not
+  // fp16 writes the same frame into a reused buffer.
+  std::vector<uint8_t> reused(3 * frame.size(), 0xcd);
+  ASSERT_TRUE((*writer)->EncodeChunkInto(cache.view(), 1, KvKind::kValue, 2, 3, 0, &reused).ok());
+  EXPECT_EQ(reused, frame);
   // Next() on a header-only buffer: the stream is truncated.
   EXPECT_EQ((*reader)->Next().status().code(), StatusCode::kTruncated);
 
