@@ -267,11 +267,11 @@ TEST(Crc32cTest, FiniteHalvesMatchesSeparatePasses) {
     for (long bad_at : {-1L, 0L, 12290L, long(len) - 2, long(len) - 1}) {
       if (bad_at >= long(len)) continue;
       std::vector<uint8_t> d(data.begin(), data.begin() + len);
-      if (bad_at >= 0 && bad_at % 2 == 0) {
+      if (bad_at >= 0 && bad_at % 2 == 0 && size_t(bad_at) + 2 <= len) {
         const uint16_t inf = 0x7c00;
         std::memcpy(&d[bad_at], &inf, 2);
       } else if (bad_at >= 0) {
-        d[bad_at] = 0x7c;  // the high byte of a half when len is even; a lone byte when odd
+        d[bad_at] = 0x7c;  // the high byte of the last half, or a lone trailing byte (finite)
       }
       bool finite = false;
       const uint32_t crc = fmt::Crc32cFiniteHalves(d, 0x5eedu, &finite);
@@ -297,7 +297,7 @@ TEST(HalvesFiniteTest, MatchesTheScalarDefinition) {
     for (size_t n = 0; n <= halves.size(); ++n) {
       for (long bad = -1; bad < long(n); ++bad) {
         std::vector<uint8_t> d(offset + 2 * n, 0xff);
-        std::memcpy(d.data() + offset, halves.data(), 2 * n);
+        if (n > 0) std::memcpy(d.data() + offset, halves.data(), 2 * n);
         if (bad >= 0) std::memcpy(&d[offset + 2 * bad], &specials[bad % 3], 2);
         const bool want = baseline::HalvesFiniteRef(d.data() + offset, n);
         ASSERT_EQ(baseline::HalvesFinite(d.data() + offset, n), want)
