@@ -374,9 +374,9 @@ Result<Message> SenderCore::EncodeChunk(const SendState& s, uint32_t seq, uint8_
   const uint32_t layer = g.LayerOf(seq), idx = g.IndexOf(seq);
   const KvKind kind = g.KindOf(seq);
   // Sized for the chunk at fp16, which the fp16 level fills exactly; a level of 8 to 16 bits
-  // fills at least half of it (StreamWriter::EncodeChunk replaces the contents). Smaller levels
-  // allocate their frame as before: a pooled fp16-sized buffer per chunk in flight would hold
-  // up to 16x the window in memory.
+  // fills at least half of it (StreamWriter::EncodeChunkInto replaces the contents). Smaller
+  // levels allocate their frame as before: a pooled fp16-sized buffer per chunk in flight would
+  // hold up to 16x the window in memory.
   std::vector<uint8_t> frame;
   if (buffers != nullptr && level < s.levels.size() && s.levels[level].bits_per_element >= 8) {
     frame = buffers->TakeBuffer(kChunkHeaderBytes +
