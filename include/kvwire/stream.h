@@ -111,9 +111,6 @@ class StreamWriter {
 
  private:
   StreamWriter();
-  // EncodeChunk's checks of its arguments; the token offset of `kv` in the stream.
-  Result<uint32_t> CheckChunk(const KvView& kv, uint32_t layer, KvKind kind, uint32_t token_begin,
-                              uint32_t tokens, uint8_t level) const;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <new>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -122,8 +123,7 @@ Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, u
   const uint64_t elements = uint64_t{tokens} * info.shape.kv_heads * info.shape.head_dim;
   const Codec& codec = *codecs[level];
   const ChunkDesc desc = format::MakeChunkDesc(info, layer, kind, token_begin, tokens);
-  bool have_crc = false;  // the fp16 copy path computes the payload CRC with its check
-  uint32_t payload_crc = 0;
+  std::optional<uint32_t> payload_crc;  // the fp16 copy path computes it with its check
   try {
     if (codec.PayloadIsHalves() && kv.dtype() == DType::kF16 &&
         options.impl == CodecImpl::kOptimized) {
@@ -135,7 +135,6 @@ Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, u
           kv.ReadRaw(layer, kind, view_offset + token_begin, tokens, halves).WithContext(where));
       bool finite = false;
       payload_crc = format::Crc32cFiniteHalves({halves, 2 * elements}, 0, &finite);
-      have_crc = true;
       if (!finite) {
         // Where, for the message.
         KVWIRE_RETURN_IF_ERROR(
@@ -175,7 +174,8 @@ Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, u
   h.token_begin = token_begin;
   h.tokens = tokens;
   h.payload_bytes = static_cast<uint32_t>(payload);
-  h.payload_crc32c = have_crc ? payload_crc : Crc32c({frame->data() + kChunkHeaderBytes, payload});
+  h.payload_crc32c =
+      payload_crc ? *payload_crc : Crc32c({frame->data() + kChunkHeaderBytes, payload});
   format::EncodeChunkHeader(h, stream_tag, frame->data());
   return Status::Ok();
 }
@@ -326,9 +326,23 @@ Status StreamWriter::Finish(std::vector<uint8_t>* out) {
   return Status::Ok();
 }
 
-Result<uint32_t> StreamWriter::CheckChunk(const KvView& kv, uint32_t layer, KvKind kind,
-                                          uint32_t token_begin, uint32_t tokens,
-                                          uint8_t level) const {
+Status StreamWriter::EncodeChunk(const KvView& kv, uint32_t layer, KvKind kind,
+                                 uint32_t token_begin, uint32_t tokens, uint8_t level,
+                                 std::vector<uint8_t>* out) const {
+  // Into a frame of its own, so that an error leaves `out` as it was.
+  std::vector<uint8_t> frame;
+  KVWIRE_RETURN_IF_ERROR(EncodeChunkInto(kv, layer, kind, token_begin, tokens, level, &frame));
+  if (out->empty()) {
+    *out = std::move(frame);
+  } else {
+    out->insert(out->end(), frame.begin(), frame.end());
+  }
+  return Status::Ok();
+}
+
+Status StreamWriter::EncodeChunkInto(const KvView& kv, uint32_t layer, KvKind kind,
+                                     uint32_t token_begin, uint32_t tokens, uint8_t level,
+                                     std::vector<uint8_t>* frame) const {
   const Impl& w = *impl_;
   const KvShape& s = w.info.shape;
   KVWIRE_RETURN_ERROR_IF(
@@ -352,31 +366,8 @@ Result<uint32_t> StreamWriter::CheckChunk(const KvView& kv, uint32_t layer, KvKi
                          kInvalidArgument,
                          "chunk of " + std::to_string(tokens) + " tokens exceeds " +
                              std::to_string(kMaxChunkElements) + " elements");
-  return format::ViewTokenOffset(kv, w.info);
-}
-
-Status StreamWriter::EncodeChunk(const KvView& kv, uint32_t layer, KvKind kind,
-                                 uint32_t token_begin, uint32_t tokens, uint8_t level,
-                                 std::vector<uint8_t>* out) const {
-  KVWIRE_ASSIGN_OR_RETURN(const uint32_t view_offset,
-                          CheckChunk(kv, layer, kind, token_begin, tokens, level));
-  std::vector<uint8_t> frame;
-  KVWIRE_RETURN_IF_ERROR(
-      impl_->EncodeFrame(kv, view_offset, layer, kind, token_begin, tokens, level, &frame));
-  if (out->empty()) {
-    *out = std::move(frame);
-  } else {
-    out->insert(out->end(), frame.begin(), frame.end());
-  }
-  return Status::Ok();
-}
-
-Status StreamWriter::EncodeChunkInto(const KvView& kv, uint32_t layer, KvKind kind,
-                                     uint32_t token_begin, uint32_t tokens, uint8_t level,
-                                     std::vector<uint8_t>* frame) const {
-  KVWIRE_ASSIGN_OR_RETURN(const uint32_t view_offset,
-                          CheckChunk(kv, layer, kind, token_begin, tokens, level));
-  return impl_->EncodeFrame(kv, view_offset, layer, kind, token_begin, tokens, level, frame);
+  KVWIRE_ASSIGN_OR_RETURN(const uint32_t view_offset, format::ViewTokenOffset(kv, w.info));
+  return w.EncodeFrame(kv, view_offset, layer, kind, token_begin, tokens, level, frame);
 }
 
 Result<std::vector<uint8_t>> EncodeStream(const KvView& kv, StreamInfo info,
