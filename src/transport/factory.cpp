@@ -1,6 +1,6 @@
-#include <iostream>
 #include <mutex>
 
+#include "common/log_line.h"
 #include "transport/backends.h"
 
 namespace kvwire {
@@ -32,7 +32,7 @@ namespace transport {
 void LogRefusedPeer(const std::string& where, const Status& why) {
   static std::mutex mu;
   std::lock_guard lock(mu);
-  std::cerr << "kvwire: refused peer on " << where << ": " << why.ToString() << "\n";
+  WriteLogLine(stderr, "kvwire: refused peer on " + where + ": " + why.ToString());
 }
 
 }  // namespace transport

@@ -9,12 +9,12 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
-#include <iostream>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
 
+#include "common/log_line.h"
 #include "kvwire/profile.h"
 #include "kvwire/session.h"
 #include "transport/chunk_grid.h"
@@ -113,7 +113,7 @@ class ReceiverCore {
     if (m.ok() && conn) (void)conn->Send(std::move(*m));
   }
   void Log(const std::string& line) const {
-    if (opts_.verbose) std::cerr << "kvwire serve: " << line << "\n";
+    if (opts_.verbose) WriteLogLine(stderr, "kvwire serve: " + line);
   }
 
   const ReceiverOptions opts_;
@@ -219,7 +219,7 @@ void ReceiverCore::ServeConnection(std::shared_ptr<Connection> conn) {
     if (!s.ok()) {
       // A malformed or hostile message: refuse the peer, log why.
       Log("closing connection from '" + conn->peer_name() + "': " + s.ToString());
-      std::cerr << "kvwire: refused peer '" << conn->peer_name() << "': " << s.ToString() << "\n";
+      WriteLogLine(stderr, "kvwire: refused peer '" + conn->peer_name() + "': " + s.ToString());
       SendControl(conn, transport::MakeError(0, s));
       conn->Close();
       return;

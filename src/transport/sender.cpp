@@ -8,12 +8,12 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
-#include <iostream>
 #include <map>
 #include <mutex>
 #include <numeric>
 #include <thread>
 
+#include "common/log_line.h"
 #include "kvwire/profile.h"
 #include "kvwire/session.h"
 #include "transport/chunk_grid.h"
@@ -158,7 +158,7 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   }
   control::Control BeginMessage(const SendState& s, bool resume) const;
   void Log(const std::string& line) const {
-    if (opts_.verbose) std::cerr << "kvwire send: " << line << "\n";
+    if (opts_.verbose) WriteLogLine(stderr, "kvwire send: " + line);
   }
 
   const SenderOptions opts_;

@@ -62,6 +62,17 @@ uint64_t RssKiB(pid_t pid) {
   return 0;
 }
 
+// The last `n` lines of `text`.
+std::string Tail(const std::string& text, int n) {
+  size_t at = text.size();
+  while (n-- > 0 && at > 0) {
+    const size_t nl = text.rfind('\n', at - 1);
+    if (nl == std::string::npos) return text;
+    at = nl;
+  }
+  return text.substr(at);
+}
+
 std::string Describe(bool cut, bool receiver_side, int delay_ms, int cut_ms) {
   std::string s = std::string(cut ? "cut " : "reset ") +
                   (receiver_side ? "recv-side" : "send-side") + " at " + std::to_string(delay_ms) +
@@ -78,13 +89,15 @@ ServeOutcome OutcomeOf(const std::string& log, uint64_t id) {
   const std::string tagged = "kvwire serve: " + done;
   ServeOutcome o = ServeOutcome::kNone;
   std::istringstream in(log);
+  // Found anywhere in a line, not only at its start: serve writes each line whole, but a log
+  // that shows a line spliced into another must still be read for what it says (a done line
+  // hidden that way once read as a hung request).
   for (std::string line; std::getline(in, line);) {
-    if (line.rfind(done, 0) == 0 && line.find(" -> ") != std::string::npos)
+    if (line.find(tagged) != std::string::npos && line.find("' failed: ") != std::string::npos)
+      return ServeOutcome::kFailed;
+    if (line.find(done) != std::string::npos && line.find(" -> ") != std::string::npos)
       return ServeOutcome::kDone;
-    if (line.rfind(tagged, 0) == 0) {
-      if (line.find("' failed: ") != std::string::npos) return ServeOutcome::kFailed;
-      o = ServeOutcome::kAnnounced;
-    }
+    if (line.find(tagged) != std::string::npos) o = ServeOutcome::kAnnounced;
   }
   return o;
 }
@@ -325,7 +338,11 @@ TEST_F(FaultInjection, FiftyTransfersWithLinkCutsAndResets) {
     std::string outcome;
     const ServeOutcome served = Settle(r, id, *s.rc != 0);
     ASSERT_NE(served, ServeOutcome::kAnnounced)
-        << "transfer " << i << " (" << what << "): the receiver never finished request " << id;
+        << "transfer " << i << " (" << what << "): the receiver never finished request " << id
+        << "\nsender exit " << *s.rc << " after " << s.ms << " ms; its stdout:\n"
+        << s.out << "its stderr:\n"
+        << s.err << "serve log (" << r.backend << "), last lines:\n"
+        << Tail(ReadFile(r.log), 40);
     const fs::path got_path = r.out_dir / ("request-" + std::to_string(id) + ".safetensors");
     if (served == ServeOutcome::kDone) {
       // Whatever the sender's verdict, what the receiver wrote must be exact.

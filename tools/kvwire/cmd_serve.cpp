@@ -7,6 +7,7 @@
 
 #include "cli_profile.h"
 #include "cli_util.h"
+#include "common/log_line.h"
 #include "command.h"
 #include "kvwire/kv_file.h"
 #include "kvwire/session.h"
@@ -86,8 +87,8 @@ int RunServe(const ServeArgs& a) {
     const double seconds = NowSeconds() - t0;
     ++served;
     if (!s.ok()) {
-      std::cerr << "kvwire serve: request " << id << " from '" << in->peer
-                << "' failed: " << s.ToString() << "\n";
+      WriteLogLine(stderr, "kvwire serve: request " + std::to_string(id) + " from '" + in->peer +
+                               "' failed: " + s.ToString());
       (void)(*receiver)->Release(id);
       if (a.count != 0) return 1;
       continue;
@@ -109,13 +110,19 @@ int RunServe(const ServeArgs& a) {
     }
     const KvShape& sh = in->info.shape;
     const uint64_t raw = sh.elements() * DTypeSize(in->info.dtype);
-    std::cout << "request " << id << " from '" << in->peer << "': " << sh.layers << " layers x "
-              << sh.tokens << " tokens -> " << path << "\n  "
-              << (st.ok() ? Thousands(st->wire_bytes) : std::string("?")) << " bytes on the wire ("
-              << (st.ok() && st->wire_bytes ? Format("%.2fx", double(raw) / double(st->wire_bytes))
-                                            : "?")
-              << " vs " << DTypeName(in->info.dtype) << "), " << Format("%.1f ms", seconds * 1000)
-              << " to KV-ready; levels: " << levels << std::endl;
+    // One write for both lines: the receiver's threads log to stderr meanwhile, and a log that
+    // holds both streams must not get their lines spliced into this one.
+    WriteLogLine(stdout,
+                 "request " + std::to_string(id) + " from '" + in->peer + "': " +
+                     std::to_string(sh.layers) + " layers x " + std::to_string(sh.tokens) +
+                     " tokens -> " + path + "\n  " +
+                     (st.ok() ? Thousands(st->wire_bytes) : std::string("?")) +
+                     " bytes on the wire (" +
+                     (st.ok() && st->wire_bytes
+                          ? Format("%.2fx", double(raw) / double(st->wire_bytes))
+                          : std::string("?")) +
+                     " vs " + std::string(DTypeName(in->info.dtype)) + "), " +
+                     Format("%.1f ms", seconds * 1000) + " to KV-ready; levels: " + levels);
     (void)(*receiver)->Release(id);
   }
   (*receiver)->Close();
