@@ -277,6 +277,28 @@ Status TlsSession::Failure(int ssl_error, const std::string& during) {
       return Status(StatusCode::kIoError, during + ": peer closed the connection");
     return Status(StatusCode::kIoError, during + ": " + std::strerror(e));
   }
+  // A refused certificate: the alert names the problem, our text names the fix. With TLS 1.3
+  // the client learns of it at its first read after the handshake, not in the handshake.
+  if (ssl_error == SSL_ERROR_SSL) {
+    const int reason = ERR_GET_REASON(ERR_peek_error());
+    const char* what = nullptr;
+    if (reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+      what = "the client sent no certificate, and this listener requires one signed by its CA "
+             "(--tls-ca)";
+    } else if (reason == SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED) {
+      what = "the server requires a client certificate (--tls-cert and --tls-key)";
+    } else if (reason == SSL_R_TLSV1_ALERT_UNKNOWN_CA ||
+               reason == SSL_R_SSLV3_ALERT_BAD_CERTIFICATE ||
+               reason == SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED ||
+               reason == SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED ||
+               reason == SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE ||
+               reason == SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN) {
+      what = "the peer refused our certificate";
+    }
+    if (what != nullptr)
+      return Status(StatusCode::kUnauthenticated,
+                    during + ": " + what + " (" + OpenSslErrors() + ")");
+  }
   return Status(StatusCode::kIoError, during + ": " + OpenSslErrors());
 }
 
@@ -303,6 +325,7 @@ Status TlsSession::Handshake(bool client, int timeout_ms) {
       // Not a certificate: mostly a peer without TLS (it hangs up, or answers in plain frames:
       // "wrong version number").
       Status why = Failure(e, "tls handshake");
+      if (why.code() == StatusCode::kUnauthenticated) return why;  // a certificate, named
       return Status(why.code(), why.message() + " (does the peer have TLS enabled too?)");
     }
     const int left = RemainingMs(deadline);

@@ -219,12 +219,24 @@ TEST(TcpTls, AListenerWithACaRequiresAClientCertificate) {
   const Pki& pki = testing_pki::Get();
   TransportOptions so = ServerTls(pki);
   so.tls.ca_file = pki.ca_cert;
-  Status s = TryConnect(so, ClientTls(pki, ""));
-  EXPECT_FALSE(s.ok());
+  // TLS 1.3 tells the client at its first read after the handshake, by an alert, which then says
+  // what to change. It may instead find the connection closed: the listener hangs up after the
+  // alert, and a client write that meets the closed socket fails first.
+  auto refused = [](const Status& st, const std::string& says) {
+    EXPECT_FALSE(st.ok());
+    if (st.message().find("alert") == std::string::npos) {
+      EXPECT_NE(st.message().find("peer closed the connection"), std::string::npos)
+          << st.ToString();
+      return;
+    }
+    EXPECT_EQ(st.code(), StatusCode::kUnauthenticated) << st.ToString();
+    EXPECT_NE(st.message().find(says), std::string::npos) << st.ToString();
+  };
+  refused(TryConnect(so, ClientTls(pki, "")), "requires a client certificate (--tls-cert");
   TransportOptions co = ClientTls(pki, "");
   co.tls.cert_file = pki.other_server_cert;  // a certificate from a CA the listener does not trust
   co.tls.key_file = pki.other_server_key;
-  EXPECT_FALSE(TryConnect(so, co).ok());
+  refused(TryConnect(so, co), "refused our certificate");
   co.tls.cert_file = pki.client_cert;
   co.tls.key_file = pki.client_key;
   EXPECT_TRUE(TryConnect(so, co).ok());
