@@ -50,7 +50,8 @@ struct SenderOptions {
   TransportOptions transport;                 // address = the receiver's HOST:PORT (or inproc name)
   uint64_t max_inflight_bytes = 64ull << 20;  // unacknowledged chunk bytes, all requests
   int stall_timeout_ms = 10000;               // no ack for this long while waiting: kTimeout
-  int max_reconnects = 3;                     // per broken connection
+  int max_reconnects = 3;  // per broken connection; also retries of the first connection when
+                           // it fails on the way (i/o error, timeout), not when refused
   int reconnect_backoff_ms = 100;             // doubled after each failed attempt
   const Profile* profile = nullptr;
   bool verbose = false;  // log level choices and reconnects to stderr

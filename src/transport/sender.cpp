@@ -86,21 +86,29 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
       profile_id_ = ProfileIdOfBytes(profile_bytes_);
     }
     KVWIRE_ASSIGN_OR_RETURN(transport_, CreateTransport(opts_.backend));
-    KVWIRE_ASSIGN_OR_RETURN(std::unique_ptr<Connection> c, transport_->Connect(opts_.transport));
-    conn_ = std::move(c);
-    // Capabilities both ways before anything else: Open() checks every level against the
-    // receiver's codec families.
-    SendOn(conn_, MyCapabilities());
-    auto first = conn_->Receive(opts_.transport.handshake_timeout_ms);
-    if (!first.ok()) return first.status().WithContext("waiting for the receiver's capabilities");
-    KVWIRE_RETURN_ERROR_IF(first->kind != MessageKind::kControl, kCorrupt,
-                           "receiver sent a data message first");
-    KVWIRE_ASSIGN_OR_RETURN(control::Control caps, transport::ParseControl(first->meta));
-    if (caps.has_error()) return transport::ErrorToStatus(caps.error()).WithContext("receiver");
-    KVWIRE_RETURN_ERROR_IF(!caps.has_capabilities(), kCorrupt,
-                           "expected the receiver's capabilities, got " +
-                               transport::ControlName(caps));
-    peer_caps_ = caps.capabilities();
+    // The first connection gets the retries a broken one gets: a link that blips or a reset
+    // while connecting is no answer from the receiver. What the receiver does answer (a wrong
+    // key, another protocol version, a refused certificate) and bad options fail at once.
+    int backoff = opts_.reconnect_backoff_ms;
+    for (int attempt = 1;; ++attempt) {
+      bool authenticated = false;
+      Status s = ConnectOnce(&authenticated);
+      if (s.ok()) break;
+      conn_.reset();
+      // A timeout once the peer has authenticated is an answer too: a receiver that never
+      // sends its capabilities (an older version) would not send them the next time either.
+      const bool transient = s.code() == StatusCode::kIoError ||
+                             (s.code() == StatusCode::kTimeout && !authenticated);
+      if (!transient) return s;
+      if (attempt > opts_.max_reconnects) {
+        return attempt == 1 ? s
+                            : s.WithContext(std::to_string(attempt) + " connect attempts failed");
+      }
+      Log("connect attempt " + std::to_string(attempt) + " failed (" + s.ToString() +
+          "); retrying in " + std::to_string(backoff) + " ms");
+      std::this_thread::sleep_for(std::chrono::milliseconds(backoff));
+      backoff *= 2;
+    }
     Log("receiver '" + conn_->peer_name() + "' decodes " +
         std::to_string(peer_caps_.codecs_size()) + " codec families, holds " +
         std::to_string(peer_caps_.profile_ids_size()) + " profile(s)");
@@ -111,6 +119,7 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
 
   Result<std::shared_ptr<SendRequest>> Open(const KvView& kv, const SendRequestOptions& o);
   void Close();
+
 
   // Called by SendState.
   Status Push(const std::shared_ptr<SendState>& s, uint32_t layer);
@@ -148,6 +157,10 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   }
   // Answers a ProfileRequest: the profile in pieces, or why not.
   void ServeProfile(const std::shared_ptr<Connection>& conn, const std::string& id) const;
+  // One connection attempt: connect, authenticate, capabilities both ways (Open() checks every
+  // level against the receiver's codec families). Sets conn_ and peer_caps_, and
+  // *authenticated once the handshake succeeded.
+  Status ConnectOnce(bool* authenticated);
   bool Reconnect(const Status& why);
   void FailLocked(SendState* s, Status why);
   void FailAllLocked(const Status& why);
@@ -700,6 +713,24 @@ void SenderCore::Handle(const control::Control& c) {
     default:
       return;  // informational messages (pong, capabilities) need no action
   }
+}
+
+Status SenderCore::ConnectOnce(bool* authenticated) {
+  KVWIRE_ASSIGN_OR_RETURN(std::unique_ptr<Connection> c, transport_->Connect(opts_.transport));
+  conn_ = std::move(c);
+  *authenticated = true;
+  SendOn(conn_, MyCapabilities());
+  auto first = conn_->Receive(opts_.transport.handshake_timeout_ms);
+  if (!first.ok()) return first.status().WithContext("waiting for the receiver's capabilities");
+  KVWIRE_RETURN_ERROR_IF(first->kind != MessageKind::kControl, kCorrupt,
+                         "receiver sent a data message first");
+  KVWIRE_ASSIGN_OR_RETURN(control::Control caps, transport::ParseControl(first->meta));
+  if (caps.has_error()) return transport::ErrorToStatus(caps.error()).WithContext("receiver");
+  KVWIRE_RETURN_ERROR_IF(!caps.has_capabilities(), kCorrupt,
+                         "expected the receiver's capabilities, got " +
+                             transport::ControlName(caps));
+  peer_caps_ = caps.capabilities();
+  return Status::Ok();
 }
 
 bool SenderCore::Reconnect(const Status& why) {

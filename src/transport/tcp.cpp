@@ -332,8 +332,12 @@ class TcpTransport final : public Transport {
     std::string peer;
     Status s = ClientHandshake(*conn, options, &peer, conn->channel_binding());
     if (!s.ok()) {
+      // What a TLS listener does to a plain hello: hangs up, or its record reads as a bad frame.
+      // Not a reset or an unreachable network, which have nothing to do with TLS.
       if (!options.tls.enabled &&
-          (s.code() == StatusCode::kIoError || s.code() == StatusCode::kCorrupt))
+          (s.code() == StatusCode::kCorrupt ||
+           (s.code() == StatusCode::kIoError &&
+            s.message().find("peer closed the connection") != std::string::npos)))
         s = Status(s.code(), s.message() + " (if the listener uses TLS, enable it here too)");
       return s.WithContext("connect tcp://" + options.address);
     }

@@ -439,6 +439,62 @@ TEST(SessionResume, ReconnectsAndResumesAfterTheConnectionIsCut) {
   }
 }
 
+// The first connection is retried like a broken one: cut during the handshake (before the
+// sender has any request), Sender::Connect still succeeds on a second connection. A receiver that
+// answers "no" is not asked again: a wrong key fails at once, long before one backoff.
+TEST(SessionResume, TheFirstConnectionIsRetriedButARefusalIsNot) {
+  for (uint64_t cut : {10ull, 40ull, 90ull}) {
+    ReceiverOptions ro;
+    ro.transport.address = "127.0.0.1:0";
+    ro.transport.key = Key();
+    auto r = Receiver::Listen(ro);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    const std::string addr = (*r)->address();
+    CuttableProxy proxy(static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
+    proxy.CutAfter(cut);  // inside the first connection's handshake
+    SenderOptions so;
+    so.transport.address = proxy.address();
+    so.transport.key = Key();
+    so.reconnect_backoff_ms = 20;
+    auto s = Sender::Connect(so);
+    ASSERT_TRUE(s.ok()) << "cut after " << cut << " bytes: " << s.status().ToString();
+    EXPECT_EQ(proxy.connections(), 2) << "cut after " << cut << " bytes";
+    // And the connection it kept carries a request.
+    const KvShape shape{2, 32, 2, 16};
+    KvCache src = RandomCache(shape, 3);
+    auto dst = KvCache::Create(shape, DType::kF16);
+    SendRequestOptions q;
+    q.request_id = 5;
+    q.levels = {{"fp16", 16, 0}};
+    auto req = (*s)->Open(src.view(), q);
+    ASSERT_TRUE(req.ok()) << req.status().ToString();
+    auto in = (*r)->NextRequest(5000);
+    ASSERT_TRUE(in.ok()) << in.status().ToString();
+    ASSERT_TRUE((*r)->SetDestination(5, dst->view()).ok());
+    ASSERT_TRUE((*req)->PushAll().ok());
+    ASSERT_TRUE((*req)->Wait(10000).ok());
+    EXPECT_TRUE(SameBytes(src, *dst));
+    (*s)->Close();
+    (*r)->Close();
+  }
+
+  ReceiverOptions ro;
+  ro.transport.address = "127.0.0.1:0";
+  ro.transport.key = Key();
+  auto r = Receiver::Listen(ro);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  SenderOptions so;
+  so.transport.address = (*r)->address();
+  so.transport.key = std::vector<uint8_t>(32, 0x77);
+  so.reconnect_backoff_ms = 60000;  // a retry would wait this long
+  const auto t0 = std::chrono::steady_clock::now();
+  auto s = Sender::Connect(so);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), StatusCode::kUnauthenticated) << s.status().ToString();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30))
+      << "a wrong key was retried";
+}
+
 // Regression: the receiver completed and released a request, but the acks and the RequestDone
 // died with the connection. The sender reconnected and resumed; the receiver no longer knew the
 // id, opened it as a brand-new request (announced a second time, no chunks ever came) and the
