@@ -52,7 +52,7 @@ struct SenderOptions {
   int stall_timeout_ms = 10000;               // no ack for this long while waiting: kTimeout
   int max_reconnects = 3;  // per broken connection; also retries of the first connection when
                            // it fails on the way (i/o error, timeout), not when refused
-  int reconnect_backoff_ms = 100;             // doubled after each failed attempt
+  int reconnect_backoff_ms = 100;             // doubled after each failed attempt (to 60 s)
   const Profile* profile = nullptr;
   bool verbose = false;  // log level choices and reconnects to stderr
 };

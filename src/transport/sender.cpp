@@ -30,6 +30,8 @@ using transport::ChunkGrid;
 // the level chooser has no measurement yet and picks the cheapest level, so a full window sent
 // blind (64 MiB by default, half a second at 1 Gbit/s) would all go at that level.
 constexpr uint64_t kProbeWindowBytes = 1 << 20;
+// Reconnect backoff doubles up to this (and never overflows, whatever the options say).
+constexpr int kMaxBackoffMs = 60000;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
@@ -107,7 +109,7 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
       Log("connect attempt " + std::to_string(attempt) + " failed (" + s.ToString() +
           "); retrying in " + std::to_string(backoff) + " ms");
       std::this_thread::sleep_for(std::chrono::milliseconds(backoff));
-      backoff *= 2;
+      backoff = std::min(backoff, kMaxBackoffMs / 2) * 2;
     }
     Log("receiver '" + conn_->peer_name() + "' decodes " +
         std::to_string(peer_caps_.codecs_size()) + " codec families, holds " +
@@ -747,7 +749,7 @@ bool SenderCore::Reconnect(const Status& why) {
   Status last = why;
   for (int attempt = 1; attempt <= opts_.max_reconnects; ++attempt) {
     std::this_thread::sleep_for(std::chrono::milliseconds(backoff));
-    backoff *= 2;
+    backoff = std::min(backoff, kMaxBackoffMs / 2) * 2;
     {
       std::lock_guard lock(mu_);
       if (closed_) return false;

@@ -1,7 +1,12 @@
 // `kvwire serve` + `kvwire send` over loopback, tcp, tcp inside TLS and ucx: the received KV dump
 // equals the sent one (fp16 codec: bit-exact).
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
@@ -22,6 +27,49 @@ std::string Dir(const std::string& name) {
   std::string cmd = "rm -rf '" + d + "' && mkdir -p '" + d + "'";
   EXPECT_EQ(std::system(cmd.c_str()), 0);
   return d;
+}
+
+// A loopback port nobody listens on (bound, then closed).
+uint16_t ClosedPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// --reconnects bounds the attempts of a first connection that fails on the way too; the error
+// says how many were made, on one line.
+TEST(CliSend, ANoListenerFailsAfterItsConnectAttempts) {
+  const std::string dir = Dir("no_listener");
+  const std::string key = dir + "/key";
+  {
+    std::ofstream f(key);
+    f << std::string(64, 'a') << "\n";
+  }
+  ::chmod(key.c_str(), 0600);
+  const std::string in = dir + "/kv.safetensors";
+  ASSERT_EQ(std::system((std::string(KVWIRE_CLI) + " synth --out " + in +
+                         " --layers 1 --kv-heads 1 --head-dim 64 --tokens 8 >/dev/null")
+                            .c_str()),
+            0);
+  FILE* p = ::popen((std::string(KVWIRE_CLI) + " send --connect 127.0.0.1:" +
+                     std::to_string(ClosedPort()) + " --key-file " + key + " --in " + in +
+                     " --reconnects 2 --reconnect-backoff-ms 10 2>&1")
+                        .c_str(),
+                    "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char line[1024];
+  while (std::fgets(line, sizeof line, p)) out += line;
+  const int st = ::pclose(p);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1) << out;
+  EXPECT_EQ(out.rfind("kvwire send: i/o error: 3 connect attempts failed: ", 0), 0u) << out;
+  EXPECT_EQ(out.find('\n'), out.size() - 1) << out;
 }
 
 // A backend name, or "tcp_tls": tcp with --tls (certificates of test_pki.h).

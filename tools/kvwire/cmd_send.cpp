@@ -32,6 +32,8 @@ struct SendArgs {
   uint64_t request_id = 1;
   uint64_t max_inflight_mib = 64;
   uint32_t busy_poll_us = 0;
+  int reconnects = SenderOptions{}.max_reconnects;
+  int reconnect_backoff_ms = SenderOptions{}.reconnect_backoff_ms;
   std::string json;
   bool verbose = false;
 };
@@ -73,6 +75,8 @@ int RunSend(const SendArgs& a) {
   o.transport.address = a.connect;
   o.transport.node_name = "kvwire-send";
   o.max_inflight_bytes = a.max_inflight_mib << 20;
+  o.max_reconnects = a.reconnects;
+  o.reconnect_backoff_ms = a.reconnect_backoff_ms;
   o.transport.busy_poll_us = a.busy_poll_us;
   o.verbose = a.verbose;
   o.profile = profile->get();
@@ -234,6 +238,16 @@ const CommandRegistrar kRegister(
       sub->add_option("--max-inflight-mib", a->max_inflight_mib,
                       "unacknowledged bytes bound (MiB)");
       sub->add_option("--busy-poll-us", a->busy_poll_us, kBusyPollHelp);
+      sub->add_option("--reconnects", a->reconnects,
+                      "connection attempts after a broken connection, or after a first connect "
+                      "that failed on the way (not one the receiver refused); the transfer "
+                      "resumes where it stopped")
+          ->check(CLI::Range(0, 100))
+          ->capture_default_str();
+      sub->add_option("--reconnect-backoff-ms", a->reconnect_backoff_ms,
+                      "wait before the first reconnect attempt, doubled after each")
+          ->check(CLI::Range(1, 60000))
+          ->capture_default_str();
       AddTlsOptions(sub, &a->tls, /*listening=*/false);
       sub->add_option("--json", a->json,
                       "write levels chosen, bytes and timings (load, connect, send) as JSON");
