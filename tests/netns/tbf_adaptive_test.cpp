@@ -255,10 +255,10 @@ TEST_F(TbfAdaptive, TightDeadlinePicksFewerBitsAndCompressedBeatsFp16) {
   std::printf("input: %.1f MiB of fp16 KV, %.0f ms on a 1 Gbit/s link\n", fp16_bytes / (1 << 20),
               wire_ms);
 
-  // A first, untimed transfer: a fresh serve's first connection often loses a race in the tcp
-  // backend's authentication (the first data frame can reach the server's reader before the
-  // accepting thread marks the connection authenticated; the sender then reconnects and
-  // resumes, ~0.1 s later), which would skew the timed comparison below.
+  // A first, untimed transfer, so that one-off costs of a fresh serve (its first connection,
+  // first allocations, the input in the page cache) stay out of the timed comparison below.
+  // (It once also hid a race in the tcp backend's authentication, fixed in ab0bc12: the server
+  // now marks the peer authenticated before it sends AuthOk.)
   (void)Send(1, "q4_0", 0);
 
   // 1. The shaper: fp16 goodput (chunk bytes / send time) at most the link rate, not far below.
