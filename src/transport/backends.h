@@ -11,6 +11,10 @@ namespace kvwire::transport {
 
 std::unique_ptr<Transport> MakeInprocTransport();
 std::unique_ptr<Transport> MakeTcpTransport();
+/// The UCX tcp transport's segment size the ucx backend sets on both ends (TX_SEG_SIZE and
+/// RX_SEG_SIZE, unless UCX_TCP_TX_SEG_SIZE / UCX_TCP_RX_SEG_SIZE are set): the size of the
+/// fragments its rendezvous data moves in (see ucx.cpp).
+inline constexpr const char* kUcxTcpSegSize = "1M";
 #if KVWIRE_HAVE_UCX
 std::unique_ptr<Transport> MakeUcxTransport();
 #endif

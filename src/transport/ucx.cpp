@@ -264,8 +264,10 @@ Status UcxConnection::Init() {
   // UCX_TCP_TX_SEG_SIZE and UCX_TCP_RX_SEG_SIZE win. ("TX_SEG_SIZE" is the name
   // ucp_config_modify applies to the tcp transport's UCX_TCP_TX_SEG_SIZE.) Both ends of a kvwire
   // connection set the same sizes.
-  if (!std::getenv("UCX_TCP_TX_SEG_SIZE")) (void)ucp_config_modify(config, "TX_SEG_SIZE", "1M");
-  if (!std::getenv("UCX_TCP_RX_SEG_SIZE")) (void)ucp_config_modify(config, "RX_SEG_SIZE", "1M");
+  if (!std::getenv("UCX_TCP_TX_SEG_SIZE"))
+    (void)ucp_config_modify(config, "TX_SEG_SIZE", kUcxTcpSegSize);
+  if (!std::getenv("UCX_TCP_RX_SEG_SIZE"))
+    (void)ucp_config_modify(config, "RX_SEG_SIZE", kUcxTcpSegSize);
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES;
   params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <cstdlib>
 #include <cstring>
 #include <future>
@@ -24,6 +25,7 @@
 #include "kvwire/kv_view.h"
 #include "kvwire/session.h"
 #include "kvwire/transport.h"
+#include "transport/backends.h"
 
 extern char** environ;
 
@@ -72,7 +74,10 @@ TransportOptions RawLoopback(const TransportBenchArgs& a, uint64_t size) {
 // back to it) and the receiver hands every message back (Recycle), as the session receiver does:
 // after the warm-up neither side allocates per message, like ucx_perftest with its one buffer.
 // Payload contents are whatever the buffers held (the backend does not look at them).
-Status MeasureRaw(const std::string& backend, const TransportBenchArgs& a, BenchPoint* p) {
+// `after_run(r)` runs after timed run r (the reference's run of the same round), while the
+// connection stays open and idle.
+Status MeasureRaw(const std::string& backend, const TransportBenchArgs& a, BenchPoint* p,
+                  const std::function<Status(int)>& after_run) {
   KVWIRE_ASSIGN_OR_RETURN(auto transport, CreateTransport(backend));
   KVWIRE_ASSIGN_OR_RETURN(auto listener, transport->Listen(RawLoopback(a, p->size)));
   TransportOptions co = RawLoopback(a, p->size);
@@ -118,7 +123,10 @@ Status MeasureRaw(const std::string& backend, const TransportBenchArgs& a, Bench
   (void)run(warmup);  // warm-up: connection, buffers, page faults
   const uint64_t count = std::max<uint64_t>(8, budget / size);
   std::vector<double> secs;
-  for (int r = 0; r < a.repeat && failure.ok(); ++r) secs.push_back(run(count));
+  for (int r = 0; r < a.repeat && failure.ok(); ++r) {
+    secs.push_back(run(count));
+    if (failure.ok() && after_run) KVWIRE_RETURN_IF_ERROR(after_run(r));
+  }
   KVWIRE_RETURN_IF_ERROR(failure);
   for (double t : secs) p->raw_runs.push_back(double(size) * double(count) / t / 1e9);
   p->raw_gbps = double(size) * double(count) / Median(secs) / 1e9;
@@ -242,11 +250,22 @@ Result<double> RunPerftest(const TransportBenchArgs& a, const std::string& tls, 
                            bool peer_errors, int port) {
   const uint64_t iters = std::clamp<uint64_t>((a.mib_per_point << 20) / size, 16, 200000);
   const uint64_t warmup = std::max<uint64_t>(2, iters / 10);
-  const std::string env = "UCX_TLS=" + tls;
+  // With -e, perftest runs the protocol the ucx backend runs: peer error handling, and the tcp
+  // fragment size the backend sets (unless the environment sets its own, for both).
+  std::string env = "UCX_TLS=" + tls;
+  if (peer_errors) {
+    for (const char* var : {"UCX_TCP_TX_SEG_SIZE", "UCX_TCP_RX_SEG_SIZE"})
+      if (!std::getenv(var)) env += std::string(" ") + var + "=" + transport::kUcxTcpSegSize;
+  }
   const std::string port_s = std::to_string(port);
   std::vector<std::string> args = {a.perftest, "-p", port_s};
   if (peer_errors) args.push_back("-e");
-  std::vector<std::string> envs = {env};
+  std::vector<std::string> envs;
+  for (size_t pos = 0; pos < env.size();) {
+    const size_t space = std::min(env.find(' ', pos), env.size());
+    envs.push_back(env.substr(pos, space - pos));
+    pos = space + 1;
+  }
   for (char** e = environ; *e; ++e) envs.emplace_back(*e);
   std::vector<char*> argv, envp;
   for (auto& s : args) argv.push_back(s.data());
@@ -482,21 +501,27 @@ int RunBenchTransport(const TransportBenchArgs& a) {
         BenchPoint p;
         p.size = size;
         const std::string what = config.Name() + " " + SizeName(size);
-        if (Status s = MeasureRaw(backend, a, &p); !s.ok()) return FailStatus(cmd, s);
+        // The reference runs in rounds with kvwire's: after raw run r, perftest as is and with
+        // -e, so that each pair of runs saw the same moment of a shared machine.
+        std::function<Status(int)> reference;
+        if (perftest && !tls.empty()) {
+          reference = [&](int) -> Status {
+            for (bool e : {false, true}) {
+              auto g = RunPerftest(a, tls, size, e, port++);
+              if (!g.ok()) return g.status().WithContext(what);
+              (e ? p.perftest_e_runs : p.perftest_runs).push_back(*g);
+            }
+            return Status::Ok();
+          };
+        }
+        if (Status s = MeasureRaw(backend, a, &p, reference); !s.ok()) return FailStatus(cmd, s);
+        if (!p.perftest_runs.empty()) {
+          p.perftest_gbps = Median(p.perftest_runs);
+          p.perftest_e_gbps = Median(p.perftest_e_runs);
+        }
         if (a.session) {
           if (Status s = MeasureSession(backend, *src, dst.get(), a, &p); !s.ok())
             return FailStatus(cmd, s);
-        }
-        if (perftest && !tls.empty()) {  // as many runs as kvwire's, right after them
-          for (int r = 0; r < a.repeat; ++r) {
-            for (bool e : {false, true}) {
-              auto g = RunPerftest(a, tls, size, e, port++);
-              if (!g.ok()) return FailStatus(cmd, g.status().WithContext(what));
-              (e ? p.perftest_e_runs : p.perftest_runs).push_back(*g);
-            }
-          }
-          p.perftest_gbps = Median(p.perftest_runs);
-          p.perftest_e_gbps = Median(p.perftest_e_runs);
         }
         std::cerr << "[bench] " << ProgressLine(config, p) << "\n";
         config.points.push_back(p);

@@ -1,5 +1,6 @@
 #include "bench_transport_report.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -33,6 +34,20 @@ std::string UcxVersion(const std::string& perftest) {
 Json Num(double v) { return v < 0 ? Json(nullptr) : Json(v); }
 std::string Cell(double v, const char* fmt) { return v < 0 ? "n/a" : Format(fmt, v); }
 double Ratio(double a, double b) { return a < 0 || b <= 0 ? -1 : a / b; }
+
+// The median over rounds of a[r] / b[r] (runs measured back to back, round by round), or -1 when
+// the runs do not pair up.
+double PairedRatio(const std::vector<double>& a, const std::vector<double>& b) {
+  if (a.empty() || a.size() != b.size()) return -1;
+  std::vector<double> r;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (b[i] <= 0) return -1;
+    r.push_back(a[i] / b[i]);
+  }
+  std::sort(r.begin(), r.end());
+  const size_t n = r.size();
+  return n % 2 ? r[n / 2] : (r[n / 2 - 1] + r[n / 2]) / 2;
+}
 
 }  // namespace
 
@@ -81,10 +96,14 @@ int WriteTransportReport(const TransportBenchArgs& a, const BenchReport& r) {
        "raw and ucx_perftest: bytes of one message (kvwire: 16 B of meta + payload); "
        "session: one fp16 chunk frame's elements x 2"},
       {"perftest", "median of " + std::to_string(a.repeat) +
-                       " runs, each -n max(16, MiB/size) iterations with 10 % warm-up, run right "
-                       "after kvwire's runs of the same size; 'perftest -e' creates its endpoints "
-                       "with peer error handling (UCP_ERR_HANDLING_MODE_PEER), as the ucx backend "
-                       "does to detect a dead peer"},
+                       " runs, each -n max(16, MiB/size) iterations with 10 % warm-up, in rounds "
+                       "with kvwire's raw runs of the same size (raw run r, then perftest run r as "
+                       "is and with -e); 'perftest -e' creates its endpoints with peer error "
+                       "handling (UCP_ERR_HANDLING_MODE_PEER), as the ucx backend does to detect "
+                       "a dead peer"},
+      {"ratios", "raw / perftest: the median over rounds of raw run r / perftest run r, so that "
+                 "each ratio compares runs made back to back (transport.json also has the ratio "
+                 "of the medians); session / perftest -e: ratio of the medians"},
       {"raw", "one kvwire Connection on loopback, messages one way, median of " +
                   std::to_string(a.repeat) + " runs of " + std::to_string(a.mib_per_point) +
                   " MiB (at least 8 messages); the sender's payloads come from "
@@ -123,6 +142,7 @@ int WriteTransportReport(const TransportBenchArgs& a, const BenchReport& r) {
      << "- **session**: " << j["definitions"]["session"].get<std::string>() << ".\n"
      << "- **ucx_perftest**: " << j["definitions"]["perftest"].get<std::string>()
      << "; every run's GB/s is in transport.json (`*_runs_gbps`).\n"
+     << "- **ratios**: " << j["definitions"]["ratios"].get<std::string>() << ".\n"
      << "- size: " << j["definitions"]["size"].get<std::string>() << "; GB = 1e9 bytes.\n"
      << "- Target: " << j["definitions"]["target"].get<std::string>() << ".\n";
   for (const BenchConfig& c : r.configs) {
@@ -134,8 +154,8 @@ int WriteTransportReport(const TransportBenchArgs& a, const BenchReport& r) {
        << "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     std::string verdict;
     for (const BenchPoint& p : c.points) {
-      const double rr = Ratio(p.raw_gbps, p.perftest_gbps);
-      const double re = Ratio(p.raw_gbps, p.perftest_e_gbps);
+      const double rr = PairedRatio(p.raw_runs, p.perftest_runs);
+      const double re = PairedRatio(p.raw_runs, p.perftest_e_runs);
       const double sr = Ratio(p.session_gbps, p.perftest_gbps);
       const double se = Ratio(p.session_gbps, p.perftest_e_gbps);
       points.push_back({{"size", p.size},
@@ -144,6 +164,9 @@ int WriteTransportReport(const TransportBenchArgs& a, const BenchReport& r) {
                         {"raw_gbps", Num(p.raw_gbps)},
                         {"raw_vs_perftest", Num(rr)},
                         {"raw_vs_perftest_e", Num(re)},
+                        {"raw_vs_perftest_of_medians", Num(Ratio(p.raw_gbps, p.perftest_gbps))},
+                        {"raw_vs_perftest_e_of_medians",
+                         Num(Ratio(p.raw_gbps, p.perftest_e_gbps))},
                         {"raw_p50_us", Num(p.raw_p50_us)},
                         {"raw_p99_us", Num(p.raw_p99_us)},
                         {"raw_messages", p.raw_messages},
