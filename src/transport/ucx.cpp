@@ -251,8 +251,10 @@ Status UcxConnection::Init() {
   if (st != UCS_OK) return UcsStatus("ucp_config_read", st);
   // Eager messages by copy, not zero-copy: UCX 1.13's tcp transport can complete a zero-copy send
   // twice when the connection breaks under it (assertion `comp->count > 0', process abort: 7 of
-  // 390 transfers cut by a TCP reset, none of 620 with this). It also makes UCX send rendezvous
-  // data over tcp by copy (bcopy fragments), which costs throughput: bench/results/transport.md.
+  // 390 transfers cut by a TCP reset, none of 620 with this; again 6 of 200 with 1 MiB fragments,
+  // 0 of 200 without: bench/ucx_zcopy_resets.sh). It also makes UCX send rendezvous data over tcp
+  // by copy (bcopy fragments), one more copy of every byte on the sender than ucx_perftest makes:
+  // bench/results/transport.md.
   // UCX_ZCOPY_THRESH wins.
   if (!std::getenv("UCX_ZCOPY_THRESH")) (void)ucp_config_modify(config, "ZCOPY_THRESH", "inf");
   // Rendezvous data over tcp (bcopy, see above) goes in TX_SEG_SIZE fragments, one send() each,
