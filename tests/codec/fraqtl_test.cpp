@@ -86,7 +86,10 @@ TEST(FraqtlAlloc, GreedyIsOptimalOnToyProblem) {
 
 TEST(FraqtlRope, UndoRedoIsExactToRounding) {
   for (bool neox : {false, true}) {
-    fraqtl::Rope r{10000.0, neox, kDim};
+    fraqtl::Rope r;
+    r.theta = 10000.0;
+    r.neox = neox;
+    r.rope_dim = kDim;
     std::vector<float> c(kDim / 2), s(kDim / 2);
     std::mt19937 rng(3);
     std::normal_distribution<float> n(0, 1);

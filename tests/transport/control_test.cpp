@@ -68,7 +68,9 @@ TEST(Control, RefusesInvalidFields) {
     breakers[i](c);
     auto r = RoundTrip(c);
     EXPECT_FALSE(r.ok()) << "breaker " << i;
-    if (!r.ok()) EXPECT_EQ(r.status().code(), StatusCode::kCorrupt) << r.status().ToString();
+    if (!r.ok()) {
+      EXPECT_EQ(r.status().code(), StatusCode::kCorrupt) << r.status().ToString();
+    }
   }
 }
 
