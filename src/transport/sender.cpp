@@ -728,6 +728,10 @@ Status SenderCore::ConnectOnce(bool* authenticated) {
                          "receiver sent a data message first");
   KVWIRE_ASSIGN_OR_RETURN(control::Control caps, transport::ParseControl(first->meta));
   if (caps.has_error()) return transport::ErrorToStatus(caps.error()).WithContext("receiver");
+  // A ucx receiver answers a tcp connection with its UCX address: the peer runs another backend.
+  KVWIRE_RETURN_ERROR_IF(caps.has_ucx_address(), kUnsupported,
+                         "the receiver uses the ucx backend, not " + opts_.backend +
+                             ": connect with backend 'ucx' (kvwire send --backend ucx)");
   KVWIRE_RETURN_ERROR_IF(!caps.has_capabilities(), kCorrupt,
                          "expected the receiver's capabilities, got " +
                              transport::ControlName(caps));

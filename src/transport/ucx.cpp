@@ -212,6 +212,14 @@ Result<std::unique_ptr<UcxConnection>> UcxConnection::Create(std::unique_ptr<Tcp
                          "expected the peer's UCX address");
   KVWIRE_ASSIGN_OR_RETURN(control::Control theirs, ParseControl(reply.meta));
   if (theirs.body_case() == control::Control::kError) return ErrorToStatus(theirs.error());
+  if (theirs.body_case() == control::Control::kCapabilities) {
+    // A session receiver of another backend: it speaks first, with its capabilities.
+    const std::string other =
+        theirs.capabilities().backends_size() ? theirs.capabilities().backends(0) : "tcp";
+    return Status(StatusCode::kUnsupported,
+                  "the receiver uses the " + other + " backend, not ucx: connect with backend '" +
+                      other + "' (kvwire send --backend " + other + ")");
+  }
   KVWIRE_RETURN_ERROR_IF(theirs.body_case() != control::Control::kUcxAddress, kCorrupt,
                          "expected the peer's UCX address, got " + ControlName(theirs));
   const std::string& remote = theirs.ucx_address().worker_address();

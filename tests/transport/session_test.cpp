@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -493,6 +494,35 @@ TEST(SessionResume, TheFirstConnectionIsRetriedButARefusalIsNot) {
   EXPECT_EQ(s.status().code(), StatusCode::kUnauthenticated) << s.status().ToString();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30))
       << "a wrong key was retried";
+}
+
+// A sender of one backend and a receiver of the other are told so, with the backend to use,
+// and the sender does not retry (the receiver answered).
+TEST(SessionBackends, AMismatchedBackendIsNamed) {
+  const auto have = AvailableTransports();
+  if (std::find(have.begin(), have.end(), "ucx") == have.end())
+    GTEST_SKIP() << "SKIPPED: this build has no ucx backend";
+  for (const auto& [serve, send] : std::vector<std::pair<std::string, std::string>>{
+           {"tcp", "ucx"}, {"ucx", "tcp"}}) {
+    ReceiverOptions ro;
+    ro.backend = serve;
+    ro.transport.address = "127.0.0.1:0";
+    ro.transport.key = Key();
+    auto r = Receiver::Listen(ro);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    SenderOptions so;
+    so.backend = send;
+    so.transport.address = (*r)->address();
+    so.transport.key = Key();
+    so.reconnect_backoff_ms = 60000;  // a retry would wait this long
+    auto s = Sender::Connect(so);
+    ASSERT_FALSE(s.ok()) << serve << " receiver, " << send << " sender";
+    EXPECT_EQ(s.status().code(), StatusCode::kUnsupported) << s.status().ToString();
+    EXPECT_NE(s.status().message().find("connect with backend '" + serve + "'"),
+              std::string::npos)
+        << s.status().ToString();
+    (*r)->Close();
+  }
 }
 
 // Regression: the receiver completed and released a request, but the acks and the RequestDone
