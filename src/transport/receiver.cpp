@@ -4,6 +4,8 @@
 // decodes chunks into the destination as they land and acknowledges them. Requests outlive
 // connections (a sender that reconnects resumes them). Locks: a request's decode_mu before the
 // core's mu_, never the other way round.
+#include <malloc.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -84,6 +86,9 @@ class ReceiverCore {
 
  private:
   void AcceptLoop();
+  // Joins the handlers of ended connections and drops their references (mu_ held), so that a
+  // connection's memory goes when it ends, not when the next one arrives.
+  void PruneHandlersLocked();
   void ServeConnection(std::shared_ptr<Connection> conn);
   Status HandleControl(const std::shared_ptr<Connection>& conn, const control::Control& c);
   Status HandleData(const std::shared_ptr<Connection>& conn, Message msg);
@@ -132,7 +137,7 @@ class ReceiverCore {
     std::shared_ptr<Connection> conn;
     std::shared_ptr<std::atomic<bool>> done;
   };
-  std::vector<Handler> handlers_;  // pruned as connections end (memory back to baseline)
+  std::vector<Handler> handlers_;  // pruned within 250 ms of their connection's end
   // How the most recently released requests ended. A sender whose final acks and RequestDone
   // died with its connection resumes after the application already released the request; it
   // must learn the outcome, not have the request opened again as a new one.
@@ -163,6 +168,7 @@ void ReceiverCore::AcceptLoop() {
       CheckStalls();
       std::lock_guard lock(mu_);
       if (closed_) return;
+      PruneHandlersLocked();
       continue;
     }
     std::lock_guard lock(mu_);
@@ -174,14 +180,7 @@ void ReceiverCore::AcceptLoop() {
     }
     std::shared_ptr<Connection> conn = std::move(*c);
     Log("connection from '" + conn->peer_name() + "'");
-    for (auto it = handlers_.begin(); it != handlers_.end();) {
-      if (*it->done) {
-        it->thread.join();  // already finished: returns at once
-        it = handlers_.erase(it);
-      } else {
-        ++it;
-      }
-    }
+    PruneHandlersLocked();
     auto done = std::make_shared<std::atomic<bool>>(false);
     handlers_.push_back({std::thread([this, conn, done] {
                            ServeConnection(conn);
@@ -190,6 +189,24 @@ void ReceiverCore::AcceptLoop() {
                          }),
                          conn, done});
   }
+}
+
+void ReceiverCore::PruneHandlersLocked() {
+  bool pruned = false;
+  for (auto it = handlers_.begin(); it != handlers_.end();) {
+    if (*it->done) {
+      it->thread.join();  // already finished: returns at once
+      it = handlers_.erase(it);
+      pruned = true;
+    } else {
+      ++it;
+    }
+  }
+#if defined(__GLIBC__)
+  // What the ended connections freed (their buffer pools, UCX's fragment buffers: megabytes)
+  // mostly lies inside glibc's heap, resident, until something asks for it back.
+  if (pruned) malloc_trim(0);
+#endif
 }
 
 void ReceiverCore::ServeConnection(std::shared_ptr<Connection> conn) {
