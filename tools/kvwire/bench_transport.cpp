@@ -9,11 +9,10 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
-#include <functional>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <iostream>
 #include <optional>
@@ -42,15 +41,6 @@ constexpr uint32_t kHeads = 8, kHeadDim = 128;
 constexpr uint64_t kRowBytes = uint64_t{kHeads} * kHeadDim * 2;
 constexpr uint32_t kSessionLayers = 4, kSessionTokens = 8192;
 constexpr uint64_t kMaxChunkElements = 16ull << 20;  // transport/chunk_grid.h
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t rank = static_cast<size_t>(std::ceil(p * double(v.size())));
-  return v[std::min(v.size() - 1, rank == 0 ? 0 : rank - 1)];
-}
-
-double Median(std::vector<double> v) { return Percentile(std::move(v), 0.5); }
 
 TransportOptions Loopback(const TransportBenchArgs& a) {
   TransportOptions o;
@@ -252,20 +242,16 @@ Result<double> RunPerftest(const TransportBenchArgs& a, const std::string& tls, 
   const uint64_t warmup = std::max<uint64_t>(2, iters / 10);
   // With -e, perftest runs the protocol the ucx backend runs: peer error handling, and the tcp
   // fragment size the backend sets (unless the environment sets its own, for both).
-  std::string env = "UCX_TLS=" + tls;
+  std::vector<std::string> envs = {"UCX_TLS=" + tls};
   if (peer_errors) {
     for (const char* var : {"UCX_TCP_TX_SEG_SIZE", "UCX_TCP_RX_SEG_SIZE"})
-      if (!std::getenv(var)) env += std::string(" ") + var + "=" + transport::kUcxTcpSegSize;
+      if (!std::getenv(var)) envs.push_back(std::string(var) + "=" + transport::kUcxTcpSegSize);
   }
+  std::string env;  // the same, as the client's shell prefix
+  for (const std::string& e : envs) env += e + " ";
   const std::string port_s = std::to_string(port);
   std::vector<std::string> args = {a.perftest, "-p", port_s};
   if (peer_errors) args.push_back("-e");
-  std::vector<std::string> envs;
-  for (size_t pos = 0; pos < env.size();) {
-    const size_t space = std::min(env.find(' ', pos), env.size());
-    envs.push_back(env.substr(pos, space - pos));
-    pos = space + 1;
-  }
   for (char** e = environ; *e; ++e) envs.emplace_back(*e);
   std::vector<char*> argv, envp;
   for (auto& s : args) argv.push_back(s.data());
@@ -280,7 +266,7 @@ Result<double> RunPerftest(const TransportBenchArgs& a, const std::string& tls, 
   const int rc = posix_spawn(&server, argv[0], &fa, nullptr, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&fa);
   KVWIRE_RETURN_ERROR_IF(rc != 0, kIoError, "cannot run " + a.perftest + ": " + std::strerror(rc));
-  const std::string cmd = env + " " + a.perftest + " 127.0.0.1 -p " + port_s + " -t ucp_am_bw -s " +
+  const std::string cmd = env + a.perftest + " 127.0.0.1 -p " + port_s + " -t ucp_am_bw -s " +
                           std::to_string(size) + " -n " + std::to_string(iters) + " -w " +
                           std::to_string(warmup) + (peer_errors ? " -e" : "") +
                           std::string(" 2>&1");

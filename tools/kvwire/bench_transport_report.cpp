@@ -1,6 +1,7 @@
 #include "bench_transport_report.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -44,12 +45,17 @@ double PairedRatio(const std::vector<double>& a, const std::vector<double>& b) {
     if (b[i] <= 0) return -1;
     r.push_back(a[i] / b[i]);
   }
-  std::sort(r.begin(), r.end());
-  const size_t n = r.size();
-  return n % 2 ? r[n / 2] : (r[n / 2 - 1] + r[n / 2]) / 2;
+  return Median(std::move(r));
 }
 
 }  // namespace
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t rank = static_cast<size_t>(std::ceil(p * double(v.size())));
+  return v[std::min(v.size() - 1, rank == 0 ? 0 : rank - 1)];
+}
 
 std::string SizeName(uint64_t bytes) {
   if (bytes % (1ull << 20) == 0) return std::to_string(bytes >> 20) + " MiB";

@@ -44,6 +44,10 @@ struct BenchReport {
   std::string start_loadavg, end_loadavg;
 };
 
+/// The value at rank ceil(p x n) of `v` (nearest rank; 0 for none). Median: p = 0.5, the lower
+/// middle value of an even count.
+double Percentile(std::vector<double> v, double p);
+inline double Median(std::vector<double> v) { return Percentile(std::move(v), 0.5); }
 /// "64 KiB", "1 MiB".
 std::string SizeName(uint64_t bytes);
 /// The first three fields of /proc/loadavg.
