@@ -87,8 +87,8 @@ class ReceiverCore {
  private:
   void AcceptLoop();
   // Joins the handlers of ended connections and drops their references (mu_ held), so that a
-  // connection's memory goes when it ends, not when the next one arrives.
-  void PruneHandlersLocked();
+  // connection's memory goes when it ends, not when the next one arrives. True if any ended.
+  bool PruneHandlersLocked();
   void ServeConnection(std::shared_ptr<Connection> conn);
   Status HandleControl(const std::shared_ptr<Connection>& conn, const control::Control& c);
   Status HandleData(const std::shared_ptr<Connection>& conn, Message msg);
@@ -164,34 +164,38 @@ void ReceiverCore::AcceptLoop() {
   for (;;) {
     // Wakes up regularly so requests whose connection is gone still hit their stall timeout.
     auto c = listener_->Accept(250);
-    if (!c.ok() && c.status().code() == StatusCode::kTimeout) {
-      CheckStalls();
+    if (!c.ok() && c.status().code() == StatusCode::kTimeout) CheckStalls();
+    bool pruned = false;
+    {
       std::lock_guard lock(mu_);
       if (closed_) return;
-      PruneHandlersLocked();
-      continue;
+      pruned = PruneHandlersLocked();
+      if (c.ok()) {
+        std::shared_ptr<Connection> conn = std::move(*c);
+        Log("connection from '" + conn->peer_name() + "'");
+        auto done = std::make_shared<std::atomic<bool>>(false);
+        handlers_.push_back({std::thread([this, conn, done] {
+                               ServeConnection(conn);
+                               conn->Close();  // release the socket / UCX endpoint now
+                               *done = true;
+                             }),
+                             conn, done});
+      } else if (c.status().code() == StatusCode::kCancelled) {
+        return;
+      } else if (c.status().code() != StatusCode::kTimeout) {
+        Log("accept failed: " + c.status().ToString());
+      }
     }
-    std::lock_guard lock(mu_);
-    if (closed_) return;
-    if (!c.ok()) {
-      if (c.status().code() == StatusCode::kCancelled) return;
-      Log("accept failed: " + c.status().ToString());
-      continue;
-    }
-    std::shared_ptr<Connection> conn = std::move(*c);
-    Log("connection from '" + conn->peer_name() + "'");
-    PruneHandlersLocked();
-    auto done = std::make_shared<std::atomic<bool>>(false);
-    handlers_.push_back({std::thread([this, conn, done] {
-                           ServeConnection(conn);
-                           conn->Close();  // release the socket / UCX endpoint now
-                           *done = true;
-                         }),
-                         conn, done});
+#if defined(__GLIBC__)
+    // What the ended connections freed (their buffer pools, UCX's fragment buffers: megabytes)
+    // mostly lies inside glibc's heap, resident, until something asks for it back. Outside mu_:
+    // the trim walks the heap, and the connections' threads need mu_ for every chunk.
+    if (pruned) malloc_trim(0);
+#endif
   }
 }
 
-void ReceiverCore::PruneHandlersLocked() {
+bool ReceiverCore::PruneHandlersLocked() {
   bool pruned = false;
   for (auto it = handlers_.begin(); it != handlers_.end();) {
     if (*it->done) {
@@ -202,11 +206,7 @@ void ReceiverCore::PruneHandlersLocked() {
       ++it;
     }
   }
-#if defined(__GLIBC__)
-  // What the ended connections freed (their buffer pools, UCX's fragment buffers: megabytes)
-  // mostly lies inside glibc's heap, resident, until something asks for it back.
-  if (pruned) malloc_trim(0);
-#endif
+  return pruned;
 }
 
 void ReceiverCore::ServeConnection(std::shared_ptr<Connection> conn) {

@@ -122,7 +122,6 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   Result<std::shared_ptr<SendRequest>> Open(const KvView& kv, const SendRequestOptions& o);
   void Close();
 
-
   // Called by SendState.
   Status Push(const std::shared_ptr<SendState>& s, uint32_t layer);
   Status PushAll(const std::shared_ptr<SendState>& s);
