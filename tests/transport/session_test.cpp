@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <future>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -374,8 +375,9 @@ INSTANTIATE_TEST_SUITE_P(Backends, SessionTest, testing::ValuesIn(AvailableTrans
 using testing_net::CuttableProxy;
 
 // A Receiver on loopback (`ro` with its address and key filled in), a CuttableProxy in front of
-// it and a Sender with a 20 ms reconnect backoff connected through the proxy. `ok` is false
-// (and the failure already reported) when a step failed.
+// it and a Sender with a 20 ms reconnect backoff connected through the proxy; `cut_first`: the
+// proxy cuts the connections after that many client bytes, set before the sender connects. `ok`
+// is false (and the failure already reported) when a step failed.
 struct ThroughProxy {
   std::unique_ptr<Receiver> receiver;
   std::unique_ptr<CuttableProxy> proxy;
@@ -383,7 +385,8 @@ struct ThroughProxy {
   bool ok = false;
 };
 
-ThroughProxy ConnectThroughProxy(ReceiverOptions ro) {
+ThroughProxy ConnectThroughProxy(ReceiverOptions ro,
+                                 std::optional<uint64_t> cut_first = std::nullopt) {
   ThroughProxy t;
   ro.transport.address = "127.0.0.1:0";
   ro.transport.key = Key();
@@ -394,6 +397,7 @@ ThroughProxy ConnectThroughProxy(ReceiverOptions ro) {
   const std::string addr = t.receiver->address();
   t.proxy = std::make_unique<CuttableProxy>(
       static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
+  if (cut_first) t.proxy->CutAfter(*cut_first);
   SenderOptions so;
   so.transport.address = t.proxy->address();
   so.transport.key = Key();
@@ -445,21 +449,9 @@ TEST(SessionResume, ReconnectsAndResumesAfterTheConnectionIsCut) {
 // answers "no" is not asked again: a wrong key fails at once, long before one backoff.
 TEST(SessionResume, TheFirstConnectionIsRetriedButARefusalIsNot) {
   for (uint64_t cut : {10ull, 40ull, 90ull}) {
-    ReceiverOptions ro;
-    ro.transport.address = "127.0.0.1:0";
-    ro.transport.key = Key();
-    auto r = Receiver::Listen(ro);
-    ASSERT_TRUE(r.ok()) << r.status().ToString();
-    const std::string addr = (*r)->address();
-    CuttableProxy proxy(static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
-    proxy.CutAfter(cut);  // inside the first connection's handshake
-    SenderOptions so;
-    so.transport.address = proxy.address();
-    so.transport.key = Key();
-    so.reconnect_backoff_ms = 20;
-    auto s = Sender::Connect(so);
-    ASSERT_TRUE(s.ok()) << "cut after " << cut << " bytes: " << s.status().ToString();
-    EXPECT_EQ(proxy.connections(), 2) << "cut after " << cut << " bytes";
+    ThroughProxy t = ConnectThroughProxy({}, cut);  // inside the first connection's handshake
+    ASSERT_TRUE(t.ok) << "cut after " << cut << " bytes";
+    EXPECT_EQ(t.proxy->connections(), 2) << "cut after " << cut << " bytes";
     // And the connection it kept carries a request.
     const KvShape shape{2, 32, 2, 16};
     KvCache src = RandomCache(shape, 3);
@@ -467,16 +459,16 @@ TEST(SessionResume, TheFirstConnectionIsRetriedButARefusalIsNot) {
     SendRequestOptions q;
     q.request_id = 5;
     q.levels = {{"fp16", 16, 0}};
-    auto req = (*s)->Open(src.view(), q);
+    auto req = t.sender->Open(src.view(), q);
     ASSERT_TRUE(req.ok()) << req.status().ToString();
-    auto in = (*r)->NextRequest(5000);
+    auto in = t.receiver->NextRequest(5000);
     ASSERT_TRUE(in.ok()) << in.status().ToString();
-    ASSERT_TRUE((*r)->SetDestination(5, dst->view()).ok());
+    ASSERT_TRUE(t.receiver->SetDestination(5, dst->view()).ok());
     ASSERT_TRUE((*req)->PushAll().ok());
     ASSERT_TRUE((*req)->Wait(10000).ok());
     EXPECT_TRUE(SameBytes(src, *dst));
-    (*s)->Close();
-    (*r)->Close();
+    t.sender->Close();
+    t.receiver->Close();
   }
 
   ReceiverOptions ro;
