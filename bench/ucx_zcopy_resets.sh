@@ -61,7 +61,9 @@ for i in $(seq 1 "$n"); do
     1) failed=$((failed + 1)) ;;
     124) hung=$((hung + 1)) ;;
     *) died=$((died + 1))
-       echo "transfer $i: exit $rc; $(grep -m1 -E 'Assertion|failed' "$dir/send.err" || true)" ;;
+       echo "transfer $i: exit $rc; $(grep -m1 -E 'Assertion|failed' "$dir/send.err" || true)"
+       # UCX prints its own backtrace after a failed assertion: show its first frames.
+       grep -A 12 -m1 'backtrace' "$dir/send.err" || true ;;
   esac
   printf '\r%d/%d' "$i" "$n" >&2
 done

@@ -257,12 +257,13 @@ Status UcxConnection::Init() {
   ucp_config_t* config = nullptr;
   ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
   if (st != UCS_OK) return UcsStatus("ucp_config_read", st);
-  // Eager messages by copy, not zero-copy: UCX 1.13's tcp transport can complete a zero-copy send
-  // twice when the connection breaks under it (assertion `comp->count > 0', process abort: 7 of
-  // 390 transfers cut by a TCP reset, none of 620 with this; again 6 of 200 with 1 MiB fragments,
-  // 0 of 200 without: bench/ucx_zcopy_resets.sh). It also makes UCX send rendezvous data over tcp
-  // by copy (bcopy fragments), one more copy of every byte on the sender than ucx_perftest makes:
-  // bench/results/transport.md.
+  // Eager messages by copy, not zero-copy: UCX 1.13's tcp transport completes a zero-copy send
+  // twice when sendmsg() fails on a broken connection (its error path completes the send, then
+  // the caller completes it again: assertion `comp->count > 0', process abort; 7 of 390 transfers
+  // cut by a TCP reset, none of 620 with this; 6 of 200 and 4 of 150 with 1 MiB fragments, 0 of
+  // 200 without: bench/ucx_zcopy_resets.sh, bench/results/ucx_zcopy_resets.md). It also makes UCX
+  // send rendezvous data over tcp by copy (bcopy fragments), one more copy of every byte on the
+  // sender than ucx_perftest makes: bench/results/transport.md.
   // UCX_ZCOPY_THRESH wins.
   if (!std::getenv("UCX_ZCOPY_THRESH")) (void)ucp_config_modify(config, "ZCOPY_THRESH", "inf");
   // Rendezvous data over tcp (bcopy, see above) goes in TX_SEG_SIZE fragments, one send() each,
