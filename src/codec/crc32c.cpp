@@ -3,8 +3,10 @@
 // Crc32c(b, Crc32c(a)) == Crc32c(a || b).
 //
 // The build targets x86-64-v2, which has SSE4.2: the crc32 instruction does 8 bytes per
-// instruction, in three interleaved lanes on long inputs. The slicing-by-8 table version is the fallback for other targets and the
-// reference the hardware path is tested against.
+// instruction, in three interleaved lanes on long inputs. On CPUs with AVX-512 and VPCLMULQDQ
+// (found at run time), inputs of 512 bytes and more are first folded by carry-less
+// multiplication, 256 bytes per step. The slicing-by-8 table version is the fallback for other
+// targets and the reference both fast paths are tested against.
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -15,6 +17,10 @@
 
 #if defined(__SSE4_2__)
 #include <nmmintrin.h>
+#endif
+#if defined(__SSE4_2__) && defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define KVWIRE_CRC_FOLD 1
 #endif
 
 namespace kvwire {
@@ -102,12 +108,119 @@ uint64_t Load64(const uint8_t* p) {
   return word;
 }
 
+#if defined(KVWIRE_CRC_FOLD)
+
+// Folding with carry-less multiplication, on CPUs with VPCLMULQDQ and AVX-512 (checked at run
+// time; the build's x86-64-v2 baseline has neither). The crc32 instruction does at most 8 bytes
+// a cycle; folding does 256 bytes per loop turn in 16 independent 128-bit lanes.
+//
+// The arithmetic. A 16-byte block loaded little-endian holds its polynomial bit-reversed: the
+// first byte's low bit is the highest power. Let a block be H x^64 + L (H: its first 8 bytes).
+// Moving it D bits further along the message multiplies it by x^D, and modulo the CRC
+// polynomial P that is H (x^(D+64) mod P) + L (x^D mod P): two products of at most 96 bits, so
+// the sum fits a block again and is added to the block found D bits on. With bit-reversed
+// operands, clmul(rev64(H), rev33(k)) = rev128(H k x^32); so the constants are
+// rev33(x^(D+32) mod P) for H and rev33(x^(D-32) mod P) for L. (Checked against the bytewise
+// CRC by the tests for every length up to 4 KiB and at many offsets.)
+//
+// Whatever remains after folding is one block R with R = message (mod P), the initial register
+// having been added to the first 4 bytes, as a CRC register is; the CRC of R from a zero
+// register is the CRC of the message.
+constexpr uint64_t kPolyNormal = 0x11EDC6F41ull;
+
+constexpr uint64_t XPowModP(unsigned n) {
+  uint64_t r = 1;
+  for (unsigned i = 0; i < n; ++i) {
+    r <<= 1;
+    if (r & (1ull << 32)) r ^= kPolyNormal;
+  }
+  return r;
+}
+
+constexpr uint64_t Reverse33(uint64_t v) {
+  uint64_t r = 0;
+  for (int i = 0; i < 33; ++i)
+    if ((v >> i) & 1u) r |= 1ull << (32 - i);
+  return r;
+}
+
+// The (H, L) constants that move a block D bits on.
+constexpr uint64_t FoldHi(unsigned d) { return Reverse33(XPowModP(d + 32)); }
+constexpr uint64_t FoldLo(unsigned d) { return Reverse33(XPowModP(d - 32)); }
+
+constexpr size_t kFoldMinBytes = 512;
+
+__attribute__((target("pclmul,sse4.2"))) inline __m128i Fold128(__m128i r, __m128i k) {
+  return _mm_xor_si128(_mm_clmulepi64_si128(r, k, 0x00), _mm_clmulepi64_si128(r, k, 0x11));
+}
+
+__attribute__((target("avx512f,vpclmulqdq"))) inline __m512i Fold512(__m512i r, __m512i k) {
+  return _mm512_xor_si512(_mm512_clmulepi64_epi128(r, k, 0x00),
+                          _mm512_clmulepi64_epi128(r, k, 0x11));
+}
+
+// Folds the whole 16-byte blocks of [p, p + n) (n >= kFoldMinBytes) with `reg` (the CRC
+// register before them) and returns the register after them; *used is the bytes consumed.
+__attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2"))) uint32_t FoldBlocks(
+    const uint8_t* p, size_t n, uint32_t reg, size_t* used) {
+  const __m512i k2048 = _mm512_set_epi64(FoldLo(2048), FoldHi(2048), FoldLo(2048), FoldHi(2048),
+                                         FoldLo(2048), FoldHi(2048), FoldLo(2048), FoldHi(2048));
+  __m512i a0 = _mm512_loadu_si512(p);
+  __m512i a1 = _mm512_loadu_si512(p + 64);
+  __m512i a2 = _mm512_loadu_si512(p + 128);
+  __m512i a3 = _mm512_loadu_si512(p + 192);
+  a0 = _mm512_xor_si512(a0, _mm512_set_epi64(0, 0, 0, 0, 0, 0, 0, reg));
+  size_t at = 256;
+  for (; at + 256 <= n; at += 256) {
+    a0 = _mm512_xor_si512(Fold512(a0, k2048), _mm512_loadu_si512(p + at));
+    a1 = _mm512_xor_si512(Fold512(a1, k2048), _mm512_loadu_si512(p + at + 64));
+    a2 = _mm512_xor_si512(Fold512(a2, k2048), _mm512_loadu_si512(p + at + 128));
+    a3 = _mm512_xor_si512(Fold512(a3, k2048), _mm512_loadu_si512(p + at + 192));
+  }
+  // Lane j of a0 is 3 x 512 bits before lane j of a3, of a1 2 x 512, of a2 512.
+  const __m512i k1536 = _mm512_set_epi64(FoldLo(1536), FoldHi(1536), FoldLo(1536), FoldHi(1536),
+                                         FoldLo(1536), FoldHi(1536), FoldLo(1536), FoldHi(1536));
+  const __m512i k1024 = _mm512_set_epi64(FoldLo(1024), FoldHi(1024), FoldLo(1024), FoldHi(1024),
+                                         FoldLo(1024), FoldHi(1024), FoldLo(1024), FoldHi(1024));
+  const __m512i k512 = _mm512_set_epi64(FoldLo(512), FoldHi(512), FoldLo(512), FoldHi(512),
+                                        FoldLo(512), FoldHi(512), FoldLo(512), FoldHi(512));
+  __m512i z = _mm512_xor_si512(Fold512(a0, k1536), Fold512(a1, k1024));
+  z = _mm512_xor_si512(z, Fold512(a2, k512));
+  z = _mm512_xor_si512(z, a3);
+  // The four lanes of z are consecutive blocks: move the first three onto the last.
+  const __m512i k_lanes = _mm512_set_epi64(0, 0, FoldLo(128), FoldHi(128), FoldLo(256),
+                                           FoldHi(256), FoldLo(384), FoldHi(384));
+  __m128i moved[4], last[4];
+  _mm512_storeu_si512(moved, Fold512(z, k_lanes));  // lane 3: zero
+  _mm512_storeu_si512(last, z);
+  __m128i r = _mm_xor_si128(_mm_xor_si128(moved[0], moved[1]), _mm_xor_si128(moved[2], last[3]));
+  const __m128i k128 = _mm_set_epi64x(static_cast<long long>(FoldLo(128)),
+                                      static_cast<long long>(FoldHi(128)));
+  for (; at + 16 <= n; at += 16) {
+    r = _mm_xor_si128(Fold128(r, k128),
+                      _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + at)));
+  }
+  *used = at;
+  uint64_t c = _mm_crc32_u64(0, static_cast<uint64_t>(_mm_cvtsi128_si64(r)));
+  c = _mm_crc32_u64(c, static_cast<uint64_t>(_mm_extract_epi64(r, 1)));
+  return static_cast<uint32_t>(c);
+}
+
+bool FoldSupported() {
+  static const bool ok = __builtin_cpu_supports("avx512f") &&
+                         __builtin_cpu_supports("vpclmulqdq") &&
+                         __builtin_cpu_supports("pclmul");
+  return ok;
+}
+
+#endif  // KVWIRE_CRC_FOLD
+
 }  // namespace
 
-uint32_t Crc32cHardware(std::span<const uint8_t> data, uint32_t crc) {
-  uint64_t c = ~crc;
-  const uint8_t* p = data.data();
-  size_t n = data.size();
+namespace {
+
+// The crc32-instruction path over [p, p + n) from register `c`; returns the final register.
+uint32_t InstructionRegister(const uint8_t* p, size_t n, uint64_t c) {
   if (n >= 3 * kLane) {
     static const LaneShift shift;
     do {
@@ -124,9 +237,7 @@ uint32_t Crc32cHardware(std::span<const uint8_t> data, uint32_t crc) {
     } while (n >= 3 * kLane);
   }
   while (n >= 8) {
-    uint64_t word;
-    std::memcpy(&word, p, 8);  // x86 is little-endian, as the CRC's byte order wants
-    c = _mm_crc32_u64(c, word);
+    c = _mm_crc32_u64(c, Load64(p));
     p += 8;
     n -= 8;
   }
@@ -139,7 +250,36 @@ uint32_t Crc32cHardware(std::span<const uint8_t> data, uint32_t crc) {
     n -= 4;
   }
   while (n--) c32 = _mm_crc32_u8(c32, *p++);
-  return ~c32;
+  return c32;
+}
+
+}  // namespace
+
+uint32_t Crc32cInstruction(std::span<const uint8_t> data, uint32_t crc) {
+  return ~InstructionRegister(data.data(), data.size(), ~crc);
+}
+
+uint32_t Crc32cHardware(std::span<const uint8_t> data, uint32_t crc) {
+  uint32_t c = ~crc;
+  const uint8_t* p = data.data();
+  size_t n = data.size();
+#if defined(KVWIRE_CRC_FOLD)
+  if (n >= kFoldMinBytes && FoldSupported()) {
+    size_t used = 0;
+    c = FoldBlocks(p, n, c, &used);
+    p += used;
+    n -= used;
+  }
+#endif
+  return ~InstructionRegister(p, n, c);
+}
+
+bool Crc32cFoldAvailable() {
+#if defined(KVWIRE_CRC_FOLD)
+  return FoldSupported();
+#else
+  return false;
+#endif
 }
 
 bool Crc32cHardwareAvailable() { return true; }
@@ -150,7 +290,13 @@ uint32_t Crc32cHardware(std::span<const uint8_t> data, uint32_t crc) {
   return Crc32cPortable(data, crc);
 }
 
+uint32_t Crc32cInstruction(std::span<const uint8_t> data, uint32_t crc) {
+  return Crc32cPortable(data, crc);
+}
+
 bool Crc32cHardwareAvailable() { return false; }
+
+bool Crc32cFoldAvailable() { return false; }
 
 #endif
 

@@ -262,10 +262,17 @@ inline ChunkDesc MakeChunkDesc(const StreamInfo& info, uint32_t layer, KvKind ki
 
 /// Table-driven (slicing-by-8), portable.
 uint32_t Crc32cPortable(std::span<const uint8_t> data, uint32_t crc = 0);
-/// SSE4.2 crc32 instruction; equals Crc32cPortable when the build lacks SSE4.2.
+/// The fastest path on this CPU: folding by carry-less multiplication (AVX-512 + VPCLMULQDQ,
+/// found at run time) for inputs of 512 bytes and more, the SSE4.2 crc32 instruction for the
+/// rest; equals Crc32cPortable when the build lacks SSE4.2.
 uint32_t Crc32cHardware(std::span<const uint8_t> data, uint32_t crc = 0);
+/// The SSE4.2 crc32 instruction alone (three interleaved lanes on long inputs), never folding:
+/// for tests and benchmarks of that path on any CPU.
+uint32_t Crc32cInstruction(std::span<const uint8_t> data, uint32_t crc = 0);
 /// Whether Crc32cHardware really uses the instruction in this build.
 bool Crc32cHardwareAvailable();
+/// Whether Crc32cHardware folds long inputs on this CPU.
+bool Crc32cFoldAvailable();
 
 /// Crc32c(data, crc), and in the same read of `data` whether every fp16 value in it (little-
 /// endian halves; a trailing odd byte is not one) is finite: `*finite`. The fp16 level's payload

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iostream>
 #include <numeric>
 #include <random>
 #include <string>
@@ -241,6 +242,53 @@ TEST(Crc32cTest, HardwareLanesMatchPortable) {
       }
     }
   }
+}
+
+// The crc32-instruction path alone, which Crc32cHardware skips for long inputs when it folds:
+// the same lengths as above.
+TEST(Crc32cTest, InstructionPathMatchesPortable) {
+  std::mt19937 rng(13);
+  std::vector<uint8_t> data(4 * 12288 + 64);
+  for (auto& b : data) b = static_cast<uint8_t>(rng());
+  for (size_t offset : {0u, 5u}) {
+    for (size_t len : {0u, 1u, 7u, 8u, 511u, 512u, 4097u, 12287u, 12288u, 12301u, 36864u, 49000u}) {
+      std::span<const uint8_t> s(data.data() + offset, len);
+      ASSERT_EQ(fmt::Crc32cInstruction(s, 0x51ed270bu), fmt::Crc32cPortable(s, 0x51ed270bu))
+          << "offset " << offset << " len " << len;
+    }
+  }
+}
+
+// Folding (AVX-512 + VPCLMULQDQ) takes inputs of 512 bytes and more in 256-byte steps, then
+// 16-byte blocks, then hands the last 0-15 bytes to the instruction: every length from 480 to
+// 4 KiB, at every offset 0-15, from zero and non-zero registers, and long inputs. On a CPU
+// without those instructions this checks the instruction path again, and says so.
+TEST(Crc32cTest, FoldingMatchesPortableAtEveryLength) {
+  if (!fmt::Crc32cFoldAvailable())
+    std::cout << "[ NOTE     ] this CPU lacks AVX-512/VPCLMULQDQ: Crc32cHardware does not fold "
+                 "here, so this test checks the crc32-instruction path only\n";
+  std::mt19937 rng(17);
+  std::vector<uint8_t> data(70000);
+  for (auto& b : data) b = static_cast<uint8_t>(rng());
+  for (size_t offset = 0; offset < 16; ++offset) {
+    for (size_t len = 480; len <= 4096; ++len) {
+      std::span<const uint8_t> s(data.data() + offset, len);
+      ASSERT_EQ(fmt::Crc32cHardware(s, 0), fmt::Crc32cPortable(s, 0))
+          << "offset " << offset << " len " << len;
+      if (len % 7 == 0) {
+        ASSERT_EQ(fmt::Crc32cHardware(s, 0xdeadbeefu), fmt::Crc32cPortable(s, 0xdeadbeefu))
+            << "offset " << offset << " len " << len;
+      }
+    }
+  }
+  for (size_t len : {65536u, 65537u, 69999u - 3u}) {
+    std::span<const uint8_t> s(data.data() + 3, len);
+    ASSERT_EQ(fmt::Crc32cHardware(s, 0x0badf00du), fmt::Crc32cPortable(s, 0x0badf00du)) << len;
+  }
+  // All-zero and all-one data (no lucky cancellation from random bytes).
+  std::vector<uint8_t> zeros(3000, 0), ones(3000, 0xff);
+  EXPECT_EQ(fmt::Crc32cHardware(zeros, 0), fmt::Crc32cPortable(zeros, 0));
+  EXPECT_EQ(fmt::Crc32cHardware(ones, 0x1u), fmt::Crc32cPortable(ones, 0x1u));
 }
 
 TEST(Crc32cTest, Continues) {
