@@ -207,7 +207,9 @@ __attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2"))) uint32_t FoldBlocks(
 }
 
 bool FoldSupported() {
-  static const bool ok = __builtin_cpu_supports("avx512f") &&
+  // __builtin_cpu_init first: this may run during another object's static initialization,
+  // before libgcc's own constructor has filled in the CPU model.
+  static const bool ok = (__builtin_cpu_init(), true) && __builtin_cpu_supports("avx512f") &&
                          __builtin_cpu_supports("vpclmulqdq") &&
                          __builtin_cpu_supports("pclmul");
   return ok;
