@@ -154,6 +154,14 @@ __attribute__((target("pclmul,sse4.2"))) inline __m128i Fold128(__m128i r, __m12
   return _mm_xor_si128(_mm_clmulepi64_si128(r, k, 0x00), _mm_clmulepi64_si128(r, k, 0x11));
 }
 
+// The constants for distance D in each of a register's four 128-bit lanes (computed at compile
+// time: as a run-time argument, XPowModP's loop would run on every call).
+template <unsigned D>
+__attribute__((target("avx512f"))) inline __m512i FoldConsts512() {
+  constexpr uint64_t hi = FoldHi(D), lo = FoldLo(D);
+  return _mm512_set_epi64(lo, hi, lo, hi, lo, hi, lo, hi);
+}
+
 __attribute__((target("avx512f,vpclmulqdq"))) inline __m512i Fold512(__m512i r, __m512i k) {
   return _mm512_xor_si512(_mm512_clmulepi64_epi128(r, k, 0x00),
                           _mm512_clmulepi64_epi128(r, k, 0x11));
@@ -163,8 +171,7 @@ __attribute__((target("avx512f,vpclmulqdq"))) inline __m512i Fold512(__m512i r, 
 // register before them) and returns the register after them; *used is the bytes consumed.
 __attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2"))) uint32_t FoldBlocks(
     const uint8_t* p, size_t n, uint32_t reg, size_t* used) {
-  const __m512i k2048 = _mm512_set_epi64(FoldLo(2048), FoldHi(2048), FoldLo(2048), FoldHi(2048),
-                                         FoldLo(2048), FoldHi(2048), FoldLo(2048), FoldHi(2048));
+  const __m512i k2048 = FoldConsts512<2048>();
   __m512i a0 = _mm512_loadu_si512(p);
   __m512i a1 = _mm512_loadu_si512(p + 64);
   __m512i a2 = _mm512_loadu_si512(p + 128);
@@ -178,24 +185,22 @@ __attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2"))) uint32_t FoldBlocks(
     a3 = _mm512_xor_si512(Fold512(a3, k2048), _mm512_loadu_si512(p + at + 192));
   }
   // Lane j of a0 is 3 x 512 bits before lane j of a3, of a1 2 x 512, of a2 512.
-  const __m512i k1536 = _mm512_set_epi64(FoldLo(1536), FoldHi(1536), FoldLo(1536), FoldHi(1536),
-                                         FoldLo(1536), FoldHi(1536), FoldLo(1536), FoldHi(1536));
-  const __m512i k1024 = _mm512_set_epi64(FoldLo(1024), FoldHi(1024), FoldLo(1024), FoldHi(1024),
-                                         FoldLo(1024), FoldHi(1024), FoldLo(1024), FoldHi(1024));
-  const __m512i k512 = _mm512_set_epi64(FoldLo(512), FoldHi(512), FoldLo(512), FoldHi(512),
-                                        FoldLo(512), FoldHi(512), FoldLo(512), FoldHi(512));
-  __m512i z = _mm512_xor_si512(Fold512(a0, k1536), Fold512(a1, k1024));
-  z = _mm512_xor_si512(z, Fold512(a2, k512));
+  __m512i z =
+      _mm512_xor_si512(Fold512(a0, FoldConsts512<1536>()), Fold512(a1, FoldConsts512<1024>()));
+  z = _mm512_xor_si512(z, Fold512(a2, FoldConsts512<512>()));
   z = _mm512_xor_si512(z, a3);
   // The four lanes of z are consecutive blocks: move the first three onto the last.
-  const __m512i k_lanes = _mm512_set_epi64(0, 0, FoldLo(128), FoldHi(128), FoldLo(256),
-                                           FoldHi(256), FoldLo(384), FoldHi(384));
+  constexpr uint64_t kLo128 = FoldLo(128), kHi128 = FoldHi(128);
+  constexpr uint64_t kLo256 = FoldLo(256), kHi256 = FoldHi(256);
+  constexpr uint64_t kLo384 = FoldLo(384), kHi384 = FoldHi(384);
+  const __m512i k_lanes =
+      _mm512_set_epi64(0, 0, kLo128, kHi128, kLo256, kHi256, kLo384, kHi384);
   __m128i moved[4], last[4];
   _mm512_storeu_si512(moved, Fold512(z, k_lanes));  // lane 3: zero
   _mm512_storeu_si512(last, z);
   __m128i r = _mm_xor_si128(_mm_xor_si128(moved[0], moved[1]), _mm_xor_si128(moved[2], last[3]));
-  const __m128i k128 = _mm_set_epi64x(static_cast<long long>(FoldLo(128)),
-                                      static_cast<long long>(FoldHi(128)));
+  const __m128i k128 =
+      _mm_set_epi64x(static_cast<long long>(kLo128), static_cast<long long>(kHi128));
   for (; at + 16 <= n; at += 16) {
     r = _mm_xor_si128(Fold128(r, k128),
                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + at)));
