@@ -234,18 +234,59 @@ Status MeasureSession(const std::string& backend, const KvCache& src, KvCache* d
   return Status::Ok();
 }
 
+// The UCX settings the ucx backend makes for itself (src/transport/ucx.cpp) where the environment
+// does not set them: copied (not zero-copy) sends and 1 MiB tcp fragments. With them and -e,
+// ucx_perftest runs the same UCX protocol as the backend.
+std::vector<std::string> BackendUcxSettings() {
+  std::vector<std::string> out;
+  const std::pair<const char*, const char*> settings[] = {
+      {"UCX_ZCOPY_THRESH", "inf"},
+      {"UCX_TCP_TX_SEG_SIZE", transport::kUcxTcpSegSize},
+      {"UCX_TCP_RX_SEG_SIZE", transport::kUcxTcpSegSize}};
+  for (const auto& [var, value] : settings)
+    if (!std::getenv(var)) out.push_back(std::string(var) + "=" + value);
+  return out;
+}
+
+// What UCX chose for an endpoint to another host over `tls`, from `ucx_info -e -u mw[e] -P inter`:
+// its lanes and protocol ranges, one line each. `peer_errors`: with error handling ('e') and the
+// backend's settings, as the ucx backend and perftest -e run; else as perftest as is runs.
+std::vector<std::string> UcxEndpointConfig(const TransportBenchArgs& a, const std::string& tls,
+                                           bool peer_errors) {
+  std::string env = "UCX_TLS=" + tls + " ";
+  if (peer_errors)
+    for (const std::string& e : BackendUcxSettings()) env += e + " ";
+  const std::string cmd = "env " + env + UcxInfoPath(a.perftest) + " -e -u " +
+                          (peer_errors ? "mwe" : "mw") + " -P inter 2>&1";
+  std::vector<std::string> lines;
+  FILE* f = ::popen(cmd.c_str(), "r");
+  if (!f) return {"(cannot run " + cmd + ")"};
+  char buf[1024];
+  while (std::fgets(buf, sizeof buf, f)) {
+    std::string line = buf;
+    while (!line.empty() && (line.back() == '\n' || line.back() == ' ')) line.pop_back();
+    if (line.find("lane[") == std::string::npos && line.find("am_send") == std::string::npos &&
+        line.find("rma_bw") == std::string::npos)
+      continue;
+    std::string squeezed;  // without the leading "#", runs of spaces as one
+    for (char ch : line.substr(std::min(line.size(), line.find_first_not_of("# "))))
+      if (ch != ' ' || (!squeezed.empty() && squeezed.back() != ' ')) squeezed += ch;
+    lines.push_back(squeezed);
+  }
+  ::pclose(f);
+  if (lines.empty()) lines.push_back("(no endpoint configuration from: " + cmd + ")");
+  return lines;
+}
+
 // ucx_perftest -t ucp_am_bw as a server + client pair on 127.0.0.1; overall bandwidth in GB/s.
 // `peer_errors`: -e on both ends (endpoints with peer error handling, like the ucx backend's).
 Result<double> RunPerftest(const TransportBenchArgs& a, const std::string& tls, uint64_t size,
                            bool peer_errors, int port) {
   const uint64_t iters = std::clamp<uint64_t>((a.mib_per_point << 20) / size, 16, 200000);
   const uint64_t warmup = std::max<uint64_t>(2, iters / 10);
-  // With -e, perftest runs the protocol the ucx backend runs: peer error handling, and the tcp
-  // fragment size the backend sets (unless the environment sets its own, for both).
   std::vector<std::string> envs = {"UCX_TLS=" + tls};
   if (peer_errors) {
-    for (const char* var : {"UCX_TCP_TX_SEG_SIZE", "UCX_TCP_RX_SEG_SIZE"})
-      if (!std::getenv(var)) envs.push_back(std::string(var) + "=" + transport::kUcxTcpSegSize);
+    for (std::string& e : BackendUcxSettings()) envs.push_back(std::move(e));
   }
   std::string env;  // the same, as the client's shell prefix
   for (const std::string& e : envs) env += e + " ";
@@ -482,6 +523,10 @@ int RunBenchTransport(const TransportBenchArgs& a) {
         if (const size_t eq = kv.find('='); eq != std::string::npos)
           set_env(kv.substr(0, eq), kv.substr(eq + 1));
         pos = space + 1;
+      }
+      if (perftest && !tls.empty()) {
+        config.ucx_lanes = UcxEndpointConfig(a, tls, false);
+        config.ucx_lanes_e = UcxEndpointConfig(a, tls, true);
       }
       for (uint64_t size : a.sizes) {
         BenchPoint p;

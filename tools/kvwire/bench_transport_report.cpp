@@ -19,10 +19,7 @@ constexpr double kTargetRatio = 0.9;
 constexpr uint64_t kTargetFromBytes = 1ull << 20;
 
 std::string UcxVersion(const std::string& perftest) {
-  std::string info = "ucx_info";
-  if (const size_t slash = perftest.rfind('/'); slash != std::string::npos)
-    info = perftest.substr(0, slash + 1) + "ucx_info";
-  FILE* f = ::popen((info + " -v 2>/dev/null").c_str(), "r");
+  FILE* f = ::popen((UcxInfoPath(perftest) + " -v 2>/dev/null").c_str(), "r");
   if (!f) return "unknown";
   char line[256] = {0};
   std::string v = std::fgets(line, sizeof line, f) ? line : "unknown";
@@ -49,6 +46,12 @@ double PairedRatio(const std::vector<double>& a, const std::vector<double>& b) {
 }
 
 }  // namespace
+
+std::string UcxInfoPath(const std::string& perftest) {
+  if (const size_t slash = perftest.rfind('/'); slash != std::string::npos)
+    return perftest.substr(0, slash + 1) + "ucx_info";
+  return "ucx_info";
+}
 
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
@@ -104,9 +107,15 @@ int WriteTransportReport(const TransportBenchArgs& a, const BenchReport& r) {
       {"perftest", "median of " + std::to_string(a.repeat) +
                        " runs, each -n max(16, MiB/size) iterations with 10 % warm-up, in rounds "
                        "with kvwire's raw runs of the same size (raw run r, then perftest run r as "
-                       "is and with -e); 'perftest -e' creates its endpoints with peer error "
-                       "handling (UCP_ERR_HANDLING_MODE_PEER), as the ucx backend does to detect "
-                       "a dead peer"},
+                       "is and with -e); 'perftest -e' runs the UCX protocol of the ucx backend: "
+                       "endpoints with peer error handling (UCP_ERR_HANDLING_MODE_PEER, which the "
+                       "backend needs to detect a dead peer and to close an endpoint by force) "
+                       "and the settings the backend makes where the environment does not "
+                       "(UCX_ZCOPY_THRESH=inf, UCX_TCP_TX_SEG_SIZE=UCX_TCP_RX_SEG_SIZE=1M); "
+                       "'perftest' as is runs without error handling, and over tcp UCX 1.13 then "
+                       "moves rendezvous data by zero-copy RMA (an rma_bw lane), which it does "
+                       "not offer to endpoints with error handling: see each configuration's "
+                       "ucx_info lines"},
       {"ratios", "raw / perftest: the median over rounds of raw run r / perftest run r, so that "
                  "each ratio compares runs made back to back (transport.json also has the ratio "
                  "of the medians); session / perftest -e: ratio of the medians"},
@@ -153,8 +162,20 @@ int WriteTransportReport(const TransportBenchArgs& a, const BenchReport& r) {
      << "- Target: " << j["definitions"]["target"].get<std::string>() << ".\n";
   for (const BenchConfig& c : r.configs) {
     Json points = Json::array();
-    md << "\n## " << c.Name() << "\n\n"
-       << "| size | perftest GB/s | perftest -e GB/s | raw GB/s | raw / perftest | "
+    md << "\n## " << c.Name() << "\n\n";
+    auto lanes = [&](const std::vector<std::string>& v) {
+      std::string out;
+      for (const std::string& l : v) out += (out.empty() ? "`" : "; `") + l + "`";
+      return out;
+    };
+    if (!c.ucx_lanes.empty())
+      md << "UCX's endpoint to another host (`ucx_info -e -u mw -P inter`, as perftest runs as "
+            "is): "
+         << lanes(c.ucx_lanes)
+         << ".\n\nWith error handling and the backend's settings (`-u mwe`; the ucx backend, "
+            "perftest -e): "
+         << lanes(c.ucx_lanes_e) << ".\n\n";
+    md << "| size | perftest GB/s | perftest -e GB/s | raw GB/s | raw / perftest | "
           "raw / perftest -e | raw p50 us | raw p99 us | session GB/s | session / perftest -e | "
           "1-layer request p50 us | p99 us |\n"
        << "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
@@ -214,6 +235,8 @@ int WriteTransportReport(const TransportBenchArgs& a, const BenchReport& r) {
     configs.push_back({{"backend", c.backend},
                        {"ucx_tls", c.ucx_tls.empty() ? Json(nullptr) : Json(c.ucx_tls)},
                        {"ucx_env", c.ucx_env},
+                       {"ucx_endpoint_as_is", c.ucx_lanes},
+                       {"ucx_endpoint_with_error_handling", c.ucx_lanes_e},
                        {"points", std::move(points)}});
   }
   j["configs"] = std::move(configs);

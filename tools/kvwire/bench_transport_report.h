@@ -32,6 +32,9 @@ struct BenchConfig {
   std::string backend;
   std::string ucx_tls;  // empty for tcp
   std::string ucx_env;  // extra UCX variables, "" for none
+  // ucx_info -e: the endpoint's lanes and protocol ranges, as perftest runs as is and with error
+  // handling (-e, which the ucx backend uses). Empty without perftest.
+  std::vector<std::string> ucx_lanes, ucx_lanes_e;
   std::vector<BenchPoint> points;
   std::string Name() const {
     if (ucx_tls.empty()) return backend;
@@ -50,6 +53,8 @@ double Percentile(std::vector<double> v, double p);
 inline double Median(std::vector<double> v) { return Percentile(std::move(v), 0.5); }
 /// "64 KiB", "1 MiB".
 std::string SizeName(uint64_t bytes);
+/// ucx_info beside `perftest` (the same UCX installation), or "ucx_info" from PATH.
+std::string UcxInfoPath(const std::string& perftest);
 /// The first three fields of /proc/loadavg.
 std::string LoadAverage();
 /// One line of progress for stderr.
