@@ -22,8 +22,9 @@ struct BenchPoint {
   double session_gbps = -1, session_p50_us = -1, session_p99_us = -1;
   int session_samples = 0;
   std::string session_note;
-  // ucx_perftest -t ucp_am_bw, overall bandwidth (median run): as is, and with -e (endpoints
-  // with peer error handling, as the ucx backend creates them).
+  // ucx_perftest -t ucp_am_bw, overall bandwidth (median run): as is, and with -e plus the
+  // backend's UCX settings (peer error handling, copied sends, 1 MiB tcp segments: the ucx
+  // backend's exact protocol).
   double perftest_gbps = -1, perftest_e_gbps = -1;
   std::vector<double> raw_runs, session_runs, perftest_runs, perftest_e_runs;  // GB/s of each run
 };
