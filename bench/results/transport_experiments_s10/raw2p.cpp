@@ -29,7 +29,8 @@ int main(int argc, char** argv) {
     for (int r = 0; r <= rounds; ++r) {
       auto t0 = Clock::now();
       uint64_t n = r == 0 ? 64 : count;
-      for (uint64_t i = 0; i < n; ++i) {
+      static const uint64_t every = std::getenv("KVWIRE_EXP_EVERY") ? std::atoi(std::getenv("KVWIRE_EXP_EVERY")) : 1;
+      for (uint64_t i = 0; i < n; i += every) {
         static const bool spin = std::getenv("SPIN") != nullptr;
         auto m = (*c)->Receive(spin ? 0 : 60000);
         while (spin && !m.ok() && m.status().code() == kvwire::StatusCode::kTimeout) m = (*c)->Receive(0);
