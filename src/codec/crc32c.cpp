@@ -222,10 +222,6 @@ bool FoldSupported() {
 
 #endif  // KVWIRE_CRC_FOLD
 
-}  // namespace
-
-namespace {
-
 // The crc32-instruction path over [p, p + n) from register `c`; returns the final register.
 uint32_t InstructionRegister(const uint8_t* p, size_t n, uint64_t c) {
   if (n >= 3 * kLane) {

@@ -15,6 +15,9 @@ std::unique_ptr<Transport> MakeTcpTransport();
 /// RX_SEG_SIZE, unless UCX_TCP_TX_SEG_SIZE / UCX_TCP_RX_SEG_SIZE are set): the size of the
 /// fragments its rendezvous data moves in (see ucx.cpp).
 inline constexpr const char* kUcxTcpSegSize = "1M";
+/// UCX's ZCOPY_THRESH the ucx backend sets (unless UCX_ZCOPY_THRESH is set): zero-copy sends off
+/// (see ucx.cpp, Init).
+inline constexpr const char* kUcxZcopyThresh = "inf";
 #if KVWIRE_HAVE_UCX
 std::unique_ptr<Transport> MakeUcxTransport();
 #endif

@@ -265,7 +265,7 @@ Status UcxConnection::Init() {
   // send rendezvous data over tcp by copy (bcopy fragments), one more copy of every byte on the
   // sender than ucx_perftest makes: bench/results/transport.md.
   // UCX_ZCOPY_THRESH wins.
-  if (!std::getenv("UCX_ZCOPY_THRESH")) (void)ucp_config_modify(config, "ZCOPY_THRESH", "inf");
+  if (!std::getenv("UCX_ZCOPY_THRESH")) (void)ucp_config_modify(config, "ZCOPY_THRESH", kUcxZcopyThresh);
   // Rendezvous data over tcp (bcopy, see above) goes in TX_SEG_SIZE fragments, one send() each,
   // 8 KiB by default, and the receiver takes at most its RX_SEG_SIZE (64 KiB by default) per AM.
   // With peer error handling (below), 256 KiB fragments on both ends moved 1 MiB messages 4-6x

@@ -410,15 +410,13 @@ TEST_F(FaultInjection, FiftyTransfersWithLinkCutsAndResets) {
   // back within the tolerance or those bounds (plus 2 s) have passed; the tolerance itself is
   // not widened. A single look 3.5 s after the last transfer failed once in CI (ucx: +7.8 MB,
   // about what one live connection holds), which is why it waits for the bound.
-  const auto settle_start = std::chrono::steady_clock::now();
+  const auto settle_start = Clock::now();
   const auto settle_limit = std::chrono::milliseconds(kServeStallMs + 8000 + 2000);
   std::map<std::string, uint64_t> rss_after;
   std::map<std::string, double> settled_ms;
   for (;;) {
     bool all_back = true;
-    const double elapsed_ms = std::chrono::duration<double, std::milli>(
-                                  std::chrono::steady_clock::now() - settle_start)
-                                  .count();
+    const double elapsed_ms = Ms(Clock::now() - settle_start);
     for (auto& r : receivers_) {
       if (settled_ms.count(r.backend)) continue;
       rss_after[r.backend] = RssKiB(r.child.pid);
@@ -429,7 +427,7 @@ TEST_F(FaultInjection, FiftyTransfersWithLinkCutsAndResets) {
         all_back = false;
       }
     }
-    if (all_back || std::chrono::steady_clock::now() - settle_start >= settle_limit) break;
+    if (all_back || Clock::now() - settle_start >= settle_limit) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
   }
   for (auto& r : receivers_) {

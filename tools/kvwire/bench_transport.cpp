@@ -234,13 +234,15 @@ Status MeasureSession(const std::string& backend, const KvCache& src, KvCache* d
   return Status::Ok();
 }
 
-// The UCX settings the ucx backend makes for itself (src/transport/ucx.cpp) where the environment
-// does not set them: copied (not zero-copy) sends and 1 MiB tcp fragments. With them and -e,
+// The UCX environment of a reference run over `tls` (VAR=VALUE each). `peer_errors`: plus the
+// settings the ucx backend makes for itself where the environment does not set them (copied,
+// not zero-copy, sends and 1 MiB tcp fragments: src/transport/ucx.cpp); with them and -e,
 // ucx_perftest runs the same UCX protocol as the backend.
-std::vector<std::string> BackendUcxSettings() {
-  std::vector<std::string> out;
+std::vector<std::string> ReferenceUcxEnv(const std::string& tls, bool peer_errors) {
+  std::vector<std::string> out = {"UCX_TLS=" + tls};
+  if (!peer_errors) return out;
   const std::pair<const char*, const char*> settings[] = {
-      {"UCX_ZCOPY_THRESH", "inf"},
+      {"UCX_ZCOPY_THRESH", transport::kUcxZcopyThresh},
       {"UCX_TCP_TX_SEG_SIZE", transport::kUcxTcpSegSize},
       {"UCX_TCP_RX_SEG_SIZE", transport::kUcxTcpSegSize}};
   for (const auto& [var, value] : settings)
@@ -253,9 +255,8 @@ std::vector<std::string> BackendUcxSettings() {
 // backend's settings, as the ucx backend and perftest -e run; else as perftest as is runs.
 std::vector<std::string> UcxEndpointConfig(const TransportBenchArgs& a, const std::string& tls,
                                            bool peer_errors) {
-  std::string env = "UCX_TLS=" + tls + " ";
-  if (peer_errors)
-    for (const std::string& e : BackendUcxSettings()) env += e + " ";
+  std::string env;
+  for (const std::string& e : ReferenceUcxEnv(tls, peer_errors)) env += e + " ";
   const std::string cmd = "env " + env + UcxInfoPath(a.perftest) + " -e -u " +
                           (peer_errors ? "mwe" : "mw") + " -P inter 2>&1";
   std::vector<std::string> lines;
@@ -279,15 +280,13 @@ std::vector<std::string> UcxEndpointConfig(const TransportBenchArgs& a, const st
 }
 
 // ucx_perftest -t ucp_am_bw as a server + client pair on 127.0.0.1; overall bandwidth in GB/s.
-// `peer_errors`: -e on both ends (endpoints with peer error handling, like the ucx backend's).
+// `peer_errors`: -e on both ends (endpoints with peer error handling, like the ucx backend's) and
+// the backend's UCX settings (ReferenceUcxEnv).
 Result<double> RunPerftest(const TransportBenchArgs& a, const std::string& tls, uint64_t size,
                            bool peer_errors, int port) {
   const uint64_t iters = std::clamp<uint64_t>((a.mib_per_point << 20) / size, 16, 200000);
   const uint64_t warmup = std::max<uint64_t>(2, iters / 10);
-  std::vector<std::string> envs = {"UCX_TLS=" + tls};
-  if (peer_errors) {
-    for (std::string& e : BackendUcxSettings()) envs.push_back(std::move(e));
-  }
+  std::vector<std::string> envs = ReferenceUcxEnv(tls, peer_errors);
   std::string env;  // the same, as the client's shell prefix
   for (const std::string& e : envs) env += e + " ";
   const std::string port_s = std::to_string(port);
