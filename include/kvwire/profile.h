@@ -32,9 +32,10 @@
 namespace kvwire {
 
 inline constexpr uint16_t kProfileFormatMajor = 1;
-/// Minor 1 added fraqtl_defaults; a file is written with minor 1 only when that field is set, so
-/// profiles without it keep the bytes (and ids) of minor-0 builds. Readers accept any minor.
-inline constexpr uint16_t kProfileFormatMinor = 1;
+/// Minor 1 added fraqtl_defaults, minor 2 the rANS frequencies of the codebooks. A file is
+/// written with the lowest minor that holds its fields, so profiles without them keep the bytes
+/// (and ids) of older builds. Readers accept any minor.
+inline constexpr uint16_t kProfileFormatMinor = 2;
 /// Profiles larger than this are refused before parsing.
 inline constexpr uint64_t kMaxProfileBytes = 1ull << 30;
 /// Highest bit-width of a Lloyd-Max codebook in a profile.
@@ -56,6 +57,10 @@ struct ProfileBasis {
   /// [kProfileMaxBits + 1]: E[(u - Q_b(u))^2] of the normalized coefficient u at b bits
   /// (b = 0: deletion, about 1).
   std::vector<double> distortion;
+  /// rANS frequencies (units of 1/4096) of each codebook cell on the calibration data, laid out
+  /// like codebook_levels; each bit-width sums to 4096 with every cell >= 1. Empty: not
+  /// calibrated (fraqtl then uses N(0, 1) cell probabilities). Requires has_codebooks().
+  std::vector<uint16_t> rans_freq;
 
   bool has_codebooks() const { return !codebook_levels.empty(); }
   /// The 2^bits levels of the codebook for `bits` (1..8); requires has_codebooks().

@@ -67,7 +67,9 @@ std::string CanonicalSpec(const Config& c) {
        ",gain=" + std::to_string(int{c.gain});
   if (c.sign != 0 || c.spell_steps) s += ",sign=" + std::to_string(c.sign);
   if (c.delta != 0 || c.spell_steps) s += ",delta=" + std::to_string(c.delta);
-  s += ",entropy=" + std::string(c.entropy == Entropy::kZstd ? "zstd" : "none") +
+  s += ",entropy=" + std::string(c.entropy == Entropy::kRans   ? "rans"
+                                 : c.entropy == Entropy::kZstd ? "zstd"
+                                                               : "none") +
        ",book=" + std::string(c.calibrated_books ? "calib" : "gauss");
   return s;
 }
@@ -84,8 +86,10 @@ Result<std::unique_ptr<Codec>> MakeFraqtlCodec(const Config& requested, const Pr
                          "fraqtl: delta=G needs groups of G >= 2 tokens (delta=0: off)");
   KVWIRE_RETURN_ERROR_IF(config.delta != 0 && config.gain, kInvalidArgument,
                          "fraqtl: delta=G and gain=1 do not combine (delta tokens have no gain)");
-  KVWIRE_RETURN_ERROR_IF(config.entropy == Entropy::kRans, kUnsupported,
-                         "fraqtl: entropy=rans is not implemented in this build (use zstd)");
+  KVWIRE_RETURN_ERROR_IF(config.entropy == Entropy::kRans && (config.sign != 0 || config.delta != 0),
+                         kInvalidArgument,
+                         "fraqtl: sign=M and delta=G exist only in the bit-packed payload "
+                         "(entropy=zstd or entropy=none), not with entropy=rans");
   KVWIRE_RETURN_ERROR_IF(!(config.bits > 0 && config.bits <= 16), kInvalidArgument,
                          "fraqtl: target bits/element must be in (0, 16]");
   KVWIRE_RETURN_IF_ERROR(profile.Validate());

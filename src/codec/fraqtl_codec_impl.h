@@ -7,8 +7,11 @@
 // change a float sum), so they give identical bytes and identical decoded values.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -19,6 +22,7 @@
 #include "codec/fraqtl_sketch.h"
 #include "codec/lloyd_max.h"
 #include "codec/quant_common.h"
+#include "codec/rans.h"
 
 namespace kvwire::fraqtl::internal {
 
@@ -30,7 +34,16 @@ using baseline::LoadU32;
 using baseline::StoreU16;
 using baseline::StoreU32;
 
-constexpr uint8_t kPayloadVersion = 1;
+constexpr uint8_t kPayloadVersion = 1;     // entropy=none|zstd (bit-packed indices)
+constexpr uint8_t kPayloadVersionRans = 2;  // entropy=rans (table-driven, fraqtl_rans.cpp)
+constexpr size_t kRansPayloadHeader = 16;
+// A rANS block holds the symbols of about kRansBlockElements elements (RansBlockTokens
+// quantized tokens): blocks decode independently (the CPU decoder runs four side by side, a GPU
+// all of them), and each costs a 4-byte length and kLanes 4-byte states.
+constexpr size_t kRansBlockElements = size_t{1} << 16;
+inline size_t RansBlockTokens(size_t heads_x_dim) {
+  return std::max<size_t>(1, kRansBlockElements / heads_x_dim);
+}
 constexpr uint8_t kFlagZstd = 1;
 constexpr size_t kPayloadHeader = 12;
 constexpr size_t kChunkHeaderBytes = 40;
@@ -129,6 +142,7 @@ class FraqtlCodec final : public Codec {
         }
       }
     }
+    if (cfg_.entropy == Entropy::kRans) BuildRans(p);
   }
 
   std::string Spec() const override { return spec_; }
@@ -382,6 +396,47 @@ class FraqtlCodec final : public Codec {
                      const std::vector<float>& gains, const DeltaSide& ds, size_t nq,
                      const Allocation& al, std::vector<uint8_t>* out, std::vector<float>* zhat,
                      CodecImpl impl) const;
+
+  // ---- entropy=rans (fraqtl_rans.cpp) ------------------------------------------------------
+  // The order in which a (layer, K|V)'s items (head h, direction i: item h * D + i) gain
+  // precision: greedy on distortion reduction per coded bit, where a direction at b bits costs
+  // the entropy of its b-bit table per token. Computed from the profile alone, so both ends
+  // derive it; a chunk sends how many steps it took.
+  struct RansStep {
+    uint32_t item;
+    uint8_t from, to;  // bits before and after (to: 1..8, or kProtectedBits)
+  };
+  struct RansLadder {
+    std::vector<RansStep> steps;
+    std::vector<uint64_t> cum;  // [steps + 1]: model cost per token of the first N steps
+  };
+  void BuildRans(const Profile& p);
+  const rans::Table& Table(uint32_t layer, KvKind kind, uint32_t h, int b) const {
+    return b == kProtectedBits
+               ? rans::UniformByteTable()
+               : tables_[((size_t{layer} * 2 + static_cast<uint32_t>(kind)) * kv_heads_ + h) *
+                             (kMaxCodedBits + 1) +
+                         b];
+  }
+  Status EncodeRans(const ChunkDesc& desc, const float* in, std::vector<uint8_t>* out,
+                    CodecImpl impl) const;
+  Status DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> payload, float* out,
+                    CodecImpl impl) const;
+  // Index of a table in tables_ (the protected bytes' uniform table: tables_.size()).
+  size_t TableIndex(uint32_t layer, KvKind kind, uint32_t h, int b) const {
+    return b == kProtectedBits
+               ? tables_.size()
+               : ((size_t{layer} * 2 + static_cast<uint32_t>(kind)) * kv_heads_ + h) *
+                         (kMaxCodedBits + 1) +
+                     b;
+  }
+  std::vector<RansLadder> ladders_;  // [layers * 2]
+  std::vector<rans::Table> tables_;  // [layers, 2, kv_heads, kMaxCodedBits + 1] (b = 0 unused)
+  // Decoding slots of every table, one after another in one pool (rans::BlockDecoder); a
+  // table's slots are filled the first time a decoder needs them (an encoder never does).
+  uint32_t EnsureSlots(uint32_t layer, KvKind kind, uint32_t h, int b) const;
+  std::unique_ptr<uint32_t[]> slot_pool_;
+  std::unique_ptr<std::once_flag[]> slot_once_;  // [tables_.size() + 1], the last: uniform
 
   Config cfg_;
   std::string spec_;

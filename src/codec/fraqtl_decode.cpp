@@ -11,6 +11,7 @@ namespace kvwire::fraqtl::internal {
 
 Status FraqtlCodec::Decode(const ChunkDesc& desc, std::span<const uint8_t> payload, float* out,
                            CodecImpl impl) const {
+  if (cfg_.entropy == Entropy::kRans) return DecodeRans(desc, payload, out, impl);
   KVWIRE_RETURN_IF_ERROR(CheckDesc(desc).WithContext("decode"));
   const ChunkPlan plan = Plan(desc);
   const size_t d = d_, H = kv_heads_, nq = plan.q_tokens.size(), nf = plan.fp_tokens.size();

@@ -193,6 +193,7 @@ void FraqtlCodec::QuantizeChunk(const ChunkDesc& desc, const std::vector<float>&
 
 Status FraqtlCodec::Encode(const ChunkDesc& desc, const float* in, std::vector<uint8_t>* out,
                            CodecImpl impl) const {
+  if (cfg_.entropy == Entropy::kRans) return EncodeRans(desc, in, out, impl);
   KVWIRE_RETURN_IF_ERROR(CheckDesc(desc));
   KVWIRE_RETURN_IF_ERROR(CheckFinite(desc, in, "fraqtl"));
   ChunkPlan plan = Plan(desc);

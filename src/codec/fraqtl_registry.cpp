@@ -94,8 +94,12 @@ Result<std::unique_ptr<Codec>> MakeFraqtl(std::string_view name, const CodecOpti
   c.sign = static_cast<uint32_t>(sign);
   KVWIRE_ASSIGN_OR_RETURN(const int64_t delta, steps.GetInt("delta", 0, 0, 4096));
   c.delta = static_cast<uint32_t>(delta);
-  KVWIRE_ASSIGN_OR_RETURN(const std::string entropy,
-                          GetString(opts, "entropy", {"none", "zstd", "rans"}, "zstd"));
+  // rANS by default; sign and delta exist only in the bit-packed payload, so a spec with either
+  // (or a profile whose defaults set one) defaults to zstd. The canonical spec names the choice.
+  const bool bitpacked_steps = c.sign != 0 || c.delta != 0;
+  KVWIRE_ASSIGN_OR_RETURN(
+      const std::string entropy,
+      GetString(opts, "entropy", {"none", "zstd", "rans"}, bitpacked_steps ? "zstd" : "rans"));
   c.entropy = entropy == "zstd"   ? fraqtl::Entropy::kZstd
               : entropy == "rans" ? fraqtl::Entropy::kRans
                                   : fraqtl::Entropy::kNone;
@@ -114,7 +118,7 @@ namespace detail {
 void RegisterFraqtlCodecs(std::vector<CodecFamily>* registry) {
   registry->push_back(
       {"fraqtl@B[:level=L,sink=S,window=R,prerope=0|1,basis=metric|pca|random,floor=0|1,"
-       "protect=P,gain=0|1,sign=M,delta=G,entropy=none|zstd,book=calib|gauss]",
+       "protect=P,gain=0|1,sign=M,delta=G,entropy=rans|zstd|none,book=calib|gauss]",
        "calibrated basis + reverse water-filling + Lloyd-Max, pre-RoPE keys; B bits/element "
        "all-in (needs --profile)",
        MakeFraqtl});

@@ -84,6 +84,23 @@ Status ValidateBasis(const Profile& p, const ProfileBasis& b, const std::string&
       }
     }
   }
+  if (!b.rans_freq.empty()) {
+    if (b.codebook_levels.empty() || b.rans_freq.size() != kCodebookLevels) {
+      return Bad(where, "rANS frequencies need codebooks and 510 values");
+    }
+    size_t at = 0;
+    for (int bits = 1; bits <= kProfileMaxBits; ++bits) {
+      uint32_t sum = 0;
+      for (size_t i = 0; i < (size_t{1} << bits); ++i, ++at) {
+        if (b.rans_freq[at] == 0) return Bad(where, "a rANS frequency is zero");
+        sum += b.rans_freq[at];
+      }
+      if (sum != 4096) {
+        return Bad(where, "rANS frequencies of " + std::to_string(bits) +
+                              " bits do not sum to 4096");
+      }
+    }
+  }
   if (b.distortion.size() != kProfileMaxBits + 1 || !AllFinite(b.distortion)) {
     return Bad(where, "distortion table must hold 9 finite values");
   }
@@ -246,6 +263,7 @@ Result<std::vector<uint8_t>> Profile::Serialize() const {
         out->mutable_variance()->Add(b.variance.begin(), b.variance.end());
         out->mutable_codebook_levels()->Add(b.codebook_levels.begin(), b.codebook_levels.end());
         out->mutable_distortion()->Add(b.distortion.begin(), b.distortion.end());
+        out->mutable_rans_freq()->Add(b.rans_freq.begin(), b.rans_freq.end());
       }
     }
   }
@@ -270,7 +288,9 @@ Result<std::vector<uint8_t>> Profile::Serialize() const {
   std::vector<uint8_t> file(kPreambleBytes + body.size());
   std::memcpy(file.data(), kMagic, 4);
   PutLE16(file.data() + 4, kProfileFormatMajor);
-  PutLE16(file.data() + 6, fraqtl_defaults.empty() ? 0 : kProfileFormatMinor);
+  bool has_freq = false;
+  for (const ProfileBasis& b : bases) has_freq = has_freq || !b.rans_freq.empty();
+  PutLE16(file.data() + 6, has_freq ? 2 : fraqtl_defaults.empty() ? 0 : 1);
   PutLE32(file.data() + 8, static_cast<uint32_t>(body.size()));
   std::memcpy(file.data() + kPreambleBytes, body.data(), body.size());
   PutLE32(file.data() + 12, Crc32c(std::span<const uint8_t>(file).subspan(kPreambleBytes)));
@@ -342,6 +362,12 @@ Result<Profile> Profile::Parse(std::span<const uint8_t> bytes) {
     o.variance.assign(b.variance().begin(), b.variance().end());
     o.codebook_levels.assign(b.codebook_levels().begin(), b.codebook_levels().end());
     o.distortion.assign(b.distortion().begin(), b.distortion().end());
+    KVWIRE_RETURN_ERROR_IF(b.rans_freq_size() > static_cast<int>(kCodebookLevels), kCorrupt,
+                           "profile: too many rANS frequencies");
+    for (uint32_t f : b.rans_freq()) {
+      KVWIRE_RETURN_ERROR_IF(f > 4096, kCorrupt, "profile: rANS frequency above 4096");
+      o.rans_freq.push_back(static_cast<uint16_t>(f));
+    }
   }
   for (const auto& lv : pb.levels()) {
     ProfileLevel o;

@@ -4,6 +4,7 @@
 
 #include "codec/baseline_linalg.h"
 #include "codec/lloyd_max.h"
+#include "codec/rans.h"
 #include "diagnostics/calibration_stats.h"
 
 namespace kvwire {
@@ -242,11 +243,28 @@ void BuildBasis(const SlotStats& st, const Mat& metric, const CalibrationOptions
   double e0 = 0;
   for (float x : u) e0 += static_cast<double>(x) * x;
   out->distortion[0] = u.empty() ? 1.0 : std::min(e0 / u.size(), 16.0);
+  out->rans_freq.clear();
   for (int b = 1; b <= kProfileMaxBits; ++b) {
     double mse = 0;
     const std::vector<float> lv = FitLloydMax(u, b, &mse);
     out->codebook_levels.insert(out->codebook_levels.end(), lv.begin(), lv.end());
     out->distortion[b] = std::min(mse, 16.0);
+    // rANS frequencies: how often each cell occurs (threshold ties go to the lower cell, as
+    // the codec quantizes), plus one half so that no cell is impossible.
+    std::vector<double> count(lv.size(), 0.5);
+    size_t lo = 0;
+    for (size_t c = 0; c < lv.size(); ++c) {
+      const size_t hi =
+          c + 1 < lv.size()
+              ? static_cast<size_t>(std::upper_bound(u.begin(), u.end(),
+                                                     0.5f * (lv[c] + lv[c + 1])) -
+                                    u.begin())
+              : u.size();
+      count[c] += static_cast<double>(hi - lo);
+      lo = hi;
+    }
+    const std::vector<uint16_t> f = rans::NormalizeFrequencies(count);
+    out->rans_freq.insert(out->rans_freq.end(), f.begin(), f.end());
   }
 }
 

@@ -1,0 +1,288 @@
+// The static rANS coder (src/codec/rans.h) and fraqtl's table-driven payload (entropy=rans,
+// payload version 2).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "codec/fraqtl_toy.h"
+#include "codec/rans.h"
+#include "kvwire/stream.h"
+
+namespace kvwire {
+namespace {
+
+using namespace fraqtl_toy;
+
+TEST(Rans, SymbolCostIsLog2) {
+  EXPECT_EQ(rans::SymbolCost(4096), 0u);
+  EXPECT_EQ(rans::SymbolCost(2048), rans::kCostOne);
+  EXPECT_EQ(rans::SymbolCost(1), 12 * rans::kCostOne);
+  for (uint32_t f = 1; f <= 4096; ++f) {
+    const double exact = -std::log2(f / 4096.0) * rans::kCostOne;
+    EXPECT_NEAR(rans::SymbolCost(f), exact, 1.0) << f;
+    if (f > 1) EXPECT_LE(rans::SymbolCost(f), rans::SymbolCost(f - 1));
+  }
+}
+
+TEST(Rans, NormalizeKeepsEveryCellAndSums) {
+  const std::vector<double> skewed = {1e-9, 0.0, 0.5, 0.49, 1e-12, 0.01};
+  const auto f = rans::NormalizeFrequencies(skewed);
+  uint32_t sum = 0;
+  for (uint16_t v : f) {
+    EXPECT_GE(v, 1);
+    sum += v;
+  }
+  EXPECT_EQ(sum, rans::kProbScale);
+  EXPECT_GT(f[2], f[3]);
+  rans::Table t;
+  EXPECT_TRUE(rans::BuildTable(f, &t));
+  EXPECT_FALSE(rans::BuildTable(std::vector<uint16_t>{4096}, &t));    // one symbol
+  EXPECT_FALSE(rans::BuildTable(std::vector<uint16_t>{4095, 0}, &t));  // a zero
+  EXPECT_FALSE(rans::BuildTable(std::vector<uint16_t>{100, 100}, &t)); // wrong sum
+}
+
+// Random symbols under random tables of every size, each symbol with its own table: the
+// decoder (scalar, AVX2 groups, several blocks side by side) gets them back, ends in its
+// initial state, and the block's size is what the costs said within a few bytes.
+TEST(Rans, RoundTripSideBySideAndSizeFromCosts) {
+  std::mt19937 rng(5);
+  std::vector<rans::Table> tables;
+  std::vector<uint32_t> pool;
+  std::vector<uint32_t> offset;
+  for (int b = 1; b <= 8; ++b) {
+    std::vector<double> p(size_t{1} << b);
+    std::exponential_distribution<double> e(1.0);
+    for (double& v : p) v = e(rng);
+    rans::Table t;
+    ASSERT_TRUE(rans::BuildTable(rans::NormalizeFrequencies(p), &t));
+    offset.push_back(static_cast<uint32_t>(pool.size()));
+    pool.insert(pool.end(), t.slots.begin(), t.slots.end());
+    tables.push_back(std::move(t));
+  }
+  constexpr int kBlocks = 3;
+  std::vector<std::vector<uint32_t>> sym(kBlocks), tab(kBlocks);
+  std::vector<std::vector<uint8_t>> bytes(kBlocks);
+  for (int s = 0; s < kBlocks; ++s) {
+    const size_t n = 1000 + 333 * s;  // not a multiple of the lanes
+    uint64_t cost = 0;
+    for (size_t k = 0; k < n; ++k) {
+      const uint32_t t = rng() % tables.size();
+      // Draw from the table's own distribution so the size check is meaningful.
+      const uint32_t slot = rng() % rans::kProbScale;
+      uint32_t v = 0;
+      while (tables[t].cum[v] + tables[t].freq[v] <= slot) ++v;
+      sym[s].push_back(v);
+      tab[s].push_back(t);
+      cost += tables[t].cost[v];
+    }
+    rans::BlockEncoder enc;
+    enc.Reserve(n);
+    for (size_t k = n; k-- > 0;) enc.Put(static_cast<uint32_t>(k), sym[s][k], tables[tab[s][k]]);
+    enc.Finish(&bytes[s]);
+    const double predicted = 24.0 + static_cast<double>(cost) / rans::kCostOne / 8.0;
+    EXPECT_NEAR(static_cast<double>(bytes[s].size()), predicted, 16.0);
+  }
+  // One at a time, then side by side in uneven pieces.
+  for (int s = 0; s < kBlocks; ++s) {
+    rans::BlockDecoder dec(bytes[s]);
+    std::vector<uint32_t> offs, out(sym[s].size());
+    for (uint32_t t : tab[s]) offs.push_back(offset[t]);
+    dec.Decode(pool.data(), offs.data(), offs.size(), out.data());
+    EXPECT_EQ(out, sym[s]);
+    EXPECT_TRUE(dec.Ok());
+  }
+  std::vector<rans::BlockDecoder> decs;
+  for (int s = 0; s < kBlocks; ++s) decs.emplace_back(bytes[s]);
+  std::vector<std::vector<uint32_t>> offs(kBlocks), out(kBlocks);
+  for (int s = 0; s < kBlocks; ++s) {
+    for (uint32_t t : tab[s]) offs[s].push_back(offset[t]);
+    out[s].resize(sym[s].size());
+  }
+  size_t done[kBlocks] = {};
+  for (size_t piece : {size_t{5}, size_t{64}, size_t{3}, size_t{200}, size_t{4000}}) {
+    rans::BlockDecoder* dp[kBlocks];
+    const uint32_t* op[kBlocks];
+    uint32_t* o[kBlocks];
+    size_t n[kBlocks];
+    for (int s = 0; s < kBlocks; ++s) {
+      dp[s] = &decs[s];
+      n[s] = std::min(piece + s, sym[s].size() - done[s]);
+      op[s] = offs[s].data() + done[s];
+      o[s] = out[s].data() + done[s];
+      done[s] += n[s];
+    }
+    rans::BlockDecoder::DecodeSideBySide(dp, kBlocks, pool.data(), op, n, o);
+  }
+  for (int s = 0; s < kBlocks; ++s) {
+    EXPECT_EQ(done[s], sym[s].size());
+    EXPECT_EQ(out[s], sym[s]) << s;
+    EXPECT_TRUE(decs[s].Ok()) << s;
+  }
+  // A changed byte, a missing word or extra bytes leave a block that does not end cleanly.
+  for (size_t at : {size_t{0}, size_t{7}, size_t{40}, bytes[0].size() - 1}) {
+    std::vector<uint8_t> bad = bytes[0];
+    bad[at] ^= 0x10;
+    rans::BlockDecoder dec(bad);
+    std::vector<uint32_t> offs0, o(sym[0].size());
+    for (uint32_t t : tab[0]) offs0.push_back(offset[t]);
+    dec.Decode(pool.data(), offs0.data(), offs0.size(), o.data());
+    EXPECT_FALSE(dec.Ok() && o == sym[0]) << "byte " << at;
+  }
+  for (size_t cut : {size_t{2}, size_t{4}}) {
+    std::vector<uint8_t> bad(bytes[0].begin(), bytes[0].end() - static_cast<long>(cut));
+    rans::BlockDecoder dec(bad);
+    std::vector<uint32_t> offs0, o(sym[0].size());
+    for (uint32_t t : tab[0]) offs0.push_back(offset[t]);
+    dec.Decode(pool.data(), offs0.data(), offs0.size(), o.data());
+    EXPECT_FALSE(dec.Ok());
+  }
+}
+
+// Every budget from 0.25 to 6 b/e: reference and optimized paths give the same bytes and the
+// same values, the stream lands within 1 % of its budget, and the error falls as bits rise.
+TEST(FraqtlRans, OnePassHitsEveryBudgetWithinOnePercent) {
+  Profile p = ToyProfile(true);
+  // As a calibrated profile: the stream header then carries the model's fingerprint, which
+  // the codec's estimate of the header counts.
+  p.model_fingerprint = "sha256:" + std::string(64, 'a');
+  const uint32_t T = 2048;
+  KvShape shape{kLayers, T, kHeads, kDim};
+  auto cache = KvCache::Create(shape, DType::kF32);
+  ASSERT_TRUE(cache.ok());
+  for (uint32_t l = 0; l < kLayers; ++l) {
+    for (KvKind k : {KvKind::kKey, KvKind::kValue}) {
+      const auto x = ToyData(T, 300 + l * 2 + static_cast<uint32_t>(k));
+      std::memcpy(cache->tensor(l, k).data(), x.data(), x.size() * 4);
+    }
+  }
+  double prev = 1e300;
+  for (double target : {0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0}) {
+    char spec[32];
+    std::snprintf(spec, sizeof(spec), "fraqtl@%g", target);
+    auto codec = CreateCodec(spec, &p);
+    ASSERT_TRUE(codec.ok()) << codec.status().ToString();
+    ASSERT_NE((*codec)->Spec().find("entropy=rans"), std::string::npos) << (*codec)->Spec();
+    StreamInfo info;
+    info.shape = shape;
+    info.dtype = DType::kF32;
+    info.metadata.rope_style = "interleaved";
+    info.metadata.model_fingerprint = p.model_fingerprint;
+    info.profile_id = *p.Id();
+    info.levels = {(*codec)->Spec()};
+    StreamWriterOptions one, three;
+    three.threads = 3;
+    auto s1 = EncodeStream(cache->view(), info, one, &p);
+    ASSERT_TRUE(s1.ok()) << s1.status().ToString();
+    auto s3 = EncodeStream(cache->view(), info, three, &p);
+    ASSERT_TRUE(s3.ok());
+    EXPECT_EQ(*s1, *s3) << spec;
+    const double bpe = double(s1->size()) * 8 / double(shape.elements());
+    EXPECT_NEAR(bpe, target, 0.01 * target) << spec;
+    auto dec = DecodeStream(*s1, &p);
+    ASSERT_TRUE(dec.ok()) << dec.status().ToString();
+    double err = 0, sig = 0;
+    for (uint32_t l = 0; l < kLayers; ++l) {
+      const auto x = cache->tensor(l, KvKind::kValue), y = dec->tensor(l, KvKind::kValue);
+      const auto* xf = reinterpret_cast<const float*>(x.data());
+      const auto* yf = reinterpret_cast<const float*>(y.data());
+      for (size_t i = 0; i < x.size() / 4; ++i) {
+        err += (yf[i] - xf[i]) * (yf[i] - xf[i]);
+        sig += xf[i] * xf[i];
+      }
+    }
+    EXPECT_LT(err / sig, prev) << spec;
+    prev = err / sig;
+    // Reference and optimized chunk by chunk.
+    for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+      const ChunkDesc d = Desc(1, kind, 300);
+      const auto x = ToyData(300, 9);
+      std::vector<uint8_t> a, b;
+      ASSERT_TRUE((*codec)->Encode(d, x.data(), &a, CodecImpl::kReference).ok());
+      ASSERT_TRUE((*codec)->Encode(d, x.data(), &b, CodecImpl::kOptimized).ok());
+      ASSERT_EQ(a, b) << spec;
+      std::vector<float> ya(x.size()), yb(x.size());
+      ASSERT_TRUE((*codec)->Decode(d, a, ya.data(), CodecImpl::kReference).ok());
+      ASSERT_TRUE((*codec)->Decode(d, a, yb.data(), CodecImpl::kOptimized).ok());
+      ASSERT_EQ(ya, yb) << spec;
+    }
+  }
+  EXPECT_LT(prev, 1e-3);
+}
+
+// At 16 b/e the ladder runs out (every direction at 8 bits or fp16) before the budget does.
+TEST(FraqtlRans, FullPrecisionChunkStaysBelowBudget) {
+  const Profile p = ToyProfile(false);
+  auto codec = std::move(CreateCodec("fraqtl@16", &p)).value();
+  const auto x = ToyData(64, 4);
+  const ChunkDesc d = Desc(0, KvKind::kValue, 64);
+  std::vector<uint8_t> a;
+  ASSERT_TRUE(codec->Encode(d, x.data(), &a).ok());
+  EXPECT_LT(a.size() * 8.0, 16.0 * static_cast<double>(d.elements()));
+  std::vector<float> y(x.size());
+  ASSERT_TRUE(codec->Decode(d, a, y.data()).ok());
+  double err = 0, sig = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    err += (y[i] - x[i]) * (y[i] - x[i]);
+    sig += x[i] * x[i];
+  }
+  EXPECT_LT(err / sig, 1e-4);
+}
+
+TEST(FraqtlRans, CorruptPayloadsAreRefused) {
+  const Profile p = ToyProfile(false);
+  auto codec = std::move(CreateCodec("fraqtl@2:window=1", &p)).value();
+  const auto x = ToyData(48, 2);
+  const ChunkDesc d = Desc(0, KvKind::kKey, 48);
+  std::vector<uint8_t> a;
+  ASSERT_TRUE(codec->Encode(d, x.data(), &a).ok());
+  ASSERT_EQ(a[0], 2);  // payload version 2
+  std::vector<float> y(x.size());
+  ASSERT_TRUE(codec->Decode(d, a, y.data()).ok());
+  for (size_t n : {size_t{0}, size_t{15}, a.size() - 1, a.size() - 2}) {
+    EXPECT_FALSE(codec->Decode(d, std::span(a).first(n), y.data()).ok()) << n;
+  }
+  // Header fields: version, flags, steps (beyond the ladder), extra tokens, section length.
+  for (size_t i : {size_t{0}, size_t{1}, size_t{7}, size_t{11}, size_t{12}}) {
+    std::vector<uint8_t> b = a;
+    b[i] ^= 0x40;
+    EXPECT_FALSE(codec->Decode(d, b, y.data()).ok()) << "byte " << i;
+  }
+  // Every byte of the index section: refused, or (rarely) decodes to other values; never a
+  // crash, never the original values silently.
+  const size_t section = a.size() - (16 + size_t{kHeads} * kDim * 2);  // one fp16 token
+  size_t refused = 0, changed = 0;
+  for (size_t i = a.size() - section; i < a.size(); ++i) {
+    std::vector<uint8_t> b = a;
+    b[i] ^= 0x01;
+    std::vector<float> z(x.size());
+    if (!codec->Decode(d, b, z.data()).ok()) {
+      ++refused;
+    } else if (z != y) {
+      ++changed;
+    }
+  }
+  EXPECT_GT(refused, section / 2);
+  EXPECT_EQ(refused + changed, section);
+}
+
+TEST(FraqtlRans, SpecDefaultsAndRefusals) {
+  const Profile p = ToyProfile(true);
+  auto c = CreateCodec("fraqtl@2", &p);
+  ASSERT_TRUE(c.ok());
+  EXPECT_NE((*c)->Spec().find("entropy=rans"), std::string::npos);
+  // The sign sketch and delta groups exist in the bit-packed payload only.
+  auto s = CreateCodec("fraqtl@2:sign=1", &p);
+  ASSERT_TRUE(s.ok());
+  EXPECT_NE((*s)->Spec().find("entropy=zstd"), std::string::npos);
+  EXPECT_EQ(CreateCodec("fraqtl@2:sign=1,entropy=rans", &p).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(CreateCodec("fraqtl@2:delta=8,entropy=rans", &p).status().code(),
+            StatusCode::kInvalidArgument);
+  // The canonical spec reproduces itself.
+  EXPECT_EQ((*CreateCodec((*c)->Spec(), &p))->Spec(), (*c)->Spec());
+}
+
+}  // namespace
+}  // namespace kvwire
