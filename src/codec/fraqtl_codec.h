@@ -23,8 +23,9 @@
 //      costing its token count);
 //   8. zstd over the packed indices (default; entropy=none turns it off); the budget then buys
 //      more index bits: the largest allocation whose compressed section fits is chosen.
-// rANS is not implemented in this build (kUnsupported). Sign sketch bits, norms and delta scales
-// are paid from the budget before water-filling, like fp16 tokens and gains.
+// Sign sketch bits, norms and delta scales are paid from the budget before water-filling, like
+// fp16 tokens and gains. entropy=rans replaces steps 4 and 8 with a one-pass, table-driven
+// payload (version 2, fraqtl_rans.cpp; docs/FORMAT.md 6.8.1) without steps 6 and 7.
 //
 // Budget: `fraqtl@B` targets B bits/element all-in for the stream: the chunk's payload is sized
 // so that payload + its 40-byte chunk header + its share of the stream header and trailer
@@ -76,7 +77,8 @@ struct Config {
   // Write sign= and delta= into the canonical spec even when 0: set when the profile carries
   // fraqtl defaults, so that a stream's spec never depends on them.
   bool spell_steps = false;
-  Entropy entropy = Entropy::kZstd;  // measured: pays at every budget (see the report)
+  Entropy entropy = Entropy::kZstd;  // measured: pays at every budget (see the report); finds
+                                     // cross-token repeats that rans (one pass, 5x faster) cannot
   bool calibrated_books = true;      // use the profile's codebooks when it has them
 };
 

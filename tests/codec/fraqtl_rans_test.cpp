@@ -160,7 +160,7 @@ TEST(FraqtlRans, OnePassHitsEveryBudgetWithinOnePercent) {
   double prev = 1e300;
   for (double target : {0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0}) {
     char spec[32];
-    std::snprintf(spec, sizeof(spec), "fraqtl@%g", target);
+    std::snprintf(spec, sizeof(spec), "fraqtl@%g:entropy=rans", target);
     auto codec = CreateCodec(spec, &p);
     ASSERT_TRUE(codec.ok()) << codec.status().ToString();
     ASSERT_NE((*codec)->Spec().find("entropy=rans"), std::string::npos) << (*codec)->Spec();
@@ -214,7 +214,7 @@ TEST(FraqtlRans, OnePassHitsEveryBudgetWithinOnePercent) {
 // At 16 b/e the ladder runs out (every direction at 8 bits or fp16) before the budget does.
 TEST(FraqtlRans, FullPrecisionChunkStaysBelowBudget) {
   const Profile p = ToyProfile(false);
-  auto codec = std::move(CreateCodec("fraqtl@16", &p)).value();
+  auto codec = std::move(CreateCodec("fraqtl@16:entropy=rans", &p)).value();
   const auto x = ToyData(64, 4);
   const ChunkDesc d = Desc(0, KvKind::kValue, 64);
   std::vector<uint8_t> a;
@@ -232,7 +232,7 @@ TEST(FraqtlRans, FullPrecisionChunkStaysBelowBudget) {
 
 TEST(FraqtlRans, CorruptPayloadsAreRefused) {
   const Profile p = ToyProfile(false);
-  auto codec = std::move(CreateCodec("fraqtl@2:window=1", &p)).value();
+  auto codec = std::move(CreateCodec("fraqtl@2:window=1,entropy=rans", &p)).value();
   const auto x = ToyData(48, 2);
   const ChunkDesc d = Desc(0, KvKind::kKey, 48);
   std::vector<uint8_t> a;
@@ -269,13 +269,11 @@ TEST(FraqtlRans, CorruptPayloadsAreRefused) {
 
 TEST(FraqtlRans, SpecDefaultsAndRefusals) {
   const Profile p = ToyProfile(true);
-  auto c = CreateCodec("fraqtl@2", &p);
+  EXPECT_NE((*CreateCodec("fraqtl@2", &p))->Spec().find("entropy=zstd"), std::string::npos);
+  auto c = CreateCodec("fraqtl@2:entropy=rans", &p);
   ASSERT_TRUE(c.ok());
   EXPECT_NE((*c)->Spec().find("entropy=rans"), std::string::npos);
   // The sign sketch and delta groups exist in the bit-packed payload only.
-  auto s = CreateCodec("fraqtl@2:sign=1", &p);
-  ASSERT_TRUE(s.ok());
-  EXPECT_NE((*s)->Spec().find("entropy=zstd"), std::string::npos);
   EXPECT_EQ(CreateCodec("fraqtl@2:sign=1,entropy=rans", &p).status().code(),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(CreateCodec("fraqtl@2:delta=8,entropy=rans", &p).status().code(),

@@ -36,9 +36,11 @@ struct Codecs {
   Profile profile = fraqtl_toy::ToyProfile(true);
   std::vector<std::unique_ptr<Codec>> list;
   Codecs() {
-    for (const char* spec : {"fraqtl@0.25", "fraqtl@1", "fraqtl@2:window=3,sink=1",
-                             "fraqtl@3:gain=1", "fraqtl@6:protect=4", "fraqtl@2.5:floor=1",
-                             "fraqtl@1.5:prerope=0,book=gauss", "fraqtl@2:level=2"}) {
+    for (const char* spec :
+         {"fraqtl@0.25:entropy=rans", "fraqtl@1:entropy=rans", "fraqtl@2:window=3,sink=1,entropy=rans",
+          "fraqtl@3:gain=1,entropy=rans", "fraqtl@6:protect=4,entropy=rans",
+          "fraqtl@2.5:floor=1,entropy=rans", "fraqtl@1.5:prerope=0,book=gauss,entropy=rans",
+          "fraqtl@2:level=2,entropy=rans"}) {
       auto c = CreateCodec(spec, &profile);
       if (!c.ok()) Fail("codec", c.status().ToString());
       list.push_back(std::move(c).value());
