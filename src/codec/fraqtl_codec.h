@@ -77,8 +77,7 @@ struct Config {
   // Write sign= and delta= into the canonical spec even when 0: set when the profile carries
   // fraqtl defaults, so that a stream's spec never depends on them.
   bool spell_steps = false;
-  Entropy entropy = Entropy::kZstd;  // measured: pays at every budget (see the report); finds
-                                     // cross-token repeats that rans (one pass, 5x faster) cannot
+  Entropy entropy = Entropy::kRans;  // the registry's default unless sign or delta is set
   bool calibrated_books = true;      // use the profile's codebooks when it has them
 };
 

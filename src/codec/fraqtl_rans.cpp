@@ -27,6 +27,7 @@ namespace {
 // Distortion of a protected (fp16) coefficient in the allocation (as fraqtl_alloc.cpp).
 constexpr double kProtectedDistortion = 1e-7;
 constexpr uint64_t kProtectedCost = uint64_t{16} * rans::kCostOne;
+constexpr uint8_t kFlagRepeats = 1;  // payload flags bit 0: a repeat section follows the gains
 
 // ---- kernels ----------------------------------------------------------------------------------
 // out[0, n) = sum over j in [0, d) of m[j * n + c] * x[j], each out[c] accumulated from 0 in
@@ -163,9 +164,11 @@ inline uint32_t QuantizeRef(const std::vector<float>& th, float u) {
 
 template <int B>
 uint64_t PriceColumnB(const float* z, size_t zs, size_t n, const float* th, float sigma,
-                      const float* g, size_t gs, uint16_t* dst, size_t ds, const uint32_t* cost) {
+                      const float* g, size_t gs, uint16_t* dst, size_t ds, const uint32_t* cost,
+                      const uint8_t* skip) {
   uint64_t c = 0;
   for (size_t t = 0; t < n; ++t) {
+    if (skip && skip[t * gs]) continue;  // a repeat: no symbol
     const float scale = g ? sigma * g[t * gs] : sigma;
     const float u = scale > 0.0f ? z[t * zs] / scale : 0.0f;
     uint32_t v = 0;
@@ -180,19 +183,88 @@ uint64_t PriceColumnB(const float* z, size_t zs, size_t n, const float* th, floa
   return c;
 }
 
+// PriceColumnB for 8 tokens at a time (no gains, no repeats): the same divisions, comparisons
+// and symbols, the binary search's threshold and cost lookups as gathers.
+template <int B>
+__attribute__((target("avx2"))) uint64_t PriceColumnAvx2(const float* z, size_t zs, size_t n,
+                                                        const float* th, float sigma,
+                                                        uint16_t* dst, size_t ds,
+                                                        const uint32_t* cost) {
+  const __m256i lanes = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                           _mm256_set1_epi32(static_cast<int>(zs)));
+  const __m256 sg = _mm256_set1_ps(sigma);
+  const __m256 zero = _mm256_setzero_ps();
+  __m256i acc = _mm256_setzero_si256();  // 32-bit sums, flushed to c every 1024 groups
+  uint64_t c = 0;
+  size_t t = 0, since = 0;
+  alignas(32) uint32_t v8[8];
+  for (; t + 8 <= n; t += 8) {
+    const __m256 zv = _mm256_i32gather_ps(z + t * zs, lanes, 4);
+    // u = z / sigma where sigma > 0, else 0 (as the scalar path)
+    const __m256 u = sigma > 0.0f ? _mm256_div_ps(zv, sg) : zero;
+    __m256i v = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int s = B - 1; s >= 0; --s) {
+      const __m256i step = _mm256_set1_epi32(1 << s);
+      const __m256i at = _mm256_add_epi32(v, _mm256_set1_epi32((1 << s) - 1));
+      const __m256 thv = _mm256_i32gather_ps(th, at, 4);
+      const __m256i lt = _mm256_castps_si256(_mm256_cmp_ps(thv, u, _CMP_LT_OQ));
+      v = _mm256_add_epi32(v, _mm256_and_si256(lt, step));
+    }
+    acc = _mm256_add_epi32(acc, _mm256_i32gather_epi32(reinterpret_cast<const int*>(cost), v, 4));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(v8), v);
+    for (int l = 0; l < 8; ++l) dst[(t + l) * ds] = static_cast<uint16_t>(v8[l]);
+    if (++since == 1024) {  // a lane sums at most 1024 costs below 2^20: no overflow
+      alignas(32) uint32_t a8[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(a8), acc);
+      for (uint32_t a : a8) c += a;
+      acc = _mm256_setzero_si256();
+      since = 0;
+    }
+  }
+  alignas(32) uint32_t a8[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(a8), acc);
+  for (uint32_t a : a8) c += a;
+  for (; t < n; ++t) {  // the tail, as PriceColumnB
+    const float u = sigma > 0.0f ? z[t * zs] / sigma : 0.0f;
+    uint32_t v = 0;
+    for (int s = B - 1; s >= 0; --s) {
+      const uint32_t step = 1u << s;
+      v += th[v + step - 1] < u ? step : 0;
+    }
+    dst[t * ds] = static_cast<uint16_t>(v);
+    c += cost[v];
+  }
+  return c;
+}
+
 // The symbols (QuantizeFast) of n coefficients z[t * zs] at b bits, scale sigma (times g[t * gs]
-// when g is given), written to dst[t * ds]; returns their cost.
+// when g is given), written to dst[t * ds]; returns their cost, less that of the rows where
+// skip[t * gs] is set (repeats).
 uint64_t PriceColumn(int b, const float* z, size_t zs, size_t n, const float* th, float sigma,
-                     const float* g, size_t gs, uint16_t* dst, size_t ds, const uint32_t* cost) {
+                     const float* g, size_t gs, uint16_t* dst, size_t ds, const uint32_t* cost,
+                     const uint8_t* skip) {
+  if (!g && !skip && HaveAvx2()) {
+    switch (b) {
+      case 1: return PriceColumnAvx2<1>(z, zs, n, th, sigma, dst, ds, cost);
+      case 2: return PriceColumnAvx2<2>(z, zs, n, th, sigma, dst, ds, cost);
+      case 3: return PriceColumnAvx2<3>(z, zs, n, th, sigma, dst, ds, cost);
+      case 4: return PriceColumnAvx2<4>(z, zs, n, th, sigma, dst, ds, cost);
+      case 5: return PriceColumnAvx2<5>(z, zs, n, th, sigma, dst, ds, cost);
+      case 6: return PriceColumnAvx2<6>(z, zs, n, th, sigma, dst, ds, cost);
+      case 7: return PriceColumnAvx2<7>(z, zs, n, th, sigma, dst, ds, cost);
+      default: return PriceColumnAvx2<8>(z, zs, n, th, sigma, dst, ds, cost);
+    }
+  }
   switch (b) {
-    case 1: return PriceColumnB<1>(z, zs, n, th, sigma, g, gs, dst, ds, cost);
-    case 2: return PriceColumnB<2>(z, zs, n, th, sigma, g, gs, dst, ds, cost);
-    case 3: return PriceColumnB<3>(z, zs, n, th, sigma, g, gs, dst, ds, cost);
-    case 4: return PriceColumnB<4>(z, zs, n, th, sigma, g, gs, dst, ds, cost);
-    case 5: return PriceColumnB<5>(z, zs, n, th, sigma, g, gs, dst, ds, cost);
-    case 6: return PriceColumnB<6>(z, zs, n, th, sigma, g, gs, dst, ds, cost);
-    case 7: return PriceColumnB<7>(z, zs, n, th, sigma, g, gs, dst, ds, cost);
-    default: return PriceColumnB<8>(z, zs, n, th, sigma, g, gs, dst, ds, cost);
+    case 1: return PriceColumnB<1>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
+    case 2: return PriceColumnB<2>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
+    case 3: return PriceColumnB<3>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
+    case 4: return PriceColumnB<4>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
+    case 5: return PriceColumnB<5>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
+    case 6: return PriceColumnB<6>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
+    case 7: return PriceColumnB<7>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
+    default: return PriceColumnB<8>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
   }
 }
 
@@ -212,6 +284,13 @@ struct Scratch {
     if (section.capacity() > kKeepBytes) std::vector<uint8_t>().swap(section);
   }
 };
+
+// Bits of a reference to one of `u` earlier rows.
+inline int RefBits(size_t u) {
+  int b = 0;
+  while ((size_t{1} << b) < u) ++b;
+  return b;
+}
 
 // Frequencies of the cells that `th` (ascending thresholds) cut N(0, 1) into.
 std::vector<uint16_t> GaussianFrequencies(const std::vector<float>& th) {
@@ -366,9 +445,127 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   const bool fast = impl != CodecImpl::kReference;
   const bool avx2 = fast && HaveAvx2();
   const size_t gains_at = kRansPayloadHeader + nf * H * D * 2;
-  const size_t fixed = gains_at + (cfg_.gain ? nq * H * 2 : 0);
+  const size_t repeats_at = gains_at + (cfg_.gain ? nq * H * 2 : 0);
   const size_t block_tokens = RansBlockTokens(H * D);
   const size_t blocks = (nq + block_tokens - 1) / block_tokens;
+  const bool rot = prerope_ && desc.kind == KvKind::kKey;
+  const float* angles =
+      rot ? PositionAngles(rope_, desc.positions_start + int64_t{desc.token_begin}, desc.tokens)
+          : nullptr;
+  auto angles_of = [&](uint32_t t) {
+    return rot ? angles + size_t{t} * (rope_.rope_dim / 2) * 2 : nullptr;
+  };
+
+  // Rows of the quantized tokens, RoPE undone for pre-RoPE K: rows[(qi * H + h) * D].
+  thread_local std::vector<float> rows;
+  rows.resize(nq * H * D);
+  for (size_t qi = 0; qi < nq; ++qi) {
+    const uint32_t t = plan.q_tokens[qi];
+    for (size_t h = 0; h < H; ++h) {
+      LoadRow(desc, in, t, static_cast<uint32_t>(h), rows.data() + (qi * H + h) * D, angles_of(t));
+    }
+  }
+
+  // Repeats: within a block, a (token, head) row with the key (RowKey) of an earlier row codes
+  // as that row: the decoder copies its coefficients. A hash of the key's first values finds
+  // candidates in an open-addressed table, the whole keys decide. repeat[qi * H + h] = 1 for a
+  // repeat; ref = the unique row it copies (repeats) or its own number (unique rows), counted
+  // within (block, head).
+  std::vector<uint8_t> repeat(nq * H, 0);
+  std::vector<uint32_t> ref(nq * H, 0);
+  std::vector<uint8_t> repeat_bits;  // the repeat section (after its u32 length)
+  size_t n_unique = nq * H;
+  {
+    const size_t rows_per_block = std::min(nq, block_tokens);
+    size_t cap = 16;
+    while (cap < 2 * rows_per_block) cap *= 2;
+    std::vector<int64_t> slot(cap * H);        // table per head: a row (qi) + 1, 0 = empty
+    std::vector<uint32_t> count(H);
+    std::vector<int32_t> scale_exp(nq * H);    // RowKey's exponent per row
+    auto exponent = [&](const float* r) {
+      float m = 0.0f;
+      for (size_t j = 0; j < D; ++j) m = std::max(m, std::fabs(r[j]));
+      int e = 0;
+      std::frexp(m, &e);
+      return m > 0.0f ? e : INT32_MIN;
+    };
+    auto scale_of = [](int e) { return e == INT32_MIN ? 0.0f : std::ldexp(1.0f, 14 - e); };
+    // v * sc rounded to the nearest integer (sc a power of two; |v * sc| <= 2^14)
+    auto grid = [](float v, float sc) { return _mm_cvtss_si32(_mm_set_ss(v * sc)); };
+    constexpr size_t kHashed = 8;  // values that pick a row's slot
+    for (size_t blk = 0; blk < blocks; ++blk) {
+      const size_t t0 = blk * block_tokens, t1 = std::min(nq, t0 + block_tokens);
+      std::fill(slot.begin(), slot.end(), 0);
+      std::fill(count.begin(), count.end(), 0);
+      for (size_t qi = t0; qi < t1; ++qi) {
+        for (size_t h = 0; h < H; ++h) {
+          const size_t row = qi * H + h;
+          const float* x = rows.data() + row * D;
+          const int e = exponent(x);
+          const float sc = scale_of(e);
+          scale_exp[row] = e;
+          uint64_t hk = 0x9e3779b97f4a7c15ull ^ static_cast<uint32_t>(e);
+          for (size_t j = 0; j < std::min(D, kHashed); ++j) {
+            hk = (hk ^ static_cast<uint64_t>(grid(x[j], sc))) * 0x100000001b3ull;
+            hk ^= hk >> 29;
+          }
+          int64_t* table = slot.data() + h * cap;
+          size_t at = static_cast<size_t>(hk) & (cap - 1);
+          bool found = false;
+          for (; table[at] != 0; at = (at + 1) & (cap - 1)) {
+            const size_t other = static_cast<size_t>(table[at] - 1) * H + h;
+            if (scale_exp[other] != e) continue;
+            const float* y = rows.data() + other * D;
+            size_t j = 0;
+            while (j < D && grid(x[j], sc) == grid(y[j], sc)) ++j;
+            if (j == D) {
+              repeat[row] = 1;
+              ref[row] = ref[other];
+              found = true;
+              break;
+            }
+          }
+          if (!found) {
+            table[at] = static_cast<int64_t>(qi) + 1;
+            ref[row] = count[h]++;
+          }
+        }
+      }
+    }
+    n_unique = 0;
+    for (uint8_t r : repeat) n_unique += r == 0;
+    // Section: per block, per token, per head: 1 = repeat, then the unique row it copies,
+    // numbered within (block, head) from 0, in RefBits(unique rows so far) bits.
+    if (n_unique < nq * H) {
+      BitWriter w(&repeat_bits);
+      std::vector<size_t> u(H);
+      for (size_t qi = 0; qi < nq; ++qi) {
+        if (qi % block_tokens == 0) std::fill(u.begin(), u.end(), 0);
+        for (size_t h = 0; h < H; ++h) {
+          w.Put(repeat[qi * H + h], 1);
+          if (repeat[qi * H + h]) {
+            w.Put(ref[qi * H + h], RefBits(u[h]));
+          } else {
+            ++u[h];
+          }
+        }
+      }
+      w.Finish();
+    }
+  }
+  // The section pays when the rows it spares would have cost more than it does: each row of
+  // the chunk would get an equal share of what the budget leaves for symbols.
+  const double sym_bytes = TargetPayloadBytes(desc) - static_cast<double>(repeats_at) -
+                           static_cast<double>(blocks) * (4 + rans::kBlockStateBytes - 8);
+  const bool has_repeats =
+      n_unique < nq * H && sym_bytes > 0 &&
+      sym_bytes * static_cast<double>(nq * H - n_unique) / static_cast<double>(nq * H) >
+          static_cast<double>(4 + repeat_bits.size());
+  if (!has_repeats) {
+    std::fill(repeat.begin(), repeat.end(), 0);
+    n_unique = nq * H;
+  }
+  const size_t fixed = repeats_at + (has_repeats ? 4 + repeat_bits.size() : 0);
   // Budget of the symbols, in cost units: what the payload may hold beyond its fixed part and
   // the blocks' lengths and states. A block's words carry about 8 bits per lane less than its
   // symbols cost (what the final states hold beyond their initial 16 bits), hence 24 bytes.
@@ -379,8 +576,8 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   // The model's guess of the steps that fit (cost per token x tokens), and a margin beyond it
   // for a chunk that codes cheaper than the model: directions of those steps are rotated too.
   auto model_steps = [&](double b) -> size_t {
-    if (nq == 0) return 0;
-    const double per_token = b / static_cast<double>(nq);
+    if (n_unique == 0) return 0;
+    const double per_token = b * static_cast<double>(H) / static_cast<double>(n_unique);
     return static_cast<size_t>(std::upper_bound(lad.cum.begin(), lad.cum.end(), per_token,
                                                 [](double v, uint64_t c) {
                                                   return v < static_cast<double>(c);
@@ -415,7 +612,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   // Coefficients of the kept directions: z[base[h] + qi * width[h] + c].
   thread_local Scratch scratch;
   std::vector<float>& z = scratch.z;
-  z.assign(total_cols * nq, 0.0f);
+  z.resize(total_cols * nq);  // every row that is read is written first (repeats are not read)
   std::vector<float> gains(cfg_.gain ? nq * H : 0);
   {
     std::vector<std::vector<float>> ft(H);  // [D][width]: the kept rows of F, transposed
@@ -426,20 +623,18 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
         for (size_t j = 0; j < D; ++j) ft[h][j * width[h] + c] = p.fwd[kept[h][c] * D + j];
       }
     }
-    const bool rot = prerope_ && desc.kind == KvKind::kKey;
-    const float* angles =
-        rot ? PositionAngles(rope_, desc.positions_start + int64_t{desc.token_begin}, desc.tokens)
-            : nullptr;
-    std::vector<float> row(D), xc(D), full(D);
+    std::vector<float> xc(D), full(D);
     for (size_t qi = 0; qi < nq; ++qi) {
-      const uint32_t t = plan.q_tokens[qi];
-      const float* cs = rot ? angles + size_t{t} * (rope_.rope_dim / 2) * 2 : nullptr;
       for (size_t h = 0; h < H; ++h) {
+        if (repeat[qi * H + h]) {
+          if (cfg_.gain) gains[qi * H + h] = 1.0f;
+          continue;
+        }
         const Prepared& p = prep(desc.layer, desc.kind, static_cast<uint32_t>(h));
-        LoadRow(desc, in, t, static_cast<uint32_t>(h), row.data(), cs);
+        const float* row = rows.data() + (qi * H + h) * D;
         float* zr = z.data() + base[h] + qi * width[h];
         if (!fast) {
-          Transform(p, row.data(), full.data(), xc.data(), impl);
+          Transform(p, row, full.data(), xc.data(), impl);
           for (size_t c = 0; c < kept[h].size(); ++c) zr[c] = full[kept[h][c]];
         } else {
           for (size_t j = 0; j < D; ++j) xc[j] = row[j] - p.mean[j];
@@ -466,15 +661,22 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     const uint32_t i = item % D;
     const float* zc = z.data() + base[h] + static_cast<size_t>(col[item]);
     const float* g = cfg_.gain ? gains.data() + h : nullptr;
+    const uint8_t* skip = has_repeats ? repeat.data() + h : nullptr;
     if (b == kProtectedBits) {
-      for (size_t qi = t0; qi < t1; ++qi) dst[qi * stride] = HalfSaturate(zc[qi * width[h]]);
-      return kProtectedCost * (t1 - t0);
+      uint64_t rows = 0;
+      for (size_t qi = t0; qi < t1; ++qi) {
+        if (skip && skip[qi * H]) continue;
+        dst[qi * stride] = HalfSaturate(zc[qi * width[h]]);
+        ++rows;
+      }
+      return kProtectedCost * rows;
     }
     const Prepared& p = prep(desc.layer, desc.kind, static_cast<uint32_t>(h));
     const uint32_t* cost = Table(desc.layer, desc.kind, static_cast<uint32_t>(h), b).cost.data();
     if (!fast) {
       uint64_t c = 0;
       for (size_t qi = t0; qi < t1; ++qi) {
+        if (skip && skip[qi * H]) continue;
         const float scale = p.sigma[i] * (g ? g[qi * H] : 1.0f);
         const float u = scale > 0.0f ? zc[qi * width[h]] / scale : 0.0f;
         const uint32_t v = QuantizeRef(p.thresholds[b], u);
@@ -484,7 +686,8 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
       return c;
     }
     return PriceColumn(b, zc + t0 * width[h], width[h], t1 - t0, p.thresholds[b].data(),
-                       p.sigma[i], g ? g + t0 * H : nullptr, H, dst + t0 * stride, stride, cost);
+                       p.sigma[i], g ? g + t0 * H : nullptr, H, dst + t0 * stride, stride, cost,
+                       skip ? skip + t0 * H : nullptr);
   };
   auto cost_of = [&](size_t h, int b, uint32_t v) -> uint64_t {
     if (b == kProtectedBits) return kProtectedCost;
@@ -544,6 +747,10 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     const uint16_t* cur = column_ptr(s.item);
     double left = budget - static_cast<double>(total);
     for (size_t qi = 0; qi < nq; ++qi) {
+      if (repeat[qi * H + h]) {
+        extra = qi + 1;
+        continue;
+      }
       const double delta = static_cast<double>(cost_of(h, s.to, tmp[qi])) -
                            (s.from ? static_cast<double>(cost_of(h, s.from, cur[qi * width[h]]))
                                    : 0.0);
@@ -565,7 +772,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     const rans::Table* table;
   };
   std::vector<std::vector<Coded>> lo(H), hi(H);
-  uint32_t lo_count = 0, hi_count = 0;  // symbols per token
+  std::vector<uint32_t> lo_count(H, 0), hi_count(H, 0);  // symbols per (token, head)
   for (size_t h = 0; h < H; ++h) {
     for (size_t c = 0; c < kept[h].size(); ++c) {
       const uint32_t item = static_cast<uint32_t>(h * D + kept[h][c]);
@@ -573,30 +780,37 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
       if (bits[item]) {
         lo[h].push_back({static_cast<int32_t>(c), bits[item],
                          &Table(desc.layer, desc.kind, hh, bits[item])});
-        lo_count += bits[item] == kProtectedBits ? 2 : 1;
+        lo_count[h] += bits[item] == kProtectedBits ? 2 : 1;
       }
       if (partial && item == part.item) {
         hi[h].push_back({-1, part.to, &Table(desc.layer, desc.kind, hh, part.to)});
-        hi_count += part.to == kProtectedBits ? 2 : 1;
+        hi_count[h] += part.to == kProtectedBits ? 2 : 1;
       } else if (bits[item]) {
         hi[h].push_back(lo[h].back());
-        hi_count += bits[item] == kProtectedBits ? 2 : 1;
+        hi_count[h] += bits[item] == kProtectedBits ? 2 : 1;
       }
     }
   }
   std::vector<uint8_t>& section = scratch.section;
   section.clear();
-  if (lo_count + (partial ? hi_count : 0) > 0) {
+  bool codes = partial;
+  for (size_t h = 0; h < H; ++h) codes = codes || lo_count[h] > 0;
+  if (codes) {
     section.resize(4 * blocks);
     thread_local rans::BlockEncoder enc;
     for (size_t blk = 0; blk < blocks; ++blk) {
       const size_t t0 = blk * block_tokens, t1 = std::min(nq, t0 + block_tokens);
-      const size_t with_part = partial ? std::min(t1, std::max(t0, extra)) - t0 : 0;
-      uint32_t k = static_cast<uint32_t>(with_part * hi_count + (t1 - t0 - with_part) * lo_count);
+      uint32_t k = 0;
+      for (size_t qi = t0; qi < t1; ++qi) {
+        for (size_t h = 0; h < H; ++h) {
+          if (!repeat[qi * H + h]) k += partial && qi < extra ? hi_count[h] : lo_count[h];
+        }
+      }
       enc.Reserve(k);
       for (size_t qi = t1; qi-- > t0;) {
         const bool use_hi = partial && qi < extra;
         for (size_t h = H; h-- > 0;) {
+          if (repeat[qi * H + h]) continue;
           const std::vector<Coded>& list = use_hi ? hi[h] : lo[h];
           const uint16_t* row = idx.data() + base[h] + qi * width[h];
           for (size_t e = list.size(); e-- > 0;) {
@@ -620,7 +834,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   out->resize(start + fixed + section.size());
   uint8_t* o = out->data() + start;
   o[0] = kPayloadVersionRans;
-  o[1] = 0;
+  o[1] = has_repeats ? kFlagRepeats : 0;
   StoreU16(o + 2, 0);
   StoreU32(o + 4, static_cast<uint32_t>(n_steps));
   StoreU32(o + 8, static_cast<uint32_t>(extra));
@@ -632,6 +846,10 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
          : baseline::StoreHalvesRef(r, H * D, fp + k * H * D * 2);
   }
   for (size_t i = 0; i < gains.size(); ++i) StoreU16(o + gains_at + 2 * i, FloatToHalf(gains[i]));
+  if (has_repeats) {
+    StoreU32(o + repeats_at, static_cast<uint32_t>(repeat_bits.size()));
+    std::memcpy(o + repeats_at + 4, repeat_bits.data(), repeat_bits.size());
+  }
   if (!section.empty()) std::memcpy(o + fixed, section.data(), section.size());
   scratch.Trim();
   return Status::Ok();
@@ -646,16 +864,24 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
   const bool fast = impl != CodecImpl::kReference;
   const bool avx2 = fast && HaveAvx2() && D % 8 == 0;
   const size_t gains_at = kRansPayloadHeader + nf * H * D * 2;
-  const size_t fixed = gains_at + (cfg_.gain ? nq * H * 2 : 0);
-  KVWIRE_RETURN_ERROR_IF(payload.size() < fixed, kCorrupt,
+  const size_t repeats_at = gains_at + (cfg_.gain ? nq * H * 2 : 0);
+  KVWIRE_RETURN_ERROR_IF(payload.size() < repeats_at, kCorrupt,
                          "fraqtl: payload of " + std::to_string(payload.size()) +
-                             " bytes, shorter than its fixed part (" + std::to_string(fixed) + ")");
+                             " bytes, shorter than its fixed part (" +
+                             std::to_string(repeats_at) + ")");
   const uint8_t* p = payload.data();
   KVWIRE_RETURN_ERROR_IF(p[0] != kPayloadVersionRans, kCorrupt,
                          "fraqtl: payload version " + std::to_string(p[0]) +
                              ", expected 2 (entropy=rans)");
-  KVWIRE_RETURN_ERROR_IF(p[1] != 0 || LoadU16(p + 2) != 0, kCorrupt,
+  KVWIRE_RETURN_ERROR_IF((p[1] & ~kFlagRepeats) != 0 || LoadU16(p + 2) != 0, kCorrupt,
                          "fraqtl: unknown payload flags");
+  const bool has_repeats = (p[1] & kFlagRepeats) != 0;
+  KVWIRE_RETURN_ERROR_IF(has_repeats && payload.size() < repeats_at + 4, kCorrupt,
+                         "fraqtl: payload too short for its repeat section");
+  const uint64_t repeat_bytes = has_repeats ? LoadU32(p + repeats_at) : 0;
+  const uint64_t fixed = repeats_at + (has_repeats ? 4 + repeat_bytes : 0);
+  KVWIRE_RETURN_ERROR_IF(fixed > payload.size(), kCorrupt,
+                         "fraqtl: repeat section beyond the payload");
   const uint64_t n_steps = LoadU32(p + 4), extra = LoadU32(p + 8), section_bytes = LoadU32(p + 12);
   KVWIRE_RETURN_ERROR_IF(n_steps > lad.steps.size(), kCorrupt,
                          "fraqtl: " + std::to_string(n_steps) + " allocation steps, the ladder has " +
@@ -704,6 +930,40 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
          : baseline::LoadHalvesRef(fp + k * H * D * 2, H * D, r);
   }
   if (nq == 0) return Status::Ok();
+  const size_t block_rows = std::min(nq, block_tokens);
+
+  // Repeats: which (token, head) rows copy which unique row of their (block, head).
+  std::vector<uint8_t> repeat(nq * H, 0);
+  std::vector<uint32_t> ref(nq * H, 0);
+  if (has_repeats) {
+    BitReader r(payload.subspan(repeats_at + 4, repeat_bytes));
+    std::vector<size_t> u(H);
+    uint64_t used = 0;
+    for (size_t qi = 0; qi < nq; ++qi) {
+      if (qi % block_tokens == 0) std::fill(u.begin(), u.end(), 0);
+      for (size_t h = 0; h < H; ++h) {
+        KVWIRE_RETURN_ERROR_IF(used + 1 > 8 * repeat_bytes, kCorrupt,
+                               "fraqtl: repeat section too short");
+        repeat[qi * H + h] = static_cast<uint8_t>(r.Get(1));
+        ++used;
+        if (repeat[qi * H + h]) {
+          const int w = RefBits(u[h]);
+          KVWIRE_RETURN_ERROR_IF(u[h] == 0 || used + w > 8 * repeat_bytes, kCorrupt,
+                                 "fraqtl: a repeat without an earlier row in its block");
+          ref[qi * H + h] = w ? r.Get(w) : 0;
+          used += w;
+          KVWIRE_RETURN_ERROR_IF(ref[qi * H + h] >= u[h], kCorrupt,
+                                 "fraqtl: a repeat of a row that does not exist");
+        } else {
+          ref[qi * H + h] = static_cast<uint32_t>(u[h]++);
+        }
+      }
+    }
+    KVWIRE_RETURN_ERROR_IF((used + 7) / 8 != repeat_bytes, kCorrupt,
+                           "fraqtl: repeat section of the wrong length");
+    KVWIRE_RETURN_ERROR_IF(used % 8 && (payload[repeats_at + 4 + used / 8] >> (used % 8)) != 0,
+                           kCorrupt, "fraqtl: padding bits of the repeat section are not zero");
+  }
 
   // Per head, the coded directions (ascending) of a token without (lo) and with (hi) the
   // partial step; per token, the slot-table offsets of its symbols in decoding order.
@@ -713,7 +973,7 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
     const float* levels;  // the codebook, times sigma_i unless gains scale it per token
   };
   std::vector<std::vector<Coded>> lo(H), hi(H);
-  std::vector<uint32_t> pat_lo, pat_hi;
+  std::vector<std::vector<uint32_t>> pat_lo(H), pat_hi(H);
   std::vector<float> scaled;  // levels * sigma of every coded (direction, bits)
   scaled.reserve(2 * H * D * 8);
   auto add = [&](std::vector<Coded>* list, std::vector<uint32_t>* pat, uint32_t h, uint32_t i,
@@ -726,9 +986,9 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
   for (uint32_t h = 0; h < H; ++h) {
     for (uint32_t i = 0; i < D; ++i) {
       const uint32_t item = static_cast<uint32_t>(h * D + i);
-      if (bits[item]) add(&lo[h], &pat_lo, h, i, bits[item]);
+      if (bits[item]) add(&lo[h], &pat_lo[h], h, i, bits[item]);
       const int bh = partial && item == part.item ? part.to : bits[item];
-      if (bh) add(&hi[h], &pat_hi, h, i, bh);
+      if (bh) add(&hi[h], &pat_hi[h], h, i, bh);
     }
   }
   // Scaled codebooks, after the lists stopped growing (pointers into `scaled`).
@@ -764,8 +1024,19 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
           : nullptr;
   std::vector<float> zc(D), dense(D);
   std::vector<const float*> rows(D);
-  // Rows of quantized tokens [r0, r1) from their symbols.
-  auto rebuild = [&](size_t r0, size_t r1, bool use_hi, const uint32_t* sp) -> Status {
+  // Coefficients of each block's unique rows, per stream of DecodeSideBySide: a repeat copies
+  // them (and the list of directions they were coded with).
+  constexpr int kStreams = rans::BlockDecoder::kMaxStreams;
+  std::vector<float> uvals[kStreams];
+  std::vector<const std::vector<Coded>*> ulist[kStreams];
+  if (has_repeats) {
+    for (int s = 0; s < kStreams; ++s) {
+      uvals[s].resize(block_rows * H * D);
+      ulist[s].resize(block_rows * H);
+    }
+  }
+  // Rows of quantized tokens [r0, r1) from their symbols (stream s).
+  auto rebuild = [&](int s, size_t r0, size_t r1, bool use_hi, const uint32_t* sp) -> Status {
     for (size_t qi = r0; qi < r1; ++qi) {
       const uint32_t t = plan.q_tokens[qi];
       const float* cs = rot ? angles + size_t{t} * (rope_.rope_dim / 2) * 2 : nullptr;
@@ -775,6 +1046,24 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
         if (cfg_.gain) {
           g = baseline::LoadHalf(p + gains_at, qi * H + h);
           g = g > 0.0f ? g : 1.0f;
+        }
+        const size_t row = qi * H + h;
+        float* o = out + (size_t{t} * H + h) * D;
+        if (repeat[row]) {  // the unique row's coefficients, this token's position
+          const size_t at = size_t{ref[row]} * H + h;
+          const std::vector<Coded>& list = *ulist[s][at];
+          const float* zr = uvals[s].data() + at * D;
+          const size_t m = list.size();
+          for (size_t c = 0; c < m; ++c) rows[c] = pr.inv_t.data() + size_t{list[c].i} * D;
+          if (!fast) {
+            std::fill(dense.begin(), dense.end(), 0.0f);
+            for (size_t c = 0; c < m; ++c) dense[list[c].i] = zr[c];
+            Inverse(pr, dense.data(), o, impl);
+          } else {
+            (avx2 ? AccumulateAvx2 : AccumulateScalar)(rows.data(), zr, m, pr.mean.data(), D, o);
+          }
+          if (rot) rope_.Rotate(o, cs, cs + rope_.rope_dim / 2, /*undo=*/false);
+          continue;
         }
         const std::vector<Coded>& list = use_hi ? hi[h] : lo[h];
         const size_t m = list.size();
@@ -794,7 +1083,11 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
           zc[c] = q;
           rows[c] = pr.inv_t.data() + size_t{cd.i} * D;
         }
-        float* o = out + (size_t{t} * H + h) * D;
+        if (has_repeats) {
+          const size_t at = size_t{ref[row]} * H + h;
+          std::copy(zc.begin(), zc.begin() + static_cast<long>(m), uvals[s].data() + at * D);
+          ulist[s][at] = &list;
+        }
         if (!fast) {
           std::fill(dense.begin(), dense.end(), 0.0f);
           for (size_t c = 0; c < m; ++c) dense[list[c].i] = zc[c];
@@ -810,9 +1103,10 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
   };
   // Up to kMaxStreams blocks at a time, a run of each block's tokens at a time: the runs'
   // symbols first (side by side), then their rows.
-  constexpr int kStreams = rans::BlockDecoder::kMaxStreams;
   constexpr size_t kRun = 32;
-  const size_t run_symbols = kRun * std::max(pat_lo.size(), pat_hi.size());
+  size_t per_token = 0;
+  for (size_t h = 0; h < H; ++h) per_token += std::max(pat_lo[h].size(), pat_hi[h].size());
+  const size_t run_symbols = kRun * per_token;
   std::vector<uint32_t> offs(kStreams * run_symbols), syms(kStreams * run_symbols);
   size_t at = 4 * blocks;
   for (size_t b0 = 0; b0 < blocks; b0 += kStreams) {
@@ -833,6 +1127,7 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
       const uint32_t* op[kStreams];
       uint32_t* sp[kStreams];
       size_t n[kStreams], r0[kStreams], r1[kStreams];
+      int stream[kStreams];
       bool use_hi[kStreams];
       int active = 0;
       for (int s = 0; s < streams; ++s) {
@@ -841,12 +1136,18 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
         use_hi[a] = partial && cur[s] < extra;
         r0[a] = cur[s];
         r1[a] = std::min({end[s], cur[s] + kRun, use_hi[a] ? size_t{extra} : end[s]});
-        const std::vector<uint32_t>& pat = use_hi[a] ? pat_hi : pat_lo;
+        const std::vector<std::vector<uint32_t>>& pat = use_hi[a] ? pat_hi : pat_lo;
         uint32_t* o = offs.data() + a * run_symbols;
-        for (size_t r = 0; r < r1[a] - r0[a]; ++r) {
-          std::copy(pat.begin(), pat.end(), o + r * pat.size());
+        size_t m = 0;
+        for (size_t qi = r0[a]; qi < r1[a]; ++qi) {
+          for (size_t h = 0; h < H; ++h) {
+            if (repeat[qi * H + h]) continue;
+            std::copy(pat[h].begin(), pat[h].end(), o + m);
+            m += pat[h].size();
+          }
         }
-        n[a] = (r1[a] - r0[a]) * pat.size();
+        n[a] = m;
+        stream[a] = s;
         op[a] = o;
         sp[a] = syms.data() + a * run_symbols;
         dp[a] = any ? &*decs[s] : nullptr;
@@ -855,7 +1156,7 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
       if (active == 0) break;
       if (any) rans::BlockDecoder::DecodeSideBySide(dp, active, slot_pool_.get(), op, n, sp);
       for (int a = 0; a < active; ++a) {
-        KVWIRE_RETURN_IF_ERROR(rebuild(r0[a], r1[a], use_hi[a], sp[a]));
+        KVWIRE_RETURN_IF_ERROR(rebuild(stream[a], r0[a], r1[a], use_hi[a], sp[a]));
       }
     }
     for (int s = 0; s < streams; ++s) {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <random>
 
+#include "codec/fraqtl_math.h"
 #include "codec/fraqtl_toy.h"
 #include "codec/rans.h"
 #include "kvwire/stream.h"
@@ -14,6 +15,10 @@ namespace kvwire {
 namespace {
 
 using namespace fraqtl_toy;
+
+uint32_t LoadU32Le(const uint8_t* p) {
+  return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
+}
 
 TEST(Rans, SymbolCostIsLog2) {
   EXPECT_EQ(rans::SymbolCost(4096), 0u);
@@ -269,7 +274,8 @@ TEST(FraqtlRans, CorruptPayloadsAreRefused) {
 
 TEST(FraqtlRans, SpecDefaultsAndRefusals) {
   const Profile p = ToyProfile(true);
-  EXPECT_NE((*CreateCodec("fraqtl@2", &p))->Spec().find("entropy=zstd"), std::string::npos);
+  EXPECT_NE((*CreateCodec("fraqtl@2", &p))->Spec().find("entropy=rans"), std::string::npos);
+  EXPECT_NE((*CreateCodec("fraqtl@2:sign=1", &p))->Spec().find("entropy=zstd"), std::string::npos);
   auto c = CreateCodec("fraqtl@2:entropy=rans", &p);
   ASSERT_TRUE(c.ok());
   EXPECT_NE((*c)->Spec().find("entropy=rans"), std::string::npos);
@@ -280,6 +286,97 @@ TEST(FraqtlRans, SpecDefaultsAndRefusals) {
             StatusCode::kInvalidArgument);
   // The canonical spec reproduces itself.
   EXPECT_EQ((*CreateCodec((*c)->Spec(), &p))->Spec(), (*c)->Spec());
+}
+
+}  // namespace
+}  // namespace kvwire
+
+namespace kvwire {
+namespace {
+
+// Rows drawn from a small vocabulary, as a model's first layer gives for repeated tokens: the
+// repeats are coded as references, V's repeats decode to exactly their first occurrence, both
+// paths agree, the freed bits buy precision, and a damaged repeat section is refused.
+TEST(FraqtlRans, RepeatedRowsAreCodedOnce) {
+  const Profile p = ToyProfile(true);
+  const uint32_t T = 600;  // more than one block of 2 x 16 elements per token
+  const auto vocab = ToyData(12, 21);
+  std::mt19937 rng(3);
+  std::vector<uint32_t> word(T);
+  std::vector<float> values(size_t{T} * kHeads * kDim);
+  for (uint32_t t = 0; t < T; ++t) {
+    word[t] = rng() % 12;
+    std::memcpy(&values[size_t{t} * kHeads * kDim], &vocab[size_t{word[t]} * kHeads * kDim],
+                sizeof(float) * kHeads * kDim);
+  }
+  const std::vector<float>& x = values;
+  const auto fresh = ToyData(T, 22);  // the same chunk without repeats
+  // K as a model stores it: each row rotated by RoPE at its position (the codec undoes it).
+  std::vector<float> keys = x;
+  fraqtl::Rope rope;
+  rope.theta = p.rope_theta;
+  rope.rope_dim = p.rope_dim;
+  std::vector<float> cs(kDim);
+  for (uint32_t t = 0; t < T; ++t) {
+    rope.Angles(Desc(0, KvKind::kKey, T).positions_start + t, cs.data(), cs.data() + kDim / 2);
+    for (uint32_t h = 0; h < kHeads; ++h) {
+      rope.Rotate(&keys[(size_t{t} * kHeads + h) * kDim], cs.data(), cs.data() + kDim / 2, false);
+    }
+  }
+  auto codec = std::move(CreateCodec("fraqtl@1:entropy=rans", &p)).value();
+  for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+    ChunkDesc d = Desc(0, kind, T);
+    const std::vector<float>& in = kind == KvKind::kKey ? keys : values;
+    std::vector<uint8_t> a, b, c;
+    ASSERT_TRUE(codec->Encode(d, in.data(), &a, CodecImpl::kReference).ok());
+    ASSERT_TRUE(codec->Encode(d, in.data(), &b, CodecImpl::kOptimized).ok());
+    ASSERT_EQ(a, b);
+    ASSERT_TRUE(codec->Encode(d, fresh.data(), &c).ok());
+    EXPECT_EQ(a[1] & 1, 1) << "repeat flag";
+    EXPECT_EQ(c[1] & 1, 0) << "no repeats in fresh data";
+    // More steps of the ladder for the same budget.
+    uint32_t steps_a, steps_c;
+    std::memcpy(&steps_a, a.data() + 4, 4);
+    std::memcpy(&steps_c, c.data() + 4, 4);
+    EXPECT_GT(steps_a, steps_c + 20);
+    // Not above the budget (below it once the ladder runs out: 12 distinct rows per block).
+    EXPECT_LE(double(a.size()), 1.01 * double(c.size()));
+    std::vector<float> ya(x.size()), yb(x.size());
+    ASSERT_TRUE(codec->Decode(d, a, ya.data(), CodecImpl::kReference).ok());
+    ASSERT_TRUE(codec->Decode(d, a, yb.data(), CodecImpl::kOptimized).ok());
+    ASSERT_EQ(ya, yb);
+    double err = 0, sig = 0;
+    for (size_t i = 0; i < in.size(); ++i) {
+      err += (ya[i] - in[i]) * (ya[i] - in[i]);
+      sig += in[i] * in[i];
+    }
+    EXPECT_LT(err / sig, 1e-3);
+    if (kind == KvKind::kValue) {  // no RoPE: a repeat is its first occurrence, bit for bit
+      const size_t block = 65536 / (kHeads * kDim);
+      for (uint32_t t = 1; t < T; ++t) {
+        for (uint32_t s = static_cast<uint32_t>(t / block * block); s < t; ++s) {
+          if (word[s] != word[t]) continue;
+          for (size_t j = 0; j < size_t{kHeads} * kDim; ++j) {
+            ASSERT_EQ(ya[size_t{t} * kHeads * kDim + j], ya[size_t{s} * kHeads * kDim + j]);
+          }
+          break;
+        }
+      }
+    }
+    // The repeat section sits after the header (no pass-through tokens, no gains).
+    const uint32_t rep_bytes = LoadU32Le(a.data() + 16);
+    for (size_t i = 20; i < 20 + rep_bytes; i += 7) {
+      std::vector<uint8_t> bad = a;
+      bad[i] ^= 0x80;
+      std::vector<float> y(x.size());
+      const Status st = codec->Decode(d, bad, y.data());
+      EXPECT_TRUE(!st.ok() || y != ya) << "byte " << i;
+    }
+    std::vector<uint8_t> bad = a;
+    bad[16] ^= 1;  // its length
+    std::vector<float> y(x.size());
+    EXPECT_FALSE(codec->Decode(d, bad, y.data()).ok());
+  }
 }
 
 }  // namespace
