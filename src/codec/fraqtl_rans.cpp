@@ -852,6 +852,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   }
   if (!section.empty()) std::memcpy(o + fixed, section.data(), section.size());
   scratch.Trim();
+  if (rows.capacity() * sizeof(float) > Scratch::kKeepBytes) std::vector<float>().swap(rows);
   return Status::Ok();
 }
 
