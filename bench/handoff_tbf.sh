@@ -23,7 +23,8 @@
 # Usage (root, Debian bookworm, iproute2, python3-numpy):
 #   bench/handoff_tbf.sh
 # Environment: KVWIRE (default build-examples/bin/kvwire), RUNS (3), WINDOWS (128 = 65,536
-# tokens, 192 MiB of fp16), CODECS (space-separated), RATE (1gbit), WORK (scratch dir, keeps the
+# tokens, 192 MiB of fp16), CODECS (space-separated; an entry LEVEL,LEVEL,.../MS is an adaptive
+# ladder sent with --deadline-ms MS, the sender choosing per chunk), RATE (1gbit), WORK (scratch dir, keeps the
 # capture and the profile between runs), PROFILE (a .kvp for this model; calibrated into WORK
 # when unset), OUT (bench/results/handoff_tbf: writes OUT.json and OUT.md), KEEP_LOGS=1.
 set -euo pipefail
@@ -139,10 +140,12 @@ for _ in $(seq 300); do grep -q "listening on" "$LOGS/serve.log" && break; sleep
 grep -q "listening on" "$LOGS/serve.log" || die "serve did not start: $(cat "$LOGS/serve.log")"
 
 send() {  # send ID CODEC: one transfer, its JSON in $LOGS/send-ID.json
-  local prof=()
-  case $2 in fraqtl*) prof=(--profile "$PROFILE") ;; esac
+  # CODEC may be an adaptive ladder with a deadline, LEVEL,LEVEL,.../DEADLINE_MS.
+  local prof=() extra=() codec=${2%%/*}
+  case $2 in *fraqtl*) prof=(--profile "$PROFILE") ;; esac
+  case $2 in */*) extra=(--deadline-ms "${2##*/}") ;; esac
   ip netns exec $NS_B "$KVWIRE" send --connect $IP_A:$PORT --backend tcp --key-file "$LOGS/key" \
-    --in "$KV" --codec "$2" "${prof[@]}" --chunk-tokens 2048 --request-id $1 \
+    --in "$KV" --codec "$codec" "${prof[@]}" "${extra[@]}" --chunk-tokens 2048 --request-id $1 \
     --json "$LOGS/send-$1.json" >"$LOGS/send-$1.log" 2>&1 ||
     die "send $2 failed: $(cat "$LOGS/send-$1.log")"
 }
@@ -182,7 +185,7 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # CPU codec speed on a slice (single thread; the sender encodes on one thread, the receiver
 # decodes on one).
-speed_codecs=$(echo $CODECS | tr ' ' ',')
+speed_codecs=$(for c in $CODECS; do case $c in */*) ;; *) echo "$c" ;; esac; done | paste -sd,)
 "$KVWIRE" bench codec --in "$SLICE" --profile "$PROFILE" --codecs "$speed_codecs" --repeat 3 \
   --out-dir "$LOGS/codec" >"$LOGS/codec.log" 2>&1 || die "bench codec failed: $(tail -3 "$LOGS/codec.log")"
 

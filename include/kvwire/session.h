@@ -43,6 +43,11 @@ struct LevelSpec {
   std::string codec;             // e.g. "fp16", "q4_0", "fraqtl@2.5"
   double bits_per_element = 16;  // all-in, from the profile's table or measured
   double kl = -1;                // mean KL from the profile's table; < 0 = unknown
+  /// Codec throughput in KV elements per second, <= 0 = unknown: the chooser then counts the
+  /// wire alone for this level. Encode is the sender's, decode the receiver's (`kvwire send`
+  /// measures both on the sender's CPU, on one layer of the KV, before it sends).
+  double encode_elements_per_s = 0;
+  double decode_elements_per_s = 0;
 };
 
 struct SenderOptions {

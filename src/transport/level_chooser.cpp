@@ -33,8 +33,54 @@ LevelChoice ChooseLevel(const LevelChoiceInput& in) {
     return in.levels[a].bits_per_element > in.levels[b].bits_per_element;
   });
   const uint32_t cheapest = allowed.back();
+  // Predicted seconds to finish at level i (goodput measured): its slowest pipelined stage.
+  auto finish_s = [&](uint32_t i) {
+    const LevelInfo& l = in.levels[i];
+    const double elements = double(in.remaining_elements);
+    double t = (elements * l.bits_per_element / 8.0 + double(in.inflight_bytes)) /
+               in.goodput_bytes_per_s;
+    if (l.encode_elements_per_s > 0) t = std::max(t, elements / l.encode_elements_per_s);
+    if (l.decode_elements_per_s > 0) t = std::max(t, elements / l.decode_elements_per_s);
+    return t;
+  };
+  auto fastest = [&] {
+    uint32_t f = allowed.front();
+    for (uint32_t i : allowed) {
+      if (finish_s(i) < finish_s(f)) f = i;
+    }
+    return f;
+  };
+
+  // Where codec speeds are known, the allowed level quickest to compute: the one that measures
+  // the link while goodput is unknown (acks come after decoding, so a level limited by its
+  // codec would measure the codec).
+  auto speed = [&](uint32_t i) {
+    const LevelInfo& l = in.levels[i];
+    return std::min(l.encode_elements_per_s, l.decode_elements_per_s);
+  };
+  uint32_t quick = allowed.front();
+  for (uint32_t i : allowed) {
+    if (speed(i) > speed(quick)) quick = i;
+  }
+  const bool quick_known = speed(quick) > 0;
 
   if (in.remaining_ms < 0) {
+    if (in.max_kl > 0 && in.goodput_bytes_per_s <= 0 && quick_known) {
+      out.level = quick;
+      out.reason = "no deadline, goodput not measured yet: the allowed level quickest to compute";
+      return out;
+    }
+    if (in.max_kl > 0 && in.goodput_bytes_per_s > 0) {
+      const double first = finish_s(fastest());
+      for (auto it = allowed.rbegin(); it != allowed.rend(); ++it) {  // cheapest first
+        if (finish_s(*it) <= 1.05 * first) {
+          out.level = *it;
+          out.reason = Fmt("no deadline: cheapest level within max_kl %.4g", in.max_kl) +
+                       Fmt(" that finishes within 5 %% of the first (%.1f ms)", first * 1000);
+          return out;
+        }
+      }
+    }
     if (in.max_kl > 0) {
       out.level = cheapest;
       out.reason = Fmt("no deadline: cheapest level within max_kl %.4g", in.max_kl);
@@ -45,15 +91,18 @@ LevelChoice ChooseLevel(const LevelChoiceInput& in) {
     return out;
   }
   if (in.goodput_bytes_per_s <= 0) {
+    if (quick_known) {
+      out.level = quick;
+      out.reason = "deadline set, goodput not measured yet: the allowed level quickest to compute";
+      return out;
+    }
     out.level = cheapest;
     out.reason = "deadline set, goodput not measured yet: cheapest allowed level";
     return out;
   }
   const double budget_s = in.remaining_ms / 1000.0 * in.safety;
   for (uint32_t i : allowed) {
-    const double bytes = double(in.remaining_elements) * in.levels[i].bits_per_element / 8.0 +
-                         double(in.inflight_bytes);
-    const double need_s = bytes / in.goodput_bytes_per_s;
+    const double need_s = finish_s(i);
     if (need_s <= budget_s) {
       out.level = i;
       out.reason = Fmt("fits: needs %.1f ms of %.1f ms left", need_s * 1000, in.remaining_ms) +
@@ -61,9 +110,10 @@ LevelChoice ChooseLevel(const LevelChoiceInput& in) {
       return out;
     }
   }
-  out.level = cheapest;
+  out.level = fastest();
   out.reason = Fmt("deadline at risk: no allowed level fits %.1f ms at %.3g MB/s", in.remaining_ms,
-                   in.goodput_bytes_per_s / 1e6);
+                   in.goodput_bytes_per_s / 1e6) +
+               Fmt("; the one that finishes first (%.1f ms)", finish_s(out.level) * 1000);
   return out;
 }
 

@@ -5,13 +5,18 @@
 //   1. Allowed levels: bits_per_element >= min_bits, and when max_kl > 0 a known kl <= max_kl.
 //      The most accurate level (highest bits) is always allowed (the fallback).
 //   2. With a deadline and a goodput estimate: the most accurate allowed level whose predicted
-//      finish (bytes still to send at that level + bytes in flight, at the measured goodput, with
-//      a safety margin) fits the time left; if none fits, the cheapest allowed level ("deadline
-//      at risk").
-//   3. With a deadline but no goodput measured yet: the cheapest allowed level (be safe first,
-//      climb once the link is measured).
-//   4. Without a deadline: the cheapest allowed level when an accuracy budget is given (spend the
-//      budget, save the wire), else the most accurate level.
+//      finish fits the time left (with a safety margin); if none fits, the allowed level that
+//      finishes first ("deadline at risk"). A level's predicted finish is its slowest pipelined
+//      stage: the bytes still to send at that level + bytes in flight at the measured goodput,
+//      and, where the level's codec throughput is known, encoding and decoding the elements
+//      left. So a level that compresses more but computes slower than the link is not taken
+//      for a faster one.
+//   3. With a deadline but no goodput measured yet: the allowed level quickest to compute where
+//      codec speeds are known (a codec-bound level would measure its codec, not the link), else
+//      the cheapest allowed level (be safe first, climb once the link is measured).
+//   4. Without a deadline: when an accuracy budget is given, the cheapest allowed level (spend
+//      the budget, save the wire) among those whose predicted finish, once goodput is measured,
+//      is within 5 % of the earliest; else the most accurate level.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +27,9 @@ namespace kvwire::transport {
 
 struct LevelInfo {
   double bits_per_element = 16;
-  double kl = -1;  // < 0: unknown
+  double kl = -1;                     // < 0: unknown
+  double encode_elements_per_s = 0;   // <= 0: unknown (not counted)
+  double decode_elements_per_s = 0;   // <= 0: unknown (not counted)
 };
 
 struct LevelChoiceInput {

@@ -26,10 +26,15 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using transport::ChunkGrid;
 
-// Until the first goodput sample, a request with a deadline keeps at most this much in flight:
-// the level chooser has no measurement yet and picks the cheapest level, so a full window sent
-// blind (64 MiB by default, half a second at 1 Gbit/s) would all go at that level.
-constexpr uint64_t kProbeWindowBytes = 1 << 20;
+// Until the first goodput sample, an adaptive request (a deadline or an accuracy budget) keeps at
+// most this much in flight: the level chooser has no measurement yet and picks a level blind
+// (the quickest to compute, or the cheapest), so a full window (64 MiB by default, half a second
+// at 1 Gbit/s) would all go at that level.
+// Its first goodput sample waits until half of it (or everything in flight) is acknowledged: a
+// single chunk's round trip measures latency, not the link (measured: a 512 KiB fp16 chunk on an
+// unshaped veth read as a third of the link's rate, enough to pick a slower compressed level).
+constexpr uint64_t kProbeWindowBytes = 4 << 20;
+constexpr int kProbeSamples = 3;
 // Reconnect backoff doubles up to this (and never overflows, whatever the options say).
 constexpr int kMaxBackoffMs = 60000;
 
@@ -48,6 +53,10 @@ struct SendState final : SendRequest, std::enable_shared_from_this<SendState> {
   std::vector<transport::LevelInfo> levels;
   Clock::time_point start, deadline;
   bool has_deadline = false;
+  // The level whose chunks measure the link: the quickest to compute where codec speeds are
+  // known (acks come after decoding, so a codec-bound level's acks measure its codec); -1: every
+  // level's chunks measure it.
+  int measure_level = -1;
 
   // Guarded by SenderCore::mu_.
   uint32_t layers_pushed = 0;
@@ -187,6 +196,10 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   std::deque<std::pair<std::shared_ptr<SendState>, uint32_t>> jobs_;
   uint64_t inflight_bytes_ = 0;
   double goodput_ = 0;
+  // Samples taken so far. The first kProbeSamples are the probe: each replaces the estimate
+  // (a connection's first round trips run slower than its steady state), and the chooser sees
+  // no goodput until they are in, so it keeps the level that measures the link.
+  int goodput_samples_ = 0;
   Clock::time_point sample_start_{};
   uint64_t sample_bytes_ = 0;
   Clock::time_point last_ack_{};
@@ -278,7 +291,14 @@ Result<std::shared_ptr<SendRequest>> SenderCore::Open(const KvView& kv,
     // must name the same ones, or the receiver refuses the request.
     l.codec = codec->Spec();
     alignment = std::lcm(alignment, std::max<uint32_t>(codec->TokenAlignment(), 1));
-    s->levels.push_back({l.bits_per_element, l.kl});
+    s->levels.push_back(
+        {l.bits_per_element, l.kl, l.encode_elements_per_s, l.decode_elements_per_s});
+    const double speed = std::min(l.encode_elements_per_s, l.decode_elements_per_s);
+    if (speed > 0 && (s->measure_level < 0 ||
+                      speed > std::min(s->opts.levels[s->measure_level].encode_elements_per_s,
+                                       s->opts.levels[s->measure_level].decode_elements_per_s))) {
+      s->measure_level = static_cast<int>(s->levels.size() - 1);
+    }
   }
   KVWIRE_ASSIGN_OR_RETURN(
       s->grid,
@@ -425,7 +445,7 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
       {
         std::lock_guard lock(mu_);
         if (!s->status.in_progress() || closed_) return;
-        in.goodput_bytes_per_s = goodput_;
+        in.goodput_bytes_per_s = goodput_samples_ >= kProbeSamples ? goodput_ : 0;
         in.inflight_bytes = inflight_bytes_;
         in.remaining_elements = g.shape.elements() - s->elements_sent;
         ++s->kv_readers;
@@ -446,7 +466,9 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
         // Back-pressure: wait for acks while the window is full (one message always fits).
         const uint64_t bytes = msg->bytes();
         auto room = [&] {
-          const uint64_t window = s->has_deadline && goodput_ <= 0
+          // Adaptive requests (a deadline or an accuracy budget) probe the link first.
+          const bool adaptive = s->has_deadline || s->opts.max_kl > 0;
+          const uint64_t window = adaptive && goodput_samples_ < kProbeSamples
                                       ? std::min(opts_.max_inflight_bytes, kProbeWindowBytes)
                                       : opts_.max_inflight_bytes;
           return closed_ || !s->status.in_progress() || inflight_bytes_ == 0 ||
@@ -657,10 +679,13 @@ void SenderCore::Handle(const control::Control& c) {
       last_ack_ = now;
       if (!s) return;
       uint64_t freed = 0;
+      bool codec_bound = false;  // an acked chunk of a level that does not measure the link
       for (uint32_t seq : c.ack().seqs()) {
         auto it = s->unacked.find(seq);
         if (it != s->unacked.end()) {
           freed += it->second.bytes;
+          codec_bound = codec_bound ||
+                        (s->measure_level >= 0 && it->second.level != s->measure_level);
           s->unacked.erase(it);
         }
         if (seq < s->acked.size() && !s->acked[seq]) {
@@ -669,13 +694,23 @@ void SenderCore::Handle(const control::Control& c) {
         }
       }
       inflight_bytes_ -= freed;
+      if (codec_bound) {  // this period measured a codec, not the link: start a new one
+        sample_start_ = now;
+        sample_bytes_ = 0;
+        cv_.notify_all();
+        return;
+      }
       sample_bytes_ += freed;
       const double dt = Seconds(now - sample_start_);
-      // Samples span >= 2 ms, except the first: it ends the probe window above, and a link
-      // fast enough to drain that window in under 2 ms would otherwise never be measured.
-      if ((dt >= 0.002 || (goodput_ <= 0 && dt > 0)) && sample_bytes_ > 0) {
+      // Samples span >= 2 ms, except the first: it ends the probe window above (once half of it
+      // or all in flight is acknowledged), and a link fast enough to drain that window in under
+      // 2 ms would otherwise never be measured.
+      const bool first = goodput_ <= 0 && dt > 0 &&
+                         (inflight_bytes_ == 0 || sample_bytes_ >= kProbeWindowBytes / 2);
+      if ((first || (goodput_ > 0 && dt >= 0.002)) && sample_bytes_ > 0) {
         const double rate = sample_bytes_ / dt;
-        goodput_ = goodput_ <= 0 ? rate : 0.7 * goodput_ + 0.3 * rate;
+        goodput_ = goodput_samples_ < kProbeSamples ? rate : 0.7 * goodput_ + 0.3 * rate;
+        ++goodput_samples_;
         sample_start_ = now;
         sample_bytes_ = 0;
       }

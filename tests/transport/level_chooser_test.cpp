@@ -76,3 +76,65 @@ TEST(LevelChooser, UnknownKlIsNotAllowedUnderABudget) {
 
 }  // namespace
 }  // namespace kvwire::transport
+
+namespace kvwire::transport {
+namespace {
+
+// fp16 (fast to compute) and a 2-bit level that encodes at 150 M elements/s and decodes at 300 M.
+std::vector<LevelInfo> CodecBoundLadder() {
+  return {{16, 0, 0, 0}, {2.0, 0.001, 150e6, 300e6}};
+}
+
+TEST(LevelChooser, CodecTimeCountsOnAFastLink) {
+  LevelChoiceInput in;
+  in.levels = CodecBoundLadder();
+  in.remaining_elements = 100'000'000;  // fp16: 200 MB; the 2-bit level: 25 MB, 0.67 s to encode
+  in.max_kl = 0.01;
+  // A 2 GB/s link: fp16 finishes in 0.1 s, the 2-bit level needs 0.67 s of encoding.
+  in.goodput_bytes_per_s = 2e9;
+  auto c = ChooseLevel(in);
+  EXPECT_EQ(c.level, 0u) << c.reason;
+  // 125 MB/s: fp16 needs 1.6 s on the wire, the 2-bit level 0.67 s (its encoder).
+  in.goodput_bytes_per_s = 125e6;
+  EXPECT_EQ(ChooseLevel(in).level, 1u);
+  // Without codec speeds the cheaper level wins on the fast link too (the old view).
+  in.goodput_bytes_per_s = 2e9;
+  in.levels[1].encode_elements_per_s = in.levels[1].decode_elements_per_s = 0;
+  EXPECT_EQ(ChooseLevel(in).level, 1u);
+}
+
+TEST(LevelChooser, DeadlineCountsCodecTimeAndAtRiskTakesTheFastest) {
+  LevelChoiceInput in;
+  in.levels = CodecBoundLadder();
+  in.remaining_elements = 100'000'000;
+  in.max_kl = 0.01;
+  in.goodput_bytes_per_s = 2e9;
+  in.remaining_ms = 500;  // fp16 fits (0.1 s); the 2-bit level does not (0.67 s)
+  EXPECT_EQ(ChooseLevel(in).level, 0u);
+  in.remaining_ms = 50;  // nothing fits: the level that finishes first, not the cheapest
+  auto c = ChooseLevel(in);
+  EXPECT_EQ(c.level, 0u);
+  EXPECT_NE(c.reason.find("at risk"), std::string::npos);
+  in.goodput_bytes_per_s = 125e6;  // now the 2-bit level finishes first
+  EXPECT_EQ(ChooseLevel(in).level, 1u);
+}
+
+}  // namespace
+}  // namespace kvwire::transport
+
+namespace kvwire::transport {
+namespace {
+
+TEST(LevelChooser, UnmeasuredLinkIsProbedWithTheQuickestLevel) {
+  LevelChoiceInput in;
+  in.levels = {{16, 0, 2e9, 4e9}, {2.0, 0.001, 150e6, 300e6}};
+  in.remaining_elements = 100'000'000;
+  in.max_kl = 0.01;
+  in.remaining_ms = 1000;
+  auto c = ChooseLevel(in);
+  EXPECT_EQ(c.level, 0u) << c.reason;
+  EXPECT_NE(c.reason.find("quickest"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kvwire::transport

@@ -64,6 +64,48 @@ Result<double> MeasureBits(const KvCache& cache, const std::string& spec, const 
   return double(frame.size()) * 8.0 / double(2 * tokens * row);
 }
 
+// A level's codec throughput in elements per second on this CPU, one thread: Encode and Decode
+// of up to 2^20 elements of K and V of the middle layer (a first layer may be unrepresentative:
+// its rows repeat), the faster of two runs each (the first builds the codec's tables). The
+// chooser compares it with the link, so that a level that computes slower than the link sends
+// is not taken for a faster one.
+Status MeasureSpeed(const KvCache& cache, const std::string& spec, const Profile* profile,
+                    LevelSpec* level) {
+  KVWIRE_ASSIGN_OR_RETURN(auto codec, CreateCodec(spec, profile));
+  const KvShape& sh = cache.shape();
+  const uint64_t row = uint64_t{sh.kv_heads} * sh.head_dim;
+  ChunkDesc d;
+  d.layer = sh.layers / 2;
+  d.tokens = static_cast<uint32_t>(std::max<uint64_t>(1, std::min<uint64_t>(sh.tokens, (1u << 20) / row)));
+  d.kv_heads = sh.kv_heads;
+  d.head_dim = sh.head_dim;
+  d.seq_tokens = sh.tokens;
+  d.positions_start = cache.metadata().positions_start;
+  std::vector<float> x(d.elements()), y(d.elements());
+  std::vector<uint8_t> payload;
+  double enc = 1e30, dec = 1e30;
+  for (int run = 0; run < 2; ++run) {
+    double e = 0, t = 0;
+    for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+      d.kind = kind;
+      KVWIRE_RETURN_IF_ERROR(cache.view().ReadF32(d.layer, kind, 0, d.tokens, x.data()));
+      payload.clear();
+      const double t0 = NowSeconds();
+      KVWIRE_RETURN_IF_ERROR(codec->Encode(d, x.data(), &payload));
+      const double t1 = NowSeconds();
+      KVWIRE_RETURN_IF_ERROR(codec->Decode(d, payload, y.data()));
+      e += t1 - t0;
+      t += NowSeconds() - t1;
+    }
+    enc = std::min(enc, e);
+    dec = std::min(dec, t);
+  }
+  const double elements = 2.0 * double(d.elements());
+  level->encode_elements_per_s = enc > 0 ? elements / enc : 0;
+  level->decode_elements_per_s = dec > 0 ? elements / dec : 0;
+  return Status::Ok();
+}
+
 int RunSend(const SendArgs& a) {
   const char* cmd = "send";
   const double t_process = NowSeconds();
@@ -122,6 +164,11 @@ int RunSend(const SendArgs& a) {
     auto bits = MeasureBits(*cache, s, profile->get());
     if (!bits.ok()) return FailStatus(cmd, bits.status().WithContext(s));
     r.levels.push_back({s, *bits, -1});
+    if (specs.size() > 1) {  // a ladder: the chooser weighs each level's codec time
+      if (Status st = MeasureSpeed(*cache, s, profile->get(), &r.levels.back()); !st.ok()) {
+        return FailStatus(cmd, st.WithContext(s));
+      }
+    }
   }
   // Most accurate first.
   std::stable_sort(r.levels.begin(), r.levels.end(), [](const LevelSpec& x, const LevelSpec& y) {
@@ -193,6 +240,8 @@ int RunSend(const SendArgs& a) {
       weighted += double(n) * r.levels[i].bits_per_element;
       lv.push_back({{"codec", r.levels[i].codec},
                     {"bits_per_element", r.levels[i].bits_per_element},
+                    {"encode_elements_per_s", r.levels[i].encode_elements_per_s},
+                    {"decode_elements_per_s", r.levels[i].decode_elements_per_s},
                     {"chunks", n}});
     }
     j["levels"] = lv;
