@@ -1,0 +1,335 @@
+// fraqtl with entropy=rans: the decoder of payload version 2 (docs/FORMAT.md 6.8.1): checks
+// the header, the repeat section and the block table, then decodes up to four blocks side by
+// side (rans::BlockDecoder) a run of tokens at a time and rebuilds their rows.
+#include <algorithm>
+#include <cmath>
+#include <optional>
+
+#include "codec/fraqtl_codec_impl.h"
+#include "codec/fraqtl_rans_kernels.h"
+
+namespace kvwire::fraqtl::internal {
+
+Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> payload,
+                               float* out, CodecImpl impl) const {
+  KVWIRE_RETURN_IF_ERROR(CheckDesc(desc).WithContext("decode"));
+  const ChunkPlan plan = Plan(desc);
+  const size_t D = d_, H = kv_heads_, nq = plan.q_tokens.size(), nf = plan.fp_tokens.size();
+  const RansLadder& lad = ladders_[size_t{desc.layer} * 2 + static_cast<uint32_t>(desc.kind)];
+  const bool fast = impl != CodecImpl::kReference;
+  const bool avx2 = fast && HaveAvx2Fma() && D % 8 == 0;
+  const size_t gains_at = kRansPayloadHeader + nf * H * D * 2;
+  const size_t repeats_at = gains_at + (cfg_.gain ? nq * H * 2 : 0);
+  KVWIRE_RETURN_ERROR_IF(payload.size() < repeats_at, kCorrupt,
+                         "fraqtl: payload of " + std::to_string(payload.size()) +
+                             " bytes, shorter than its fixed part (" +
+                             std::to_string(repeats_at) + ")");
+  const uint8_t* p = payload.data();
+  KVWIRE_RETURN_ERROR_IF(p[0] != kPayloadVersionRans, kCorrupt,
+                         "fraqtl: payload version " + std::to_string(p[0]) +
+                             ", expected 2 (entropy=rans)");
+  KVWIRE_RETURN_ERROR_IF((p[1] & ~kFlagRepeats) != 0 || LoadU16(p + 2) != 0, kCorrupt,
+                         "fraqtl: unknown payload flags");
+  const bool has_repeats = (p[1] & kFlagRepeats) != 0;
+  KVWIRE_RETURN_ERROR_IF(has_repeats && payload.size() < repeats_at + 4, kCorrupt,
+                         "fraqtl: payload too short for its repeat section");
+  const uint64_t repeat_bytes = has_repeats ? LoadU32(p + repeats_at) : 0;
+  const uint64_t fixed = repeats_at + (has_repeats ? 4 + repeat_bytes : 0);
+  KVWIRE_RETURN_ERROR_IF(fixed > payload.size(), kCorrupt,
+                         "fraqtl: repeat section beyond the payload");
+  const uint64_t n_steps = LoadU32(p + 4), extra = LoadU32(p + 8), section_bytes = LoadU32(p + 12);
+  KVWIRE_RETURN_ERROR_IF(n_steps > lad.steps.size(), kCorrupt,
+                         "fraqtl: " + std::to_string(n_steps) + " allocation steps, the ladder has " +
+                             std::to_string(lad.steps.size()));
+  KVWIRE_RETURN_ERROR_IF(extra > nq || (extra > 0 && n_steps == lad.steps.size()), kCorrupt,
+                         "fraqtl: " + std::to_string(extra) +
+                             " tokens of a partial step is impossible here");
+  KVWIRE_RETURN_ERROR_IF(fixed + section_bytes != payload.size(), kCorrupt,
+                         "fraqtl: payload of " + std::to_string(payload.size()) +
+                             " bytes, its fields announce " + std::to_string(fixed + section_bytes));
+  const uint8_t* fp = p + kRansPayloadHeader;
+  KVWIRE_RETURN_ERROR_IF(!baseline::HalvesFinite(fp, nf * H * D), kCorrupt,
+                         "fraqtl: a pass-through value is not finite");
+  if (cfg_.gain) {
+    KVWIRE_RETURN_ERROR_IF(!baseline::HalvesAreScales(p + gains_at, nq * H), kCorrupt,
+                           "fraqtl: a gain is negative or not finite");
+  }
+  std::vector<uint8_t> bits(H * D, 0);
+  for (size_t s = 0; s < n_steps; ++s) bits[lad.steps[s].item] = lad.steps[s].to;
+  const bool partial = extra > 0;
+  const RansStep part = partial ? lad.steps[n_steps] : RansStep{0, 0, 0};
+  bool any = partial;
+  for (uint8_t b : bits) any = any || b != 0;
+  const size_t block_tokens = RansBlockTokens(H * D);
+  const size_t blocks = (nq + block_tokens - 1) / block_tokens;
+  std::span<const uint8_t> section = payload.subspan(fixed);
+  if (!any) {
+    KVWIRE_RETURN_ERROR_IF(!section.empty(), kCorrupt,
+                           "fraqtl: index section present where the allocation codes nothing");
+  } else {
+    KVWIRE_RETURN_ERROR_IF(section.size() < 4 * blocks, kCorrupt,
+                           "fraqtl: index section shorter than its block table");
+    uint64_t sum = 4 * blocks;
+    for (size_t b = 0; b < blocks; ++b) {
+      const uint32_t len = LoadU32(section.data() + 4 * b);
+      KVWIRE_RETURN_ERROR_IF(len < rans::kBlockStateBytes || (len - rans::kBlockStateBytes) % 2,
+                             kCorrupt, "fraqtl: rANS block of impossible length");
+      sum += len;
+    }
+    KVWIRE_RETURN_ERROR_IF(sum != section.size(), kCorrupt,
+                           "fraqtl: rANS block lengths do not add up to the index section");
+  }
+  for (size_t k = 0; k < nf; ++k) {
+    float* r = out + size_t{plan.fp_tokens[k]} * H * D;
+    fast ? baseline::LoadHalves(fp + k * H * D * 2, H * D, r)
+         : baseline::LoadHalvesRef(fp + k * H * D * 2, H * D, r);
+  }
+  if (nq == 0) return Status::Ok();
+  const size_t block_rows = std::min(nq, block_tokens);
+
+  // Repeats: which (token, head) rows copy which unique row of their (block, head).
+  std::vector<uint8_t> repeat(nq * H, 0);
+  std::vector<uint32_t> ref(nq * H, 0);
+  if (has_repeats) {
+    BitReader r(payload.subspan(repeats_at + 4, repeat_bytes));
+    std::vector<size_t> u(H);
+    uint64_t used = 0;
+    for (size_t qi = 0; qi < nq; ++qi) {
+      if (qi % block_tokens == 0) std::fill(u.begin(), u.end(), 0);
+      for (size_t h = 0; h < H; ++h) {
+        KVWIRE_RETURN_ERROR_IF(used + 1 > 8 * repeat_bytes, kCorrupt,
+                               "fraqtl: repeat section too short");
+        repeat[qi * H + h] = static_cast<uint8_t>(r.Get(1));
+        ++used;
+        if (repeat[qi * H + h]) {
+          const int w = RefBits(u[h]);
+          KVWIRE_RETURN_ERROR_IF(u[h] == 0 || used + w > 8 * repeat_bytes, kCorrupt,
+                                 "fraqtl: a repeat without an earlier row in its block");
+          ref[qi * H + h] = w ? r.Get(w) : 0;
+          used += w;
+          KVWIRE_RETURN_ERROR_IF(ref[qi * H + h] >= u[h], kCorrupt,
+                                 "fraqtl: a repeat of a row that does not exist");
+        } else {
+          ref[qi * H + h] = static_cast<uint32_t>(u[h]++);
+        }
+      }
+    }
+    KVWIRE_RETURN_ERROR_IF((used + 7) / 8 != repeat_bytes, kCorrupt,
+                           "fraqtl: repeat section of the wrong length");
+    KVWIRE_RETURN_ERROR_IF(used % 8 && (payload[repeats_at + 4 + used / 8] >> (used % 8)) != 0,
+                           kCorrupt, "fraqtl: padding bits of the repeat section are not zero");
+  }
+
+  // Per head, the coded directions (ascending) of a token without (lo) and with (hi) the
+  // partial step; per token, the slot-table offsets of its symbols in decoding order.
+  struct Coded {
+    uint32_t i;
+    int b;
+    const float* levels;  // the codebook, times sigma_i unless gains scale it per token
+  };
+  std::vector<std::vector<Coded>> lo(H), hi(H);
+  std::vector<std::vector<uint32_t>> pat_lo(H), pat_hi(H);
+  std::vector<float> scaled;  // levels * sigma of every coded (direction, bits)
+  scaled.reserve(2 * H * D * 8);
+  auto add = [&](std::vector<Coded>* list, std::vector<uint32_t>* pat, uint32_t h, uint32_t i,
+                 int b) {
+    const uint32_t off = EnsureSlots(desc.layer, desc.kind, h, b);
+    pat->push_back(off);
+    if (b == kProtectedBits) pat->push_back(off);
+    list->push_back({i, b, nullptr});
+  };
+  for (uint32_t h = 0; h < H; ++h) {
+    for (uint32_t i = 0; i < D; ++i) {
+      const uint32_t item = static_cast<uint32_t>(h * D + i);
+      if (bits[item]) add(&lo[h], &pat_lo[h], h, i, bits[item]);
+      const int bh = partial && item == part.item ? part.to : bits[item];
+      if (bh) add(&hi[h], &pat_hi[h], h, i, bh);
+    }
+  }
+  // Scaled codebooks, after the lists stopped growing (pointers into `scaled`).
+  size_t n_scaled = 0;
+  for (auto* lists : {&lo, &hi}) {
+    for (const auto& list : *lists) {
+      for (const Coded& c : list) n_scaled += c.b == kProtectedBits ? 0 : size_t{1} << c.b;
+    }
+  }
+  scaled.resize(n_scaled);
+  n_scaled = 0;
+  for (auto* lists : {&lo, &hi}) {
+    for (size_t h = 0; h < H; ++h) {
+      const Prepared& pr = prep(desc.layer, desc.kind, static_cast<uint32_t>(h));
+      for (Coded& c : (*lists)[h]) {
+        if (c.b == kProtectedBits) continue;
+        const std::vector<float>& lv = pr.levels[c.b];
+        float* dst = scaled.data() + n_scaled;
+        if (cfg_.gain) {
+          std::copy(lv.begin(), lv.end(), dst);
+        } else {
+          const float sigma = pr.sigma[c.i];
+          for (size_t v = 0; v < lv.size(); ++v) dst[v] = lv[v] * (sigma * 1.0f);
+        }
+        c.levels = dst;
+        n_scaled += lv.size();
+      }
+    }
+  }
+  const bool rot = prerope_ && desc.kind == KvKind::kKey;
+  const float* angles =
+      rot ? PositionAngles(rope_, desc.positions_start + int64_t{desc.token_begin}, desc.tokens)
+          : nullptr;
+  std::vector<float> zc(D);
+  std::vector<const float*> rows(D);
+  // The reference inverse: x_j = mean_j + the fused multiply-adds of G[j, i] z_i over the coded
+  // directions, ascending.
+  auto reference_inverse = [&](const Prepared& pr, const std::vector<Coded>& list,
+                               const float* z, float* o) {
+    for (size_t j = 0; j < D; ++j) {
+      float acc = 0.0f;
+      for (size_t c = 0; c < list.size(); ++c) {
+        acc = std::fma(pr.inv[j * D + list[c].i], z[c], acc);
+      }
+      o[j] = pr.mean[j] + acc;
+    }
+  };
+  // Coefficients of each block's unique rows, per stream of DecodeSideBySide: a repeat copies
+  // them (and the list of directions they were coded with).
+  constexpr int kStreams = rans::BlockDecoder::kMaxStreams;
+  std::vector<float> uvals[kStreams];
+  std::vector<const std::vector<Coded>*> ulist[kStreams];
+  if (has_repeats) {
+    for (int s = 0; s < kStreams; ++s) {
+      uvals[s].resize(block_rows * H * D);
+      ulist[s].resize(block_rows * H);
+    }
+  }
+  // Rows of quantized tokens [r0, r1) from their symbols (stream s).
+  auto rebuild = [&](int s, size_t r0, size_t r1, bool use_hi, const uint32_t* sp) -> Status {
+    for (size_t qi = r0; qi < r1; ++qi) {
+      const uint32_t t = plan.q_tokens[qi];
+      const float* cs = rot ? angles + size_t{t} * (rope_.rope_dim / 2) * 2 : nullptr;
+      for (size_t h = 0; h < H; ++h) {
+        const Prepared& pr = prep(desc.layer, desc.kind, static_cast<uint32_t>(h));
+        float g = 1.0f;
+        if (cfg_.gain) {
+          g = baseline::LoadHalf(p + gains_at, qi * H + h);
+          g = g > 0.0f ? g : 1.0f;
+        }
+        const size_t row = qi * H + h;
+        float* o = out + (size_t{t} * H + h) * D;
+        if (repeat[row]) {  // the unique row's coefficients, this token's position
+          const size_t at = size_t{ref[row]} * H + h;
+          const std::vector<Coded>& list = *ulist[s][at];
+          const float* zr = uvals[s].data() + at * D;
+          const size_t m = list.size();
+          for (size_t c = 0; c < m; ++c) rows[c] = pr.inv_t.data() + size_t{list[c].i} * D;
+          if (!fast) {
+            reference_inverse(pr, list, zr, o);
+          } else {
+            (avx2 ? AccumulateAvx2 : AccumulateScalar)(rows.data(), zr, m, pr.mean.data(), D, o);
+          }
+          if (rot) rope_.Rotate(o, cs, cs + rope_.rope_dim / 2, /*undo=*/false);
+          continue;
+        }
+        const std::vector<Coded>& list = use_hi ? hi[h] : lo[h];
+        const size_t m = list.size();
+        for (size_t c = 0; c < m; ++c) {
+          const Coded& cd = list[c];
+          float q;
+          if (cd.b == kProtectedBits) {
+            const uint16_t hv = static_cast<uint16_t>(sp[0] | sp[1] << 8);
+            sp += 2;
+            KVWIRE_RETURN_ERROR_IF(!baseline::HalfIsFinite(hv), kCorrupt,
+                                   "fraqtl: a protected coefficient is not finite");
+            q = HalfToFloat(hv);
+          } else {
+            q = cfg_.gain ? cd.levels[*sp] * (pr.sigma[cd.i] * g) : cd.levels[*sp];
+            ++sp;
+          }
+          zc[c] = q;
+          rows[c] = pr.inv_t.data() + size_t{cd.i} * D;
+        }
+        if (has_repeats) {
+          const size_t at = size_t{ref[row]} * H + h;
+          std::copy(zc.begin(), zc.begin() + static_cast<long>(m), uvals[s].data() + at * D);
+          ulist[s][at] = &list;
+        }
+        if (!fast) {
+          reference_inverse(pr, list, zc.data(), o);
+        } else {
+          (avx2 ? AccumulateAvx2 : AccumulateScalar)(rows.data(), zc.data(), m, pr.mean.data(),
+                                                     D, o);
+        }
+        if (rot) rope_.Rotate(o, cs, cs + rope_.rope_dim / 2, /*undo=*/false);
+      }
+    }
+    return Status::Ok();
+  };
+  // Up to kMaxStreams blocks at a time, a run of each block's tokens at a time: the runs'
+  // symbols first (side by side), then their rows.
+  constexpr size_t kRun = 32;
+  size_t per_token = 0;
+  for (size_t h = 0; h < H; ++h) per_token += std::max(pat_lo[h].size(), pat_hi[h].size());
+  const size_t run_symbols = kRun * per_token;
+  std::vector<uint32_t> offs(kStreams * run_symbols), syms(kStreams * run_symbols);
+  size_t at = 4 * blocks;
+  for (size_t b0 = 0; b0 < blocks; b0 += kStreams) {
+    const int streams = static_cast<int>(std::min<size_t>(kStreams, blocks - b0));
+    std::optional<rans::BlockDecoder> decs[kStreams];
+    size_t cur[kStreams], end[kStreams];
+    for (int s = 0; s < streams; ++s) {
+      cur[s] = (b0 + s) * block_tokens;
+      end[s] = std::min(nq, cur[s] + block_tokens);
+      if (any) {
+        const uint32_t len = LoadU32(section.data() + 4 * (b0 + s));
+        decs[s].emplace(section.subspan(at, len));
+        at += len;
+      }
+    }
+    for (;;) {
+      rans::BlockDecoder* dp[kStreams];
+      const uint32_t* op[kStreams];
+      uint32_t* sp[kStreams];
+      size_t n[kStreams], r0[kStreams], r1[kStreams];
+      int stream[kStreams];
+      bool use_hi[kStreams];
+      int active = 0;
+      for (int s = 0; s < streams; ++s) {
+        if (cur[s] >= end[s]) continue;
+        const int a = active++;
+        use_hi[a] = partial && cur[s] < extra;
+        r0[a] = cur[s];
+        r1[a] = std::min({end[s], cur[s] + kRun, use_hi[a] ? size_t{extra} : end[s]});
+        const std::vector<std::vector<uint32_t>>& pat = use_hi[a] ? pat_hi : pat_lo;
+        uint32_t* o = offs.data() + a * run_symbols;
+        size_t m = 0;
+        for (size_t qi = r0[a]; qi < r1[a]; ++qi) {
+          for (size_t h = 0; h < H; ++h) {
+            if (repeat[qi * H + h]) continue;
+            std::copy(pat[h].begin(), pat[h].end(), o + m);
+            m += pat[h].size();
+          }
+        }
+        n[a] = m;
+        stream[a] = s;
+        op[a] = o;
+        sp[a] = syms.data() + a * run_symbols;
+        dp[a] = any ? &*decs[s] : nullptr;
+        cur[s] = r1[a];
+      }
+      if (active == 0) break;
+      if (any) rans::BlockDecoder::DecodeSideBySide(dp, active, slot_pool_.get(), op, n, sp);
+      for (int a = 0; a < active; ++a) {
+        KVWIRE_RETURN_IF_ERROR(rebuild(stream[a], r0[a], r1[a], use_hi[a], sp[a]));
+      }
+    }
+    for (int s = 0; s < streams; ++s) {
+      KVWIRE_RETURN_ERROR_IF(
+          decs[s] && !decs[s]->Ok(), kCorrupt,
+          "fraqtl: rANS block " + std::to_string(b0 + s) + " does not decode cleanly");
+    }
+  }
+  return Status::Ok();
+}
+
+
+}  // namespace kvwire::fraqtl::internal

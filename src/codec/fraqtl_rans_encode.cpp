@@ -1,0 +1,473 @@
+// fraqtl with entropy=rans: the encoder of payload version 2 (docs/FORMAT.md 6.8.1).
+//
+// One pass. The rate allocation of a (layer, K|V) is a fixed ladder of steps computed from the
+// profile (FraqtlCodec::RansLadder); a chunk takes its first N steps, and the first `extra`
+// quantized tokens take step N + 1 as well. Every symbol's cost is a table lookup, so the
+// encoder prices the ladder on the chunk's own coefficients, picks N and extra that fill the
+// budget, and then codes each symbol once with static rANS (rans.h).
+//
+// Only the directions that receive bits are rotated: the encoder projects each row onto the
+// kept rows of F (one pass over the row per token, all kept outputs accumulated together), the
+// decoder accumulates the coded columns of G. Every output is one chain of fused multiply-adds
+// in ascending order (docs/FORMAT.md 6.8.1), which the reference computes output by output with
+// std::fma, so the two paths give identical bytes and identical decoded values.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "codec/fraqtl_codec_impl.h"
+#include "codec/fraqtl_rans_kernels.h"
+
+namespace kvwire::fraqtl::internal {
+namespace {
+
+// Per-thread scratch, reused across chunks (a fresh multi-MiB buffer per chunk costs its page
+// faults); dropped after a chunk that made it larger than kKeepBytes.
+struct Scratch {
+  static constexpr size_t kKeepBytes = size_t{64} << 20;
+  std::vector<float> z;          // [H][nq][Kp_h] coefficients of the kept directions
+  std::vector<uint16_t> idx;     // [H][nq][Kp_h] their symbols at the current allocation
+  std::vector<uint16_t> column;  // [nq] a column priced at another width
+  std::vector<uint8_t> section;
+  void Trim() {
+    if (z.capacity() * sizeof(float) > kKeepBytes) std::vector<float>().swap(z);
+    if (idx.capacity() * sizeof(uint16_t) > kKeepBytes) std::vector<uint16_t>().swap(idx);
+    if (section.capacity() > kKeepBytes) std::vector<uint8_t>().swap(section);
+  }
+};
+
+
+}  // namespace
+
+Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vector<uint8_t>* out,
+                               CodecImpl impl) const {
+  KVWIRE_RETURN_IF_ERROR(CheckDesc(desc));
+  KVWIRE_RETURN_IF_ERROR(CheckFinite(desc, in, "fraqtl"));
+  const ChunkPlan plan = Plan(desc);
+  const size_t D = d_, H = kv_heads_, nq = plan.q_tokens.size(), nf = plan.fp_tokens.size();
+  const RansLadder& lad = ladders_[size_t{desc.layer} * 2 + static_cast<uint32_t>(desc.kind)];
+  const bool fast = impl != CodecImpl::kReference;
+  const bool avx2 = fast && HaveAvx2Fma();
+  const size_t gains_at = kRansPayloadHeader + nf * H * D * 2;
+  const size_t repeats_at = gains_at + (cfg_.gain ? nq * H * 2 : 0);
+  const size_t block_tokens = RansBlockTokens(H * D);
+  const size_t blocks = (nq + block_tokens - 1) / block_tokens;
+  const bool rot = prerope_ && desc.kind == KvKind::kKey;
+  const float* angles =
+      rot ? PositionAngles(rope_, desc.positions_start + int64_t{desc.token_begin}, desc.tokens)
+          : nullptr;
+  auto angles_of = [&](uint32_t t) {
+    return rot ? angles + size_t{t} * (rope_.rope_dim / 2) * 2 : nullptr;
+  };
+
+  // Rows of the quantized tokens, RoPE undone for pre-RoPE K: rows[(qi * H + h) * D].
+  thread_local std::vector<float> rows;
+  rows.resize(nq * H * D);
+  for (size_t qi = 0; qi < nq; ++qi) {
+    const uint32_t t = plan.q_tokens[qi];
+    for (size_t h = 0; h < H; ++h) {
+      LoadRow(desc, in, t, static_cast<uint32_t>(h), rows.data() + (qi * H + h) * D, angles_of(t));
+    }
+  }
+
+  // Repeats: within a block, a (token, head) row with the key (RowKey) of an earlier row codes
+  // as that row: the decoder copies its coefficients. A hash of the key's first values finds
+  // candidates in an open-addressed table, the whole keys decide. repeat[qi * H + h] = 1 for a
+  // repeat; ref = the unique row it copies (repeats) or its own number (unique rows), counted
+  // within (block, head).
+  std::vector<uint8_t> repeat(nq * H, 0);
+  std::vector<uint32_t> ref(nq * H, 0);
+  std::vector<uint8_t> repeat_bits;  // the repeat section (after its u32 length)
+  size_t n_unique = nq * H;
+  {
+    const size_t rows_per_block = std::min(nq, block_tokens);
+    size_t cap = 16;
+    while (cap < 2 * rows_per_block) cap *= 2;
+    std::vector<int64_t> slot(cap * H);        // table per head: a row (qi) + 1, 0 = empty
+    std::vector<uint32_t> count(H);
+    std::vector<int32_t> scale_exp(nq * H);    // RowKey's exponent per row
+    auto exponent = [&](const float* r) {
+      float m = 0.0f;
+      for (size_t j = 0; j < D; ++j) m = std::max(m, std::fabs(r[j]));
+      int e = 0;
+      std::frexp(m, &e);
+      return m > 0.0f ? e : INT32_MIN;
+    };
+    auto scale_of = [](int e) { return e == INT32_MIN ? 0.0f : std::ldexp(1.0f, 14 - e); };
+    // v * sc rounded to the nearest integer (sc a power of two; |v * sc| <= 2^14)
+    auto grid = [](float v, float sc) { return _mm_cvtss_si32(_mm_set_ss(v * sc)); };
+    constexpr size_t kHashed = 8;  // values that pick a row's slot
+    for (size_t blk = 0; blk < blocks; ++blk) {
+      const size_t t0 = blk * block_tokens, t1 = std::min(nq, t0 + block_tokens);
+      std::fill(slot.begin(), slot.end(), 0);
+      std::fill(count.begin(), count.end(), 0);
+      for (size_t qi = t0; qi < t1; ++qi) {
+        for (size_t h = 0; h < H; ++h) {
+          const size_t row = qi * H + h;
+          const float* x = rows.data() + row * D;
+          const int e = exponent(x);
+          const float sc = scale_of(e);
+          scale_exp[row] = e;
+          uint64_t hk = 0x9e3779b97f4a7c15ull ^ static_cast<uint32_t>(e);
+          for (size_t j = 0; j < std::min(D, kHashed); ++j) {
+            hk = (hk ^ static_cast<uint64_t>(grid(x[j], sc))) * 0x100000001b3ull;
+            hk ^= hk >> 29;
+          }
+          int64_t* table = slot.data() + h * cap;
+          size_t at = static_cast<size_t>(hk) & (cap - 1);
+          bool found = false;
+          for (; table[at] != 0; at = (at + 1) & (cap - 1)) {
+            const size_t other = static_cast<size_t>(table[at] - 1) * H + h;
+            if (scale_exp[other] != e) continue;
+            const float* y = rows.data() + other * D;
+            size_t j = 0;
+            while (j < D && grid(x[j], sc) == grid(y[j], sc)) ++j;
+            if (j == D) {
+              repeat[row] = 1;
+              ref[row] = ref[other];
+              found = true;
+              break;
+            }
+          }
+          if (!found) {
+            table[at] = static_cast<int64_t>(qi) + 1;
+            ref[row] = count[h]++;
+          }
+        }
+      }
+    }
+    n_unique = 0;
+    for (uint8_t r : repeat) n_unique += r == 0;
+    // Section: per block, per token, per head: 1 = repeat, then the unique row it copies,
+    // numbered within (block, head) from 0, in RefBits(unique rows so far) bits.
+    if (n_unique < nq * H) {
+      BitWriter w(&repeat_bits);
+      std::vector<size_t> u(H);
+      for (size_t qi = 0; qi < nq; ++qi) {
+        if (qi % block_tokens == 0) std::fill(u.begin(), u.end(), 0);
+        for (size_t h = 0; h < H; ++h) {
+          w.Put(repeat[qi * H + h], 1);
+          if (repeat[qi * H + h]) {
+            w.Put(ref[qi * H + h], RefBits(u[h]));
+          } else {
+            ++u[h];
+          }
+        }
+      }
+      w.Finish();
+    }
+  }
+  // The section pays when the rows it spares would have cost more than it does: each row of
+  // the chunk would get an equal share of what the budget leaves for symbols.
+  const double sym_bytes = TargetPayloadBytes(desc) - static_cast<double>(repeats_at) -
+                           static_cast<double>(blocks) * (4 + rans::kBlockStateBytes - 8);
+  const bool has_repeats =
+      n_unique < nq * H && sym_bytes > 0 &&
+      sym_bytes * static_cast<double>(nq * H - n_unique) / static_cast<double>(nq * H) >
+          static_cast<double>(4 + repeat_bits.size());
+  if (!has_repeats) {
+    std::fill(repeat.begin(), repeat.end(), 0);
+    n_unique = nq * H;
+  }
+  const size_t fixed = repeats_at + (has_repeats ? 4 + repeat_bits.size() : 0);
+  // Budget of the symbols, in cost units: what the payload may hold beyond its fixed part and
+  // the blocks' lengths and states. A block's words carry about 8 bits per lane less than its
+  // symbols cost (what the final states hold beyond their initial 16 bits), hence 24 bytes.
+  const double avail = TargetPayloadBytes(desc) - static_cast<double>(fixed) -
+                       static_cast<double>(blocks) * (4 + rans::kBlockStateBytes - 8);
+  const double budget =
+      nq > 0 && avail > 0 ? avail * 8.0 * rans::kCostOne : 0.0;  // whole chunk
+  // The model's guess of the steps that fit (cost per token x tokens), and a margin beyond it
+  // for a chunk that codes cheaper than the model: directions of those steps are rotated too.
+  auto model_steps = [&](double b) -> size_t {
+    if (n_unique == 0) return 0;
+    const double per_token = b * static_cast<double>(H) / static_cast<double>(n_unique);
+    return static_cast<size_t>(std::upper_bound(lad.cum.begin(), lad.cum.end(), per_token,
+                                                [](double v, uint64_t c) {
+                                                  return v < static_cast<double>(c);
+                                                }) -
+                               lad.cum.begin()) -
+           1;
+  };
+  size_t n_steps = model_steps(budget);
+  const size_t n_reach = cfg_.gain ? lad.steps.size()
+                                   : std::min(lad.steps.size(), model_steps(budget * 1.1) + 8);
+
+  // Kept directions per head: those with bits within reach, ascending.
+  std::vector<uint8_t> bits(H * D, 0), reach(H * D, 0);
+  for (size_t s = 0; s < n_steps; ++s) bits[lad.steps[s].item] = lad.steps[s].to;
+  for (size_t s = 0; s < n_reach; ++s) reach[lad.steps[s].item] = 1;
+  std::vector<std::vector<uint32_t>> kept(H);
+  std::vector<int32_t> col(H * D, -1);
+  std::vector<size_t> width(H), base(H);
+  size_t total_cols = 0;
+  for (size_t h = 0; h < H; ++h) {
+    for (uint32_t i = 0; i < D; ++i) {
+      if (reach[h * D + i] || cfg_.gain) {
+        col[h * D + i] = static_cast<int32_t>(kept[h].size());
+        kept[h].push_back(i);
+      }
+    }
+    width[h] = RoundUp8(kept[h].size());
+    base[h] = total_cols * nq;
+    total_cols += width[h];
+  }
+
+  // Coefficients of the kept directions: z[base[h] + qi * width[h] + c].
+  thread_local Scratch scratch;
+  std::vector<float>& z = scratch.z;
+  z.resize(total_cols * nq);  // every row that is read is written first (repeats are not read)
+  std::vector<float> gains(cfg_.gain ? nq * H : 0);
+  {
+    std::vector<std::vector<float>> ft(H);  // [D][width]: the kept rows of F, transposed
+    for (size_t h = 0; h < H; ++h) {
+      const Prepared& p = prep(desc.layer, desc.kind, static_cast<uint32_t>(h));
+      ft[h].assign(D * width[h], 0.0f);
+      for (size_t c = 0; c < kept[h].size(); ++c) {
+        for (size_t j = 0; j < D; ++j) ft[h][j * width[h] + c] = p.fwd[kept[h][c] * D + j];
+      }
+    }
+    std::vector<float> xc(D);
+    for (size_t qi = 0; qi < nq; ++qi) {
+      for (size_t h = 0; h < H; ++h) {
+        if (repeat[qi * H + h]) {
+          if (cfg_.gain) gains[qi * H + h] = 1.0f;
+          continue;
+        }
+        const Prepared& p = prep(desc.layer, desc.kind, static_cast<uint32_t>(h));
+        const float* row = rows.data() + (qi * H + h) * D;
+        float* zr = z.data() + base[h] + qi * width[h];
+        if (!fast) {  // the reference: each kept coefficient its own chain of fused multiply-adds
+          for (size_t j = 0; j < D; ++j) xc[j] = row[j] - p.mean[j];
+          for (size_t c = 0; c < width[h]; ++c) {
+            float acc = 0.0f;
+            if (c < kept[h].size()) {
+              const float* f = p.fwd.data() + size_t{kept[h][c]} * D;
+              for (size_t j = 0; j < D; ++j) acc = std::fma(f[j], xc[j], acc);
+            }
+            zr[c] = acc;
+          }
+        } else {
+          for (size_t j = 0; j < D; ++j) xc[j] = row[j] - p.mean[j];
+          (avx2 ? ProjectAvx2 : ProjectScalar)(ft[h].data(), xc.data(), D, width[h], zr);
+        }
+        if (cfg_.gain) {  // kept = every direction, in order
+          double ss = 0;
+          for (size_t i = 0; i < D; ++i) {
+            if (p.variance[i] > 0) ss += static_cast<double>(zr[i]) * zr[i] / p.variance[i];
+          }
+          const float g = HalfToFloat(HalfSaturate(static_cast<float>(std::sqrt(ss / D))));
+          gains[qi * H + h] = g > 0.0f ? g : 1.0f;
+        }
+      }
+    }
+  }
+
+  // Prices a column (item at b bits) over quantized tokens [t0, t1): writes its symbols to
+  // dst[qi * stride] and returns their cost.
+  auto price = [&](uint32_t item, int b, size_t t0, size_t t1, uint16_t* dst,
+                   size_t stride) -> uint64_t {
+    if (b == 0) return 0;
+    const size_t h = item / D;
+    const uint32_t i = item % D;
+    const float* zc = z.data() + base[h] + static_cast<size_t>(col[item]);
+    const float* g = cfg_.gain ? gains.data() + h : nullptr;
+    const uint8_t* skip = has_repeats ? repeat.data() + h : nullptr;
+    if (b == kProtectedBits) {
+      uint64_t rows = 0;
+      for (size_t qi = t0; qi < t1; ++qi) {
+        if (skip && skip[qi * H]) continue;
+        dst[qi * stride] = HalfSaturate(zc[qi * width[h]]);
+        ++rows;
+      }
+      return kProtectedCost * rows;
+    }
+    const Prepared& p = prep(desc.layer, desc.kind, static_cast<uint32_t>(h));
+    const uint32_t* cost = Table(desc.layer, desc.kind, static_cast<uint32_t>(h), b).cost.data();
+    if (!fast) {
+      uint64_t c = 0;
+      for (size_t qi = t0; qi < t1; ++qi) {
+        if (skip && skip[qi * H]) continue;
+        const float scale = p.sigma[i] * (g ? g[qi * H] : 1.0f);
+        const float u = scale > 0.0f ? zc[qi * width[h]] / scale : 0.0f;
+        const uint32_t v = QuantizeRef(p.thresholds[b], u);
+        dst[qi * stride] = static_cast<uint16_t>(v);
+        c += cost[v];
+      }
+      return c;
+    }
+    return PriceColumn(b, zc + t0 * width[h], width[h], t1 - t0, p.thresholds[b].data(),
+                       p.sigma[i], g ? g + t0 * H : nullptr, H, dst + t0 * stride, stride, cost,
+                       skip ? skip + t0 * H : nullptr);
+  };
+  auto cost_of = [&](size_t h, int b, uint32_t v) -> uint64_t {
+    if (b == kProtectedBits) return kProtectedCost;
+    return Table(desc.layer, desc.kind, static_cast<uint32_t>(h), b).cost[v];
+  };
+
+  // Symbols and exact cost of the model's guess, a run of tokens at a time (the rows stay in
+  // cache while every column reads them).
+  std::vector<uint16_t>& idx = scratch.idx;
+  idx.resize(total_cols * nq);
+  std::vector<uint64_t> col_cost(H * D, 0);
+  uint64_t total = 0;
+  constexpr size_t kRun = 64;
+  for (size_t t0 = 0; t0 < nq; t0 += kRun) {
+    const size_t t1 = std::min(nq, t0 + kRun);
+    for (size_t h = 0; h < H; ++h) {
+      for (size_t c = 0; c < kept[h].size(); ++c) {
+        const uint32_t item = static_cast<uint32_t>(h * D + kept[h][c]);
+        if (bits[item] == 0) continue;
+        col_cost[item] += price(item, bits[item], t0, t1, idx.data() + base[h] + c, width[h]);
+      }
+    }
+  }
+  for (uint64_t c : col_cost) total += c;
+  auto column_ptr = [&](uint32_t item) {
+    const size_t h = item / D;
+    return idx.data() + base[h] + static_cast<size_t>(col[item]);
+  };
+  std::vector<uint16_t>& tmp = scratch.column;
+  tmp.resize(nq);
+  // Down while over budget, then up while the next step fits.
+  while (n_steps > 0 && static_cast<double>(total) > budget) {
+    const RansStep& s = lad.steps[--n_steps];
+    const size_t h = s.item / D;
+    total -= col_cost[s.item];
+    col_cost[s.item] = price(s.item, s.from, 0, nq, column_ptr(s.item), width[h]);
+    total += col_cost[s.item];
+    bits[s.item] = s.from;
+  }
+  size_t extra = 0;
+  for (; n_steps < lad.steps.size(); ++n_steps) {
+    const RansStep& s = lad.steps[n_steps];
+    if (col[s.item] < 0) break;  // beyond what was rotated: stop here
+    const uint64_t c = price(s.item, s.to, 0, nq, tmp.data(), 1);
+    const uint64_t next = total - col_cost[s.item] + c;
+    if (static_cast<double>(next) <= budget) {
+      const size_t h = s.item / D;
+      uint16_t* dst = column_ptr(s.item);
+      for (size_t qi = 0; qi < nq; ++qi) dst[qi * width[h]] = tmp[qi];
+      total = next;
+      col_cost[s.item] = c;
+      bits[s.item] = s.to;
+      continue;
+    }
+    // The step does not fit whole: the first `extra` tokens take it.
+    const size_t h = s.item / D;
+    const uint16_t* cur = column_ptr(s.item);
+    double left = budget - static_cast<double>(total);
+    for (size_t qi = 0; qi < nq; ++qi) {
+      if (repeat[qi * H + h]) {
+        extra = qi + 1;
+        continue;
+      }
+      const double delta = static_cast<double>(cost_of(h, s.to, tmp[qi])) -
+                           (s.from ? static_cast<double>(cost_of(h, s.from, cur[qi * width[h]]))
+                                   : 0.0);
+      if (delta > left) break;
+      left -= delta;
+      extra = qi + 1;
+    }
+    break;
+  }
+  const bool partial = extra > 0;
+  const RansStep part = partial ? lad.steps[n_steps] : RansStep{0, 0, 0};
+
+  // Code: per block of tokens, symbols in reverse decoding order. Per head, the coded columns
+  // of a token without (lo) and with (hi) the partial step; column -1 reads the partial
+  // step's symbols.
+  struct Coded {
+    int32_t c;
+    int b;
+    const rans::Table* table;
+  };
+  std::vector<std::vector<Coded>> lo(H), hi(H);
+  std::vector<uint32_t> lo_count(H, 0), hi_count(H, 0);  // symbols per (token, head)
+  for (size_t h = 0; h < H; ++h) {
+    for (size_t c = 0; c < kept[h].size(); ++c) {
+      const uint32_t item = static_cast<uint32_t>(h * D + kept[h][c]);
+      const uint32_t hh = static_cast<uint32_t>(h);
+      if (bits[item]) {
+        lo[h].push_back({static_cast<int32_t>(c), bits[item],
+                         &Table(desc.layer, desc.kind, hh, bits[item])});
+        lo_count[h] += bits[item] == kProtectedBits ? 2 : 1;
+      }
+      if (partial && item == part.item) {
+        hi[h].push_back({-1, part.to, &Table(desc.layer, desc.kind, hh, part.to)});
+        hi_count[h] += part.to == kProtectedBits ? 2 : 1;
+      } else if (bits[item]) {
+        hi[h].push_back(lo[h].back());
+        hi_count[h] += bits[item] == kProtectedBits ? 2 : 1;
+      }
+    }
+  }
+  std::vector<uint8_t>& section = scratch.section;
+  section.clear();
+  bool codes = partial;
+  for (size_t h = 0; h < H; ++h) codes = codes || lo_count[h] > 0;
+  if (codes) {
+    section.resize(4 * blocks);
+    thread_local rans::BlockEncoder enc;
+    for (size_t blk = 0; blk < blocks; ++blk) {
+      const size_t t0 = blk * block_tokens, t1 = std::min(nq, t0 + block_tokens);
+      uint32_t k = 0;
+      for (size_t qi = t0; qi < t1; ++qi) {
+        for (size_t h = 0; h < H; ++h) {
+          if (!repeat[qi * H + h]) k += partial && qi < extra ? hi_count[h] : lo_count[h];
+        }
+      }
+      enc.Reserve(k);
+      for (size_t qi = t1; qi-- > t0;) {
+        const bool use_hi = partial && qi < extra;
+        for (size_t h = H; h-- > 0;) {
+          if (repeat[qi * H + h]) continue;
+          const std::vector<Coded>& list = use_hi ? hi[h] : lo[h];
+          const uint16_t* row = idx.data() + base[h] + qi * width[h];
+          for (size_t e = list.size(); e-- > 0;) {
+            const Coded& cd = list[e];
+            const uint32_t v = cd.c < 0 ? tmp[qi] : row[cd.c];
+            if (cd.b == kProtectedBits) {
+              enc.Put(--k, v >> 8, *cd.table);
+              enc.Put(--k, v & 0xffu, *cd.table);
+            } else {
+              enc.Put(--k, v, *cd.table);
+            }
+          }
+        }
+      }
+      StoreU32(section.data() + 4 * blk, static_cast<uint32_t>(enc.Bytes()));
+      enc.Finish(&section);
+    }
+  }
+
+  const size_t start = out->size();
+  out->resize(start + fixed + section.size());
+  uint8_t* o = out->data() + start;
+  o[0] = kPayloadVersionRans;
+  o[1] = has_repeats ? kFlagRepeats : 0;
+  StoreU16(o + 2, 0);
+  StoreU32(o + 4, static_cast<uint32_t>(n_steps));
+  StoreU32(o + 8, static_cast<uint32_t>(extra));
+  StoreU32(o + 12, static_cast<uint32_t>(section.size()));
+  uint8_t* fp = o + kRansPayloadHeader;
+  for (size_t k = 0; k < nf; ++k) {
+    const float* r = in + size_t{plan.fp_tokens[k]} * H * D;
+    fast ? baseline::StoreHalves(r, H * D, fp + k * H * D * 2)
+         : baseline::StoreHalvesRef(r, H * D, fp + k * H * D * 2);
+  }
+  for (size_t i = 0; i < gains.size(); ++i) StoreU16(o + gains_at + 2 * i, FloatToHalf(gains[i]));
+  if (has_repeats) {
+    StoreU32(o + repeats_at, static_cast<uint32_t>(repeat_bits.size()));
+    std::memcpy(o + repeats_at + 4, repeat_bits.data(), repeat_bits.size());
+  }
+  if (!section.empty()) std::memcpy(o + fixed, section.data(), section.size());
+  scratch.Trim();
+  if (rows.capacity() * sizeof(float) > Scratch::kKeepBytes) std::vector<float>().swap(rows);
+  return Status::Ok();
+}
+
+
+}  // namespace kvwire::fraqtl::internal

@@ -1,0 +1,249 @@
+// Kernels of fraqtl's table-driven payload (fraqtl_rans_kernels.h).
+#include "codec/fraqtl_rans_kernels.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace kvwire::fraqtl::internal {
+
+// out[0, n) = sum over j in [0, d) of m[j * n + c] * x[j], each out[c] accumulated from 0 in
+// ascending j by fused multiply-adds (one rounding per term, std::fma where the CPU has no
+// FMA): the floats the version-2 format defines. n is a multiple of 8.
+void ProjectScalar(const float* m, const float* x, size_t d, size_t n, float* out) {
+  for (size_t c = 0; c < n; ++c) out[c] = 0.0f;
+  for (size_t j = 0; j < d; ++j) {
+    const float xj = x[j];
+    const float* row = m + j * n;
+    for (size_t c = 0; c < n; ++c) out[c] = std::fma(row[c], xj, out[c]);
+  }
+}
+
+__attribute__((target("avx2,fma"))) void ProjectAvx2(const float* m, const float* x, size_t d,
+                                                  size_t n, float* out) {
+  size_t c0 = 0;
+  for (; c0 + 64 <= n; c0 += 64) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
+           a7 = a0;
+    for (size_t j = 0; j < d; ++j) {
+      const __m256 b = _mm256_broadcast_ss(x + j);
+      const float* r = m + j * n + c0;
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r), b, a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 8), b, a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 16), b, a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 24), b, a3);
+      a4 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 32), b, a4);
+      a5 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 40), b, a5);
+      a6 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 48), b, a6);
+      a7 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 56), b, a7);
+    }
+    _mm256_storeu_ps(out + c0, a0);
+    _mm256_storeu_ps(out + c0 + 8, a1);
+    _mm256_storeu_ps(out + c0 + 16, a2);
+    _mm256_storeu_ps(out + c0 + 24, a3);
+    _mm256_storeu_ps(out + c0 + 32, a4);
+    _mm256_storeu_ps(out + c0 + 40, a5);
+    _mm256_storeu_ps(out + c0 + 48, a6);
+    _mm256_storeu_ps(out + c0 + 56, a7);
+  }
+  for (; c0 + 32 <= n; c0 += 32) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t j = 0; j < d; ++j) {
+      const __m256 b = _mm256_broadcast_ss(x + j);
+      const float* r = m + j * n + c0;
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r), b, a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 8), b, a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 16), b, a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 24), b, a3);
+    }
+    _mm256_storeu_ps(out + c0, a0);
+    _mm256_storeu_ps(out + c0 + 8, a1);
+    _mm256_storeu_ps(out + c0 + 16, a2);
+    _mm256_storeu_ps(out + c0 + 24, a3);
+  }
+  for (; c0 + 8 <= n; c0 += 8) {
+    __m256 a0 = _mm256_setzero_ps();
+    for (size_t j = 0; j < d; ++j) {
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(m + j * n + c0), _mm256_broadcast_ss(x + j), a0);
+    }
+    _mm256_storeu_ps(out + c0, a0);
+  }
+}
+
+// out[0, d) = mean + sum over k of rows[k][0, d) * z[k], accumulated from 0 in ascending k by
+// fused multiply-adds, then added to the mean. d is a multiple of 8 for the AVX2 version.
+void AccumulateScalar(const float* const* rows, const float* z, size_t k, const float* mean,
+                      size_t d, float* out) {
+  for (size_t j = 0; j < d; ++j) out[j] = 0.0f;
+  for (size_t c = 0; c < k; ++c) {
+    const float* r = rows[c];
+    const float zc = z[c];
+    for (size_t j = 0; j < d; ++j) out[j] = std::fma(r[j], zc, out[j]);
+  }
+  for (size_t j = 0; j < d; ++j) out[j] = mean[j] + out[j];
+}
+
+__attribute__((target("avx2,fma"))) void AccumulateAvx2(const float* const* rows, const float* z,
+                                                     size_t k, const float* mean, size_t d,
+                                                     float* out) {
+  size_t j0 = 0;
+  for (; j0 + 64 <= d; j0 += 64) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
+           a7 = a0;
+    for (size_t c = 0; c < k; ++c) {
+      const __m256 b = _mm256_broadcast_ss(z + c);
+      const float* r = rows[c] + j0;
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r), b, a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 8), b, a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 16), b, a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 24), b, a3);
+      a4 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 32), b, a4);
+      a5 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 40), b, a5);
+      a6 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 48), b, a6);
+      a7 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 56), b, a7);
+    }
+    const float* mu = mean + j0;
+    _mm256_storeu_ps(out + j0, _mm256_add_ps(_mm256_loadu_ps(mu), a0));
+    _mm256_storeu_ps(out + j0 + 8, _mm256_add_ps(_mm256_loadu_ps(mu + 8), a1));
+    _mm256_storeu_ps(out + j0 + 16, _mm256_add_ps(_mm256_loadu_ps(mu + 16), a2));
+    _mm256_storeu_ps(out + j0 + 24, _mm256_add_ps(_mm256_loadu_ps(mu + 24), a3));
+    _mm256_storeu_ps(out + j0 + 32, _mm256_add_ps(_mm256_loadu_ps(mu + 32), a4));
+    _mm256_storeu_ps(out + j0 + 40, _mm256_add_ps(_mm256_loadu_ps(mu + 40), a5));
+    _mm256_storeu_ps(out + j0 + 48, _mm256_add_ps(_mm256_loadu_ps(mu + 48), a6));
+    _mm256_storeu_ps(out + j0 + 56, _mm256_add_ps(_mm256_loadu_ps(mu + 56), a7));
+  }
+  for (; j0 + 8 <= d; j0 += 8) {
+    __m256 a0 = _mm256_setzero_ps();
+    for (size_t c = 0; c < k; ++c) {
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[c] + j0), _mm256_broadcast_ss(z + c), a0);
+    }
+    _mm256_storeu_ps(out + j0, _mm256_add_ps(_mm256_loadu_ps(mean + j0), a0));
+  }
+}
+
+bool HaveAvx2() {
+  static const bool have = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
+  return have;
+}
+
+bool HaveAvx2Fma() {
+  static const bool have = HaveAvx2() && __builtin_cpu_supports("fma") != 0;
+  return have;
+}
+
+namespace {
+
+template <int B>
+uint64_t PriceColumnB(const float* z, size_t zs, size_t n, const float* th, float sigma,
+                      const float* g, size_t gs, uint16_t* dst, size_t ds, const uint32_t* cost,
+                      const uint8_t* skip) {
+  uint64_t c = 0;
+  for (size_t t = 0; t < n; ++t) {
+    if (skip && skip[t * gs]) continue;  // a repeat: no symbol
+    const float scale = g ? sigma * g[t * gs] : sigma;
+    const float u = scale > 0.0f ? z[t * zs] / scale : 0.0f;
+    uint32_t v = 0;
+#pragma GCC unroll 8
+    for (int s = B - 1; s >= 0; --s) {
+      const uint32_t step = 1u << s;
+      v += th[v + step - 1] < u ? step : 0;
+    }
+    dst[t * ds] = static_cast<uint16_t>(v);
+    c += cost[v];
+  }
+  return c;
+}
+
+// PriceColumnB for 8 tokens at a time (no gains, no repeats): the same divisions, comparisons
+// and symbols, the binary search's threshold and cost lookups as gathers.
+template <int B>
+__attribute__((target("avx2"))) uint64_t PriceColumnAvx2(const float* z, size_t zs, size_t n,
+                                                        const float* th, float sigma,
+                                                        uint16_t* dst, size_t ds,
+                                                        const uint32_t* cost) {
+  const __m256i lanes = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                           _mm256_set1_epi32(static_cast<int>(zs)));
+  const __m256 sg = _mm256_set1_ps(sigma);
+  const __m256 zero = _mm256_setzero_ps();
+  __m256i acc = _mm256_setzero_si256();  // 32-bit sums, flushed to c every 1024 groups
+  uint64_t c = 0;
+  size_t t = 0, since = 0;
+  alignas(32) uint32_t v8[8];
+  for (; t + 8 <= n; t += 8) {
+    const __m256 zv = _mm256_i32gather_ps(z + t * zs, lanes, 4);
+    // u = z / sigma where sigma > 0, else 0 (as the scalar path)
+    const __m256 u = sigma > 0.0f ? _mm256_div_ps(zv, sg) : zero;
+    __m256i v = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int s = B - 1; s >= 0; --s) {
+      const __m256i step = _mm256_set1_epi32(1 << s);
+      const __m256i at = _mm256_add_epi32(v, _mm256_set1_epi32((1 << s) - 1));
+      const __m256 thv = _mm256_i32gather_ps(th, at, 4);
+      const __m256i lt = _mm256_castps_si256(_mm256_cmp_ps(thv, u, _CMP_LT_OQ));
+      v = _mm256_add_epi32(v, _mm256_and_si256(lt, step));
+    }
+    acc = _mm256_add_epi32(acc, _mm256_i32gather_epi32(reinterpret_cast<const int*>(cost), v, 4));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(v8), v);
+    for (int l = 0; l < 8; ++l) dst[(t + l) * ds] = static_cast<uint16_t>(v8[l]);
+    if (++since == 1024) {  // a lane sums at most 1024 costs below 2^20: no overflow
+      alignas(32) uint32_t a8[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(a8), acc);
+      for (uint32_t a : a8) c += a;
+      acc = _mm256_setzero_si256();
+      since = 0;
+    }
+  }
+  alignas(32) uint32_t a8[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(a8), acc);
+  for (uint32_t a : a8) c += a;
+  for (; t < n; ++t) {  // the tail, as PriceColumnB
+    const float u = sigma > 0.0f ? z[t * zs] / sigma : 0.0f;
+    uint32_t v = 0;
+    for (int s = B - 1; s >= 0; --s) {
+      const uint32_t step = 1u << s;
+      v += th[v + step - 1] < u ? step : 0;
+    }
+    dst[t * ds] = static_cast<uint16_t>(v);
+    c += cost[v];
+  }
+  return c;
+}
+
+}  // namespace
+
+// The symbols (QuantizeFast) of n coefficients z[t * zs] at b bits, scale sigma (times g[t * gs]
+// when g is given), written to dst[t * ds]; returns their cost, less that of the rows where
+// skip[t * gs] is set (repeats).
+uint64_t PriceColumn(int b, const float* z, size_t zs, size_t n, const float* th, float sigma,
+                     const float* g, size_t gs, uint16_t* dst, size_t ds, const uint32_t* cost,
+                     const uint8_t* skip) {
+  if (!g && !skip && HaveAvx2()) {
+    switch (b) {
+      case 1: return PriceColumnAvx2<1>(z, zs, n, th, sigma, dst, ds, cost);
+      case 2: return PriceColumnAvx2<2>(z, zs, n, th, sigma, dst, ds, cost);
+      case 3: return PriceColumnAvx2<3>(z, zs, n, th, sigma, dst, ds, cost);
+      case 4: return PriceColumnAvx2<4>(z, zs, n, th, sigma, dst, ds, cost);
+      case 5: return PriceColumnAvx2<5>(z, zs, n, th, sigma, dst, ds, cost);
+      case 6: return PriceColumnAvx2<6>(z, zs, n, th, sigma, dst, ds, cost);
+      case 7: return PriceColumnAvx2<7>(z, zs, n, th, sigma, dst, ds, cost);
+      default: return PriceColumnAvx2<8>(z, zs, n, th, sigma, dst, ds, cost);
+    }
+  }
+  switch (b) {
+    case 1: return PriceColumnB<1>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
+    case 2: return PriceColumnB<2>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
+    case 3: return PriceColumnB<3>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
+    case 4: return PriceColumnB<4>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
+    case 5: return PriceColumnB<5>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
+    case 6: return PriceColumnB<6>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
+    case 7: return PriceColumnB<7>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
+    default: return PriceColumnB<8>(z, zs, n, th, sigma, g, gs, dst, ds, cost, skip);
+  }
+}
+
+
+}  // namespace kvwire::fraqtl::internal

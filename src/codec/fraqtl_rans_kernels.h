@@ -1,0 +1,66 @@
+// Kernels and constants of fraqtl's table-driven payload (entropy=rans, payload version 2,
+// docs/FORMAT.md 6.8.1), shared by fraqtl_rans_encode.cpp, fraqtl_rans_decode.cpp and
+// fraqtl_rans_tables.cpp. Not installed.
+//
+// Every rotation output is one chain of fused multiply-adds in ascending order: the scalar
+// kernels use std::fma, the AVX2 ones _mm256_fmadd_ps, so both give the same floats.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "codec/fraqtl_math.h"
+#include "codec/rans.h"
+
+namespace kvwire::fraqtl::internal {
+
+// Distortion of a protected (fp16) coefficient in the allocation (as fraqtl_alloc.cpp).
+inline constexpr double kProtectedDistortion = 1e-7;
+// Cost of a protected coefficient: two bytes of the uniform table.
+inline constexpr uint64_t kProtectedCost = uint64_t{16} * rans::kCostOne;
+inline constexpr uint8_t kFlagRepeats = 1;  // payload flags bit 0: a repeat section follows
+
+// out[0, n) = sum over j in [0, d) of m[j * n + c] * x[j] (m: [d][n], the kept rows of F
+// transposed), each out[c] a chain of fused multiply-adds from 0 in ascending j. n is a
+// multiple of 8.
+void ProjectScalar(const float* m, const float* x, size_t d, size_t n, float* out);
+void ProjectAvx2(const float* m, const float* x, size_t d, size_t n, float* out);
+
+// out[0, d) = mean + sum over c < k of rows[c][0, d) * z[c] (rows: the coded columns of G, each
+// [d]), the sum a chain of fused multiply-adds from 0 in ascending c. d is a multiple of 8 for
+// the AVX2 version.
+void AccumulateScalar(const float* const* rows, const float* z, size_t k, const float* mean,
+                      size_t d, float* out);
+void AccumulateAvx2(const float* const* rows, const float* z, size_t k, const float* mean,
+                    size_t d, float* out);
+
+bool HaveAvx2();
+bool HaveAvx2Fma();
+
+// The number of thresholds (2^b - 1, ascending) strictly below u.
+inline uint32_t QuantizeRef(const std::vector<float>& th, float u) {
+  uint32_t v = 0;
+  while (v < th.size() && u > th[v]) ++v;
+  return v;
+}
+
+
+// The symbols of n coefficients z[t * zs] at b bits (the number of thresholds strictly below
+// z / scale, scale = sigma times g[t * gs] when g is given, 0 where scale is 0), written to
+// dst[t * ds]; returns their cost (table costs `cost`), less that of the rows where skip[t * gs]
+// is set (repeats: not quantized at all). The same symbols as QuantizeRef.
+uint64_t PriceColumn(int b, const float* z, size_t zs, size_t n, const float* th, float sigma,
+                     const float* g, size_t gs, uint16_t* dst, size_t ds, const uint32_t* cost,
+                     const uint8_t* skip);
+
+inline size_t RoundUp8(size_t n) { return (n + 7) & ~size_t{7}; }
+
+// Bits of a reference to one of `u` earlier rows.
+inline int RefBits(size_t u) {
+  int b = 0;
+  while ((size_t{1} << b) < u) ++b;
+  return b;
+}
+
+}  // namespace kvwire::fraqtl::internal
