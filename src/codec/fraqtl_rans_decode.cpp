@@ -130,7 +130,6 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
   std::vector<std::vector<Coded>> lo(H), hi(H);
   std::vector<std::vector<uint32_t>> pat_lo(H), pat_hi(H);
   std::vector<float> scaled;  // levels * sigma of every coded (direction, bits)
-  scaled.reserve(2 * H * D * 8);
   auto add = [&](std::vector<Coded>* list, std::vector<uint32_t>* pat, uint32_t h, uint32_t i,
                  int b) {
     const uint32_t off = EnsureSlots(desc.layer, desc.kind, h, b);
@@ -146,11 +145,14 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
       if (bh) add(&hi[h], &pat_hi[h], h, i, bh);
     }
   }
-  // Scaled codebooks, after the lists stopped growing (pointers into `scaled`).
+  // Codebooks: with gains, the profile's (scaled per token); else times sigma_i, computed once
+  // here after the lists stopped growing (pointers into `scaled`).
   size_t n_scaled = 0;
   for (auto* lists : {&lo, &hi}) {
     for (const auto& list : *lists) {
-      for (const Coded& c : list) n_scaled += c.b == kProtectedBits ? 0 : size_t{1} << c.b;
+      for (const Coded& c : list) {
+        n_scaled += c.b == kProtectedBits || cfg_.gain ? 0 : size_t{1} << c.b;
+      }
     }
   }
   scaled.resize(n_scaled);
@@ -161,13 +163,13 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
       for (Coded& c : (*lists)[h]) {
         if (c.b == kProtectedBits) continue;
         const std::vector<float>& lv = pr.levels[c.b];
-        float* dst = scaled.data() + n_scaled;
         if (cfg_.gain) {
-          std::copy(lv.begin(), lv.end(), dst);
-        } else {
-          const float sigma = pr.sigma[c.i];
-          for (size_t v = 0; v < lv.size(); ++v) dst[v] = lv[v] * (sigma * 1.0f);
+          c.levels = lv.data();
+          continue;
         }
+        float* dst = scaled.data() + n_scaled;
+        const float sigma = pr.sigma[c.i];
+        for (size_t v = 0; v < lv.size(); ++v) dst[v] = lv[v] * sigma;
         c.levels = dst;
         n_scaled += lv.size();
       }
@@ -215,49 +217,44 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
           g = g > 0.0f ? g : 1.0f;
         }
         const size_t row = qi * H + h;
-        float* o = out + (size_t{t} * H + h) * D;
-        if (repeat[row]) {  // the unique row's coefficients, this token's position
+        const std::vector<Coded>* list;
+        const float* z;
+        if (repeat[row]) {  // the unique row's coefficients, at this token's position
           const size_t at = size_t{ref[row]} * H + h;
-          const std::vector<Coded>& list = *ulist[s][at];
-          const float* zr = uvals[s].data() + at * D;
-          const size_t m = list.size();
-          for (size_t c = 0; c < m; ++c) rows[c] = pr.inv_t.data() + size_t{list[c].i} * D;
-          if (!fast) {
-            reference_inverse(pr, list, zr, o);
-          } else {
-            (avx2 ? AccumulateAvx2 : AccumulateScalar)(rows.data(), zr, m, pr.mean.data(), D, o);
-          }
-          if (rot) rope_.Rotate(o, cs, cs + rope_.rope_dim / 2, /*undo=*/false);
-          continue;
-        }
-        const std::vector<Coded>& list = use_hi ? hi[h] : lo[h];
-        const size_t m = list.size();
-        for (size_t c = 0; c < m; ++c) {
-          const Coded& cd = list[c];
-          float q;
-          if (cd.b == kProtectedBits) {
-            const uint16_t hv = static_cast<uint16_t>(sp[0] | sp[1] << 8);
-            sp += 2;
-            KVWIRE_RETURN_ERROR_IF(!baseline::HalfIsFinite(hv), kCorrupt,
-                                   "fraqtl: a protected coefficient is not finite");
-            q = HalfToFloat(hv);
-          } else {
-            q = cfg_.gain ? cd.levels[*sp] * (pr.sigma[cd.i] * g) : cd.levels[*sp];
-            ++sp;
-          }
-          zc[c] = q;
-          rows[c] = pr.inv_t.data() + size_t{cd.i} * D;
-        }
-        if (has_repeats) {
-          const size_t at = size_t{ref[row]} * H + h;
-          std::copy(zc.begin(), zc.begin() + static_cast<long>(m), uvals[s].data() + at * D);
-          ulist[s][at] = &list;
-        }
-        if (!fast) {
-          reference_inverse(pr, list, zc.data(), o);
+          list = ulist[s][at];
+          z = uvals[s].data() + at * D;
         } else {
-          (avx2 ? AccumulateAvx2 : AccumulateScalar)(rows.data(), zc.data(), m, pr.mean.data(),
-                                                     D, o);
+          list = use_hi ? &hi[h] : &lo[h];
+          for (size_t c = 0; c < list->size(); ++c) {
+            const Coded& cd = (*list)[c];
+            if (cd.b == kProtectedBits) {
+              const uint16_t hv = static_cast<uint16_t>(sp[0] | sp[1] << 8);
+              sp += 2;
+              KVWIRE_RETURN_ERROR_IF(!baseline::HalfIsFinite(hv), kCorrupt,
+                                     "fraqtl: a protected coefficient is not finite");
+              zc[c] = HalfToFloat(hv);
+            } else {
+              zc[c] = cfg_.gain ? cd.levels[*sp] * (pr.sigma[cd.i] * g) : cd.levels[*sp];
+              ++sp;
+            }
+          }
+          z = zc.data();
+          if (has_repeats) {
+            const size_t at = size_t{ref[row]} * H + h;
+            std::copy(zc.begin(), zc.begin() + static_cast<long>(list->size()),
+                      uvals[s].data() + at * D);
+            ulist[s][at] = list;
+          }
+        }
+        float* o = out + (size_t{t} * H + h) * D;
+        if (!fast) {
+          reference_inverse(pr, *list, z, o);
+        } else {
+          for (size_t c = 0; c < list->size(); ++c) {
+            rows[c] = pr.inv_t.data() + size_t{(*list)[c].i} * D;
+          }
+          (avx2 ? AccumulateAvx2 : AccumulateScalar)(rows.data(), z, list->size(),
+                                                     pr.mean.data(), D, o);
         }
         if (rot) rope_.Rotate(o, cs, cs + rope_.rope_dim / 2, /*undo=*/false);
       }
@@ -330,6 +327,5 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
   }
   return Status::Ok();
 }
-
 
 }  // namespace kvwire::fraqtl::internal

@@ -27,17 +27,18 @@ namespace {
 // faults); dropped after a chunk that made it larger than kKeepBytes.
 struct Scratch {
   static constexpr size_t kKeepBytes = size_t{64} << 20;
+  std::vector<float> rows;       // [nq][H][D] the rows, RoPE undone for pre-RoPE K
   std::vector<float> z;          // [H][nq][Kp_h] coefficients of the kept directions
   std::vector<uint16_t> idx;     // [H][nq][Kp_h] their symbols at the current allocation
   std::vector<uint16_t> column;  // [nq] a column priced at another width
   std::vector<uint8_t> section;
   void Trim() {
+    if (rows.capacity() * sizeof(float) > kKeepBytes) std::vector<float>().swap(rows);
     if (z.capacity() * sizeof(float) > kKeepBytes) std::vector<float>().swap(z);
     if (idx.capacity() * sizeof(uint16_t) > kKeepBytes) std::vector<uint16_t>().swap(idx);
     if (section.capacity() > kKeepBytes) std::vector<uint8_t>().swap(section);
   }
 };
-
 
 }  // namespace
 
@@ -63,7 +64,8 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   };
 
   // Rows of the quantized tokens, RoPE undone for pre-RoPE K: rows[(qi * H + h) * D].
-  thread_local std::vector<float> rows;
+  thread_local Scratch scratch;
+  std::vector<float>& rows = scratch.rows;
   rows.resize(nq * H * D);
   for (size_t qi = 0; qi < nq; ++qi) {
     const uint32_t t = plan.q_tokens[qi];
@@ -72,9 +74,10 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     }
   }
 
-  // Repeats: within a block, a (token, head) row with the key (RowKey) of an earlier row codes
-  // as that row: the decoder copies its coefficients. A hash of the key's first values finds
-  // candidates in an open-addressed table, the whole keys decide. repeat[qi * H + h] = 1 for a
+  // Repeats: within a block, a (token, head) row whose values round to the same grid as an
+  // earlier row's (multiples of 2^(e - 14), e the exponent of the row's largest magnitude) codes
+  // as that row: the decoder copies its coefficients. A hash of the first rounded values finds
+  // candidates in an open-addressed table, all of them decide. repeat[qi * H + h] = 1 for a
   // repeat; ref = the unique row it copies (repeats) or its own number (unique rows), counted
   // within (block, head).
   std::vector<uint8_t> repeat(nq * H, 0);
@@ -87,7 +90,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     while (cap < 2 * rows_per_block) cap *= 2;
     std::vector<int64_t> slot(cap * H);        // table per head: a row (qi) + 1, 0 = empty
     std::vector<uint32_t> count(H);
-    std::vector<int32_t> scale_exp(nq * H);    // RowKey's exponent per row
+    std::vector<int32_t> scale_exp(nq * H);    // the grid's exponent per row
     auto exponent = [&](const float* r) {
       float m = 0.0f;
       for (size_t j = 0; j < D; ++j) m = std::max(m, std::fabs(r[j]));
@@ -159,10 +162,14 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
       w.Finish();
     }
   }
-  // The section pays when the rows it spares would have cost more than it does: each row of
-  // the chunk would get an equal share of what the budget leaves for symbols.
-  const double sym_bytes = TargetPayloadBytes(desc) - static_cast<double>(repeats_at) -
-                           static_cast<double>(blocks) * (4 + rans::kBlockStateBytes - 8);
+  // Bytes the budget leaves beyond the blocks' lengths and states. A block's words carry about
+  // 8 bits per lane less than its symbols cost (what the final states hold beyond their
+  // initial 16 bits), hence 24 bytes of states.
+  const double target = TargetPayloadBytes(desc) -
+                        static_cast<double>(blocks) * (4 + rans::kBlockStateBytes - 8);
+  // The repeat section pays when the rows it spares would have cost more than it does: each row
+  // of the chunk would get an equal share of what the budget leaves for symbols.
+  const double sym_bytes = target - static_cast<double>(repeats_at);
   const bool has_repeats =
       n_unique < nq * H && sym_bytes > 0 &&
       sym_bytes * static_cast<double>(nq * H - n_unique) / static_cast<double>(nq * H) >
@@ -173,10 +180,8 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   }
   const size_t fixed = repeats_at + (has_repeats ? 4 + repeat_bits.size() : 0);
   // Budget of the symbols, in cost units: what the payload may hold beyond its fixed part and
-  // the blocks' lengths and states. A block's words carry about 8 bits per lane less than its
-  // symbols cost (what the final states hold beyond their initial 16 bits), hence 24 bytes.
-  const double avail = TargetPayloadBytes(desc) - static_cast<double>(fixed) -
-                       static_cast<double>(blocks) * (4 + rans::kBlockStateBytes - 8);
+  // the blocks' lengths and states.
+  const double avail = target - static_cast<double>(fixed);
   const double budget =
       nq > 0 && avail > 0 ? avail * 8.0 * rans::kCostOne : 0.0;  // whole chunk
   // The model's guess of the steps that fit (cost per token x tokens), and a margin beyond it
@@ -216,7 +221,6 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   }
 
   // Coefficients of the kept directions: z[base[h] + qi * width[h] + c].
-  thread_local Scratch scratch;
   std::vector<float>& z = scratch.z;
   z.resize(total_cols * nq);  // every row that is read is written first (repeats are not read)
   std::vector<float> gains(cfg_.gain ? nq * H : 0);
@@ -239,8 +243,8 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
         const Prepared& p = prep(desc.layer, desc.kind, static_cast<uint32_t>(h));
         const float* row = rows.data() + (qi * H + h) * D;
         float* zr = z.data() + base[h] + qi * width[h];
+        for (size_t j = 0; j < D; ++j) xc[j] = row[j] - p.mean[j];
         if (!fast) {  // the reference: each kept coefficient its own chain of fused multiply-adds
-          for (size_t j = 0; j < D; ++j) xc[j] = row[j] - p.mean[j];
           for (size_t c = 0; c < width[h]; ++c) {
             float acc = 0.0f;
             if (c < kept[h].size()) {
@@ -250,7 +254,6 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
             zr[c] = acc;
           }
         } else {
-          for (size_t j = 0; j < D; ++j) xc[j] = row[j] - p.mean[j];
           (avx2 ? ProjectAvx2 : ProjectScalar)(ft[h].data(), xc.data(), D, width[h], zr);
         }
         if (cfg_.gain) {  // kept = every direction, in order
@@ -276,13 +279,13 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     const float* g = cfg_.gain ? gains.data() + h : nullptr;
     const uint8_t* skip = has_repeats ? repeat.data() + h : nullptr;
     if (b == kProtectedBits) {
-      uint64_t rows = 0;
+      uint64_t n = 0;
       for (size_t qi = t0; qi < t1; ++qi) {
         if (skip && skip[qi * H]) continue;
         dst[qi * stride] = HalfSaturate(zc[qi * width[h]]);
-        ++rows;
+        ++n;
       }
-      return kProtectedCost * rows;
+      return kProtectedCost * n;
     }
     const Prepared& p = prep(desc.layer, desc.kind, static_cast<uint32_t>(h));
     const uint32_t* cost = Table(desc.layer, desc.kind, static_cast<uint32_t>(h), b).cost.data();
@@ -465,9 +468,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   }
   if (!section.empty()) std::memcpy(o + fixed, section.data(), section.size());
   scratch.Trim();
-  if (rows.capacity() * sizeof(float) > Scratch::kKeepBytes) std::vector<float>().swap(rows);
   return Status::Ok();
 }
-
 
 }  // namespace kvwire::fraqtl::internal

@@ -162,52 +162,9 @@ bool HaveAvx2() {
   return have;
 }
 
-// Decodes `groups` groups of kLanes symbols, lane l of a group from state x[l]; the words of a
-// group go to its renormalising lanes in lane order, as One() would read them.
-__attribute__((target("avx2"))) void DecodeGroupsAvx2(uint32_t* x, const uint8_t* data,
-                                                     size_t* pos, size_t size, bool* overrun,
-                                                     const uint32_t* pool,
-                                                     const uint32_t* offsets, size_t groups,
-                                                     uint32_t* out) {
-  __m256i X = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
-  const __m256i slot_mask = _mm256_set1_epi32(kProbScale - 1);
-  const __m256i low8 = _mm256_set1_epi32(0xff);
-  const __m256i low12 = _mm256_set1_epi32(0xfff);
-  const __m256i zero = _mm256_setzero_si256();
-  size_t p = *pos;
-  for (size_t g = 0; g < groups; ++g) {
-    const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(offsets + g * kLanes));
-    const __m256i idx = _mm256_add_epi32(off, _mm256_and_si256(X, slot_mask));
-    const __m256i e = _mm256_i32gather_epi32(reinterpret_cast<const int*>(pool), idx, 4);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + g * kLanes), _mm256_and_si256(e, low8));
-    const __m256i f = _mm256_and_si256(_mm256_srli_epi32(e, 8), low12);
-    X = _mm256_add_epi32(_mm256_mullo_epi32(f, _mm256_srli_epi32(X, kProbBits)),
-                         _mm256_srli_epi32(e, 20));
-    const __m256i need = _mm256_cmpeq_epi32(_mm256_srli_epi32(X, 16), zero);
-    const uint32_t mask = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(need)));
-    if (mask == 0) continue;
-    const size_t n = static_cast<size_t>(__builtin_popcount(mask));
-    __m128i raw;
-    if (p + 16 <= size) {
-      raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(data + p));
-    } else {
-      alignas(16) uint8_t pad[16] = {};
-      if (p < size) std::copy(data + p, data + size, pad);
-      raw = _mm_load_si128(reinterpret_cast<const __m128i*>(pad));
-    }
-    if (p + 2 * n > size) *overrun = true;
-    p += 2 * n;
-    const __m256i words = _mm256_cvtepu16_epi32(raw);
-    const __m256i perm =
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kWordPermutes.perm[mask].data()));
-    const __m256i w = _mm256_permutevar8x32_epi32(words, perm);
-    X = _mm256_blendv_epi8(X, _mm256_or_si256(_mm256_slli_epi32(X, 16), w), need);
-  }
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(x), X);
-  *pos = std::min(p, size);
-}
-
-// DecodeGroupsAvx2 on `streams` blocks, group g of each in turn, so that their chains overlap.
+// Decodes `groups` groups of kLanes symbols of each of S blocks, group g of each in turn, so
+// that their dependency chains overlap. Lane l of a group decodes from state x[l]; the words a
+// group takes go to its renormalising lanes in lane order, as One() would read them.
 struct StreamState {
   uint32_t* x;
   const uint8_t* data;
@@ -291,7 +248,7 @@ void BlockDecoder::DecodeSideBySide(BlockDecoder* const* dec, int streams, const
     common = std::min(common, (n[s] - j[s]) / kLanes);
   }
   if (common > 0) {
-    StreamState st[kMaxStreams];
+    StreamState st[kMaxStreams] = {};
     for (int s = 0; s < streams; ++s) {
       BlockDecoder& d = *dec[s];
       st[s] = {d.x_, d.data_, &d.pos_, d.size_, &d.overrun_, offsets[s] + j[s], out[s] + j[s]};
@@ -320,7 +277,8 @@ void BlockDecoder::Decode(const uint32_t* pool, const uint32_t* offsets, size_t 
   }
   const size_t groups = (n - j) / kLanes;
   if (groups > 0 && HaveAvx2()) {
-    DecodeGroupsAvx2(x_, data_, &pos_, size_, &overrun_, pool, offsets + j, groups, out + j);
+    const StreamState st = {x_, data_, &pos_, size_, &overrun_, offsets + j, out + j};
+    DecodeGroupsAvx2Side<1>(&st, pool, groups);
     j += groups * kLanes;
     k_ += groups * kLanes;
   }
