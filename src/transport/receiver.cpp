@@ -371,23 +371,35 @@ Status ReceiverCore::HandleBegin(const std::shared_ptr<Connection>& conn,
   s->start = s->last_progress = Clock::now();
   s->conn = conn;
   bool ask = false;
+  bool dup = false;
   {
     std::lock_guard lock(mu_);
     KVWIRE_RETURN_ERROR_IF(closed_, kCancelled, "receiver closed");
-    if (fetch && !StartFetchLocked(profile_id, id, conn, &ask)) {
-      SendControl(conn, transport::MakeError(
-                            id, Status(StatusCode::kResourceExhausted,
-                                       "already fetching " + std::to_string(kMaxProfileFetches) +
-                                           " profiles; profile '" + profile_id + "' refused")));
-      return Status::Ok();
+    // Another connection may have opened the same request since Find() above: a sender that
+    // reconnected while its first begin was still in flight. Two states under one id would
+    // hand the application the id twice; the later begin is answered as a resume instead.
+    dup = requests_.count(id) != 0;
+    if (!dup) {
+      if (fetch && !StartFetchLocked(profile_id, id, conn, &ask)) {
+        SendControl(conn, transport::MakeError(
+                              id, Status(StatusCode::kResourceExhausted,
+                                         "already fetching " + std::to_string(kMaxProfileFetches) +
+                                             " profiles; profile '" + profile_id + "' refused")));
+        return Status::Ok();
+      }
+      requests_[id] = s;
+      if (fetch) {
+        s->awaiting_profile = profile_id;
+      } else {
+        incoming_.push_back(id);
+        cv_.notify_all();
+      }
     }
-    requests_[id] = s;
-    if (fetch) {
-      s->awaiting_profile = profile_id;
-    } else {
-      incoming_.push_back(id);
-      cv_.notify_all();
-    }
+  }
+  if (dup) {
+    KVWIRE_RETURN_ERROR_IF(!b.resume(), kCorrupt,
+                           "request " + std::to_string(id) + " opened twice");
+    return HandleBegin(conn, b);  // Find() sees it now: the resume path
   }
   Log("request " + std::to_string(id) + " from '" + conn->peer_name() +
       "': " + std::to_string(shape.layers) + " layers x " + std::to_string(shape.tokens) +
@@ -685,19 +697,25 @@ void ReceiverCore::CheckStalls() {
 
 Result<IncomingRequest> ReceiverCore::NextRequest(int timeout_ms) {
   std::unique_lock lock(mu_);
+  const auto give_up = Clock::now() + std::chrono::milliseconds(timeout_ms);
   auto ready = [&] { return closed_ || !incoming_.empty(); };
-  if (timeout_ms < 0) {
-    cv_.wait(lock, ready);
-  } else if (!cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready)) {
-    return Status(StatusCode::kTimeout, "no request within " + std::to_string(timeout_ms) + " ms");
+  for (;;) {
+    if (timeout_ms < 0) {
+      cv_.wait(lock, ready);
+    } else if (!cv_.wait_until(lock, give_up, ready)) {
+      return Status(StatusCode::kTimeout,
+                    "no request within " + std::to_string(timeout_ms) + " ms");
+    }
+    if (closed_) return Status(StatusCode::kCancelled, "receiver closed");
+    const uint64_t id = incoming_.front();
+    incoming_.pop_front();
+    // Released already (the application may release an id it learnt of elsewhere): nothing
+    // to hand out.
+    auto it = requests_.find(id);
+    if (it == requests_.end() || it->second->announced) continue;
+    it->second->announced = true;
+    return it->second->info;
   }
-  if (closed_) return Status(StatusCode::kCancelled, "receiver closed");
-  const uint64_t id = incoming_.front();
-  incoming_.pop_front();
-  auto it = requests_.find(id);
-  KVWIRE_RETURN_ERROR_IF(it == requests_.end(), kInternal, "request vanished");
-  it->second->announced = true;
-  return it->second->info;
 }
 
 Status ReceiverCore::SetDestination(uint64_t id, const KvView& dst) {

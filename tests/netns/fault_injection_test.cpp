@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -63,6 +64,42 @@ uint64_t StatusField(pid_t pid, const std::string& field) {
 }
 // Resident set of a process in KiB (VmRSS), 0 if unknown.
 uint64_t RssKiB(pid_t pid) { return StatusField(pid, "VmRSS"); }
+
+// Resident KiB per mapping of `pid` (keyed by address range and name, from /proc/pid/smaps),
+// to say where memory went when RSS does not come back.
+std::map<std::string, uint64_t> RssByMapping(pid_t pid) {
+  std::map<std::string, uint64_t> by;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/smaps");
+  std::string line, current;
+  while (std::getline(in, line)) {
+    if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) &&
+        line.find(':') > line.find('-')) {
+      // "start-end perms offset dev inode [name]": the range alone, plus the name if any.
+      std::istringstream f(line);
+      std::string range, perms, off, dev, inode, name;
+      f >> range >> perms >> off >> dev >> inode;
+      std::getline(f, name);
+      const size_t b = name.find_first_not_of(' ');
+      current = range + " " + (b == std::string::npos ? "[anon]" : name.substr(b));
+    } else if (line.rfind("Rss:", 0) == 0) {
+      by[current] += std::stoull(line.substr(4));
+    }
+  }
+  return by;
+}
+
+// The mappings whose resident size grew by 256 KiB or more between two RssByMapping calls.
+std::string GrownMappings(const std::map<std::string, uint64_t>& before,
+                          const std::map<std::string, uint64_t>& after) {
+  std::string out;
+  for (const auto& [name, kib] : after) {
+    const auto it = before.find(name);
+    const uint64_t was = it == before.end() ? 0 : it->second;
+    if (kib >= was + 256)
+      out += "  " + name + ": " + std::to_string(was) + " -> " + std::to_string(kib) + " KiB\n";
+  }
+  return out.empty() ? "  (no single mapping grew by 256 KiB)\n" : out;
+}
 
 // The last `n` lines of `text`.
 std::string Tail(const std::string& text, int n) {
@@ -248,6 +285,21 @@ class FaultInjection : public testing::Test {
     return synth_rc == 0;
   }
 
+  // False, with the receiver's exit status and the end of its log, once it has exited: a
+  // fault on the link must never take the receiver down, and every later transfer would only
+  // report "connection refused".
+  bool ReceiverAlive(Receiver& r) {
+    int st = 0;
+    if (r.child.pid <= 0 || ::waitpid(r.child.pid, &st, WNOHANG) != r.child.pid) return true;
+    r.child.pid = -1;
+    ADD_FAILURE() << "the " << r.backend << " receiver exited: "
+                  << (WIFSIGNALED(st) ? "signal " + std::to_string(WTERMSIG(st))
+                                      : "status " + std::to_string(WEXITSTATUS(st)))
+                  << "\nserve log, last lines:\n"
+                  << Tail(ReadFile(r.log), 60);
+    return false;
+  }
+
   bool WaitListening(const Receiver& r) {
     const fs::path& log = r.log;
     const auto deadline = Clock::now() + std::chrono::seconds(15);
@@ -296,8 +348,10 @@ TEST_F(FaultInjection, FiftyTransfersWithLinkCutsAndResets) {
   // Threads too: every live connection has its own (a ucx one, a progress thread and a
   // watcher), so a count above this after the transfers says a connection is still open.
   std::map<std::string, uint64_t> threads_before;
+  std::map<std::string, std::map<std::string, uint64_t>> maps_before;
   for (auto& r : receivers_) {
     rss_before[r.backend] = RssKiB(r.child.pid);
+    maps_before[r.backend] = RssByMapping(r.child.pid);
     threads_before[r.backend] = StatusField(r.child.pid, "Threads");
   }
 
@@ -335,9 +389,10 @@ TEST_F(FaultInjection, FiftyTransfersWithLinkCutsAndResets) {
     };
     SendResult s = Send(r, codec, id, fault);
     ASSERT_TRUE(ns_.CarrierUp()) << "the veth did not come back up";
+    const std::string what = Describe(cut, on_receiver_side, delay_ms, cut_ms);
+    ASSERT_TRUE(ReceiverAlive(r)) << "transfer " << i << " (" << what << ")";
     const bool hit = delay_ms < s.ms;  // the fault began while the sender was running
     landed += hit;
-    const std::string what = Describe(cut, on_receiver_side, delay_ms, cut_ms);
     ASSERT_TRUE(s.rc.has_value()) << "transfer " << i << " (" << what << ") HUNG: killed after "
                                   << kSendTimeoutMs << " ms\n"
                                   << s.err;
@@ -446,7 +501,9 @@ TEST_F(FaultInjection, FiftyTransfersWithLinkCutsAndResets) {
                 static_cast<unsigned long long>(threads_before[r.backend]),
                 static_cast<unsigned long long>(StatusField(r.child.pid, "Threads")));
     EXPECT_GT(after, 0u);
-    EXPECT_LE(after, rss_before[r.backend] + kRssToleranceKiB) << r.backend << " receiver";
+    EXPECT_LE(after, rss_before[r.backend] + kRssToleranceKiB)
+        << r.backend << " receiver; mappings that grew:\n"
+        << GrownMappings(maps_before[r.backend], RssByMapping(r.child.pid));
   }
 }
 

@@ -565,6 +565,81 @@ TEST(SessionResume, ResumeOfAReleasedRequestLearnsItsOutcome) {
 namespace kvwire {
 namespace {
 
+// Regression: a sender that reconnects while its first begin is still in flight can have two
+// begins of one request reach the receiver on two connections at once. Both used to pass the
+// "do I know this id?" check before either registered it, so the application was handed the id
+// twice; after it released the first, the second was gone, and `kvwire serve` exited with
+// "request vanished". Here two connections race resume-begins for 40 ids: each id must be
+// announced exactly once, and both connections stay usable.
+TEST(SessionResume, RacingBeginsOfOneRequestAnnounceItOnce) {
+  ReceiverOptions ro;
+  ro.backend = "tcp";
+  ro.transport.address = "127.0.0.1:0";
+  ro.transport.key = Key();
+  auto r = Receiver::Listen(ro);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto tcp = CreateTransport("tcp");
+  ASSERT_TRUE(tcp.ok());
+  TransportOptions co;
+  co.address = (*r)->address();
+  co.key = Key();
+  co.node_name = "racer";
+  auto c1 = (*tcp)->Connect(co);
+  auto c2 = (*tcp)->Connect(co);
+  ASSERT_TRUE(c1.ok() && c2.ok());
+
+  const KvShape shape{2, 32, 2, 16};
+  StreamInfo info;
+  info.shape = shape;
+  info.dtype = DType::kF16;
+  info.levels = {"fp16"};
+  auto writer = StreamWriter::Create(info, {});
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  std::vector<uint8_t> header;
+  ASSERT_TRUE((*writer)->WriteHeader(&header).ok());
+  auto begin_of = [&](uint64_t id) {
+    control::Control begin;
+    auto* b = begin.mutable_request_begin();
+    b->set_request_id(id);
+    b->mutable_shape()->set_layers(shape.layers);
+    b->mutable_shape()->set_tokens(shape.tokens);
+    b->mutable_shape()->set_kv_heads(shape.kv_heads);
+    b->mutable_shape()->set_head_dim(shape.head_dim);
+    b->set_dtype(static_cast<uint32_t>(DType::kF16));
+    auto* level = b->add_levels();
+    level->set_codec((*writer)->info().levels[0]);
+    level->set_bits_per_element(16);
+    level->set_kl(0);
+    b->set_chunk_tokens(16);
+    b->set_stream_header(header.data(), header.size());
+    b->set_resume(true);
+    return *transport::MakeControlMessage(begin);
+  };
+  constexpr uint64_t kIds = 40;
+  for (uint64_t id = 1; id <= kIds; ++id) {
+    Message m1 = begin_of(id), m2 = begin_of(id);
+    std::thread t([&] { ASSERT_TRUE((*c2)->Send(std::move(m2)).ok()); });
+    ASSERT_TRUE((*c1)->Send(std::move(m1)).ok());
+    t.join();
+  }
+  std::vector<int> seen(kIds + 1, 0);
+  for (;;) {
+    auto in = (*r)->NextRequest(1000);
+    if (!in.ok()) {
+      EXPECT_EQ(in.status().code(), StatusCode::kTimeout) << in.status().ToString();
+      break;
+    }
+    ASSERT_GE(in->request_id, 1u);
+    ASSERT_LE(in->request_id, kIds);
+    ++seen[in->request_id];
+    ASSERT_TRUE((*r)->Release(in->request_id).ok());
+  }
+  for (uint64_t id = 1; id <= kIds; ++id) EXPECT_EQ(seen[id], 1) << "request " << id;
+  (*c1)->Close();
+  (*c2)->Close();
+  (*r)->Close();
+}
+
 // A forged sender answers the receiver's ProfileRequest with a profile whose bytes do not hash
 // to its id: the request fails (kCorrupt, the application sees it failed), nothing is decoded.
 TEST(SessionProfileFetch, AProfileThatDoesNotMatchItsIdIsRefused) {
