@@ -1,4 +1,4 @@
-// kvwire/session.h — sending and receiving KV caches over a Transport (DESIGN.md section 7),
+// kvwire/session.h — sending and receiving KV caches over a Transport (docs/PROTOCOL.md),
 // the API an engine connector calls (cf. vLLM's save_kv_layer / start_load_kv /
 // wait_for_layer_load).
 //
@@ -54,10 +54,16 @@ struct SenderOptions {
   std::string backend = "tcp";
   TransportOptions transport;                 // address = the receiver's HOST:PORT (or inproc name)
   uint64_t max_inflight_bytes = 64ull << 20;  // unacknowledged chunk bytes, all requests
-  int stall_timeout_ms = 10000;               // no ack for this long while waiting: kTimeout
-  int max_reconnects = 3;  // per broken connection; also retries of the first connection when
-                           // it fails on the way (i/o error, timeout), not when refused
-  int reconnect_backoff_ms = 100;             // doubled after each failed attempt (to 60 s)
+  int stall_timeout_ms = 10000;  // no ack for this long with chunks in flight: reconnect
+  /// A broken connection is retried until this long after it broke; then every unfinished
+  /// request fails with the last attempt's reason. The first connection gets the same window
+  /// when it fails on the way (i/o error, timeout), not when the receiver refuses it (a wrong
+  /// key, another protocol version). A connection that carries no acknowledgement for
+  /// stall_timeout_ms while chunks are in flight counts as broken. A request's deadline, when
+  /// set, still wins: it fails once its deadline passes while reconnecting. 0: no retries.
+  int reconnect_window_ms = 30000;
+  int reconnect_backoff_ms = 100;       // the first wait, doubled after each failed attempt,
+  int max_reconnect_backoff_ms = 2000;  // up to this
   const Profile* profile = nullptr;
   bool verbose = false;  // log level choices and reconnects to stderr
 };

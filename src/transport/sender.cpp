@@ -35,8 +35,12 @@ using transport::ChunkGrid;
 // unshaped veth read as a third of the link's rate, enough to pick a slower compressed level).
 constexpr uint64_t kProbeWindowBytes = 4 << 20;
 constexpr int kProbeSamples = 3;
-// Reconnect backoff doubles up to this (and never overflows, whatever the options say).
-constexpr int kMaxBackoffMs = 60000;
+// The next wait between connection attempts: doubled, capped by the options (and by a minute,
+// whatever the options say).
+int NextBackoff(int ms, const SenderOptions& o) {
+  const int cap = std::clamp(o.max_reconnect_backoff_ms, 1, 60000);
+  return ms >= cap / 2 ? cap : std::max(1, ms) * 2;
+}
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
@@ -100,7 +104,8 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
     // The first connection gets the retries a broken one gets: a link that blips or a reset
     // while connecting is no answer from the receiver. What the receiver does answer (a wrong
     // key, another protocol version, a refused certificate) and bad options fail at once.
-    int backoff = opts_.reconnect_backoff_ms;
+    int backoff = std::max(1, opts_.reconnect_backoff_ms);
+    const auto give_up = Clock::now() + std::chrono::milliseconds(opts_.reconnect_window_ms);
     for (int attempt = 1;; ++attempt) {
       bool authenticated = false;
       Status s = ConnectOnce(&authenticated);
@@ -111,14 +116,16 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
       const bool transient = s.code() == StatusCode::kIoError ||
                              (s.code() == StatusCode::kTimeout && !authenticated);
       if (!transient) return s;
-      if (attempt > opts_.max_reconnects) {
+      const auto now = Clock::now();
+      if (now >= give_up) {
         return attempt == 1 ? s
-                            : s.WithContext(std::to_string(attempt) + " connect attempts failed");
+                            : s.WithContext(WindowExpired(attempt));
       }
+      const int wait = WaitBefore(backoff, give_up - now);
       Log("connect attempt " + std::to_string(attempt) + " failed (" + s.ToString() +
-          "); retrying in " + std::to_string(backoff) + " ms");
-      std::this_thread::sleep_for(std::chrono::milliseconds(backoff));
-      backoff = std::min(backoff, kMaxBackoffMs / 2) * 2;
+          "); retrying in " + std::to_string(wait) + " ms");
+      std::this_thread::sleep_for(std::chrono::milliseconds(wait));
+      backoff = NextBackoff(backoff, opts_);
     }
     Log("receiver '" + conn_->peer_name() + "' decodes " +
         std::to_string(peer_caps_.codecs_size()) + " codec families, holds " +
@@ -180,6 +187,15 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
     if (m.ok() && conn) (void)conn->Send(std::move(*m));
   }
   control::Control BeginMessage(const SendState& s, bool resume) const;
+  // The wait before the next attempt: the backoff, or what is left of the window.
+  static int WaitBefore(int backoff, Clock::duration left) {
+    const auto left_ms = std::chrono::duration_cast<std::chrono::milliseconds>(left).count();
+    return static_cast<int>(std::clamp<int64_t>(left_ms, 0, backoff));
+  }
+  std::string WindowExpired(int attempts) const {
+    return std::to_string(attempts) + " connect attempts in the reconnect window of " +
+           std::to_string(opts_.reconnect_window_ms) + " ms failed";
+  }
   void Log(const std::string& line) const {
     if (opts_.verbose) WriteLogLine(stderr, "kvwire send: " + line);
   }
@@ -203,6 +219,9 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   Clock::time_point sample_start_{};
   uint64_t sample_bytes_ = 0;
   Clock::time_point last_ack_{};
+  Clock::time_point last_heard_{};  // any message from the receiver
+  Clock::time_point last_ping_{};
+  uint64_t pings_ = 0;
   bool closed_ = false;
   std::thread encoder_, receiver_;
 };
@@ -474,21 +493,14 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
           return closed_ || !s->status.in_progress() || inflight_bytes_ == 0 ||
                  inflight_bytes_ + bytes <= window;
         };
-        while (!room()) {
-          if (cv_.wait_for(lock, std::chrono::milliseconds(opts_.stall_timeout_ms)) ==
-                  std::cv_status::timeout &&
-              !room() &&
-              Clock::now() - last_ack_ > std::chrono::milliseconds(opts_.stall_timeout_ms)) {
-            return FailLocked(s.get(), Status(StatusCode::kTimeout,
-                                              "stalled: no acknowledgement for " +
-                                                  std::to_string(opts_.stall_timeout_ms) + " ms"));
-          }
-        }
+        // Acks, a failure or Close() make room; a stall is the receive thread's to judge
+        // (it reconnects over a silent link, fails a receiver that answers but never acks).
+        while (!room()) cv_.wait_for(lock, std::chrono::milliseconds(200));
         if (closed_ || !s->status.in_progress()) return;
         if (inflight_bytes_ == 0) {
           sample_start_ = Clock::now();
           sample_bytes_ = 0;
-          last_ack_ = Clock::now();
+          last_ack_ = last_heard_ = Clock::now();
         }
         inflight_bytes_ += bytes;
         s->unacked[seq] = {bytes, static_cast<uint8_t>(choice.level)};
@@ -544,13 +556,37 @@ void SenderCore::ReceiveLoop() {
     auto m = conn->Receive(200);
     if (!m.ok()) {
       if (m.status().code() == StatusCode::kTimeout) {
-        std::lock_guard lock(mu_);
-        if (inflight_bytes_ > 0 &&
-            Clock::now() - last_ack_ > std::chrono::milliseconds(opts_.stall_timeout_ms)) {
-          FailAllLocked(Status(
-              StatusCode::kTimeout,
-              "stalled: no acknowledgement for " + std::to_string(opts_.stall_timeout_ms) + " ms"));
+        // With chunks in flight: a receiver that says nothing at all for the stall timeout
+        // (pings unanswered) sits behind a link that went silent (cable, switch, route: no
+        // reset ever comes), so the connection counts as broken and a new one is tried. One
+        // that answers pings but acknowledges nothing that long is stuck: its requests fail.
+        const auto stall = std::chrono::milliseconds(opts_.stall_timeout_ms);
+        bool silent = false, ping = false;
+        {
+          std::lock_guard lock(mu_);
+          const auto now = Clock::now();
+          if (inflight_bytes_ > 0) {
+            if (now - last_heard_ > stall) {
+              silent = true;
+            } else if (now - last_ack_ > stall) {
+              FailAllLocked(Status(StatusCode::kTimeout,
+                                   "stalled: the receiver answers but acknowledged nothing for " +
+                                       std::to_string(opts_.stall_timeout_ms) + " ms"));
+            } else if (now - last_heard_ > stall / 4 && now - last_ping_ > stall / 4) {
+              last_ping_ = now;
+              ping = true;
+            }
+          }
         }
+        if (ping) {
+          control::Control c;
+          c.mutable_ping()->set_nonce(++pings_);
+          SendOn(conn, c);
+        }
+        if (silent && !Reconnect(Status(StatusCode::kTimeout,
+                                        "nothing heard from the receiver for " +
+                                            std::to_string(opts_.stall_timeout_ms) + " ms")))
+          return;
         continue;
       }
       {
@@ -559,6 +595,10 @@ void SenderCore::ReceiveLoop() {
       }
       if (!Reconnect(m.status())) return;
       continue;
+    }
+    {
+      std::lock_guard lock(mu_);
+      last_heard_ = Clock::now();
     }
     Status bad;
     if (m->kind != MessageKind::kControl) {
@@ -783,14 +823,25 @@ bool SenderCore::Reconnect(const Status& why) {
     }
     if (old) old->Close();  // wakes an encoder blocked sending on it
   }
-  int backoff = opts_.reconnect_backoff_ms;
+  int backoff = std::max(1, opts_.reconnect_backoff_ms);
+  const auto give_up = Clock::now() + std::chrono::milliseconds(opts_.reconnect_window_ms);
   Status last = why;
-  for (int attempt = 1; attempt <= opts_.max_reconnects; ++attempt) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(backoff));
-    backoff = std::min(backoff, kMaxBackoffMs / 2) * 2;
+  for (int attempt = 1;; ++attempt) {
     {
-      std::lock_guard lock(mu_);
-      if (closed_) return false;
+      std::unique_lock lock(mu_);
+      const auto now = Clock::now();
+      // A request whose deadline passed fails now; the others keep the window.
+      std::vector<std::shared_ptr<SendState>> late;
+      for (auto& [id, s] : requests_)
+        if (s->has_deadline && now >= s->deadline) late.push_back(s);
+      for (auto& s : late)
+        FailLocked(s.get(), last.WithContext("its deadline passed while reconnecting"));
+      if (now >= give_up) break;
+      const int wait = WaitBefore(attempt == 1 ? 0 : backoff, give_up - now);
+      if (attempt > 1) backoff = NextBackoff(backoff, opts_);
+      // Close() wakes this wait.
+      if (cv_.wait_for(lock, std::chrono::milliseconds(wait), [&] { return closed_; }))
+        return false;
     }
     auto c = transport_->Connect(opts_.transport);
     if (!c.ok()) {
@@ -802,8 +853,12 @@ bool SenderCore::Reconnect(const Status& why) {
     std::vector<control::Control> begins;
     {
       std::lock_guard lock(mu_);
+      if (closed_) {
+        conn->Close();
+        return false;
+      }
       conn_ = conn;
-      last_ack_ = Clock::now();
+      last_ack_ = last_heard_ = Clock::now();
       for (auto& [id, s] : requests_) {
         ++s->st.reconnects;
         begins.push_back(BeginMessage(*s, true));
@@ -815,8 +870,11 @@ bool SenderCore::Reconnect(const Status& why) {
     return true;
   }
   std::lock_guard lock(mu_);
-  FailAllLocked(last.WithContext("connection lost and " + std::to_string(opts_.max_reconnects) +
-                                 " reconnect attempts failed"));
+  FailAllLocked(last.WithContext("connection lost; " +
+                                 (opts_.reconnect_window_ms > 0
+                                      ? std::string("no reconnection within the window of ") +
+                                            std::to_string(opts_.reconnect_window_ms) + " ms"
+                                      : std::string("reconnection is off"))));
   closed_ = true;
   cv_.notify_all();
   return false;

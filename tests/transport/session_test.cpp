@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <optional>
 #include <random>
@@ -159,7 +160,7 @@ TEST_P(SessionTest, Concurrent256RequestsOnOneConnectionWithSmallWindow) {
   so.max_inflight_bytes = 32 << 10;  // forces back-pressure
   auto s = Sender::Connect(so);
   ASSERT_TRUE(s.ok());
-  constexpr int kRequests = 256;  // acceptance: 256 concurrent requests on one connection
+  constexpr int kRequests = 256;  // the promise: 256 concurrent requests on one connection
   const KvShape shape{2, 40, 2, 16};
   std::vector<KvCache> src, dst;
   std::vector<std::shared_ptr<SendRequest>> reqs;
@@ -248,9 +249,14 @@ TEST_P(SessionTest, SenderTimesOutWhenTheReceiverStalls) {
   auto req = (*s)->Open(src.view(), ro);
   ASSERT_TRUE(req.ok());
   ASSERT_TRUE((*req)->PushAll().ok());
-  // The receiver never sets a destination: chunks are buffered, never acknowledged.
+  // The receiver never sets a destination: chunks are buffered, never acknowledged, while the
+  // receiver answers pings. The request fails for that (not the Wait timing out), and the
+  // sender did not take the live connection for a broken one.
   Status st = (*req)->Wait(5000);
   EXPECT_EQ(st.code(), StatusCode::kTimeout) << st.ToString();
+  EXPECT_NE(st.message().find("acknowledged nothing for 300 ms"), std::string::npos)
+      << st.ToString();
+  EXPECT_EQ((*req)->stats().reconnects, 0u);
 }
 
 TEST_P(SessionTest, ReceiverTimesOutWhenTheSenderDisappears) {
@@ -385,8 +391,9 @@ struct ThroughProxy {
   bool ok = false;
 };
 
-ThroughProxy ConnectThroughProxy(ReceiverOptions ro,
-                                 std::optional<uint64_t> cut_first = std::nullopt) {
+ThroughProxy ConnectThroughProxy(
+    ReceiverOptions ro, std::optional<uint64_t> cut_first = std::nullopt,
+    const std::function<void(SenderOptions*)>& adjust = nullptr) {
   ThroughProxy t;
   ro.transport.address = "127.0.0.1:0";
   ro.transport.key = Key();
@@ -402,6 +409,7 @@ ThroughProxy ConnectThroughProxy(ReceiverOptions ro,
   so.transport.address = t.proxy->address();
   so.transport.key = Key();
   so.reconnect_backoff_ms = 20;
+  if (adjust) adjust(&so);
   auto s = Sender::Connect(so);
   EXPECT_TRUE(s.ok()) << s.status().ToString();
   if (!s.ok()) return t;
@@ -440,6 +448,64 @@ TEST(SessionResume, ReconnectsAndResumesAfterTheConnectionIsCut) {
     EXPECT_GE(proxy.connections(), 2) << "cut at " << cut;
     EXPECT_GE((*req)->stats().reconnects, 1u);
     s->Close();
+    r->Close();
+  }
+}
+
+// Retries go by time: an outage far longer than a few backoffs (the proxy refuses every
+// connection for 1.5 s, while backoffs start at 20 ms) is ridden out within the window, and the
+// transfer resumes exact. An outage longer than the window fails the request soon after the
+// window ends, saying so.
+TEST(SessionResume, AnOutageOfSecondsIsRiddenOutAndALongerOneFailsAfterTheWindow) {
+  for (const bool longer : {false, true}) {
+    ThroughProxy t = ConnectThroughProxy({}, std::nullopt, [&](SenderOptions* so) {
+      so->reconnect_window_ms = longer ? 800 : 10000;
+      so->max_reconnect_backoff_ms = 200;
+    });
+    ASSERT_TRUE(t.ok);
+    Receiver* r = t.receiver.get();
+    CuttableProxy& proxy = *t.proxy;
+    const KvShape shape{6, 96, 2, 32};
+    KvCache src = RandomCache(shape, 9);
+    auto dst = KvCache::Create(shape, DType::kF16);
+    SendRequestOptions q;
+    q.request_id = 12;
+    q.levels = {{"fp16", 16, 0}};
+    q.chunk_tokens = 16;
+    proxy.CutAfter(60000);
+    proxy.RefuseAfterCut(true);
+    auto req = t.sender->Open(src.view(), q);
+    ASSERT_TRUE(req.ok());
+    auto in = r->NextRequest(5000);
+    ASSERT_TRUE(in.ok()) << in.status().ToString();
+    ASSERT_TRUE(r->SetDestination(12, dst->view()).ok());
+    ASSERT_TRUE((*req)->PushAll().ok());
+    // The outage begins at the cut; it ends 1.5 s later (or never, for `longer`).
+    for (int i = 0; i < 500 && !proxy.refusing(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    ASSERT_TRUE(proxy.refusing());
+    const auto cut = proxy.last_cut();  // the sender's window starts when it notices, later
+    if (!longer) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      proxy.RefuseAfterCut(false);
+    }
+    Status st = (*req)->Wait(20000);
+    const auto failed_after = std::chrono::steady_clock::now() - cut;
+    if (!longer) {
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      ASSERT_TRUE(r->Wait(12, 5000).ok());
+      EXPECT_TRUE(SameBytes(src, *dst));
+      EXPECT_GE(proxy.refused(), 4) << "attempts during the outage";
+      EXPECT_GE((*req)->stats().reconnects, 1u);
+    } else {
+      EXPECT_EQ(st.code(), StatusCode::kIoError) << st.ToString();
+      EXPECT_NE(st.message().find("no reconnection within the window of 800 ms"),
+                std::string::npos)
+          << st.ToString();
+      EXPECT_GE(failed_after, std::chrono::milliseconds(800));
+      EXPECT_LT(failed_after, std::chrono::milliseconds(8000)) << "the window was not kept";
+    }
+    t.sender->Close();
     r->Close();
   }
 }

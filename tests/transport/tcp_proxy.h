@@ -49,13 +49,28 @@ class CuttableProxy {
   /// While on, nothing goes server -> client (acks and completions are held, then lost on a cut).
   void HoldReplies(bool on) { hold_replies_ = on; }
   int connections() const { return connections_; }
+  /// While on, from the next cut (CutAfter, CutAll) on, every new connection is closed as soon
+  /// as it is accepted: the receiver is unreachable. Off: connections go through again.
+  void RefuseAfterCut(bool on) {
+    refuse_after_cut_ = on;
+    if (!on) refusing_ = false;
+  }
+  bool refusing() const { return refusing_; }
+  /// When the last cut happened.
+  std::chrono::steady_clock::time_point last_cut() {
+    std::lock_guard lock(mu_);
+    return last_cut_;
+  }
+  int refused() const { return refused_; }
   /// What the clients sent so far (empty unless constructed with record_upstream).
   std::vector<uint8_t> upstream_bytes() {
     std::lock_guard lock(mu_);
     return upstream_;
   }
   void CutAll() {
+    if (refuse_after_cut_) refusing_ = true;
     std::lock_guard lock(mu_);
+    last_cut_ = std::chrono::steady_clock::now();
     for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
   }
 
@@ -66,6 +81,11 @@ class CuttableProxy {
       if (c < 0 || stop_) {
         if (c >= 0) ::close(c);
         return;
+      }
+      if (refusing_) {
+        ++refused_;
+        ::close(c);
+        continue;
       }
       int s = ::socket(AF_INET, SOCK_STREAM, 0);
       sockaddr_in a{};
@@ -115,7 +135,9 @@ class CuttableProxy {
   int lfd_ = -1;
   std::atomic<bool> stop_{false}, hold_replies_{false};
   std::atomic<uint64_t> forwarded_{0}, cut_at_{0};
-  std::atomic<int> connections_{0};
+  std::atomic<int> connections_{0}, refused_{0};
+  std::chrono::steady_clock::time_point last_cut_{};
+  std::atomic<bool> refuse_after_cut_{false}, refusing_{false};
   std::mutex mu_;
   std::vector<int> fds_;
   std::vector<uint8_t> upstream_;

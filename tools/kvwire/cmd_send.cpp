@@ -32,8 +32,10 @@ struct SendArgs {
   uint64_t request_id = 1;
   uint64_t max_inflight_mib = 64;
   uint32_t busy_poll_us = 0;
-  int reconnects = SenderOptions{}.max_reconnects;
+  int reconnect_window_ms = SenderOptions{}.reconnect_window_ms;
   int reconnect_backoff_ms = SenderOptions{}.reconnect_backoff_ms;
+  int max_reconnect_backoff_ms = SenderOptions{}.max_reconnect_backoff_ms;
+  int stall_timeout_ms = SenderOptions{}.stall_timeout_ms;
   std::string json;
   bool verbose = false;
 };
@@ -117,8 +119,10 @@ int RunSend(const SendArgs& a) {
   o.transport.address = a.connect;
   o.transport.node_name = "kvwire-send";
   o.max_inflight_bytes = a.max_inflight_mib << 20;
-  o.max_reconnects = a.reconnects;
+  o.reconnect_window_ms = a.reconnect_window_ms;
   o.reconnect_backoff_ms = a.reconnect_backoff_ms;
+  o.max_reconnect_backoff_ms = a.max_reconnect_backoff_ms;
+  o.stall_timeout_ms = a.stall_timeout_ms;
   o.transport.busy_poll_us = a.busy_poll_us;
   o.verbose = a.verbose;
   o.profile = profile->get();
@@ -287,15 +291,24 @@ const CommandRegistrar kRegister(
       sub->add_option("--max-inflight-mib", a->max_inflight_mib,
                       "unacknowledged bytes bound (MiB)");
       sub->add_option("--busy-poll-us", a->busy_poll_us, kBusyPollHelp);
-      sub->add_option("--reconnects", a->reconnects,
-                      "connection attempts after a broken connection, or after a first connect "
-                      "that failed on the way (not one the receiver refused); the transfer "
-                      "resumes where it stopped")
-          ->check(CLI::Range(0, 100))
+      sub->add_option("--reconnect-window-ms", a->reconnect_window_ms,
+                      "how long a broken connection is retried (also a first connect that "
+                      "failed on the way, not one the receiver refused); the transfer resumes "
+                      "where it stopped. 0: no retries")
+          ->check(CLI::Range(0, 24 * 3600 * 1000))
           ->capture_default_str();
       sub->add_option("--reconnect-backoff-ms", a->reconnect_backoff_ms,
-                      "wait before the first reconnect attempt, doubled after each")
+                      "wait before the second attempt, doubled after each")
           ->check(CLI::Range(1, 60000))
+          ->capture_default_str();
+      sub->add_option("--max-reconnect-backoff-ms", a->max_reconnect_backoff_ms,
+                      "longest wait between two attempts")
+          ->check(CLI::Range(1, 60000))
+          ->capture_default_str();
+      sub->add_option("--stall-timeout-ms", a->stall_timeout_ms,
+                      "no acknowledgement for this long with chunks in flight: the connection "
+                      "counts as broken")
+          ->check(CLI::Range(100, 24 * 3600 * 1000))
           ->capture_default_str();
       AddTlsOptions(sub, &a->tls, /*listening=*/false);
       sub->add_option("--json", a->json,
