@@ -57,7 +57,13 @@ Result<Handoff> ReadHandoff(const IncomingRequest& in, const Model& model) {
 int RunDecode(const Args& a) {
   SetRoleName("decode");
   StartWatchdog(a.common.timeout_ms + 3000);  // after the own deadlines below
-  if (Status s = CheckLoopback(a.listen, "--listen"); !s.ok()) return FailStatus(s);
+  // Timestamps of both processes are compared on one monotonic clock, so both run on this
+  // host: on loopback, or in a network namespace of this host (joined before any socket).
+  if (a.netns.empty()) {
+    if (Status s = CheckLoopback(a.listen, "--listen"); !s.ok()) return FailStatus(s);
+  } else if (Status s = EnterNetns(a.netns); !s.ok()) {
+    return FailStatus(s);
+  }
   auto loaded = LoadCommon(a.common, /*need_key=*/true, /*need_prompt=*/false);
   if (!loaded.ok()) return FailStatus(loaded.status());
   const Model& model = *loaded->model;

@@ -25,6 +25,14 @@ int RunDriver(const Args& a) {
   StartWatchdog(a.common.timeout_ms + 10000);
   auto backend = DescribeBackend(a.common.backend);
   if (!backend.ok()) return FailStatus(backend.status());
+  // Both children in namespaces of their own (B's must be reachable from A's), or neither.
+  const bool in_netns = !a.decode_netns.empty() || !a.prefill_netns.empty();
+  if (in_netns && (a.decode_netns.empty() || a.prefill_netns.empty() || a.listen_address.empty()))
+    return Fail("--decode-netns, --prefill-netns and --listen-address go together");
+  if (!in_netns && !a.listen_address.empty())
+    return Fail("--listen-address needs --decode-netns and --prefill-netns (else: loopback)");
+  if (in_netns && a.common.backend != "tcp")
+    return Fail("--decode-netns / --prefill-netns run the tcp backend only");
   auto loaded = LoadCommon(a.common, /*need_key=*/false, /*need_prompt=*/true);
   if (!loaded.ok()) return FailStatus(loaded.status());
   const Model& model = *loaded->model;
@@ -64,19 +72,27 @@ int RunDriver(const Args& a) {
             << "\nmodel: " << model.config().Summary() << " (" << model.fingerprint().substr(0, 23)
             << "...)\nprompt: " << Quoted(a.common.prompt) << " (" << prompt.size() << " tokens)"
             << std::endl;
+  if (in_netns)
+    std::cout << "link: decode in network namespace " << a.decode_netns << " on "
+              << a.listen_address << ", prefill in " << a.prefill_netns << std::endl;
 
   ProcessPairSpec spec;
   spec.address_file = dir->File("address");
   spec.server_name = "decode";
   spec.server_args = ChildArgs(child);
+  const std::string listen = in_netns ? a.listen_address + ":0" : "127.0.0.1:0";
   spec.server_args.insert(
       spec.server_args.end(),
-      {"--role", "decode", "--listen", "127.0.0.1:0", "--address-file", spec.address_file,
-       "--result-file", dir->File("decode.json"), "--reference-file", ref_file});
+      {"--role", "decode", "--listen", listen, "--address-file", spec.address_file, "--result-file",
+       dir->File("decode.json"), "--reference-file", ref_file});
   spec.client_name = "prefill";
   spec.client_args = ChildArgs(child);
   spec.client_args.insert(spec.client_args.end(),
                           {"--role", "prefill", "--result-file", dir->File("prefill.json")});
+  if (in_netns) {
+    spec.server_args.insert(spec.server_args.end(), {"--netns", a.decode_netns});
+    spec.client_args.insert(spec.client_args.end(), {"--netns", a.prefill_netns});
+  }
   spec.deadline_ns = NowNs() + int64_t{a.common.timeout_ms} * 1000000;
   if (Status s = RunProcessPair(spec); !s.ok()) return Fail(s.message());
 
@@ -98,6 +114,11 @@ int RunDriver(const Args& a) {
     const double ready_e2e = Ms(start, d["ready_ns"].get<int64_t>());
     const double first_token_e2e = Ms(start, d["token_ns"][0].get<int64_t>());
     const double receiver_ms = d["receiver_seconds"].get<double>() * 1000;
+    // The tail of the pipeline, where the link shows most: from A's forward writing the last
+    // layer's K/V (its hook sends that layer at once; attention and MLP of that layer still
+    // run on A) to B having decoded it. Layers before it travel while A computes.
+    const double tail_ms =
+        Ms(p["layer_done_ns"].back().get<int64_t>(), d["ready_ns"].get<int64_t>());
     const double bits = double(wire + header) * 8 / double(elements);
     const json& ag = d["agreement"];
     const uint32_t ag_pos = ag["positions"].get<uint32_t>(), ag_ok = ag["agree"].get<uint32_t>();
@@ -120,8 +141,9 @@ int RunDriver(const Args& a) {
               << "  B: layer ready at" << MsList(d["layer_ready_ns"], start) << "\n"
               << Format(
                      "  KV-ready on B: %.1f ms from the request's first message to the last "
-                     "layer decoded; %.1f ms end to end from A's start\n",
-                     receiver_ms, ready_e2e)
+                     "layer decoded; %.1f ms end to end from A's start, %.1f ms after A "
+                     "computed the last layer's K/V\n",
+                     receiver_ms, ready_e2e, tail_ms)
               << Format(
                      "  first token on B: %.1f ms from A's start (one process: %.1f ms "
                      "prefill + first token; Model::Generate of %u tokens %.1f ms)\n",
@@ -154,6 +176,11 @@ int RunDriver(const Args& a) {
       out["bits_per_element"] = bits;
       out["kv_ready_receiver_ms"] = receiver_ms;
       out["kv_ready_end_to_end_ms"] = ready_e2e;
+      out["prefill_ms"] = Ms(start, p["prefill_done_ns"].get<int64_t>());
+      out["kv_ready_after_last_layer_ms"] = tail_ms;
+      out["decode_netns"] = a.decode_netns;
+      out["prefill_netns"] = a.prefill_netns;
+      out["peer"] = d["peer"];
       out["first_token_end_to_end_ms"] = first_token_e2e;
       out["single_process_ttft_ms"] = ttft_ms;
       out["top1_teacher_forced"] = double(ag_ok) / std::max(1u, ag_pos);

@@ -15,7 +15,12 @@ int RunPrefill(const Args& a) {
   SetRoleName("prefill");
   StartWatchdog(a.common.timeout_ms + 3000);  // after the own deadlines below
   if (a.connect.empty()) return Fail("--connect HOST:PORT is required with --role prefill");
-  if (Status s = CheckLoopback(a.connect, "--connect"); !s.ok()) return FailStatus(s);
+  // One clock for both processes: loopback, or a network namespace of this host (see decode).
+  if (a.netns.empty()) {
+    if (Status s = CheckLoopback(a.connect, "--connect"); !s.ok()) return FailStatus(s);
+  } else if (Status s = EnterNetns(a.netns); !s.ok()) {
+    return FailStatus(s);
+  }
   auto loaded = LoadCommon(a.common, /*need_key=*/true, /*need_prompt=*/true);
   if (!loaded.ok()) return FailStatus(loaded.status());
   const Model& model = *loaded->model;
