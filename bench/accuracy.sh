@@ -45,7 +45,7 @@ for b in 2.5 3; do
   done
 done
 
-# 1. the baselines (issue 3's table)
+# 1. the baselines
 run "$kvwire" eval --model "$model" "${tok[@]}" --text "$evaltext" "${win[@]}" --codecs "$baselines" \
   --json "$out/accuracy_${name}.json"
 

@@ -5,14 +5,14 @@
 # measurement models. Writes OUT/accuracy_<model>_rans_vs_zstd.json and prints the tables.
 #
 # Usage: bench/fraqtl_entropy_ab.sh
-# Environment: KVWIRE (default build/bin/kvwire), OUT (bench/results), SHARED (the folder with
-# models/stories260K and text/TinyStories-valid-sample.txt; default ../shared; that model is
-# skipped, with a message, when it is absent).
+# Environment: KVWIRE (default build/bin/kvwire), OUT (bench/results), KVWIRE_TEST_DATA (the
+# folder with models/stories260K/ and text/TinyStories-valid-sample.txt; default: the folder
+# `shared` next to the repository root; that model is skipped, with a message, when absent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kvwire=${KVWIRE:-build/bin/kvwire}
 out=${OUT:-bench/results}
-shared=${SHARED:-../shared}
+shared=${KVWIRE_TEST_DATA:-$(cd .. && pwd)/shared}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 budgets="0.25 0.5 0.75 1 1.5 2 2.5 3 4 6"
@@ -41,7 +41,7 @@ if [[ -f $st/stories260K.bin && -f $shared/text/TinyStories-valid-sample.txt ]];
   one stories260K "$st/stories260K.bin" "$work/st_calib.txt" "$work/st_eval.txt" 128 \
     --tokenizer "$st/tok512.bin"
 else
-  echo "stories260K skipped: no $st/stories260K.bin (set SHARED)" >&2
+  echo "stories260K skipped: no $st/stories260K.bin (set KVWIRE_TEST_DATA)" >&2
 fi
 
 python3 - "$out" $budgets <<'EOF'

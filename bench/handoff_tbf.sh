@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Handoff of a real KV cache over a 1 Gbit/s link: fp16 vs compressed codecs (issue 5,
-# acceptance 3, the speed half; the policy half is ctest kvwire_netns_tbf_adaptive).
+# Handoff of a real KV cache over a 1 Gbit/s link: fp16 vs compressed codecs, encode and decode
+# on the clock (how the sender picks levels over such a link is ctest kvwire_netns_tbf_adaptive).
 #
 # Two network namespaces joined by a veth pair shaped with tbf (rate $RATE, both ends);
 # `kvwire serve` in one, `kvwire send` in the other, tcp backend. The KV is the project's model
@@ -22,7 +22,7 @@
 #
 # Usage (root, Debian bookworm, iproute2, python3-numpy):
 #   bench/handoff_tbf.sh
-# Environment: KVWIRE (default build-examples/bin/kvwire), RUNS (3), WINDOWS (128 = 65,536
+# Environment: KVWIRE (default build/bin/kvwire), RUNS (3), WINDOWS (128 = 65,536
 # tokens, 192 MiB of fp16), CODECS (space-separated; an entry LEVEL,LEVEL,.../MS is an adaptive
 # ladder sent with --deadline-ms MS, the sender choosing per chunk), RATE (1gbit), WORK (scratch dir, keeps the
 # capture and the profile between runs), PROFILE (a .kvp for this model; calibrated into WORK
@@ -30,12 +30,12 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-KVWIRE=${KVWIRE:-$ROOT/build-examples/bin/kvwire}
+KVWIRE=${KVWIRE:-$ROOT/build/bin/kvwire}
 RUNS=${RUNS:-3}
 WINDOWS=${WINDOWS:-128}
 RATE=${RATE:-1gbit}
 CODECS=${CODECS:-"fp16 q8_0 q4_0 kivi4 kivi2 int4-token int3-token int2-token turbo3 fraqtl@4 fraqtl@2 fraqtl@1 fraqtl@2:entropy=none"}
-WORK=${WORK:-/tmp/kvwire_handoff_tbf}
+WORK=${WORK:-$ROOT/build/handoff_tbf}
 OUT=${OUT:-$ROOT/bench/results/handoff_tbf}
 MODEL=$ROOT/models/kjv-gqa-6l/model.bin
 PY=/usr/bin/python3  # Debian's, where python3-numpy lives
@@ -48,7 +48,9 @@ $PY -c 'import numpy' 2>/dev/null || die "needs python3-numpy for $PY"
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 command_line="$0 $*"
-env_line="KVWIRE=$KVWIRE RUNS=$RUNS WINDOWS=$WINDOWS RATE=$RATE WORK=$WORK"
+# Paths inside the repository are recorded relative to it, so a report names no machine's layout.
+rel() { case $1 in "$ROOT"/*) echo "${1#"$ROOT"/}" ;; *) echo "$1" ;; esac; }
+env_line="KVWIRE=$(rel "$KVWIRE") RUNS=$RUNS WINDOWS=$WINDOWS RATE=$RATE WORK=$(rel "$WORK")"
 
 # --- data: WINDOWS x 512 tokens of the eval text, fp16 -------------------------------------
 KV=$WORK/kv-${WINDOWS}w.safetensors
@@ -191,4 +193,4 @@ speed_codecs=$(for c in $CODECS; do case $c in */*) ;; *) echo "$c" ;; esac; don
 
 $PY "$ROOT/bench/handoff_tbf_report.py" --runs "$LOGS/runs.jsonl" --codec-speed "$LOGS/codec/codec_cpu.json" \
   --out "$OUT" --command "$command_line" --env "$env_line" --kv "$KV" --rate "$RATE" \
-  --load-before "$load_before" --load-after "$load_after" --kvwire "$KVWIRE" --profile "$PROFILE"
+  --load-before "$load_before" --load-after "$load_after" --kvwire "$(rel "$KVWIRE")" --profile "$PROFILE"

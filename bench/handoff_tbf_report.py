@@ -98,7 +98,8 @@ def main():
             ["git", "-C", os.path.dirname(os.path.abspath(__file__)), "diff", "--name-only",
              "HEAD", "--", ":/src", ":/include", ":/tools", ":/kernels"], capture_output=True,
             text=True).stdout.split(),
-        "kvwire_built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(a.kvwire))),
+        "kvwire_built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(
+            os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), a.kvwire)))),
         "kv": os.path.basename(a.kv),
         "shape": first["shape"],
         "elements": elements,
@@ -201,8 +202,8 @@ def main():
                 f"- {r['codec']}: {r['speedup_vs_fp16']:.2f}x; {r['bytes_ratio_vs_fp16']:.2f}x "
                 f"fewer bytes {link}; largest single-stage time {floor:.2f} s ({what}), "
                 f"measured {r['send_s_median']:.2f} s.")
-    lines += ["", "Interpretation, caveats and findings: "
-              "[handoff_tbf_notes.md](handoff_tbf_notes.md)."]
+    lines += ["", "Interpretation and caveats: "
+              "[docs/benchmarks.md](../../docs/benchmarks.md#handoff-over-a-shaped-link)."]
     with open(a.out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines[7:9 + len(rows)]))

@@ -1,7 +1,7 @@
 // What each pass over an fp16 chunk costs the session, beside memcpy of the same bytes: the
 // sender copies the rows into the frame (KvView::ReadRaw) and then computes the payload CRC32C
 // and checks finiteness; the receiver does the CRC and check again and copies into the
-// destination (WriteRaw). Run: build-net/bench/stream_passes_bench; the table and the command
+// destination (WriteRaw). Run: build/bench/stream_passes_bench; the table and the command
 // are in bench/results/stream_passes.md.
 #include <benchmark/benchmark.h>
 

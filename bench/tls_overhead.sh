@@ -5,7 +5,7 @@
 # Writes bench/results/transport_tls.md (OUT=... to change) with every run's numbers.
 #
 #   bench/tls_overhead.sh                      # build/bin/kvwire, 5 runs, 4 x 8192 x 8 x 128
-#   KVWIRE_BIN=build-net/bin/kvwire RUNS=7 LAYERS=8 bench/tls_overhead.sh
+#   KVWIRE_BIN=path/to/kvwire RUNS=7 LAYERS=8 bench/tls_overhead.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${KVWIRE_BIN:-build/bin/kvwire}

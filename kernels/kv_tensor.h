@@ -1,5 +1,5 @@
 // KvTensor: where one (layer, K|V) tensor of a KV cache lives, in the layouts inference engines
-// use (DESIGN.md section 2), as a POD that kernels take by value and `_ref` functions use on
+// use (kvwire/kv_view.h), as a POD that kernels take by value and `_ref` functions use on
 // host memory. The same struct describes device memory (kernels) and host memory (references).
 //
 //   contiguous (block_size == 0):  data = [tokens, kv_heads, head_dim]

@@ -46,7 +46,7 @@ Examples:
   tools/llama2c_reference.py ppl models/kjv-gqa-6l/model.bin \\
       --tokenizer models/kjv-gqa-6l/tokenizer.bin --text-file models/data/kjv_eval.txt
   tools/llama2c_reference.py logits stories260K.bin --tokenizer tok512.bin \\
-      --text "Once upon a time" --out /tmp/logits.npy --tokens-out /tmp/tokens.i32
+      --text "Once upon a time" --out logits.npy --tokens-out tokens.i32
 """
 
 import argparse

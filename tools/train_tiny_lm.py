@@ -35,6 +35,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -458,8 +459,8 @@ def build_args():
     g.add_argument("--split-cap-bytes", type=int, default=150000,
                    help="cap of each written held-out split, cut at a chapter boundary (default 150000)")
     g.add_argument("--ckpt", default=None,
-                   help="torch checkpoint of the best model (default /tmp/kvwire-train/<out-dir name>.pt; "
-                        "kept out of the repository)")
+                   help="torch checkpoint of the best model (default <temp dir>/kvwire-train/"
+                        "<out-dir name>.pt; kept out of the repository)")
     g.add_argument("--init-from", default=None,
                    help="start from the weights of this torch checkpoint (same shape) instead of a random "
                         "init: continues an earlier run with a fresh optimizer and LR schedule")
@@ -478,7 +479,8 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
     data_dir = args.data_dir or os.path.join(os.path.dirname(os.path.abspath(args.out_dir)), "data")
     os.makedirs(data_dir, exist_ok=True)
-    ckpt = args.ckpt or os.path.join("/tmp/kvwire-train", os.path.basename(os.path.abspath(args.out_dir)) + ".pt")
+    ckpt = args.ckpt or os.path.join(tempfile.gettempdir(), "kvwire-train",
+                                     os.path.basename(os.path.abspath(args.out_dir)) + ".pt")
     os.makedirs(os.path.dirname(os.path.abspath(ckpt)), exist_ok=True)
     log_path = os.path.join(args.out_dir, "train_log.txt")
     if os.path.exists(log_path):
@@ -511,8 +513,9 @@ def main():
             len(chapters), len(train_ch), len(train_bytes),
             ", incl. %d fortunes" % n_fortunes if args.fortunes else "",
             n_calib, len(calib_ch), len(calib_bytes), n_eval, len(eval_ch), len(eval_bytes)))
-    log("# held-out files: %s, %s" % (os.path.join(data_dir, "kjv_calib.txt"),
-                                     os.path.join(data_dir, "kjv_eval.txt")))
+    # Relative to the working directory, so a committed log names no machine's layout.
+    log("# held-out files: %s, %s" % (os.path.relpath(os.path.join(data_dir, "kjv_calib.txt")),
+                                     os.path.relpath(os.path.join(data_dir, "kjv_eval.txt"))))
     log("# unigram baseline on eval split: entropy %.4f nats/byte (own distribution), "
         "train-unigram cross-entropy %.4f nats/byte" % (ent, xent))
 

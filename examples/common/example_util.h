@@ -37,7 +37,8 @@ Result<std::string> ReadFile(const std::string& path);
 /// Writes `path` atomically (temporary file + rename), mode 0600.
 Status WriteFileAtomic(const std::string& path, std::string_view bytes);
 
-/// A fresh private directory under $TMPDIR (or /tmp), e.g. "/tmp/kvwire-example-Xa81Qz".
+/// A fresh private directory under $TMPDIR (or /tmp), named `prefix`, a dash and 6 random
+/// characters, e.g. "kvwire-example-Xa81Qz".
 Result<std::string> MakeTempDir(std::string_view prefix);
 /// Removes a directory made by MakeTempDir and its files (not recursive into subfolders).
 void RemoveTempDir(const std::string& dir);

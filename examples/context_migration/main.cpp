@@ -9,7 +9,7 @@ int main(int argc, char** argv) {
   SetProgramName("context_migration");
   migration::Args a;
   CLI::App app{
-      "Live context migration between two decode nodes over kvwire (DESIGN.md section 7), on\n"
+      "Live context migration between two decode nodes over kvwire, on\n"
       "loopback. Node A generates from the prompt; after --migrate-after tokens it pre-copies\n"
       "its KV cache to node B while it keeps generating, then sends the tail generated meanwhile\n"
       "(a second request starting at token_begin = the prefix length), frees its cache once B\n"

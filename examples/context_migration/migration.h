@@ -1,5 +1,5 @@
 // context_migration: move a live sequence from decode node A to decode node B while A keeps
-// generating (DESIGN.md section 7), in two processes on loopback.
+// generating, in two processes on loopback.
 //
 //   source (A)  generates greedily from the prompt. After --migrate-after tokens it is told to
 //               migrate: it pre-copies the KV it holds (request 1; rounded down to a multiple

@@ -3,7 +3,8 @@
 // A codec turns one chunk — tokens [token_begin, token_begin + tokens) of one (layer, K|V),
 // float32 [tokens, kv_heads, head_dim] — into a self-describing payload and back. Everything a
 // decoder needs that is not in the shared profile (scales, norms, bases, fp16 windows) is inside
-// the payload, so bits/element computed from stream bytes are all-in (DESIGN.md section 3).
+// the payload, so bits/element computed from stream bytes are all-in: they count every byte a
+// receiver needs besides the profile.
 //
 // Codecs are named by a spec string "name[:key=value,key=value]", e.g. "q4_0", "kivi2",
 // "kivi4:g=64,r=16", "int3-token", "int4-channel", "rank-32", "turbo3:seed=7". Spec() returns

@@ -3,10 +3,11 @@
 // wrappers for device memory and streams. Built when CUDA is found (target kvwire_cuda); a
 // binary that links it still runs without a GPU: IsCudaAvailable() says why not.
 //
-// Compatibility (DESIGN.md section 3, Determinism): a payload encoded here is byte-identical to
-// the CPU codec's Encode of the same values (converted to float32), so streams mix freely: the
-// CPU decodes GPU payloads and vice versa, and decoded values are identical (tolerance 0 for
-// every codec here) once rounded to the destination dtype (as KvView::WriteF32 rounds).
+// Compatibility (codecs are deterministic, kvwire/codec.h): a payload encoded here is
+// byte-identical to the CPU codec's Encode of the same values (converted to float32), so streams
+// mix freely: the CPU decodes GPU payloads and vice versa, and decoded values are identical
+// (tolerance 0 for every codec here) once rounded to the destination dtype (as
+// KvView::WriteF32 rounds).
 //
 // Asynchrony: EncodeChunk/DecodeChunk validate their arguments on the host, enqueue kernels on
 // `stream` and return; nothing is allocated per call. Data-dependent errors (a non-finite input,
@@ -100,7 +101,7 @@ class Stream {
   StreamHandle stream_ = nullptr;
 };
 
-/// One (layer, K|V) tensor of a KV cache in device memory (DESIGN.md section 2).
+/// One (layer, K|V) tensor of a KV cache in device memory, in the layouts of kvwire/kv_view.h.
 ///   contiguous (block_size == 0): data = [tokens, kv_heads, head_dim]
 ///   paged      (block_size  > 0): data = [num_blocks, block_size, kv_heads, head_dim],
 ///                                 block_table (device) = [ceil(tokens / block_size)] int32

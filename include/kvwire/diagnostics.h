@@ -1,4 +1,4 @@
-// kvwire/diagnostics.h — calibration of fraqtl profiles (DESIGN.md sections 3 and 5).
+// kvwire/diagnostics.h — calibration of fraqtl profiles (bases, codebooks, rANS tables).
 //
 // Calibration accumulates, per (layer, K|V, kv_head), the mean and covariance of the cached
 // vectors and a downstream metric M, then builds the coding basis:

@@ -1,7 +1,7 @@
 // kvwire/kv_view.h — non-owning views of a KV cache in the layouts inference engines use,
 // and an owning contiguous KV cache for tools and tests.
 //
-// Layout (DESIGN.md section 2): per layer l, K_l and V_l are [tokens, kv_heads, head_dim]
+// Layout: per layer l, K_l and V_l are [tokens, kv_heads, head_dim]
 // (vLLM's per-layer "NHD"). Contiguous: one base pointer per (layer, K|V). Paged: one base
 // pointer per (layer, K|V) to [num_blocks, block_size, kv_heads, head_dim], and one block
 // table shared by all layers: token t lives in block block_table[t / block_size], slot
@@ -44,7 +44,7 @@ struct KvShape {
   /// Elements of one (layer, K|V) tensor.
   uint64_t tensor_elements() const { return uint64_t{tokens} * kv_heads * head_dim; }
   /// Elements of the whole cache: layers x 2 x tokens x kv_heads x head_dim (the denominator
-  /// of bits/element, DESIGN.md section 3).
+  /// of bits/element, whose numerator is every byte of the stream).
   uint64_t elements() const { return tensor_elements() * 2 * layers; }
   bool operator==(const KvShape&) const = default;
 };

@@ -4,10 +4,10 @@
 // architectures "llama" and "qwen2"; F32/F16/BF16/Q8_0 tensors, dequantized to float32 at load)
 // and runs them in float32: RMSNorm, RoPE, grouped-query attention, SwiGLU. It exists to
 // produce real KV caches (capture) and to measure what a codec does to a model's predictions
-// (teacher-forced continuation on top of a decoded cache, DESIGN.md section 6); it is a
-// reference, not a serving engine.
+// (teacher-forced continuation on top of a decoded cache: the golden protocol of `kvwire eval`,
+// src/diagnostics/golden_eval.h); it is a reference, not a serving engine.
 //
-// KV layout (DESIGN.md section 2): per layer, K and V are [tokens, kv_heads, head_dim]; K is
+// KV layout (as kvwire/kv_view.h): per layer, K and V are [tokens, kv_heads, head_dim]; K is
 // post-RoPE. Queries, when captured, are [tokens, heads, head_dim], post-RoPE.
 //
 // Determinism: every forward computes each output element with one fixed summation order, so
@@ -250,7 +250,7 @@ class Model {
 // ------------------------------------------------------------------------- accuracy metrics
 
 /// Per-position comparison of a coded run's next-token distributions with a reference run's
-/// (DESIGN.md section 6). Accumulates over positions and sequences.
+/// (the golden protocol's KL, perplexity and top-1). Accumulates over positions and sequences.
 struct LogitStats {
   uint64_t positions = 0;
   double nll_sum = 0;       // sum of -log p(target) (nats)

@@ -1,5 +1,6 @@
 // kvwire/profile.h — the calibration profile that profile-based codecs (fraqtl) share between
-// the two ends of a transfer (DESIGN.md sections 3-5).
+// the two ends of a transfer. `kvwire calibrate` and `kvwire diagnose` write it; a stream names
+// the profile it needs by content hash.
 //
 // A profile holds, per (layer, slot, kv_head) with slot K (post-RoPE), K pre-RoPE, or V:
 //   * the calibrated mean mu [head_dim],

@@ -184,7 +184,7 @@ struct StreamSummary {
   uint64_t payload_bytes = 0;
   uint64_t trailer_bytes = 0;
   uint32_t chunks = 0;
-  /// bytes * 8 / shape.elements(): all-in, DESIGN.md section 3.
+  /// bytes * 8 / shape.elements(): all-in (docs/FORMAT.md section 12).
   double bits_per_element = 0;
   /// Per level: chunks and payload bytes.
   std::vector<uint32_t> chunks_per_level;

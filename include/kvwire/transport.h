@@ -99,8 +99,8 @@ struct TransportOptions {
   /// ucx: while a send or receive is in flight, the progress thread polls the network for up
   /// to this many microseconds after the last event before it sleeps (0: sleep at once). Polling
   /// spends a core during transfers and saves the wake-ups (on a VM, a cross-CPU interrupt each);
-  /// on loopback it raised goodput by up to 1.5x (bench/results/transport.md). Other backends
-  /// ignore it.
+  /// on loopback it raised goodput by up to 1.5x when it was added (`kvwire bench transport`
+  /// runs the ucx backend with 500). Other backends ignore it.
   uint32_t busy_poll_us = 0;
   /// tcp only; the other backends refuse `tls.enabled` (kUnsupported).
   TlsOptions tls;

@@ -1,5 +1,6 @@
-// The baseline codec families (DESIGN.md section 3), one factory per family, and the small
-// name/option helpers their factories share. Registered by baseline_registry.cpp.
+// The baseline codec families (fp16, int8, q8_0, q4_0, kivi, int-token/channel, rank, turbo),
+// one factory per family, and the small name/option helpers their factories share. Registered
+// by baseline_registry.cpp.
 #pragma once
 
 #include <charconv>

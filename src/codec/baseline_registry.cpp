@@ -1,4 +1,4 @@
-// Registers the baseline codec families (DESIGN.md section 3) and names the specs that
+// Registers the baseline codec families (baseline_families.h) and names the specs that
 // `bench codec` and the tests iterate over.
 #include "codec/baseline_families.h"
 #include "codec/builtin.h"

@@ -1,4 +1,4 @@
-// The fraqtl codec (DESIGN.md section 3): configuration and factory.
+// The fraqtl codec: configuration and factory.
 //
 // Per chunk (one layer, K|V, token range), per kv_head:
 //   1. sequence tokens [0, sink) and [seq_tokens - window, seq_tokens) pass through as fp16;
@@ -25,7 +25,7 @@
 //      more index bits: the largest allocation whose compressed section fits is chosen.
 // Sign sketch bits, norms and delta scales are paid from the budget before water-filling, like
 // fp16 tokens and gains. entropy=rans replaces steps 4 and 8 with a one-pass, table-driven
-// payload (version 2, fraqtl_rans.cpp; docs/FORMAT.md 6.8.1) without steps 6 and 7.
+// payload (version 2, fraqtl_rans_*.cpp; docs/FORMAT.md 6.8.1) without steps 6 and 7.
 //
 // Budget: `fraqtl@B` targets B bits/element all-in for the stream: the chunk's payload is sized
 // so that payload + its 40-byte chunk header + its share of the stream header and trailer

@@ -277,7 +277,8 @@ bool Crc32cFoldAvailable();
 /// Crc32c(data, crc), and in the same read of `data` whether every fp16 value in it (little-
 /// endian halves; a trailing odd byte is not one) is finite: `*finite`. The fp16 level's payload
 /// needs both, and one pass over it, in blocks that stay in L1 between the two, is cheaper than
-/// two (the sender's and the receiver's share of a session's CPU, bench/results/transport.md).
+/// two (each end of an fp16 session runs it over every payload byte; docs/benchmarks.md,
+/// "fp16 session passes").
 uint32_t Crc32cFiniteHalves(std::span<const uint8_t> data, uint32_t crc, bool* finite);
 
 }  // namespace kvwire::format

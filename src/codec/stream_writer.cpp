@@ -192,7 +192,8 @@ Result<std::unique_ptr<StreamWriter>> StreamWriter::Create(StreamInfo info,
   KVWIRE_RETURN_ERROR_IF(options.threads < 1 || options.threads > 256, kInvalidArgument,
                          "threads must be in [1, 256], got " + std::to_string(options.threads));
   if (profile != nullptr) {
-    // The header names the profile the decoder must hold (DESIGN.md section 4).
+    // The header names the profile the decoder must hold (by content hash), so a reader with
+    // another profile refuses the stream instead of decoding garbage.
     KVWIRE_ASSIGN_OR_RETURN(std::string id, profile->Id());
     KVWIRE_RETURN_ERROR_IF(!info.profile_id.empty() && info.profile_id != id, kInvalidArgument,
                            "info.profile_id '" + info.profile_id + "' is not the id '" + id +

@@ -1,4 +1,4 @@
-// `kvwire diagnose` after calibration (DESIGN.md section 5, steps 2-4): sweep, allocate,
+// `kvwire diagnose` after calibration (steps 2-4 of the diagnostic): sweep, allocate,
 // validate each ladder level jointly, measure the baselines in the same run, decide the optional
 // fraqtl steps from measurement, write the profile's levels and the report.
 #pragma once

@@ -1,4 +1,4 @@
-// The golden accuracy protocol (DESIGN.md section 6) as a reusable library piece.
+// The golden accuracy protocol (`kvwire eval`) as a reusable library piece.
 //
 // GoldenEval::Create samples `seqs` windows of P + C (+1 target) tokens of held-out text, runs
 // each prefix once at full precision (float32), keeps its KV cache, and runs the uncompressed
@@ -86,7 +86,7 @@ class GoldenEval {
 };
 
 /// A coder that writes the whole prefix as a kvwire stream with codec `spec` (level 0) and
-/// decodes it: bytes are stream bytes (all-in, DESIGN.md section 3). `profile` (may be null)
+/// decodes it: bytes are stream bytes (all-in: headers, scales and padding counted). `profile` (may be null)
 /// must outlive the coder; the codec is created from it at every window (so a level's budgets
 /// are read when the arm runs).
 Result<KvCoder> StreamCoder(const std::string& spec, const Profile* profile, int threads);

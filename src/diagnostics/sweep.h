@@ -1,4 +1,4 @@
-// `kvwire diagnose` steps 2 and 3 (DESIGN.md section 5): the per-(layer, K|V) sensitivity sweep
+// `kvwire diagnose` steps 2 and 3: the per-(layer, K|V) sensitivity sweep
 // and the allocation of bits per (layer, K|V) from it.
 //
 // Sweep: for each layer and K|V, only that one tensor is coded with fraqtl at each of a few

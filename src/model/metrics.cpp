@@ -1,4 +1,4 @@
-// Accuracy metrics of the golden protocol (DESIGN.md section 6) and deterministic windows.
+// Accuracy metrics of the golden protocol (`kvwire eval`) and deterministic windows.
 #include <algorithm>
 #include <cmath>
 

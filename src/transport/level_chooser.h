@@ -1,5 +1,5 @@
-// Per-chunk choice of the rate-distortion level (DESIGN.md section 7, docs/PROTOCOL.md
-// "Adaptive level"). A pure function so it can be tested on its own.
+// Per-chunk choice of the rate-distortion level (docs/PROTOCOL.md section 5, "Adaptive
+// level"). A pure function so it can be tested on its own.
 //
 // Policy:
 //   1. Allowed levels: bits_per_element >= min_bits, and when max_kl > 0 a known kl <= max_kl.

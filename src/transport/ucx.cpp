@@ -263,15 +263,15 @@ Status UcxConnection::Init() {
   // cut by a TCP reset, none of 620 with this; 6 of 200 and 4 of 150 with 1 MiB fragments, 0 of
   // 200 without: bench/ucx_zcopy_resets.sh, bench/results/ucx_zcopy_resets.md). It also makes UCX
   // send rendezvous data over tcp by copy (bcopy fragments), one more copy of every byte on the
-  // sender than ucx_perftest makes: bench/results/transport.md.
+  // sender than ucx_perftest makes: docs/notes/ucx-transport.md.
   // UCX_ZCOPY_THRESH wins.
   if (!std::getenv("UCX_ZCOPY_THRESH")) (void)ucp_config_modify(config, "ZCOPY_THRESH", kUcxZcopyThresh);
   // Rendezvous data over tcp (bcopy, see above) goes in TX_SEG_SIZE fragments, one send() each,
   // 8 KiB by default, and the receiver takes at most its RX_SEG_SIZE (64 KiB by default) per AM.
   // With peer error handling (below), 256 KiB fragments on both ends moved 1 MiB messages 4-6x
-  // faster on loopback than the defaults (session 5), and 1 MiB fragments 1.1-1.9x faster again
-  // than 256 KiB at 1, 4 and 16 MiB, in each of four interleaved rounds (session 8; the numbers
-  // are in bench/results/transport.md). The receiver's RSS during a transfer grew by about 1 MB.
+  // faster on loopback than the defaults, and 1 MiB fragments 1.1-1.9x faster again
+  // than 256 KiB at 1, 4 and 16 MiB, in each of four interleaved rounds (the numbers are in
+  // docs/notes/ucx-transport.md). The receiver's RSS during a transfer grew by about 1 MB.
   // UCX_TCP_TX_SEG_SIZE and UCX_TCP_RX_SEG_SIZE win. ("TX_SEG_SIZE" is the name
   // ucp_config_modify applies to the tcp transport's UCX_TCP_TX_SEG_SIZE.) Both ends of a kvwire
   // connection set the same sizes.

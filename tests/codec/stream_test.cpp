@@ -474,7 +474,7 @@ TEST_F(StreamTest, InspectSummaryAddsUp) {
   EXPECT_EQ(sum->chunks_per_level, (std::vector<uint32_t>{4, 4}));
   EXPECT_EQ(sum->payload_bytes_per_level,
             (std::vector<uint64_t>{kSmall.elements() * 2, kSmall.elements() * 2}));
-  // DESIGN.md section 3: all bytes x 8 / (layers x 2 x kv_heads x head_dim x tokens).
+  // All-in bits/element: all bytes x 8 / (layers x 2 x kv_heads x head_dim x tokens).
   EXPECT_DOUBLE_EQ(sum->bits_per_element, bytes.size() * 8.0 / (2 * 2 * 2 * 4 * 6));
   EXPECT_GT(sum->bits_per_element, 32.0);  // passthrough plus every header: more than 32
 }

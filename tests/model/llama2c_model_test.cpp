@@ -1,5 +1,6 @@
 // llama2.c legacy checkpoints: validation of malformed files, and the real stories260K model
-// (perplexity on its in-distribution text, coherent greedy text) when ../shared is present.
+// (perplexity on its in-distribution text, coherent greedy text) when the test data is found
+// (KVWIRE_TEST_DATA, see test_models.h).
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -86,11 +87,8 @@ TEST(Llama2cModelTest, TokenizerBesideTheModelIsPickedUp) {
 class Stories260KTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    shared_ = testing::SharedDir();
-    if (shared_.empty()) {
-      GTEST_SKIP() << "SKIPPED: ../shared/models/stories260K not present (reference data of the "
-                      "development machine; not part of the project)";
-    }
+    shared_ = testing::TestDataDir();
+    if (shared_.empty()) GTEST_SKIP() << testing::kTestDataMissing;
     ModelOptions o;
     o.tokenizer_path = shared_ + "/models/stories260K/tok512.bin";
     auto m = Model::Load(shared_ + "/models/stories260K/stories260K.bin", o);
@@ -137,7 +135,7 @@ TEST_F(Stories260KTest, PerplexityOnTinyStoriesSample) {
   EXPECT_GT(stats.positions, 8000u);
   std::printf("[ stories260K ] per-story PPL %.4f over %llu tokens\n", stats.ppl(),
               static_cast<unsigned long long>(stats.positions));
-  // ../shared/models/README.md says "about 4.5"; this runner measures 5.17 per story, and
+  // The model's own documentation says "about 4.5"; this runner measures 5.17 per story, and
   // tools/llama2c_reference.py (independent numpy, float64) agrees with its logits to ~1e-6
   // (reference_agreement_test), so the gap is the measurement layout, not the runner. The
   // band pins today's value so a runner change that moves it shows up.

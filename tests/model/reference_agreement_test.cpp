@@ -1,7 +1,8 @@
 // Agreement with tools/llama2c_reference.py (an independent numpy implementation of llama2.c's
 // run.c, float64): same tokens, logits within 1e-4 relative, same perplexity. Runs on a random
-// synthetic model always, on stories260K when ../shared is present, and on the project's model
-// models/kjv-gqa-6l once it exists. Skipped (loudly) when /usr/bin/python3 lacks numpy.
+// synthetic model always, on stories260K when its test data is found (KVWIRE_TEST_DATA, see
+// test_models.h), and on the project's model models/kjv-gqa-6l. Skipped (loudly) when
+// /usr/bin/python3 lacks numpy.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -144,8 +145,8 @@ TEST_F(ReferenceAgreementTest, SyntheticByteLevelModel) {
 }
 
 TEST_F(ReferenceAgreementTest, Stories260K) {
-  const std::string shared = testing::SharedDir();
-  if (shared.empty()) GTEST_SKIP() << "SKIPPED: ../shared/models/stories260K not present";
+  const std::string shared = testing::TestDataDir();
+  if (shared.empty()) GTEST_SKIP() << testing::kTestDataMissing;
   const std::string model = shared + "/models/stories260K/stories260K.bin";
   const std::string tok = shared + "/models/stories260K/tok512.bin";
   const std::string text = shared + "/text/TinyStories-valid-sample.txt";

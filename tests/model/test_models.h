@@ -454,10 +454,26 @@ inline std::string ScratchDir(const std::string& name) {
   return dir.string();
 }
 
-/// ../shared (the machine's reference data), or "" when absent.
-inline std::string SharedDir() {
-  const std::string d = std::string(KVWIRE_SOURCE_DIR) + "/../shared";
-  return std::filesystem::exists(d + "/models/stories260K/stories260K.bin") ? d : std::string();
+/// Test data that is not part of the repository: the stories260K model
+/// (models/stories260K/{stories260K.bin,tok512.bin}) and its text
+/// (text/TinyStories-valid-sample.txt). Found in the folder named by the environment variable
+/// KVWIRE_TEST_DATA; without it, in the folder `shared` next to the repository root, when that
+/// exists. "" when the model is not there (tests then skip with kTestDataMissing).
+inline std::string TestDataDir() {
+  std::filesystem::path dir;
+  if (const char* env = std::getenv("KVWIRE_TEST_DATA"); env != nullptr && *env != '\0') {
+    dir = env;
+  } else {
+    dir = std::filesystem::path(KVWIRE_SOURCE_DIR).parent_path() / "shared";
+  }
+  return std::filesystem::exists(dir / "models" / "stories260K" / "stories260K.bin")
+             ? dir.string()
+             : std::string();
 }
+
+/// The skip message of tests that need TestDataDir().
+inline constexpr const char* kTestDataMissing =
+    "stories260K test data not found: set KVWIRE_TEST_DATA to the folder that holds "
+    "models/stories260K/ and text/TinyStories-valid-sample.txt";
 
 }  // namespace kvwire::testing

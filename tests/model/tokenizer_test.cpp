@@ -207,8 +207,8 @@ TEST(TokenizerTest, MalformedFilesAreErrors) {
 }
 
 TEST(TokenizerTest, Stories260KTokenizer) {
-  const std::string shared = testing::SharedDir();
-  if (shared.empty()) GTEST_SKIP() << "SKIPPED: ../shared/models/stories260K not present";
+  const std::string shared = testing::TestDataDir();
+  if (shared.empty()) GTEST_SKIP() << testing::kTestDataMissing;
   auto t = Tokenizer::LoadLlama2c(shared + "/models/stories260K/tok512.bin", 512);
   ASSERT_TRUE(t.ok()) << t.status().ToString();
   EXPECT_EQ(t->kind(), TokenizerKind::kScoreBpe);

@@ -1,4 +1,4 @@
-// Fault injection across two network namespaces (DESIGN.md section 7, reliability): `kvwire serve`
+// Fault injection across two network namespaces (reliability, docs/PROTOCOL.md): `kvwire serve`
 // runs in namespace A, `kvwire send` in namespace B, joined by a veth pair that only exists inside
 // them. 50 transfers (tcp and ucx backends, fp16 and a lossy codec) each get one fault at a random
 // point drawn from a fixed seed: the link is cut (`ip link set down`, 50-800 ms, up) or the TCP

@@ -1,5 +1,5 @@
-// Adaptive level choice over a rate-limited link (DESIGN.md section 7, issue 5 acceptance 3, the
-// policy half; the speed half is bench/handoff_tbf.sh). `kvwire serve` runs in namespace A,
+// Adaptive level choice over a rate-limited link (docs/PROTOCOL.md), the policy half; the speed
+// half is bench/handoff_tbf.sh. `kvwire serve` runs in namespace A,
 // `kvwire send` in namespace B, joined by a veth pair shaped with tbf to 1 Gbit/s on both ends.
 // On a 32 MiB fp16 KV dump (synthetic, 256 chunks of 256 tokens) it checks:
 //   1. an fp16 transfer's goodput is at most the link rate (the shaper works) and not far below;

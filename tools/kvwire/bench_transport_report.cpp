@@ -222,14 +222,14 @@ int WriteTransportReport(const TransportBenchArgs& a, const BenchReport& r) {
     }
     for (const BenchPoint& p : c.points)
       if (!p.session_note.empty()) {
-        md << "\nsession " << SizeName(p.size) << ": " << p.session_note << "\n";
+        md << "\nsession at " << SizeName(p.size) << ": " << p.session_note << "\n";
         break;
       }
     if (!verdict.empty())
       md << "\nTarget (raw >= 0.9 x perftest as is, at >= 1 MiB): " << verdict << ".\n";
     md << "\nLatency samples per size: raw ";
     for (const BenchPoint& p : c.points) md << p.raw_samples << " ";
-    md << "/ session ";
+    md << "/ session: ";
     for (const BenchPoint& p : c.points) md << p.session_samples << " ";
     md << "(p99 of a few samples is close to their maximum).\n";
     configs.push_back({{"backend", c.backend},

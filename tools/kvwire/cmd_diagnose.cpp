@@ -1,4 +1,4 @@
-// kvwire diagnose: the per-model layer diagnostic (DESIGN.md section 5). Calibrates a fraqtl
+// kvwire diagnose: the per-model layer diagnostic. Calibrates a fraqtl
 // profile on the calibration text, sweeps each (layer, K|V) at a few bit-widths with the golden
 // protocol on sweep windows (by default the part of the calibration text that calibration did not
 // use; never the eval text that `kvwire eval` later reports on), allocates bits per (layer, K|V) for a ladder of budgets,

@@ -79,7 +79,7 @@ const CommandRegistrar kRegistrar(
       sub->footer(
           "Reads tensors k.<layer>/v.<layer> [tokens, kv_heads, head_dim] of a KV dump and writes\n"
           "one stream: header, layer-major chunks (K then V of each layer), trailer. The printed\n"
-          "bits/element counts every byte of the stream (DESIGN.md section 3).\n\n"
+          "bits/element counts every byte of the stream (docs/FORMAT.md section 12).\n\n"
           "Codecs (a spec may add options, e.g. kivi2:g=64,r=16 or turbo3:seed=7):\n" +
           CodecList() +
           "\n--bits B with a family name fills in the width: int-token, int-channel, kivi, turbo,\n"

@@ -1,4 +1,4 @@
-// kvwire eval: the golden accuracy protocol (DESIGN.md section 6). For each sampled window of
+// kvwire eval: the golden accuracy protocol. For each sampled window of
 // held-out text: prefill the prefix once in float32, then per codec encode its KV cache into a
 // stream, decode it, run the continuation teacher-forced on the decoded cache, and compare the
 // next-token distributions with the uncompressed (float32) run.
@@ -217,7 +217,7 @@ int RunEval(const EvalArgs& a) {
 
   // ---- report ----
   const double ref_ppl = reference.ppl();
-  std::cout << "kvwire eval (golden protocol, DESIGN.md section 6)\n"
+  std::cout << "kvwire eval (golden protocol)\n"
             << "model:  " << a.model << "  [" << m.config().Summary() << "]\n"
             << "        fingerprint " << m.fingerprint() << "\n"
             << "text:   " << a.text << "  (" << text->size() << " bytes, " << ids->size()

@@ -192,7 +192,7 @@ const CommandRegistrar kRegistrar(
       sub->footer(
           "Checks the whole stream (header, every chunk header and CRC32C, the trailer) and\n"
           "prints where its bytes go. bits/element is all-in: file bytes x 8 / (layers x 2 x\n"
-          "kv_heads x head_dim x tokens), headers and padding included (DESIGN.md section 3).\n"
+          "kv_heads x head_dim x tokens), headers and padding included.\n"
           "--json prints: file, codec, levels, layers, kv_heads, head_dim, tokens, token_begin,\n"
           "dtype, elements, chunks, bytes, bits_per_element, header_bytes, chunk_header_bytes,\n"
           "payload_bytes, trailer_bytes, chunks_per_level, k/v_payload_bits_per_element,\n"

@@ -1,4 +1,4 @@
-// kvwire — the single command-line tool (DESIGN.md section 9).
+// kvwire — the single command-line tool: one binary, one subcommand per task (cmd_*.cpp).
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
