@@ -139,4 +139,9 @@ class Profile {
 /// "sha256:<hex>" of `bytes` (the id of a serialized profile).
 std::string ProfileIdOfBytes(std::span<const uint8_t> bytes);
 
+/// SHA-256 (32 raw bytes) of every field Serialize() writes, without serializing: two profiles
+/// have the same digest exactly when they serialize to the same bytes. A cheap key for caches
+/// of what is derived from a profile (its id, a codec's prepared tables).
+std::string ProfileContentDigest(const Profile& profile);
+
 }  // namespace kvwire

@@ -109,6 +109,30 @@ struct ChunkPlan {
   std::vector<uint8_t> alloc;                 // [kv_heads * D]
 };
 
+// entropy=rans: one step of a (layer, K|V)'s ladder (see FraqtlCodec::BuildRans).
+struct RansStep {
+  uint32_t item;
+  uint8_t from, to;  // bits before and after (to: 1..8, or kProtectedBits)
+};
+struct RansLadder {
+  std::vector<RansStep> steps;
+  std::vector<uint64_t> cum;  // [steps + 1]: model cost per token of the first N steps
+};
+
+// What a codec derives from its profile alone: prepared bases, rANS tables, ladders and the
+// tables' decoding slots. Building it takes tens of milliseconds for a small model (transposes,
+// table construction, a greedy per (layer, K|V)), and a stream writer or reader makes its codecs
+// per request, so every codec of the same profile content and configuration in the process
+// shares one (FraqtlCodec::AcquireShared). Immutable once built, except the decoding slots,
+// which are filled once each on first use (std::call_once).
+struct FraqtlShared {
+  std::vector<Prepared> prepared;  // [layers, 2, kv_heads]
+  std::vector<RansLadder> ladders;  // [layers * 2]
+  std::vector<rans::Table> tables;  // [layers, 2, kv_heads, kMaxCodedBits + 1] (b = 0 unused)
+  std::unique_ptr<uint32_t[]> slot_pool;
+  std::unique_ptr<std::once_flag[]> slot_once;  // [tables.size() + 1], the last: uniform
+};
+
 class FraqtlCodec final : public Codec {
  public:
   FraqtlCodec(const Config& config, const Profile& p)
@@ -116,7 +140,13 @@ class FraqtlCodec final : public Codec {
         spec_(CanonicalSpec(config)),
         layers_(p.layers),
         kv_heads_(p.kv_heads),
-        d_(p.head_dim) {
+        d_(p.head_dim),
+        shared_(AcquireShared(config, p, &fresh_, &shared_key_)),
+        prepared_(shared_->prepared),
+        ladders_(shared_->ladders),
+        tables_(shared_->tables),
+        slot_pool_(shared_->slot_pool),
+        slot_once_(shared_->slot_once) {
     rope_.theta = p.rope_theta;
     rope_.neox = p.rope_style == "neox";
     rope_.rope_dim = p.rope_dim;
@@ -130,6 +160,7 @@ class FraqtlCodec final : public Codec {
     // Stream header + trailer, shared by all chunks: preamble/CRC 16, trailer 24, fixed proto
     // fields ~60, fingerprint and profile id ~73 each, the level spec.
     stream_overhead_ = 16 + 24 + 60 + 2 * 73 + static_cast<double>(spec_.size());
+    if (!fresh_) return;  // another codec of this profile and configuration built it
     prepared_.resize(size_t{layers_} * 2 * kv_heads_);
     for (uint32_t l = 0; l < layers_; ++l) {
       for (uint32_t k = 0; k < 2; ++k) {
@@ -143,6 +174,7 @@ class FraqtlCodec final : public Codec {
       }
     }
     if (cfg_.entropy == Entropy::kRans) BuildRans(p);
+    PublishShared(shared_key_, shared_);
   }
 
   std::string Spec() const override { return spec_; }
@@ -402,14 +434,6 @@ class FraqtlCodec final : public Codec {
   // precision: greedy on distortion reduction per coded bit, where a direction at b bits costs
   // the entropy of its b-bit table per token. Computed from the profile alone, so both ends
   // derive it; a chunk sends how many steps it took.
-  struct RansStep {
-    uint32_t item;
-    uint8_t from, to;  // bits before and after (to: 1..8, or kProtectedBits)
-  };
-  struct RansLadder {
-    std::vector<RansStep> steps;
-    std::vector<uint64_t> cum;  // [steps + 1]: model cost per token of the first N steps
-  };
   void BuildRans(const Profile& p);
   const rans::Table& Table(uint32_t layer, KvKind kind, uint32_t h, int b) const {
     return b == kProtectedBits
@@ -430,13 +454,14 @@ class FraqtlCodec final : public Codec {
                          (kMaxCodedBits + 1) +
                      b;
   }
-  std::vector<RansLadder> ladders_;  // [layers * 2]
-  std::vector<rans::Table> tables_;  // [layers, 2, kv_heads, kMaxCodedBits + 1] (b = 0 unused)
   // Decoding slots of every table, one after another in one pool (rans::BlockDecoder); a
   // table's slots are filled the first time a decoder needs them (an encoder never does).
   uint32_t EnsureSlots(uint32_t layer, KvKind kind, uint32_t h, int b) const;
-  std::unique_ptr<uint32_t[]> slot_pool_;
-  std::unique_ptr<std::once_flag[]> slot_once_;  // [tables_.size() + 1], the last: uniform
+  // The shared state for `p` and `config`: the cached one (fresh = false), or a new empty one
+  // for this codec to build and publish (fresh = true) under *key.
+  static std::shared_ptr<FraqtlShared> AcquireShared(const Config& config, const Profile& p,
+                                                     bool* fresh, std::string* key);
+  static void PublishShared(const std::string& key, std::shared_ptr<FraqtlShared> shared);
 
   Config cfg_;
   std::string spec_;
@@ -445,7 +470,15 @@ class FraqtlCodec final : public Codec {
   bool prerope_ = false;
   std::vector<double> budgets_;  // [layers * 2]
   double stream_overhead_ = 0;
-  std::vector<Prepared> prepared_;  // [layers, 2, kv_heads]
+  bool fresh_ = false;
+  std::string shared_key_;
+  std::shared_ptr<FraqtlShared> shared_;
+  // The shared state's parts, by their former names.
+  std::vector<Prepared>& prepared_;
+  std::vector<RansLadder>& ladders_;
+  std::vector<rans::Table>& tables_;
+  std::unique_ptr<uint32_t[]>& slot_pool_;
+  std::unique_ptr<std::once_flag[]>& slot_once_;
 };
 
 }  // namespace kvwire::fraqtl::internal

@@ -1,7 +1,7 @@
 // fraqtl with entropy=rans: the encoder of payload version 2 (docs/FORMAT.md 6.8.1).
 //
 // One pass. The rate allocation of a (layer, K|V) is a fixed ladder of steps computed from the
-// profile (FraqtlCodec::RansLadder); a chunk takes its first N steps, and the first `extra`
+// profile (RansLadder); a chunk takes its first N steps, and the first `extra`
 // quantized tokens take step N + 1 as well. Every symbol's cost is a table lookup, so the
 // encoder prices the ladder on the chunk's own coefficients, picks N and extra that fill the
 // budget, and then codes each symbol once with static rANS (rans.h).

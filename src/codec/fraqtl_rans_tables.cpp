@@ -1,10 +1,16 @@
 // fraqtl's table-driven payload: the rANS tables, the rate ladder and the decoding slots
-// (FraqtlCodec::BuildRans, EnsureSlots; docs/FORMAT.md 6.8.1).
+// (FraqtlCodec::BuildRans, EnsureSlots; docs/FORMAT.md 6.8.1), and the cache of what codecs of
+// one profile share (AcquireShared).
 #include <algorithm>
+#include <deque>
+#include <memory>
+#include <mutex>
 #include <queue>
+#include <string>
 
 #include "codec/fraqtl_codec_impl.h"
 #include "codec/fraqtl_rans_kernels.h"
+#include "kvwire/profile.h"
 
 namespace kvwire::fraqtl::internal {
 namespace {
@@ -40,6 +46,17 @@ const rans::Table& GaussianTable(int b) {
 
 
 }  // namespace
+
+// The shared states built in this process, newest last (FraqtlCodec::AcquireShared).
+static std::mutex& SharedCacheMutex() {
+  static std::mutex mu;
+  return mu;
+}
+
+static std::deque<std::pair<std::string, std::shared_ptr<FraqtlShared>>>& SharedCache() {
+  static std::deque<std::pair<std::string, std::shared_ptr<FraqtlShared>>> cache;
+  return cache;
+}
 
 void FraqtlCodec::BuildRans(const Profile& profile) {
   const size_t H = kv_heads_, D = d_;
@@ -141,6 +158,39 @@ void FraqtlCodec::BuildRans(const Profile& profile) {
       }
     }
   }
+}
+
+std::shared_ptr<FraqtlShared> FraqtlCodec::AcquireShared(const Config& config, const Profile& p,
+                                                         bool* fresh, std::string* key) {
+  // Everything the shared state depends on: the profile's content and the options that
+  // Prepare and BuildRans read.
+  const bool prerope = config.prerope && p.has_prerope();
+  *key = ProfileContentDigest(p) + "|prerope=" + std::to_string(prerope) +
+         "|books=" + std::to_string(config.calibrated_books) +
+         "|sign=" + std::to_string(config.sign) +
+         "|entropy=" + std::to_string(static_cast<int>(config.entropy)) +
+         "|protect=" + std::to_string(config.protect) + "|floor=" + std::to_string(config.floor);
+  std::lock_guard lock(SharedCacheMutex());
+  for (const auto& [k, shared] : SharedCache()) {
+    if (k == *key) {
+      *fresh = false;
+      return shared;
+    }
+  }
+  *fresh = true;
+  return std::make_shared<FraqtlShared>();
+}
+
+void FraqtlCodec::PublishShared(const std::string& key, std::shared_ptr<FraqtlShared> shared) {
+  // The last few stay alive between requests (a serving node encodes or decodes with the same
+  // profile request after request); older ones live as long as a codec holds them.
+  constexpr size_t kKept = 4;
+  std::lock_guard lock(SharedCacheMutex());
+  auto& cache = SharedCache();
+  for (const auto& entry : cache)
+    if (entry.first == key) return;  // built twice at once: the first one stays
+  cache.emplace_back(key, std::move(shared));
+  if (cache.size() > kKept) cache.pop_front();
 }
 
 uint32_t FraqtlCodec::EnsureSlots(uint32_t layer, KvKind kind, uint32_t h, int b) const {

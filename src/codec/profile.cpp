@@ -5,6 +5,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
 
 #include "kvwire/kv_file.h"
 #include "kvwire/kv_view.h"
@@ -397,9 +400,85 @@ Status Profile::Save(const std::string& path) const {
   return WriteFileBytes(path, bytes);
 }
 
+std::string ProfileContentDigest(const Profile& p) {
+  // Every field Serialize() writes, each with its size, in one SHA-256: two profiles get the
+  // same digest exactly when they serialize to the same bytes (up to SHA-256 collisions).
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  auto raw = [&](const void* data, size_t bytes) {
+    const uint64_t n = bytes;
+    EVP_DigestUpdate(ctx.get(), &n, sizeof n);
+    if (bytes != 0) EVP_DigestUpdate(ctx.get(), data, bytes);
+  };
+  auto str = [&](const std::string& v) { raw(v.data(), v.size()); };
+  auto num = [&](const auto& v) { raw(&v, sizeof v); };
+  auto vec = [&](const auto& v) { raw(v.data(), v.size() * sizeof(v[0])); };
+  str(p.model_fingerprint);
+  num(p.layers);
+  num(p.kv_heads);
+  num(p.heads);
+  num(p.head_dim);
+  num(p.rope_theta);
+  str(p.rope_style);
+  num(p.rope_dim);
+  str(p.basis_kind);
+  str(p.key_metric);
+  str(p.value_metric);
+  num(p.calib_tokens);
+  str(p.calib_source);
+  str(p.notes);
+  str(p.fraqtl_defaults);
+  const uint64_t nb = p.bases.size();
+  num(nb);
+  for (const ProfileBasis& b : p.bases) {
+    vec(b.mean);
+    vec(b.forward);
+    vec(b.inverse);
+    vec(b.variance);
+    vec(b.codebook_levels);
+    vec(b.distortion);
+    vec(b.rans_freq);
+  }
+  const uint64_t nl = p.levels.size();
+  num(nl);
+  for (const ProfileLevel& lv : p.levels) {
+    str(lv.name);
+    num(lv.bits);
+    vec(lv.budgets);
+    num(lv.kl);
+    num(lv.dppl);
+    num(lv.top1);
+    num(lv.measured_bits);
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx.get(), md, &len);
+  return std::string(reinterpret_cast<const char*>(md), len);
+}
+
 Result<std::string> Profile::Id() const {
+  // Serializing (and validating) a profile of a few MB takes milliseconds, and every stream
+  // writer, stream reader and receiver asks for the id of the profile it is given: the ids of
+  // the last few profiles are remembered, keyed by their content digest (a hash of the same
+  // fields, much cheaper than the serialization it stands for).
+  struct Memo {
+    std::mutex mu;
+    std::deque<std::pair<std::string, std::string>> entries;  // digest, id
+  };
+  static Memo memo;
+  constexpr size_t kRemembered = 8;
+  const std::string digest = ProfileContentDigest(*this);
+  {
+    std::lock_guard lock(memo.mu);
+    for (const auto& [d, id] : memo.entries)
+      if (d == digest) return id;
+  }
   KVWIRE_ASSIGN_OR_RETURN(auto bytes, Serialize());
-  return ProfileIdOfBytes(bytes);
+  std::string id = ProfileIdOfBytes(bytes);
+  std::lock_guard lock(memo.mu);
+  memo.entries.emplace_back(digest, id);
+  if (memo.entries.size() > kRemembered) memo.entries.pop_front();
+  return id;
 }
 
 }  // namespace kvwire

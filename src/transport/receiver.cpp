@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "common/log_line.h"
+#include "kvwire/codec.h"
 #include "kvwire/profile.h"
 #include "kvwire/session.h"
 #include "transport/chunk_grid.h"
@@ -69,6 +70,8 @@ class ReceiverCore {
   Status Start() {
     if (opts_.profile != nullptr) {
       KVWIRE_ASSIGN_OR_RETURN(local_profile_id_, opts_.profile->Id());
+      // As the sender: the fraqtl state of the profile is built before the first request.
+      (void)CreateCodec("fraqtl@2", opts_.profile);
     }
     KVWIRE_ASSIGN_OR_RETURN(transport_, CreateTransport(opts_.backend));
     KVWIRE_ASSIGN_OR_RETURN(listener_, transport_->Listen(opts_.transport));

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "common/log_line.h"
+#include "kvwire/codec.h"
 #include "kvwire/profile.h"
 #include "kvwire/session.h"
 #include "transport/chunk_grid.h"
@@ -98,7 +99,10 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
     if (opts_.profile != nullptr) {
       // Served to a receiver that asks for it (ProfileRequest).
       KVWIRE_ASSIGN_OR_RETURN(profile_bytes_, opts_.profile->Serialize());
-      profile_id_ = ProfileIdOfBytes(profile_bytes_);
+      KVWIRE_ASSIGN_OR_RETURN(profile_id_, opts_.profile->Id());  // remembered for Open
+      // What a fraqtl codec derives from the profile (bases, tables, ladders: tens of ms) is
+      // built now and shared by every request's codecs, not on the first request's clock.
+      (void)CreateCodec("fraqtl@2", opts_.profile);
     }
     KVWIRE_ASSIGN_OR_RETURN(transport_, CreateTransport(opts_.backend));
     // The first connection gets the retries a broken one gets: a link that blips or a reset

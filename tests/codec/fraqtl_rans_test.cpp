@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <random>
 
 #include "codec/fraqtl_math.h"
@@ -377,6 +378,80 @@ TEST(FraqtlRans, RepeatedRowsAreCodedOnce) {
     std::vector<float> y(x.size());
     EXPECT_FALSE(codec->Decode(d, bad, y.data()).ok());
   }
+}
+
+}  // namespace
+}  // namespace kvwire
+
+namespace kvwire {
+namespace {
+
+using namespace fraqtl_toy;
+
+// Profile::Id() remembers ids by content digest: a profile changed in place (any field
+// Serialize writes) gets the id of its new bytes, never the remembered one; equal content,
+// equal id and digest.
+TEST(ProfileId, RemembersByContentAndFollowsChanges) {
+  Profile p = ToyProfile(true);
+  const std::string id = *p.Id();
+  EXPECT_EQ(*p.Id(), id);
+  Profile same = ToyProfile(true);
+  EXPECT_EQ(ProfileContentDigest(same), ProfileContentDigest(p));
+  EXPECT_EQ(*same.Id(), id);
+  std::vector<std::function<void(Profile&)>> changes = {
+      [](Profile& q) { q.notes = "x"; },
+      [](Profile& q) { q.basis(1, ProfileSlot::kValue, 1).variance.back() *= 0.5; },
+      [](Profile& q) { q.basis(0, ProfileSlot::kKey, 0).forward[5] = 1e-3f; },
+      [](Profile& q) { q.levels[0].budgets[2] = 2.5; },
+      [](Profile& q) { q.levels[0].kl = 0.25; },
+      [](Profile& q) { q.rope_theta = 5e5; },
+  };
+  for (size_t i = 0; i < changes.size(); ++i) {
+    Profile q = ToyProfile(true);
+    changes[i](q);
+    auto bytes = q.Serialize();
+    ASSERT_TRUE(bytes.ok()) << i << ": " << bytes.status().ToString();
+    EXPECT_NE(ProfileContentDigest(q), ProfileContentDigest(p)) << i;
+    EXPECT_EQ(*q.Id(), ProfileIdOfBytes(*bytes)) << i;
+    EXPECT_NE(*q.Id(), id) << i;
+  }
+}
+
+// Codecs of one profile share what they derive from it (bases, tables, ladders): a codec made
+// after others gives the bytes and values of one made alone, and a codec of a changed profile
+// does not pick up the old profile's tables.
+TEST(FraqtlShared, CodecsOfOneProfileShareAndAChangedProfileDoesNot) {
+  const Profile p = ToyProfile(true);
+  const ChunkDesc d = Desc(1, KvKind::kValue, 200);
+  const auto x = ToyData(200, 21);
+  auto first = CreateCodec("fraqtl@1.5", &p);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  std::vector<uint8_t> a;
+  ASSERT_TRUE((*first)->Encode(d, x.data(), &a, CodecImpl::kOptimized).ok());
+  for (int i = 0; i < 3; ++i) {
+    auto again = CreateCodec("fraqtl@1.5", &p);
+    ASSERT_TRUE(again.ok());
+    std::vector<uint8_t> b;
+    ASSERT_TRUE((*again)->Encode(d, x.data(), &b, CodecImpl::kOptimized).ok());
+    EXPECT_EQ(a, b);
+    std::vector<float> ya(x.size()), yb(x.size());
+    ASSERT_TRUE((*first)->Decode(d, a, ya.data(), CodecImpl::kOptimized).ok());
+    ASSERT_TRUE((*again)->Decode(d, b, yb.data(), CodecImpl::kOptimized).ok());
+    EXPECT_EQ(ya, yb);
+  }
+  // Halving every V variance of layer 1 changes its ladder and its coefficients' scale: the
+  // new profile's codec must code differently, exactly as a codec built in a fresh process
+  // would (its reference path builds nothing shared: same bytes).
+  Profile q = ToyProfile(true);
+  for (uint32_t h = 0; h < kHeads; ++h)
+    for (double& v : q.basis(1, ProfileSlot::kValue, h).variance) v *= 0.25;
+  auto changed = CreateCodec("fraqtl@1.5", &q);
+  ASSERT_TRUE(changed.ok());
+  std::vector<uint8_t> c, c_ref;
+  ASSERT_TRUE((*changed)->Encode(d, x.data(), &c, CodecImpl::kOptimized).ok());
+  ASSERT_TRUE((*changed)->Encode(d, x.data(), &c_ref, CodecImpl::kReference).ok());
+  EXPECT_NE(c, a);
+  EXPECT_EQ(c, c_ref);
 }
 
 }  // namespace
