@@ -42,7 +42,10 @@ namespace kvwire {
 struct LevelSpec {
   std::string codec;             // e.g. "fp16", "q4_0", "fraqtl@2.5"
   double bits_per_element = 16;  // all-in, from the profile's table or measured
-  double kl = -1;                // mean KL from the profile's table; < 0 = unknown
+  /// Accuracy loss of the level: mean KL divergence per token position, KL(reference ||
+  /// decoded next-token distribution), in nats (natural log), as the profile's table gives it
+  /// (Profile's kl). < 0 = unknown.
+  double kl = -1;
   /// Codec throughput in KV elements per second, <= 0 = unknown: the chooser then counts the
   /// wire alone for this level. Encode is the sender's, decode the receiver's (`kvwire send`
   /// measures both on the sender's CPU, on one layer of the KV, before it sends).
@@ -64,6 +67,10 @@ struct SenderOptions {
   int reconnect_window_ms = 30000;
   int reconnect_backoff_ms = 100;       // the first wait, doubled after each failed attempt,
   int max_reconnect_backoff_ms = 2000;  // up to this
+  /// After a reconnect, a receiver that holds nothing of a request it had acknowledged chunks
+  /// of (it restarted: a new process on the same address) gets the whole request again (true),
+  /// or the request fails, saying so (false).
+  bool resend_after_receiver_restart = true;
   const Profile* profile = nullptr;
   bool verbose = false;  // log level choices and reconnects to stderr
 };
@@ -74,9 +81,15 @@ inline constexpr uint32_t kMaxRequestUserDataBytes = 64u << 10;
 struct SendRequestOptions {
   uint64_t request_id = 0;        // != 0, unique per sender
   std::vector<LevelSpec> levels;  // 1..kMaxLevels; the chooser picks per chunk
-  double max_kl = 0;              // accuracy budget; <= 0 = none
-  double min_bits = 0;            // never below this many bits/element; <= 0 = none
-  int deadline_ms = 0;            // 0 = none; from Open()
+  /// Accuracy budget in nats (LevelSpec::kl's unit): only levels with a known kl <= max_kl are
+  /// used. <= 0 = none.
+  double max_kl = 0;
+  double min_bits = 0;  // never below this many bits/element; <= 0 = none
+  /// Milliseconds after Open() by which the whole request should be delivered; <= 0 = none. A
+  /// target the level chooser trades accuracy for, not a timeout: the request fails for it only
+  /// when it passes while the sender reconnects. At most 86'400'000 (a day): the receiver
+  /// refuses a request with more.
+  int deadline_ms = 0;
   uint32_t chunk_tokens = 0;      // tokens per chunk; 0 = whole layer (split if too large)
   uint32_t token_begin = 0;       // position of kv's token 0 within the sequence
   KvMetadata metadata;
@@ -93,7 +106,7 @@ struct SendStats {
   uint64_t resent_chunks = 0;
   uint32_t reconnects = 0;
   std::vector<uint64_t> chunks_per_level;
-  double seconds = 0;              // Open() to completion
+  double seconds = 0;              // Open() to completion, in seconds
   double goodput_bytes_per_s = 0;  // acknowledged bytes per second, at completion
 };
 
@@ -146,8 +159,8 @@ struct IncomingRequest {
   uint64_t request_id = 0;
   StreamInfo info;  // shape, dtype, token_begin, metadata, levels (codec specs)
   std::vector<LevelSpec> levels;
-  double max_kl = 0;
-  uint64_t deadline_ms = 0;
+  double max_kl = 0;   // the sender's accuracy budget, nats (SendRequestOptions::max_kl)
+  int deadline_ms = 0;  // the sender's deadline, ms after its Open(); 0 = none
   std::string peer;       // the sender's node name
   std::string user_data;  // SendRequestOptions::user_data, as sent (untrusted: validate it)
 };
@@ -157,7 +170,7 @@ struct ReceiveStats {
   uint64_t duplicate_chunks = 0;
   uint64_t wire_bytes = 0;
   std::vector<uint64_t> chunks_per_level;
-  double seconds = 0;  // first message to complete
+  double seconds = 0;  // first message to complete, in seconds
 };
 
 class Receiver {

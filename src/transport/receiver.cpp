@@ -412,6 +412,7 @@ Status ReceiverCore::HandleBegin(const std::shared_ptr<Connection>& conn,
   if (ask) AskForProfile(conn, profile_id);
   control::Control acc;
   acc.mutable_request_accept()->set_request_id(id);
+  acc.mutable_request_accept()->set_fresh(true);
   SendControl(conn, acc);
   return Status::Ok();
 }

@@ -74,6 +74,7 @@ struct SendState final : SendRequest, std::enable_shared_from_this<SendState> {
     uint8_t level;
   };
   std::map<uint32_t, Unacked> unacked;
+  std::vector<Unacked> sent;  // [chunks]: as last sent (bytes 0: not sent yet)
   // Threads reading `kv` outside the lock (encoding). The request is reported done only once
   // this is 0, so that the caller may free the KV cache as soon as Wait or Poll says so.
   int kv_readers = 0;
@@ -336,6 +337,7 @@ Result<std::shared_ptr<SendRequest>> SenderCore::Open(const KvView& kv,
   KVWIRE_ASSIGN_OR_RETURN(s->writer, StreamWriter::Create(info, {}, opts_.profile));
   KVWIRE_RETURN_IF_ERROR(s->writer->WriteHeader(&s->header));
   s->acked.assign(s->grid.total(), false);
+  s->sent.assign(s->grid.total(), SendState::Unacked{0, 0});
   s->st.chunks_per_level.assign(o.levels.size(), 0);
   s->start = Clock::now();
   s->has_deadline = o.deadline_ms > 0;
@@ -508,6 +510,7 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
         }
         inflight_bytes_ += bytes;
         s->unacked[seq] = {bytes, static_cast<uint8_t>(choice.level)};
+        s->sent[seq] = s->unacked[seq];
         ++s->chunks_sent;
         s->elements_sent += uint64_t{tokens} * row;
         ++s->st.chunks;
@@ -662,6 +665,24 @@ void SenderCore::Handle(const control::Control& c) {
     case control::Control::kRequestAccept: {
       SendState* s = find(c.request_accept().request_id());
       if (!s) return;
+      if (c.request_accept().fresh() && s->st.reconnects > 0 && s->acked_count > 0) {
+        // The receiver holds nothing of a request it acknowledged chunks of: it restarted.
+        const std::string what = "the receiver restarted and lost " +
+                                 std::to_string(s->acked_count) +
+                                 " acknowledged chunks of request " + std::to_string(s->id);
+        if (!opts_.resend_after_receiver_restart) {
+          return FailLocked(s, Status(StatusCode::kIoError,
+                                      what + " (resending after a receiver restart is off)"));
+        }
+        Log(what + ": sending the request again from the start");
+        for (uint32_t seq = 0; seq < s->acked.size(); ++seq) {
+          if (!s->acked[seq]) continue;
+          s->acked[seq] = false;
+          s->unacked[seq] = s->sent[seq];
+          inflight_bytes_ += s->sent[seq].bytes;
+        }
+        s->acked_count = 0;
+      }
       // After a resume: drop what the receiver holds, resend the rest of what was sent.
       for (uint32_t seq : c.request_accept().have_chunks()) {
         auto it = s->unacked.find(seq);
@@ -841,8 +862,11 @@ bool SenderCore::Reconnect(const Status& why) {
       for (auto& s : late)
         FailLocked(s.get(), last.WithContext("its deadline passed while reconnecting"));
       if (now >= give_up) break;
-      const int wait = WaitBefore(attempt == 1 ? 0 : backoff, give_up - now);
-      if (attempt > 1) backoff = NextBackoff(backoff, opts_);
+      // Not at once, even the first time: what broke the connection (a reset sweeping a host's
+      // connections, a peer restarting) is often still going on a few ms later, and UCX 1.13
+      // aborts the process when a reset hits an endpoint in its wireup.
+      const int wait = WaitBefore(backoff, give_up - now);
+      backoff = NextBackoff(backoff, opts_);
       // Close() wakes this wait.
       if (cv_.wait_for(lock, std::chrono::milliseconds(wait), [&] { return closed_; }))
         return false;

@@ -362,7 +362,7 @@ TEST_F(FaultInjection, FiftyTransfersWithLinkCutsAndResets) {
   // transfer of the same codec (the link is the bottleneck, so that is about the same over ucx).
   std::printf("seed %u, fault window 0..%.0f ms (fp16), 0..%.0f ms (q4_0), %d transfers\n", seed,
               clean_ms["fp16"], clean_ms["q4_0"], kTransfers);
-  int completed = 0, failed_clean = 0, with_reconnect = 0, landed = 0;
+  int completed = 0, failed_clean = 0, with_reconnect = 0, landed = 0, rode_out = 0;
   uint64_t resent = 0, reconnects = 0;
   std::map<std::string, uint64_t> rss_peak;
   for (int i = 0; i < kTransfers; ++i, ++id) {
@@ -438,6 +438,10 @@ TEST_F(FaultInjection, FiftyTransfersWithLinkCutsAndResets) {
     reconnects += rc_count;
     resent += rs_count;
     if (rc_count) ++with_reconnect;
+    // A cut the connection survived without a reconnect (TCP retransmits across it) bit when
+    // the transfer took at least half the cut longer than an uninterrupted one.
+    if (cut && hit && rc_count == 0 && *s.rc == 0 && s.ms >= clean_ms[codec] + cut_ms / 2.0)
+      ++rode_out;
     for (auto& rr : receivers_)
       rss_peak[rr.backend] = std::max(rss_peak[rr.backend], RssKiB(rr.child.pid));
     std::printf("%2d %-3s %-4s %-36s %-6s %6.0f ms  reconnects %u resent %3u  %s\n", i,
@@ -449,13 +453,15 @@ TEST_F(FaultInjection, FiftyTransfersWithLinkCutsAndResets) {
   std::printf(
       "\n%d transfers (%d faults landed while the sender ran): %d completed "
       "bit-identical, %d failed cleanly, 0 hung, 0 corrupt; %d resumed after %llu "
-      "reconnects, %llu chunks resent\n",
+      "reconnects, %llu chunks resent; %d rode out a cut\n",
       kTransfers, landed, completed, failed_clean, with_reconnect,
-      static_cast<unsigned long long>(reconnects), static_cast<unsigned long long>(resent));
+      static_cast<unsigned long long>(reconnects), static_cast<unsigned long long>(resent),
+      rode_out);
   EXPECT_EQ(completed + failed_clean, kTransfers);
-  // The faults must actually bite, or this test proves nothing.
+  // The faults must actually bite, or this test proves nothing: a fault that lands before the
+  // sender has connected (a slow start on a busy machine) disturbs nothing.
   EXPECT_GE(landed, kTransfers / 2);
-  EXPECT_GE(with_reconnect + failed_clean, kTransfers / 5);
+  EXPECT_GE(with_reconnect + failed_clean + rode_out, kTransfers / 5);
 
   // Receiver memory must come back to baseline once stall timeouts and connection teardown have
   // run. Both are bounded: an idle request fails after kServeStallMs, and closing a ucx

@@ -17,6 +17,7 @@
 #include "codec/fraqtl_toy.h"
 #include "kvwire/profile.h"
 #include "kvwire/stream.h"
+#include "transport/configured_backends.h"
 #include "transport/control.h"
 #include "transport/tcp_proxy.h"
 
@@ -510,6 +511,69 @@ TEST(SessionResume, AnOutageOfSecondsIsRiddenOutAndALongerOneFailsAfterTheWindow
   }
 }
 
+// A decode node that dies mid-transfer and comes back on the same address holds nothing of the
+// request: the sender learns so on resume (RequestAccept.fresh) and either sends the whole
+// request again (the new receiver gets the exact KV) or fails it, saying why; the new receiver
+// never reports the request complete without every chunk. The address is a proxy's: the death
+// is every connection cut at once with no goodbye, and the new node is the proxy's new target.
+TEST(SessionResume, AReceiverRestartedOnTheSameAddressGetsTheWholeRequestOrAClearError) {
+  for (const bool resend : {true, false}) {
+    ThroughProxy t = ConnectThroughProxy({}, std::nullopt, [&](SenderOptions* so) {
+      so->max_reconnect_backoff_ms = 100;
+      so->resend_after_receiver_restart = resend;
+    });
+    ASSERT_TRUE(t.ok);
+    Receiver* r1 = t.receiver.get();
+    CuttableProxy& proxy = *t.proxy;
+    const KvShape shape{6, 64, 2, 16};
+    const KvCache src = RandomCache(shape, 13);
+    SendRequestOptions q;
+    q.request_id = 3;
+    q.levels = {{"fp16", 16, 0}};
+    q.chunk_tokens = 16;  // 8 chunks per layer
+    auto req = t.sender->Open(src.view(), q);
+    ASSERT_TRUE(req.ok()) << req.status().ToString();
+    auto in = r1->NextRequest(5000);
+    ASSERT_TRUE(in.ok()) << in.status().ToString();
+    auto dst1 = KvCache::Create(shape, DType::kF16);
+    ASSERT_TRUE(r1->SetDestination(3, dst1->view()).ok());
+    for (uint32_t l = 0; l < 3; ++l) ASSERT_TRUE((*req)->PushLayer(l).ok());
+    ASSERT_TRUE(r1->WaitLayer(3, 2, 5000).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the acks reach the sender
+
+    ReceiverOptions ro2;  // the new decode node
+    ro2.transport.address = "127.0.0.1:0";
+    ro2.transport.key = Key();
+    auto r2 = Receiver::Listen(ro2);
+    ASSERT_TRUE(r2.ok()) << r2.status().ToString();
+    const std::string addr2 = (*r2)->address();
+    proxy.SetTarget(static_cast<uint16_t>(std::stoi(addr2.substr(addr2.rfind(':') + 1))));
+    proxy.CutAll();  // the old one is gone
+    for (uint32_t l = 3; l < shape.layers; ++l) ASSERT_TRUE((*req)->PushLayer(l).ok());
+    auto in2 = (*r2)->NextRequest(10000);
+    ASSERT_TRUE(in2.ok()) << in2.status().ToString();
+    EXPECT_EQ(in2->request_id, 3u);
+    auto dst2 = KvCache::Create(shape, DType::kF16);
+    ASSERT_TRUE((*r2)->SetDestination(3, dst2->view()).ok());
+    Status st = (*req)->Wait(15000);
+    if (resend) {
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      ASSERT_TRUE((*r2)->Wait(3, 5000).ok());
+      EXPECT_TRUE(SameBytes(src, *dst2));
+      EXPECT_GE((*req)->stats().resent_chunks, 24u);  // layers 0-2 again
+    } else {
+      EXPECT_EQ(st.code(), StatusCode::kIoError) << st.ToString();
+      EXPECT_NE(st.message().find("the receiver restarted and lost 24 acknowledged chunks"),
+                std::string::npos)
+          << st.ToString();
+      EXPECT_FALSE((*r2)->Wait(3, 3000).ok()) << "incomplete KV reported complete";
+    }
+    t.sender->Close();
+    (*r2)->Close();
+    r1->Close();
+  }
+}
+
 // The first connection is retried like a broken one: cut during the handshake (before the
 // sender has any request), Sender::Connect still succeeds on a second connection. A receiver that
 // answers "no" is not asked again: a wrong key fails at once, long before one backoff.
@@ -557,9 +621,11 @@ TEST(SessionResume, TheFirstConnectionIsRetriedButARefusalIsNot) {
 // A sender of one backend and a receiver of the other are told so, with the backend to use,
 // and the sender does not retry (the receiver answered).
 TEST(SessionBackends, AMismatchedBackendIsNamed) {
+  if (!testing_backends::Configured("ucx"))
+    GTEST_SKIP() << "SKIPPED: this build was configured without UCX (no ucx backend)";
   const auto have = AvailableTransports();
-  if (std::find(have.begin(), have.end(), "ucx") == have.end())
-    GTEST_SKIP() << "SKIPPED: this build has no ucx backend";
+  ASSERT_NE(std::find(have.begin(), have.end(), "ucx"), have.end())
+      << "the ucx backend is configured in but not available";
   for (const auto& [serve, send] : std::vector<std::pair<std::string, std::string>>{
            {"tcp", "ucx"}, {"ucx", "tcp"}}) {
     ReceiverOptions ro;

@@ -49,6 +49,8 @@ class CuttableProxy {
   /// While on, nothing goes server -> client (acks and completions are held, then lost on a cut).
   void HoldReplies(bool on) { hold_replies_ = on; }
   int connections() const { return connections_; }
+  /// New connections go to `port` from now on (open ones stay where they are).
+  void SetTarget(uint16_t port) { target_ = port; }
   /// While on, from the next cut (CutAfter, CutAll) on, every new connection is closed as soon
   /// as it is accepted: the receiver is unreachable. Off: connections go through again.
   void RefuseAfterCut(bool on) {
@@ -130,7 +132,8 @@ class CuttableProxy {
     ::shutdown(to, SHUT_RDWR);
   }
 
-  uint16_t target_, port_ = 0;
+  std::atomic<uint16_t> target_;
+  uint16_t port_ = 0;
   const bool record_upstream_;
   int lfd_ = -1;
   std::atomic<bool> stop_{false}, hold_replies_{false};

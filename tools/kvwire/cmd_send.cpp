@@ -36,6 +36,7 @@ struct SendArgs {
   int reconnect_backoff_ms = SenderOptions{}.reconnect_backoff_ms;
   int max_reconnect_backoff_ms = SenderOptions{}.max_reconnect_backoff_ms;
   int stall_timeout_ms = SenderOptions{}.stall_timeout_ms;
+  std::string on_receiver_restart = "resend";
   std::string json;
   bool verbose = false;
 };
@@ -123,6 +124,7 @@ int RunSend(const SendArgs& a) {
   o.reconnect_backoff_ms = a.reconnect_backoff_ms;
   o.max_reconnect_backoff_ms = a.max_reconnect_backoff_ms;
   o.stall_timeout_ms = a.stall_timeout_ms;
+  o.resend_after_receiver_restart = a.on_receiver_restart == "resend";
   o.transport.busy_poll_us = a.busy_poll_us;
   o.verbose = a.verbose;
   o.profile = profile->get();
@@ -304,6 +306,11 @@ const CommandRegistrar kRegister(
       sub->add_option("--max-reconnect-backoff-ms", a->max_reconnect_backoff_ms,
                       "longest wait between two attempts")
           ->check(CLI::Range(1, 60000))
+          ->capture_default_str();
+      sub->add_option("--on-receiver-restart", a->on_receiver_restart,
+                      "a receiver that comes back holding nothing of the request (it restarted): "
+                      "resend it from the start, or fail")
+          ->check(CLI::IsMember({"resend", "fail"}))
           ->capture_default_str();
       sub->add_option("--stall-timeout-ms", a->stall_timeout_ms,
                       "no acknowledgement for this long with chunks in flight: the connection "
