@@ -59,7 +59,7 @@ struct Message {
 struct TransportCaps {
   bool remote = false;          // reaches other processes / hosts
   bool rendezvous = false;      // large payloads move by rendezvous (receiver pulls)
-  bool zero_copy_send = false;  // sends from the caller's buffer without a copy
+  bool zero_copy_send = false;  // sends from the caller's buffer without a copy (none does yet)
   bool gpu_memory = false;      // accepts device buffers
   bool tls = false;             // can encrypt the stream
   uint64_t max_message_bytes = kMaxDataMessageBytes;
@@ -136,11 +136,6 @@ class Connection {
   /// overwrites them. Once a caller has used it, the payloads of sent messages go back to the
   /// connection's pool when their send completes. Default: a new zero-filled buffer.
   virtual std::vector<uint8_t> TakeBuffer(size_t bytes) { return std::vector<uint8_t>(bytes); }
-
-  /// Optional: registers `bytes` for zero-copy sends from that memory. Default: kUnsupported.
-  virtual Status RegisterMemory(void* /*ptr*/, size_t /*bytes*/) {
-    return Status(StatusCode::kUnsupported, "this backend does not register memory");
-  }
 };
 
 /// Accepts connections on one address.

@@ -636,7 +636,10 @@ class UcxTransport final : public Transport {
     TransportCaps c;
     c.remote = true;
     c.rendezvous = true;
-    c.zero_copy_send = true;
+    // Sends copy: UcxConnection::Init keeps UCX's zero-copy sends off (ZCOPY_THRESH), because
+    // UCX 1.13 aborts when a zero-copy send meets a broken connection. Only a UCX_ZCOPY_THRESH
+    // set in the environment, the operator's choice, turns them back on.
+    c.zero_copy_send = false;
     return c;
   }
   Result<std::unique_ptr<Listener>> Listen(const TransportOptions& options) override {

@@ -1,5 +1,6 @@
 // kvwire/cuda_codec.h without kernels: device discovery, spec handling and what a build without
-// a GPU says. Runs everywhere (the device-only expectations branch on IsCudaAvailable).
+// a GPU says. The tests of the device path skip, with the reason, where there is no CUDA device;
+// the tests of the no-device path skip where there is one. Spec checks run everywhere.
 #include <gtest/gtest.h>
 
 #include "kvwire/codec.h"
@@ -10,16 +11,24 @@ namespace {
 
 TEST(CudaCodecApiTest, AvailabilityComesWithAReason) {
   std::string reason;
-  const bool available = cuda::IsCudaAvailable(&reason);
-  if (!available) {
-    EXPECT_FALSE(reason.empty());
-    EXPECT_EQ(cuda::GetDeviceInfo(0).status().code(), StatusCode::kUnsupported);
-    std::cout << "[   INFO   ] no CUDA device here (" << reason
-              << "); the GPU tests of this binary are skipped\n";
-  } else {
-    auto info = cuda::GetDeviceInfo(0);
-    ASSERT_TRUE(info.ok()) << info.status().ToString();
-    EXPECT_FALSE(info->name.empty());
+  if (!cuda::IsCudaAvailable(&reason)) GTEST_SKIP() << "SKIPPED: no CUDA device: " << reason;
+  auto info = cuda::GetDeviceInfo(0);
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  EXPECT_FALSE(info->name.empty());
+}
+
+TEST(CudaCodecApiTest, WithoutADeviceTheReasonIsGivenAndDeviceCallsAreUnsupported) {
+  std::string reason;
+  if (cuda::IsCudaAvailable(&reason))
+    GTEST_SKIP() << "SKIPPED: a CUDA device is present, so the no-device path cannot run here";
+  EXPECT_FALSE(reason.empty());
+  EXPECT_EQ(cuda::GetDeviceInfo(0).status().code(), StatusCode::kUnsupported);
+  for (const std::string& spec : cuda::CudaCodecSpecs()) {
+    SCOPED_TRACE(spec);
+    auto gpu = cuda::CudaCodec::Create(spec);
+    EXPECT_EQ(gpu.status().code(), StatusCode::kUnsupported);
+    EXPECT_NE(gpu.status().message().find("no CUDA device"), std::string::npos)
+        << gpu.status().ToString();
   }
 }
 
@@ -31,15 +40,12 @@ TEST(CudaCodecApiTest, SpecsAreCheckedBeforeTheDevice) {
 }
 
 TEST(CudaCodecApiTest, EveryCudaSpecIsCreatableWithTheCpuCanonicalSpec) {
-  const bool available = cuda::IsCudaAvailable();
+  std::string reason;
+  if (!cuda::IsCudaAvailable(&reason)) GTEST_SKIP() << "SKIPPED: no CUDA device: " << reason;
+  ASSERT_FALSE(cuda::CudaCodecSpecs().empty());
   for (const std::string& spec : cuda::CudaCodecSpecs()) {
     SCOPED_TRACE(spec);
     auto gpu = cuda::CudaCodec::Create(spec);
-    if (!available) {
-      EXPECT_EQ(gpu.status().code(), StatusCode::kUnsupported);
-      EXPECT_NE(gpu.status().message().find("no CUDA device"), std::string::npos);
-      continue;
-    }
     ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
     auto cpu = CreateCodec(spec);
     ASSERT_TRUE(cpu.ok());

@@ -1,6 +1,7 @@
 // The CUDA kernels, through kvwire/cuda_codec.h, against their scalar references and the CPU
 // codecs: identical payload bytes, identical decoded values in every dtype and layout, CPU <->
-// GPU cross-decoding, and data errors reported at Wait. Every test skips, loudly, without a GPU.
+// GPU cross-decoding, and data errors reported at Wait. Every test skips without a GPU, with
+// "SKIPPED: no CUDA device: " and the runtime's reason.
 #include <gtest/gtest.h>
 
 #include <limits>
@@ -22,7 +23,7 @@ class CudaKernelTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::string reason;
-    if (!cuda::IsCudaAvailable(&reason)) GTEST_SKIP() << "no CUDA device: " << reason;
+    if (!cuda::IsCudaAvailable(&reason)) GTEST_SKIP() << "SKIPPED: no CUDA device: " << reason;
     auto s = cuda::Stream::Create();
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     stream_ = std::move(s).value();

@@ -8,6 +8,7 @@
 #include <future>
 #include <thread>
 
+#include "transport/configured_backends.h"
 #include "transport/control.h"
 #include "transport/test_pki.h"
 
@@ -114,6 +115,25 @@ TEST_P(TransportTest, CapabilitiesAreConsistent) {
   EXPECT_EQ(transport_->name(), Backend());
   EXPECT_GE(transport_->caps().max_message_bytes, kMaxDataMessageBytes);
   EXPECT_EQ(transport_->caps().remote, GetParam() != "inproc");
+  // No backend sends from the caller's buffer: tcp and inproc queue a message they own, and ucx
+  // keeps UCX's zero-copy sends off (UCX 1.13 aborts when one meets a broken connection).
+  EXPECT_FALSE(transport_->caps().zero_copy_send);
+}
+
+// Every backend this build was configured with is available (the suites here are instantiated
+// over AvailableTransports(), so a backend that went missing would otherwise just not run), and
+// nothing else is.
+TEST(TransportFactory, TheConfiguredBackendsAreAvailable) {
+  std::vector<std::string> want = testing_backends::ConfiguredBackends();
+  std::vector<std::string> have = AvailableTransports();
+  ASSERT_FALSE(want.empty());
+  std::sort(want.begin(), want.end());
+  std::sort(have.begin(), have.end());
+  EXPECT_EQ(have, want);
+  for (const std::string& name : want) {
+    auto t = CreateTransport(name);
+    EXPECT_TRUE(t.ok()) << name << ": " << t.status().ToString();
+  }
 }
 
 TEST_P(TransportTest, MessagesArriveInOrderBothWays) {
