@@ -123,8 +123,7 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
       if (!transient) return s;
       const auto now = Clock::now();
       if (now >= give_up) {
-        return attempt == 1 ? s
-                            : s.WithContext(WindowExpired(attempt));
+        return opts_.reconnect_window_ms == 0 ? s : s.WithContext(WindowExpired(attempt));
       }
       const int wait = WaitBefore(backoff, give_up - now);
       Log("connect attempt " + std::to_string(attempt) + " failed (" + s.ToString() +
@@ -198,8 +197,9 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
     return static_cast<int>(std::clamp<int64_t>(left_ms, 0, backoff));
   }
   std::string WindowExpired(int attempts) const {
-    return std::to_string(attempts) + " connect attempts in the reconnect window of " +
-           std::to_string(opts_.reconnect_window_ms) + " ms failed";
+    return std::to_string(attempts) + (attempts == 1 ? " connect attempt" : " connect attempts") +
+           " in the reconnect window of " + std::to_string(opts_.reconnect_window_ms) +
+           " ms failed";
   }
   void Log(const std::string& line) const {
     if (opts_.verbose) WriteLogLine(stderr, "kvwire send: " + line);
