@@ -1,5 +1,6 @@
 #include "model/gguf_reader.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/fp16.h"
@@ -12,6 +13,10 @@ constexpr uint64_t kMaxKeyValues = 1u << 20;
 constexpr uint64_t kMaxNameBytes = 1u << 16;
 constexpr uint32_t kMaxDims = 4;
 constexpr int kMaxArrayDepth = 3;
+// Smallest encodings: a metadata entry is a key length (8), a type (4) and a one-byte value; a
+// tensor info a name length (8), a rank (4), one dimension (8), a type (4) and an offset (8).
+constexpr uint64_t kMinKeyValueBytes = 8 + 4 + 1;
+constexpr uint64_t kMinTensorInfoBytes = 8 + 4 + 8 + 4 + 8;
 
 struct TypeTraits {
   uint32_t block;  // elements per block
@@ -262,6 +267,13 @@ Result<GgufFile> ParseGguf(std::span<const uint8_t> bytes) {
   KVWIRE_RETURN_ERROR_IF(n_tensors > kMaxTensors || n_kv > kMaxKeyValues, kCorrupt,
                          "GGUF: " + std::to_string(n_tensors) + " tensors / " +
                              std::to_string(n_kv) + " metadata entries exceed the limits");
+  // The tensor table is sized from n_tensors: counts that the rest of the file cannot hold are
+  // lies, refused before anything is allocated (both counts are below 2^20: no overflow).
+  KVWIRE_RETURN_ERROR_IF(
+      n_kv * kMinKeyValueBytes + n_tensors * kMinTensorInfoBytes > c.remaining(), kCorrupt,
+      "GGUF: " + std::to_string(n_tensors) + " tensors and " + std::to_string(n_kv) +
+          " metadata entries do not fit in the " + std::to_string(c.remaining()) +
+          " bytes after the header");
 
   for (uint64_t i = 0; i < n_kv; ++i) {
     std::string key;
@@ -331,6 +343,23 @@ Result<GgufFile> ParseGguf(std::span<const uint8_t> bytes) {
                                std::to_string(t.bytes) + ") lies outside the " +
                                std::to_string(data_bytes) + "-byte data section");
     t.offset += data;
+  }
+  // No two tensors share bytes: each weight comes from its own part of the file, so what the
+  // loaders dequantize stays proportional to the file (aliased tensors would let a small file
+  // stand for many copies of one large tensor).
+  std::vector<const GgufTensor*> by_offset;
+  by_offset.reserve(f.tensors.size());
+  for (const GgufTensor& t : f.tensors) by_offset.push_back(&t);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const GgufTensor* a, const GgufTensor* b) { return a->offset < b->offset; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    const GgufTensor& prev = *by_offset[i - 1];
+    const GgufTensor& t = *by_offset[i];
+    KVWIRE_RETURN_ERROR_IF(t.offset < prev.offset + prev.bytes, kCorrupt,
+                           "GGUF: tensor '" + t.name + "' at data offset " +
+                               std::to_string(t.offset - data) + " overlaps tensor '" + prev.name +
+                               "' [" + std::to_string(prev.offset - data) + ", +" +
+                               std::to_string(prev.bytes) + ")");
   }
   return f;
 }

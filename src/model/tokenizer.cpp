@@ -189,6 +189,13 @@ Result<Tokenizer> Tokenizer::ParseLlama2c(std::span<const uint8_t> bytes, uint32
   };
   uint32_t max_len = 0;
   KVWIRE_RETURN_IF_ERROR(read_u32(&max_len));
+  // The entry count comes from the model's header, not from this file; every entry takes at
+  // least 8 bytes (score, length), so a count the file cannot hold is refused before the tables
+  // are sized from it.
+  KVWIRE_RETURN_ERROR_IF(vocab_size > (bytes.size() - off) / 8, kTruncated,
+                         "tokenizer.bin: " + std::to_string(bytes.size()) +
+                             " bytes cannot hold the model's " + std::to_string(vocab_size) +
+                             " entries (8 bytes each at least)");
   auto d = std::make_shared<Data>();
   d->pieces.resize(vocab_size);
   d->scores.resize(vocab_size);

@@ -308,5 +308,33 @@ TEST(GgufTest, SpecificDefectsGetSpecificErrors) {
   }
 }
 
+// A tensor count the file cannot hold is refused before the tensor table is sized from it
+// (2^20 entries would be tens of MB for a 24-byte file).
+TEST(GgufTest, TensorCountBeyondTheFileIsRefused) {
+  std::vector<uint8_t> b = {'G', 'G', 'U', 'F'};
+  testing::Put(&b, uint32_t{3});
+  testing::Put(&b, uint64_t{1} << 20);  // tensors
+  testing::Put(&b, uint64_t{0});        // metadata entries
+  const Status s = Model::LoadFromBytes(b, "g").status();
+  EXPECT_EQ(s.code(), StatusCode::kCorrupt);
+  EXPECT_NE(s.message().find("do not fit"), std::string::npos) << s.ToString();
+}
+
+// Two tensors over the same bytes are refused: otherwise a small file could stand for many
+// copies of one large tensor, each dequantized into its own buffer.
+TEST(GgufTest, OverlappingTensorsAreRefused) {
+  const TinyModel m = MakeTinyModel(GgufConfig(true), 2);
+  auto gguf = WriteGguf(m, GgmlT::kF32, "llama");
+  ASSERT_TRUE(Model::LoadFromBytes(gguf, "g").ok());
+  const std::string name = "blk.0.attn_k.weight";
+  auto it = std::search(gguf.begin(), gguf.end(), name.begin(), name.end());
+  ASSERT_NE(it, gguf.end());
+  const uint64_t zero = 0;  // its offset (after rank, two dimensions, type): token_embd's
+  std::memcpy(&*it + name.size() + 4 + 16 + 4, &zero, 8);
+  const Status s = Model::LoadFromBytes(gguf, "g").status();
+  EXPECT_EQ(s.code(), StatusCode::kCorrupt);
+  EXPECT_NE(s.message().find("overlaps"), std::string::npos) << s.ToString();
+}
+
 }  // namespace
 }  // namespace kvwire

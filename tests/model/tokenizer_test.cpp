@@ -206,6 +206,19 @@ TEST(TokenizerTest, MalformedFilesAreErrors) {
   EXPECT_FALSE(Tokenizer().Encode("x").ok());
 }
 
+// The entry count comes from the model's header: a count the file cannot hold is refused
+// before the vocabulary tables are sized from it (2^24 - 1 entries would be 512 MiB of strings).
+TEST(TokenizerTest, VocabSizeBeyondTheFileIsRefusedBeforeAllocating) {
+  const auto one = WriteLlama2cTokenizer({"a"}, {0.0f});  // 13 bytes: one entry
+  auto t = Tokenizer::ParseLlama2c(one, (1u << 24) - 1);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), StatusCode::kTruncated);
+  EXPECT_NE(t.status().message().find("cannot hold"), std::string::npos)
+      << t.status().ToString();
+  EXPECT_EQ(Tokenizer::ParseLlama2c(one, 2).status().code(), StatusCode::kTruncated);
+  ASSERT_TRUE(Tokenizer::ParseLlama2c(one, 1).ok());
+}
+
 TEST(TokenizerTest, Stories260KTokenizer) {
   const std::string shared = testing::TestDataDir();
   if (shared.empty()) GTEST_SKIP() << testing::kTestDataMissing;
