@@ -381,7 +381,9 @@ Status ReceiverCore::HandleBegin(const std::shared_ptr<Connection>& conn,
     // Another connection may have opened the same request since Find() above: a sender that
     // reconnected while its first begin was still in flight. Two states under one id would
     // hand the application the id twice; the later begin is answered as a resume instead.
-    dup = requests_.count(id) != 0;
+    // A resume may also have lost the race to the application releasing the request: it
+    // then learns the request's outcome, as a resume after release does.
+    dup = requests_.count(id) != 0 || (b.resume() && released_.count(id) != 0);
     if (!dup) {
       if (fetch && !StartFetchLocked(profile_id, id, conn, &ask)) {
         SendControl(conn, transport::MakeError(
@@ -402,7 +404,7 @@ Status ReceiverCore::HandleBegin(const std::shared_ptr<Connection>& conn,
   if (dup) {
     KVWIRE_RETURN_ERROR_IF(!b.resume(), kCorrupt,
                            "request " + std::to_string(id) + " opened twice");
-    return HandleBegin(conn, b);  // Find() sees it now: the resume path
+    return HandleBegin(conn, b);  // Find() or the released list sees it now
   }
   Log("request " + std::to_string(id) + " from '" + conn->peer_name() +
       "': " + std::to_string(shape.layers) + " layers x " + std::to_string(shape.tokens) +

@@ -116,10 +116,11 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
       Status s = ConnectOnce(&authenticated);
       if (s.ok()) break;
       conn_.reset();
-      // A timeout once the peer has authenticated is an answer too: a receiver that never
-      // sends its capabilities (an older version) would not send them the next time either.
-      const bool transient = s.code() == StatusCode::kIoError ||
-                             (s.code() == StatusCode::kTimeout && !authenticated);
+      // An i/o error or a timeout, even once the peer has authenticated: a link that goes
+      // down between the authentication and the receiver's capabilities looks exactly like
+      // that. A receiver that answers (a wrong key, another protocol version) is final.
+      const bool transient =
+          s.code() == StatusCode::kIoError || s.code() == StatusCode::kTimeout;
       if (!transient) return s;
       const auto now = Clock::now();
       if (now >= give_up) {

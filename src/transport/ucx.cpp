@@ -582,11 +582,15 @@ void UcxConnection::Close() {
   recv_queue_.Close(Status(StatusCode::kCancelled, "connection closed"));
   for (auto& d : deferred_) ucp_am_data_release(worker_.h, d.data);
   deferred_.clear();
-  // Close the endpoint (flush, then force if the peer is gone) on this thread: the progress
-  // thread has exited, so the worker is ours now.
+  // Close the endpoint on this thread: the progress thread has exited, so the worker is ours
+  // now. Always forced: what had to be delivered was flushed above (and the protocol resends
+  // anything unacknowledged), and a flushing close over a link that went silent never
+  // completes: its sends stay attached to the endpoint, and UCX 1.13 aborts when the worker is
+  // destroyed under them (ucp_ep.c: "ucs_hlist_is_empty(...proto_reqs)"; seen with the link
+  // down for 20 s mid-transfer, bench/netns_outage.sh). A forced close cancels them.
   ucp_request_param_t rp{};
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-  rp.flags = failed_ || peer_said_goodbye_ ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+  rp.flags = UCP_EP_CLOSE_FLAG_FORCE;
   ucs_status_ptr_t sp = ucp_ep_close_nbx(ep_, &rp);
   if (UCS_PTR_IS_PTR(sp)) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
