@@ -13,7 +13,9 @@ skip_summary() {
   [ -f "$log" ] || return 0
   lines=$(awk '
     /^[0-9]+\/[0-9]+ Test: / { name = $3; reason = "" }
-    /^SKIPPED: / && reason == "" { reason = substr($0, 10) }
+    # gtest prints "file:line: Skipped" and then the test'"'"'s message.
+    skipped_at { skipped_at = 0; if (reason == "") reason = $0; sub(/^SKIPPED: /, "", reason) }
+    /: Skipped$/ { skipped_at = 1 }
     /^\[  SKIPPED \] [0-9]+ tests?, listed below/ { if (!(name in why)) why[name] = reason }
     END { for (t in why) printf "  %s: %s\n", t, why[t] == "" ? "(no reason printed)" : why[t] }
   ' "$log" | sort)
