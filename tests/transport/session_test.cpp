@@ -697,6 +697,29 @@ TEST(SessionResume, ResumeOfAReleasedRequestLearnsItsOutcome) {
 namespace kvwire {
 namespace {
 
+// The RequestBegin a sender writes for an fp16 `shape` at one level (chunks of 16 tokens), for
+// tests that speak the protocol on a raw connection.
+control::Control ForgedBegin(uint64_t id, const KvShape& shape, const std::string& codec,
+                             double bits, double kl, const std::vector<uint8_t>& header,
+                             bool resume) {
+  control::Control begin;
+  auto* b = begin.mutable_request_begin();
+  b->set_request_id(id);
+  b->mutable_shape()->set_layers(shape.layers);
+  b->mutable_shape()->set_tokens(shape.tokens);
+  b->mutable_shape()->set_kv_heads(shape.kv_heads);
+  b->mutable_shape()->set_head_dim(shape.head_dim);
+  b->set_dtype(static_cast<uint32_t>(DType::kF16));
+  auto* level = b->add_levels();
+  level->set_codec(codec);
+  level->set_bits_per_element(bits);
+  level->set_kl(kl);
+  b->set_chunk_tokens(16);
+  b->set_stream_header(header.data(), header.size());
+  b->set_resume(resume);
+  return begin;
+}
+
 // Regression: a sender that reconnects while its first begin is still in flight can have two
 // begins of one request reach the receiver on two connections at once. Both used to pass the
 // "do I know this id?" check before either registered it, so the application was handed the id
@@ -730,22 +753,8 @@ TEST(SessionResume, RacingBeginsOfOneRequestAnnounceItOnce) {
   std::vector<uint8_t> header;
   ASSERT_TRUE((*writer)->WriteHeader(&header).ok());
   auto begin_of = [&](uint64_t id) {
-    control::Control begin;
-    auto* b = begin.mutable_request_begin();
-    b->set_request_id(id);
-    b->mutable_shape()->set_layers(shape.layers);
-    b->mutable_shape()->set_tokens(shape.tokens);
-    b->mutable_shape()->set_kv_heads(shape.kv_heads);
-    b->mutable_shape()->set_head_dim(shape.head_dim);
-    b->set_dtype(static_cast<uint32_t>(DType::kF16));
-    auto* level = b->add_levels();
-    level->set_codec((*writer)->info().levels[0]);
-    level->set_bits_per_element(16);
-    level->set_kl(0);
-    b->set_chunk_tokens(16);
-    b->set_stream_header(header.data(), header.size());
-    b->set_resume(true);
-    return *transport::MakeControlMessage(begin);
+    return *transport::MakeControlMessage(
+        ForgedBegin(id, shape, (*writer)->info().levels[0], 16, 0, header, /*resume=*/true));
   };
   constexpr uint64_t kIds = 40;
   for (uint64_t id = 1; id <= kIds; ++id) {
@@ -801,21 +810,8 @@ TEST(SessionProfileFetch, AProfileThatDoesNotMatchItsIdIsRefused) {
   ASSERT_TRUE(writer.ok()) << writer.status().ToString();
   std::vector<uint8_t> header;
   ASSERT_TRUE((*writer)->WriteHeader(&header).ok());
-  control::Control begin;
-  auto* b = begin.mutable_request_begin();
-  b->set_request_id(7);
-  b->mutable_shape()->set_layers(shape.layers);
-  b->mutable_shape()->set_tokens(shape.tokens);
-  b->mutable_shape()->set_kv_heads(shape.kv_heads);
-  b->mutable_shape()->set_head_dim(shape.head_dim);
-  b->set_dtype(static_cast<uint32_t>(DType::kF16));
-  auto* level = b->add_levels();
-  level->set_codec((*writer)->info().levels[0]);
-  level->set_bits_per_element(2);
-  level->set_kl(-1);
-  b->set_chunk_tokens(16);
-  b->set_stream_header(header.data(), header.size());
-  auto m = transport::MakeControlMessage(begin);
+  auto m = transport::MakeControlMessage(ForgedBegin(7, shape, (*writer)->info().levels[0], 2, -1,
+                                                     header, /*resume=*/false));
   ASSERT_TRUE(m.ok()) << m.status().ToString();
   ASSERT_TRUE((*conn)->Send(std::move(*m)).ok());
 
