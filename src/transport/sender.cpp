@@ -11,6 +11,7 @@
 #include <map>
 #include <mutex>
 #include <numeric>
+#include <set>
 #include <thread>
 
 #include "common/log_line.h"
@@ -67,14 +68,15 @@ struct SendState final : SendRequest, std::enable_shared_from_this<SendState> {
   uint32_t layers_pushed = 0;
   uint32_t chunks_sent = 0;
   uint64_t elements_sent = 0;
-  // Sent, not acknowledged yet: seq -> bytes on the wire and level. A chunk to resend is encoded
-  // again from the KV cache (the codecs are deterministic), so no copy of it is kept.
-  struct Unacked {
+  // Each chunk as last sent: bytes on the wire and level (bytes 0: not sent yet). A chunk to
+  // resend is encoded again from the KV cache (the codecs are deterministic), so no copy of it
+  // is kept.
+  struct Sent {
     uint64_t bytes;
     uint8_t level;
   };
-  std::map<uint32_t, Unacked> unacked;
-  std::vector<Unacked> sent;  // [chunks]: as last sent (bytes 0: not sent yet)
+  std::vector<Sent> sent;     // [chunks]
+  std::set<uint32_t> unacked;  // sent, not acknowledged yet
   // Threads reading `kv` outside the lock (encoding). The request is reported done only once
   // this is 0, so that the caller may free the KV cache as soon as Wait or Poll says so.
   int kv_readers = 0;
@@ -338,7 +340,7 @@ Result<std::shared_ptr<SendRequest>> SenderCore::Open(const KvView& kv,
   KVWIRE_ASSIGN_OR_RETURN(s->writer, StreamWriter::Create(info, {}, opts_.profile));
   KVWIRE_RETURN_IF_ERROR(s->writer->WriteHeader(&s->header));
   s->acked.assign(s->grid.total(), false);
-  s->sent.assign(s->grid.total(), SendState::Unacked{0, 0});
+  s->sent.assign(s->grid.total(), SendState::Sent{0, 0});
   s->st.chunks_per_level.assign(o.levels.size(), 0);
   s->start = Clock::now();
   s->has_deadline = o.deadline_ms > 0;
@@ -401,7 +403,7 @@ void SenderCore::FailLocked(SendState* s, Status why) {
 void SenderCore::FinishLocked(SendState* s, Status result) {
   s->status = std::move(result);
   s->st.seconds = Seconds(Clock::now() - s->start);
-  for (const auto& [seq, u] : s->unacked) inflight_bytes_ -= u.bytes;
+  for (uint32_t seq : s->unacked) inflight_bytes_ -= s->sent[seq].bytes;
   s->unacked.clear();
   requests_.erase(s->id);
   cv_.notify_all();
@@ -510,8 +512,8 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
           last_ack_ = last_heard_ = Clock::now();
         }
         inflight_bytes_ += bytes;
-        s->unacked[seq] = {bytes, static_cast<uint8_t>(choice.level)};
-        s->sent[seq] = s->unacked[seq];
+        s->sent[seq] = {bytes, static_cast<uint8_t>(choice.level)};
+        s->unacked.insert(seq);
         ++s->chunks_sent;
         s->elements_sent += uint64_t{tokens} * row;
         ++s->st.chunks;
@@ -679,18 +681,14 @@ void SenderCore::Handle(const control::Control& c) {
         for (uint32_t seq = 0; seq < s->acked.size(); ++seq) {
           if (!s->acked[seq]) continue;
           s->acked[seq] = false;
-          s->unacked[seq] = s->sent[seq];
+          s->unacked.insert(seq);
           inflight_bytes_ += s->sent[seq].bytes;
         }
         s->acked_count = 0;
       }
       // After a resume: drop what the receiver holds, resend the rest of what was sent.
       for (uint32_t seq : c.request_accept().have_chunks()) {
-        auto it = s->unacked.find(seq);
-        if (it != s->unacked.end()) {
-          inflight_bytes_ -= it->second.bytes;
-          s->unacked.erase(it);
-        }
+        if (s->unacked.erase(seq)) inflight_bytes_ -= s->sent[seq].bytes;
         if (seq < s->acked.size() && !s->acked[seq]) {
           s->acked[seq] = true;
           ++s->acked_count;
@@ -698,7 +696,7 @@ void SenderCore::Handle(const control::Control& c) {
       }
       std::vector<std::pair<uint32_t, uint8_t>> resend;  // seq, level
       if (c.request_accept().have_chunks_size() > 0 || s->st.reconnects > 0) {
-        for (const auto& [seq, u] : s->unacked) resend.emplace_back(seq, u.level);
+        for (uint32_t seq : s->unacked) resend.emplace_back(seq, s->sent[seq].level);
       }
       if (resend.empty() || !s->status.in_progress()) return;
       s->st.resent_chunks += resend.size();
@@ -747,12 +745,10 @@ void SenderCore::Handle(const control::Control& c) {
       uint64_t freed = 0;
       bool codec_bound = false;  // an acked chunk of a level that does not measure the link
       for (uint32_t seq : c.ack().seqs()) {
-        auto it = s->unacked.find(seq);
-        if (it != s->unacked.end()) {
-          freed += it->second.bytes;
+        if (s->unacked.erase(seq)) {
+          freed += s->sent[seq].bytes;
           codec_bound = codec_bound ||
-                        (s->measure_level >= 0 && it->second.level != s->measure_level);
-          s->unacked.erase(it);
+                        (s->measure_level >= 0 && s->sent[seq].level != s->measure_level);
         }
         if (seq < s->acked.size() && !s->acked[seq]) {
           s->acked[seq] = true;
