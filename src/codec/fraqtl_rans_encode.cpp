@@ -32,11 +32,13 @@ struct Scratch {
   std::vector<uint16_t> idx;     // [H][nq][Kp_h] their symbols at the current allocation
   std::vector<uint16_t> column;  // [nq] a column priced at another width
   std::vector<uint8_t> section;
+  std::vector<const rans::EncSym*> sym;  // a block's symbols, in decoding order
   void Trim() {
     if (rows.capacity() * sizeof(float) > kKeepBytes) std::vector<float>().swap(rows);
     if (z.capacity() * sizeof(float) > kKeepBytes) std::vector<float>().swap(z);
     if (idx.capacity() * sizeof(uint16_t) > kKeepBytes) std::vector<uint16_t>().swap(idx);
     if (section.capacity() > kKeepBytes) std::vector<uint8_t>().swap(section);
+    if (sym.capacity() * sizeof(void*) > kKeepBytes) std::vector<const rans::EncSym*>().swap(sym);
   }
 };
 
@@ -92,13 +94,25 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     std::vector<uint32_t> count(H);
     std::vector<int32_t> scale_exp(nq * H);    // the grid's exponent per row
     auto exponent = [&](const float* r) {
-      float m = 0.0f;
-      for (size_t j = 0; j < D; ++j) m = std::max(m, std::fabs(r[j]));
-      int e = 0;
+      const float m = MaxAbs(r, D);
+      if (!(m > 0.0f)) return INT32_MIN;
+      uint32_t bits;
+      std::memcpy(&bits, &m, 4);
+      int e = static_cast<int>(bits >> 23);  // frexp's exponent of a normal float: field - 126
+      if (e != 0) return e - 126;
       std::frexp(m, &e);
-      return m > 0.0f ? e : INT32_MIN;
+      return e;
     };
-    auto scale_of = [](int e) { return e == INT32_MIN ? 0.0f : std::ldexp(1.0f, 14 - e); };
+    // 2^(14 - e) (e of a finite float: at most 128, so 14 - e >= -114, a normal float)
+    auto scale_of = [](int e) {
+      if (e == INT32_MIN) return 0.0f;
+      const int field = 14 - e + 127;
+      if (field < 1 || field > 254) return std::ldexp(1.0f, 14 - e);
+      const uint32_t bits = static_cast<uint32_t>(field) << 23;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      return f;
+    };
     // v * sc rounded to the nearest integer (sc a power of two; |v * sc| <= 2^14)
     auto grid = [](float v, float sc) { return _mm_cvtss_si32(_mm_set_ss(v * sc)); };
     constexpr size_t kHashed = 8;  // values that pick a row's slot
@@ -414,33 +428,38 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   if (codes) {
     section.resize(4 * blocks);
     thread_local rans::BlockEncoder enc;
+    // Per block: the table entry of every symbol in decoding order (token, head, coded column;
+    // a protected coefficient as its low then its high byte), then all of them coded at once.
+    std::vector<const rans::EncSym*>& sym = scratch.sym;
     for (size_t blk = 0; blk < blocks; ++blk) {
       const size_t t0 = blk * block_tokens, t1 = std::min(nq, t0 + block_tokens);
-      uint32_t k = 0;
+      size_t k = 0;
       for (size_t qi = t0; qi < t1; ++qi) {
         for (size_t h = 0; h < H; ++h) {
           if (!repeat[qi * H + h]) k += partial && qi < extra ? hi_count[h] : lo_count[h];
         }
       }
-      enc.Reserve(k);
-      for (size_t qi = t1; qi-- > t0;) {
+      sym.resize(k);
+      k = 0;
+      for (size_t qi = t0; qi < t1; ++qi) {
         const bool use_hi = partial && qi < extra;
-        for (size_t h = H; h-- > 0;) {
+        for (size_t h = 0; h < H; ++h) {
           if (repeat[qi * H + h]) continue;
           const std::vector<Coded>& list = use_hi ? hi[h] : lo[h];
           const uint16_t* row = idx.data() + base[h] + qi * width[h];
-          for (size_t e = list.size(); e-- > 0;) {
-            const Coded& cd = list[e];
+          for (const Coded& cd : list) {
             const uint32_t v = cd.c < 0 ? tmp[qi] : row[cd.c];
+            const rans::EncSym* e = cd.table->enc.data();
             if (cd.b == kProtectedBits) {
-              enc.Put(--k, v >> 8, *cd.table);
-              enc.Put(--k, v & 0xffu, *cd.table);
+              sym[k++] = e + (v & 0xffu);
+              sym[k++] = e + (v >> 8);
             } else {
-              enc.Put(--k, v, *cd.table);
+              sym[k++] = e + v;
             }
           }
         }
       }
+      enc.PutAll(sym.data(), k);
       StoreU32(section.data() + 4 * blk, static_cast<uint32_t>(enc.Bytes()));
       enc.Finish(&section);
     }

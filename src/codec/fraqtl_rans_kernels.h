@@ -38,6 +38,10 @@ void AccumulateAvx2(const float* const* rows, const float* z, size_t k, const fl
 bool HaveAvx2();
 bool HaveAvx2Fma();
 
+// The largest |x[i]| over i < n (0 for n = 0); x finite. The maximum is exact, so the AVX2
+// and scalar versions agree whatever the order.
+float MaxAbs(const float* x, size_t n);
+
 // The number of thresholds (2^b - 1, ascending) strictly below u.
 inline uint32_t QuantizeRef(const std::vector<float>& th, float u) {
   uint32_t v = 0;

@@ -82,6 +82,7 @@ bool BuildTable(std::span<const uint16_t> freq, Table* t, bool slots) {
   t->cost.resize(n);
   t->slots.assign(slots ? kProbScale : 0, 0);
   t->rcp.resize(n);
+  t->enc.resize(n);
   t->entropy = 0;
   uint32_t c = 0;
   for (size_t s = 0; s < n; ++s) {
@@ -91,6 +92,7 @@ bool BuildTable(std::span<const uint16_t> freq, Table* t, bool slots) {
     // ceil(2^64 / f): the error x (rcp - 2^64 / f) / 2^64 < 2^-32 never reaches the next
     // integer, since x / f is at least 1 / f < 2^-12 below it.
     t->rcp[s] = f == 1 ? 0 : ~uint64_t{0} / f + 1;
+    t->enc[s] = EncSym{t->rcp[s], f, c};
     t->entropy += uint64_t{f} * t->cost[s];
     for (uint32_t j = 0; slots && j < f; ++j) {
       t->slots[c + j] = static_cast<uint32_t>(s) | f << 8 | j << 20;
@@ -114,6 +116,40 @@ const Table& UniformByteTable() {
 void BlockEncoder::Reset() {
   for (uint32_t& x : x_) x = kStateLower;
   used_ = 0;
+}
+
+void BlockEncoder::PutAll(const EncSym* const* sym, size_t n) {
+  Reserve(n);
+  uint16_t* w = words_.data();
+  size_t used = used_;
+  // One step of Put on state x, branch-free but for f = 1 (rcp = 0: x / 1 = x).
+  auto put = [&](uint32_t& x, const EncSym& e) {
+    const uint32_t out = x >= (e.freq << (32 - kProbBits)) ? 1u : 0u;
+    w[used] = static_cast<uint16_t>(x);
+    used += out;
+    const uint32_t y = x >> (16 * out);
+    const uint32_t q =
+        e.rcp ? static_cast<uint32_t>((static_cast<unsigned __int128>(y) * e.rcp) >> 64) : y;
+    x = (q << kProbBits) + (y - q * e.freq) + e.cum;
+  };
+  static_assert(kLanes == 8);
+  size_t k = n;
+  for (; k % kLanes; --k) put(x_[(k - 1) % kLanes], *sym[k - 1]);
+  uint32_t x0 = x_[0], x1 = x_[1], x2 = x_[2], x3 = x_[3], x4 = x_[4], x5 = x_[5], x6 = x_[6],
+           x7 = x_[7];
+  for (; k > 0; k -= kLanes) {
+    const EncSym* const* s = sym + k - kLanes;
+    put(x7, *s[7]);
+    put(x6, *s[6]);
+    put(x5, *s[5]);
+    put(x4, *s[4]);
+    put(x3, *s[3]);
+    put(x2, *s[2]);
+    put(x1, *s[1]);
+    put(x0, *s[0]);
+  }
+  x_[0] = x0, x_[1] = x1, x_[2] = x2, x_[3] = x3, x_[4] = x4, x_[5] = x5, x_[6] = x6, x_[7] = x7;
+  used_ = used;
 }
 
 void BlockEncoder::Finish(std::vector<uint8_t>* out) {

@@ -45,6 +45,12 @@ uint32_t SymbolCost(uint32_t f);
 /// Deterministic: IEEE double arithmetic only.
 std::vector<uint16_t> NormalizeFrequencies(std::span<const double> p);
 
+/// What the encoder needs of one symbol, in one place.
+struct EncSym {
+  uint64_t rcp;  // Table::rcp
+  uint32_t freq, cum;
+};
+
 /// One static table over symbols [0, n), 2 <= n <= 256.
 struct Table {
   std::vector<uint16_t> freq, cum;  // [n]
@@ -54,6 +60,8 @@ struct Table {
   /// Division by freq for the encoder: x / f == (x * rcp) >> 64 for every 32-bit x (f > 1;
   /// rcp = 0 stands for f = 1).
   std::vector<uint64_t> rcp;
+  /// [n]: rcp, freq and cum of each symbol together (BlockEncoder::EncodeBlock).
+  std::vector<EncSym> enc;
   /// Expected cost of a symbol under the table itself, sum f * cost / 4096, in 1/65536 bit.
   uint64_t entropy = 0;
   size_t size() const { return freq.size(); }
@@ -91,6 +99,10 @@ class BlockEncoder {
         r ? static_cast<uint32_t>((static_cast<unsigned __int128>(x) * r) >> 64) : x;
     x_[k % kLanes] = (q << kProbBits) + (x - q * f) + t.cum[symbol];
   }
+  /// Puts n symbols at once, sym[k] the entry of symbol k (k in decoding order, 0 first):
+  /// the same words and states as Put(k, ...) for k = n - 1 down to 0, with the states held in
+  /// registers. Calls Reserve itself.
+  void PutAll(const EncSym* const* sym, size_t n);
   /// Appends the block (states, then words in decoding order) to `out`.
   void Finish(std::vector<uint8_t>* out);
   /// Bytes Finish will append.
