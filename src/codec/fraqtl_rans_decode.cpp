@@ -179,7 +179,6 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
   const float* angles =
       rot ? PositionAngles(rope_, desc.positions_start + int64_t{desc.token_begin}, desc.tokens)
           : nullptr;
-  std::vector<float> zc(D);
   std::vector<const float*> rows(D);
   // The reference inverse: x_j = mean_j + the fused multiply-adds of G[j, i] z_i over the coded
   // directions, ascending.
@@ -204,60 +203,96 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
       ulist[s].resize(block_rows * H);
     }
   }
-  // Rows of quantized tokens [r0, r1) from their symbols (stream s).
+  // Rows of quantized tokens [r0, r1) from their symbols (stream s), head by head: rows of a
+  // head coded with the same directions are rebuilt kMulRows at a time (they share the loads
+  // of G). at_sym[i] = where the symbols of row (r0 + i / H, i % H) start.
+  std::vector<size_t> at_sym;
+  std::vector<float> zbuf(kMulRows * D);
   auto rebuild = [&](int s, size_t r0, size_t r1, bool use_hi, const uint32_t* sp) -> Status {
+    const std::vector<std::vector<uint32_t>>& pat = use_hi ? pat_hi : pat_lo;
+    at_sym.resize((r1 - r0) * H);
+    size_t next = 0;
     for (size_t qi = r0; qi < r1; ++qi) {
-      const uint32_t t = plan.q_tokens[qi];
-      const float* cs = rot ? angles + size_t{t} * (rope_.rope_dim / 2) * 2 : nullptr;
       for (size_t h = 0; h < H; ++h) {
-        const Prepared& pr = prep(desc.layer, desc.kind, static_cast<uint32_t>(h));
-        float g = 1.0f;
-        if (cfg_.gain) {
-          g = baseline::LoadHalf(p + gains_at, qi * H + h);
-          g = g > 0.0f ? g : 1.0f;
+        at_sym[(qi - r0) * H + h] = next;
+        if (!repeat[qi * H + h]) next += pat[h].size();
+      }
+    }
+    for (size_t h = 0; h < H; ++h) {
+      const Prepared& pr = prep(desc.layer, desc.kind, static_cast<uint32_t>(h));
+      const std::vector<Coded>* plist = nullptr;
+      const float* zs[kMulRows];
+      float* os[kMulRows];
+      const float* css[kMulRows];
+      int pending = 0;
+      auto flush = [&] {
+        if (pending == 0) return;
+        const std::vector<Coded>& list = *plist;
+        if (!fast) {
+          for (int r = 0; r < pending; ++r) reference_inverse(pr, list, zs[r], os[r]);
+        } else {
+          for (size_t c = 0; c < list.size(); ++c) {
+            rows[c] = pr.inv_t.data() + size_t{list[c].i} * D;
+          }
+          if (avx2) {
+            MulRowsAvx2(rows.data(), list.size(), zs, pending, D, pr.mean.data(), os);
+          } else {
+            for (int r = 0; r < pending; ++r) {
+              AccumulateScalar(rows.data(), zs[r], list.size(), pr.mean.data(), D, os[r]);
+            }
+          }
         }
+        if (rot) {
+          for (int r = 0; r < pending; ++r) {
+            rope_.Rotate(os[r], css[r], css[r] + rope_.rope_dim / 2, /*undo=*/false);
+          }
+        }
+        pending = 0;
+      };
+      for (size_t qi = r0; qi < r1; ++qi) {
+        const uint32_t t = plan.q_tokens[qi];
         const size_t row = qi * H + h;
-        const std::vector<Coded>* list;
+        const std::vector<Coded>* list =
+            repeat[row] ? ulist[s][size_t{ref[row]} * H + h] : (use_hi ? &hi[h] : &lo[h]);
+        if (list != plist) flush();
+        plist = list;
         const float* z;
         if (repeat[row]) {  // the unique row's coefficients, at this token's position
-          const size_t at = size_t{ref[row]} * H + h;
-          list = ulist[s][at];
-          z = uvals[s].data() + at * D;
+          z = uvals[s].data() + (size_t{ref[row]} * H + h) * D;
         } else {
-          list = use_hi ? &hi[h] : &lo[h];
+          float g = 1.0f;
+          if (cfg_.gain) {
+            g = baseline::LoadHalf(p + gains_at, row);
+            g = g > 0.0f ? g : 1.0f;
+          }
+          const uint32_t* q = sp + at_sym[(qi - r0) * H + h];
+          float* zc = zbuf.data() + pending * D;
           for (size_t c = 0; c < list->size(); ++c) {
             const Coded& cd = (*list)[c];
             if (cd.b == kProtectedBits) {
-              const uint16_t hv = static_cast<uint16_t>(sp[0] | sp[1] << 8);
-              sp += 2;
+              const uint16_t hv = static_cast<uint16_t>(q[0] | q[1] << 8);
+              q += 2;
               KVWIRE_RETURN_ERROR_IF(!baseline::HalfIsFinite(hv), kCorrupt,
                                      "fraqtl: a protected coefficient is not finite");
               zc[c] = HalfToFloat(hv);
             } else {
-              zc[c] = cfg_.gain ? cd.levels[*sp] * (pr.sigma[cd.i] * g) : cd.levels[*sp];
-              ++sp;
+              zc[c] = cfg_.gain ? cd.levels[*q] * (pr.sigma[cd.i] * g) : cd.levels[*q];
+              ++q;
             }
           }
-          z = zc.data();
+          z = zc;
           if (has_repeats) {
             const size_t at = size_t{ref[row]} * H + h;
-            std::copy(zc.begin(), zc.begin() + static_cast<long>(list->size()),
-                      uvals[s].data() + at * D);
+            std::copy(zc, zc + list->size(), uvals[s].data() + at * D);
             ulist[s][at] = list;
           }
         }
-        float* o = out + (size_t{t} * H + h) * D;
-        if (!fast) {
-          reference_inverse(pr, *list, z, o);
-        } else {
-          for (size_t c = 0; c < list->size(); ++c) {
-            rows[c] = pr.inv_t.data() + size_t{(*list)[c].i} * D;
-          }
-          (avx2 ? AccumulateAvx2 : AccumulateScalar)(rows.data(), z, list->size(),
-                                                     pr.mean.data(), D, o);
-        }
-        if (rot) rope_.Rotate(o, cs, cs + rope_.rope_dim / 2, /*undo=*/false);
+        zs[pending] = z;
+        os[pending] = out + (size_t{t} * H + h) * D;
+        css[pending] = rot ? angles + size_t{t} * (rope_.rope_dim / 2) * 2 : nullptr;
+        if (++pending == kMulRows) flush();
       }
+      flush();
     }
     return Status::Ok();
   };

@@ -247,38 +247,61 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
         for (size_t j = 0; j < D; ++j) ft[h][j * width[h] + c] = p.fwd[kept[h][c] * D + j];
       }
     }
-    std::vector<float> xc(D);
-    for (size_t qi = 0; qi < nq; ++qi) {
-      for (size_t h = 0; h < H; ++h) {
-        if (repeat[qi * H + h]) {
-          if (cfg_.gain) gains[qi * H + h] = 1.0f;
-          continue;
-        }
-        const Prepared& p = prep(desc.layer, desc.kind, static_cast<uint32_t>(h));
-        const float* row = rows.data() + (qi * H + h) * D;
-        float* zr = z.data() + base[h] + qi * width[h];
-        for (size_t j = 0; j < D; ++j) xc[j] = row[j] - p.mean[j];
-        if (!fast) {  // the reference: each kept coefficient its own chain of fused multiply-adds
-          for (size_t c = 0; c < width[h]; ++c) {
-            float acc = 0.0f;
-            if (c < kept[h].size()) {
-              const float* f = p.fwd.data() + size_t{kept[h][c]} * D;
-              for (size_t j = 0; j < D; ++j) acc = std::fma(f[j], xc[j], acc);
+    // Per head, the rows to project (not repeats) kMulRows at a time: they share the loads of F.
+    std::vector<float> xc(kMulRows * D);
+    std::vector<const float*> ft_rows(D);
+    for (size_t h = 0; h < H; ++h) {
+      const Prepared& p = prep(desc.layer, desc.kind, static_cast<uint32_t>(h));
+      for (size_t j = 0; j < D; ++j) ft_rows[j] = ft[h].data() + j * width[h];
+      const float* xs[kMulRows];
+      float* zs[kMulRows];
+      size_t rs[kMulRows];
+      int pending = 0;
+      auto flush = [&] {
+        if (pending == 0) return;
+        if (avx2) {
+          MulRowsAvx2(ft_rows.data(), D, xs, pending, width[h], nullptr, zs);
+        } else if (fast) {
+          for (int r = 0; r < pending; ++r) ProjectScalar(ft[h].data(), xs[r], D, width[h], zs[r]);
+        } else {  // the reference: each kept coefficient its own chain of fused multiply-adds
+          for (int r = 0; r < pending; ++r) {
+            for (size_t c = 0; c < width[h]; ++c) {
+              float acc = 0.0f;
+              if (c < kept[h].size()) {
+                const float* f = p.fwd.data() + size_t{kept[h][c]} * D;
+                for (size_t j = 0; j < D; ++j) acc = std::fma(f[j], xs[r][j], acc);
+              }
+              zs[r][c] = acc;
             }
-            zr[c] = acc;
           }
-        } else {
-          (avx2 ? ProjectAvx2 : ProjectScalar)(ft[h].data(), xc.data(), D, width[h], zr);
         }
         if (cfg_.gain) {  // kept = every direction, in order
-          double ss = 0;
-          for (size_t i = 0; i < D; ++i) {
-            if (p.variance[i] > 0) ss += static_cast<double>(zr[i]) * zr[i] / p.variance[i];
+          for (int r = 0; r < pending; ++r) {
+            double ss = 0;
+            for (size_t i = 0; i < D; ++i) {
+              if (p.variance[i] > 0) ss += static_cast<double>(zs[r][i]) * zs[r][i] / p.variance[i];
+            }
+            const float g = HalfToFloat(HalfSaturate(static_cast<float>(std::sqrt(ss / D))));
+            gains[rs[r]] = g > 0.0f ? g : 1.0f;
           }
-          const float g = HalfToFloat(HalfSaturate(static_cast<float>(std::sqrt(ss / D))));
-          gains[qi * H + h] = g > 0.0f ? g : 1.0f;
         }
+        pending = 0;
+      };
+      for (size_t qi = 0; qi < nq; ++qi) {
+        const size_t row = qi * H + h;
+        if (repeat[row]) {
+          if (cfg_.gain) gains[row] = 1.0f;
+          continue;
+        }
+        const float* x = rows.data() + row * D;
+        float* xr = xc.data() + pending * D;
+        for (size_t j = 0; j < D; ++j) xr[j] = x[j] - p.mean[j];
+        xs[pending] = xr;
+        zs[pending] = z.data() + base[h] + qi * width[h];
+        rs[pending] = row;
+        if (++pending == kMulRows) flush();
       }
+      flush();
     }
   }
 

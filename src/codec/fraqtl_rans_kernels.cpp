@@ -122,6 +122,65 @@ __attribute__((target("avx2,fma"))) void AccumulateAvx2(const float* const* rows
   }
 }
 
+namespace {
+
+template <int R>
+__attribute__((target("avx2,fma"), always_inline)) inline void MulRowsR(
+    const float* const* a, size_t k, const float* const* x, size_t n, const float* add,
+    float* const* out) {
+  size_t c0 = 0;
+  for (; c0 + 32 <= n; c0 += 32) {
+    __m256 acc[R][4];
+    for (int r = 0; r < R; ++r) {
+      for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_setzero_ps();
+    }
+    for (size_t j = 0; j < k; ++j) {
+      // 12 accumulators, R broadcasts and one row vector: within AVX2's 16 registers.
+      const float* aj = a[j] + c0;
+      __m256 b[R];
+      for (int r = 0; r < R; ++r) b[r] = _mm256_broadcast_ss(x[r] + j);
+      for (int v = 0; v < 4; ++v) {
+        const __m256 av = _mm256_loadu_ps(aj + 8 * v);
+        for (int r = 0; r < R; ++r) acc[r][v] = _mm256_fmadd_ps(av, b[r], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      for (int v = 0; v < 4; ++v) {
+        __m256 o = acc[r][v];
+        if (add) o = _mm256_add_ps(_mm256_loadu_ps(add + c0 + 8 * v), o);
+        _mm256_storeu_ps(out[r] + c0 + 8 * v, o);
+      }
+    }
+  }
+  for (; c0 + 8 <= n; c0 += 8) {
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    for (size_t j = 0; j < k; ++j) {
+      const __m256 aj = _mm256_loadu_ps(a[j] + c0);
+      for (int r = 0; r < R; ++r) {
+        acc[r] = _mm256_fmadd_ps(aj, _mm256_broadcast_ss(x[r] + j), acc[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      __m256 o = acc[r];
+      if (add) o = _mm256_add_ps(_mm256_loadu_ps(add + c0), o);
+      _mm256_storeu_ps(out[r] + c0, o);
+    }
+  }
+}
+
+}  // namespace
+
+__attribute__((target("avx2,fma"))) void MulRowsAvx2(const float* const* a, size_t k,
+                                                  const float* const* x, int rows, size_t n,
+                                                  const float* add, float* const* out) {
+  switch (rows) {
+    case 1: MulRowsR<1>(a, k, x, n, add, out); break;
+    case 2: MulRowsR<2>(a, k, x, n, add, out); break;
+    default: MulRowsR<3>(a, k, x, n, add, out); break;
+  }
+}
+
 bool HaveAvx2() {
   static const bool have = [] {
     __builtin_cpu_init();

@@ -35,6 +35,16 @@ void AccumulateScalar(const float* const* rows, const float* z, size_t k, const 
 void AccumulateAvx2(const float* const* rows, const float* z, size_t k, const float* mean,
                     size_t d, float* out);
 
+// Up to kMulRows rows at once: out[r][c] = add[c] (when add is given) + the sum over j in
+// [0, k) of a[j][c] * x[r][j], the sum a chain of fused multiply-adds from 0 in ascending j, for
+// c in [0, n), n a multiple of 8. The projection (a = the kept rows of F transposed, x = rows)
+// and the inverse (a = the coded columns of G, x = coefficients) are both this product; rows
+// that share `a` share its loads, so several rows cost little more than one. The same floats
+// as ProjectScalar and AccumulateScalar row by row.
+inline constexpr int kMulRows = 3;
+void MulRowsAvx2(const float* const* a, size_t k, const float* const* x, int rows, size_t n,
+                 const float* add, float* const* out);
+
 bool HaveAvx2();
 bool HaveAvx2Fma();
 
