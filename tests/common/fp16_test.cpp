@@ -7,6 +7,10 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <random>
+#include <vector>
+
+#include "kvwire/kv_view.h"
 
 namespace kvwire {
 namespace {
@@ -97,6 +101,46 @@ TEST(Bf16Test, EveryBf16RoundTripsAndTiesGoToEven) {
   EXPECT_EQ(FloatToBf16(std::bit_cast<float>(0x3f808000u)), 0x3f80);  // tie, even below
   EXPECT_EQ(FloatToBf16(std::bit_cast<float>(0x3f818000u)), 0x3f82);  // tie, even above
   EXPECT_EQ(FloatToBf16(std::bit_cast<float>(0x3f808001u)), 0x3f81);
+}
+
+// KvView's fp16 rows (vector conversions where the CPU has them) give exactly the scalar
+// conversions: every half to float, and floats around every rounding boundary, subnormals,
+// overflow, infinities and NaNs (which take the scalar path) back to half.
+TEST(Fp16Test, KvViewRowsConvertLikeTheScalarFunctions) {
+  constexpr uint32_t kRow = 64;  // kv_heads 1 x head_dim 64
+  std::vector<uint16_t> halves(65536);
+  for (uint32_t h = 0; h < 65536; ++h) halves[h] = static_cast<uint16_t>(h);
+  const uint32_t tokens = 65536 / kRow;
+  KvShape shape{1, tokens, 1, kRow};
+  std::vector<uint16_t> v(halves.size());
+  auto view = KvView::Contiguous(shape, DType::kF16, {halves.data()}, {v.data()});
+  ASSERT_TRUE(view.ok()) << view.status().ToString();
+  std::vector<float> f(halves.size());
+  ASSERT_TRUE(view->ReadF32(0, KvKind::kKey, 0, tokens, f.data()).ok());
+  for (uint32_t h = 0; h < 65536; ++h) {
+    ASSERT_EQ(std::bit_cast<uint32_t>(f[h]), std::bit_cast<uint32_t>(HalfToFloatFast(halves[h])))
+        << std::hex << h;
+  }
+  // Floats: each half's value, its neighbours one ulp either side, the midpoints to the next
+  // half and their neighbours, plus random bit patterns (NaNs with payloads among them).
+  std::vector<float> in;
+  for (uint32_t h = 0; h < 65536 && in.size() < 65536 * 4; h += 3) {
+    const float x = HalfToFloat(static_cast<uint16_t>(h));
+    const uint32_t b = std::bit_cast<uint32_t>(x);
+    for (uint32_t d : {0u, 1u, 0xfffu, 0x1000u, 0x1001u}) in.push_back(std::bit_cast<float>(b + d));
+    in.push_back(std::bit_cast<float>(b - 1));
+  }
+  std::mt19937 rng(3);
+  while (in.size() % kRow != 0 || in.size() < 65536 * 5) in.push_back(std::bit_cast<float>(static_cast<uint32_t>(rng())));
+  const uint32_t n_tokens = static_cast<uint32_t>(in.size() / kRow);
+  std::vector<uint16_t> k_out(in.size()), v_out(in.size());
+  KvShape shape2{1, n_tokens, 1, kRow};
+  auto out = KvView::Contiguous(shape2, DType::kF16, {k_out.data()}, {v_out.data()});
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  ASSERT_TRUE(out->WriteF32(0, KvKind::kValue, 0, n_tokens, in.data()).ok());
+  for (size_t i = 0; i < in.size(); ++i) {
+    ASSERT_EQ(v_out[i], FloatToHalfFast(in[i])) << std::hex << std::bit_cast<uint32_t>(in[i]);
+  }
 }
 
 }  // namespace
