@@ -19,6 +19,7 @@
 #include "codec/codec_ids.h"
 #include "codec/fraqtl_codec.h"
 #include "codec/fraqtl_math.h"
+#include "codec/fraqtl_rans_kernels.h"
 #include "codec/fraqtl_sketch.h"
 #include "codec/lloyd_max.h"
 #include "codec/quant_common.h"
@@ -71,6 +72,7 @@ struct Prepared {
   std::vector<double> distortion;                    // [9]
   std::vector<float> levels[kMaxCodedBits + 1];      // [b]: 2^b levels
   std::vector<float> thresholds[kMaxCodedBits + 1];  // [b]: 2^b - 1 midpoints
+  QuantLut quant[kMaxCodedBits + 1];                 // [b]: thresholds[b] as buckets
   std::vector<float> sketch;                         // [m, D] +-1 (sign=M only)
 };
 
@@ -219,6 +221,7 @@ class FraqtlCodec final : public Codec {
       for (size_t i = 0; i + 1 < o->levels[bits].size(); ++i) {
         th[i] = 0.5f * (o->levels[bits][i] + o->levels[bits][i + 1]);
       }
+      o->quant[bits] = BuildQuantLut(th, bits);
     }
     if (calib) o->distortion[0] = b.distortion[0];
   }

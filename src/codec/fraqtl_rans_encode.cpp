@@ -340,7 +340,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     }
     return PriceColumn(b, zc + t0 * width[h], width[h], t1 - t0, p.thresholds[b].data(),
                        p.sigma[i], g ? g + t0 * H : nullptr, H, dst + t0 * stride, stride, cost,
-                       skip ? skip + t0 * H : nullptr);
+                       skip ? skip + t0 * H : nullptr, &p.quant[b]);
   };
   auto cost_of = [&](size_t h, int b, uint32_t v) -> uint64_t {
     if (b == kProtectedBits) return kProtectedCost;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace kvwire::fraqtl::internal {
 
@@ -301,14 +302,107 @@ __attribute__((target("avx2"))) uint64_t PriceColumnAvx2(const float* z, size_t 
   return c;
 }
 
+// PriceColumnAvx2 through a QuantLut: one gather of the bucket's start and `fixups`
+// comparisons instead of B gathers of the binary search.
+__attribute__((target("avx2"))) uint64_t PriceColumnLutAvx2(const float* z, size_t zs, size_t n,
+                                                           const QuantLut& q, float sigma,
+                                                           uint16_t* dst, size_t ds,
+                                                           const uint32_t* cost) {
+  const __m256i lanes = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                           _mm256_set1_epi32(static_cast<int>(zs)));
+  const __m256 sg = _mm256_set1_ps(sigma);
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 lo = _mm256_set1_ps(q.lo), inv_w = _mm256_set1_ps(q.inv_w),
+               top = _mm256_set1_ps(q.top);
+  const __m256i one = _mm256_set1_epi32(1);
+  const int* start = reinterpret_cast<const int*>(q.start.data());
+  const float* th = q.th.data();
+  __m256i acc = _mm256_setzero_si256();
+  uint64_t c = 0;
+  size_t t = 0, since = 0;
+  alignas(32) uint32_t v8[8];
+  for (; t + 8 <= n; t += 8) {
+    const __m256 zv = _mm256_i32gather_ps(z + t * zs, lanes, 4);
+    const __m256 u = sigma > 0.0f ? _mm256_div_ps(zv, sg) : zero;
+    // as QuantBucket: min(max((u - lo) * inv_w, 0), top), truncated
+    const __m256 bt =
+        _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_sub_ps(u, lo), inv_w), zero), top);
+    __m256i v = _mm256_i32gather_epi32(start, _mm256_cvttps_epi32(bt), 4);
+    for (int f = 0; f < q.fixups; ++f) {
+      const __m256 thv = _mm256_i32gather_ps(th, v, 4);
+      v = _mm256_add_epi32(
+          v, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(thv, u, _CMP_LT_OQ)), one));
+    }
+    acc = _mm256_add_epi32(acc, _mm256_i32gather_epi32(reinterpret_cast<const int*>(cost), v, 4));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(v8), v);
+    for (int l = 0; l < 8; ++l) dst[(t + l) * ds] = static_cast<uint16_t>(v8[l]);
+    if (++since == 1024) {  // a lane sums at most 1024 costs below 2^20: no overflow
+      alignas(32) uint32_t a8[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(a8), acc);
+      for (uint32_t a : a8) c += a;
+      acc = _mm256_setzero_si256();
+      since = 0;
+    }
+  }
+  alignas(32) uint32_t a8[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(a8), acc);
+  for (uint32_t a : a8) c += a;
+  for (; t < n; ++t) {  // the tail, one at a time through the same table
+    const float u = sigma > 0.0f ? z[t * zs] / sigma : 0.0f;
+    uint32_t v = q.start[QuantBucket(q, u)];
+    for (int f = 0; f < q.fixups; ++f) v += q.th[v] < u ? 1 : 0;
+    dst[t * ds] = static_cast<uint16_t>(v);
+    c += cost[v];
+  }
+  return c;
+}
+
 }  // namespace
+
+QuantLut BuildQuantLut(const std::vector<float>& th, int bits) {
+  QuantLut q;
+  const size_t m = th.size();
+  if (m < 3) return q;
+  float gap = std::numeric_limits<float>::infinity();
+  for (size_t i = 0; i + 1 < m; ++i) {
+    if (!(th[i + 1] > th[i])) return q;  // not strictly ascending: no table
+    gap = std::min(gap, th[i + 1] - th[i]);
+  }
+  const double range = static_cast<double>(th[m - 1]) - th[0];
+  // Buckets about half the smallest gap wide, so that one holds at most about two thresholds.
+  const double want = std::ceil(2.0 * range / gap) + 2.0;
+  if (!(want <= 16384.0)) return q;
+  const uint32_t nb = static_cast<uint32_t>(want);
+  q.lo = th[0];
+  q.inv_w = static_cast<float>(static_cast<double>(nb - 2) / range);
+  q.top = static_cast<float>(nb - 1);
+  if (!(q.inv_w > 0.0f) || !std::isfinite(q.inv_w)) return QuantLut{};
+  std::vector<uint32_t> per(nb, 0);
+  for (float t : th) ++per[QuantBucket(q, t)];
+  q.start.assign(nb, 0);
+  uint32_t below = 0, most = 0;
+  for (uint32_t b = 0; b < nb; ++b) {
+    q.start[b] = below;
+    below += per[b];
+    most = std::max(most, per[b]);
+  }
+  // Worth it when the gathers it takes (start, fixups) are fewer than the search's (bits).
+  if (static_cast<int>(most) + 1 >= bits) return QuantLut{};
+  q.fixups = static_cast<int>(most);
+  q.th = th;
+  q.th.resize(m + most + 1, std::numeric_limits<float>::infinity());
+  return q;
+}
 
 // The symbols (QuantizeFast) of n coefficients z[t * zs] at b bits, scale sigma (times g[t * gs]
 // when g is given), written to dst[t * ds]; returns their cost, less that of the rows where
 // skip[t * gs] is set (repeats).
 uint64_t PriceColumn(int b, const float* z, size_t zs, size_t n, const float* th, float sigma,
                      const float* g, size_t gs, uint16_t* dst, size_t ds, const uint32_t* cost,
-                     const uint8_t* skip) {
+                     const uint8_t* skip, const QuantLut* lut) {
+  if (!g && !skip && HaveAvx2() && lut && lut->fixups >= 0) {
+    return PriceColumnLutAvx2(z, zs, n, *lut, sigma, dst, ds, cost);
+  }
   if (!g && !skip && HaveAvx2()) {
     switch (b) {
       case 1: return PriceColumnAvx2<1>(z, zs, n, th, sigma, dst, ds, cost);

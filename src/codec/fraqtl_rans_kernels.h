@@ -6,6 +6,7 @@
 // kernels use std::fma, the AVX2 ones _mm256_fmadd_ps, so both give the same floats.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -60,13 +61,31 @@ inline uint32_t QuantizeRef(const std::vector<float>& th, float u) {
 }
 
 
+// The number of thresholds strictly below u, found through a table of buckets instead of a
+// binary search: bucket q = clamp(trunc((u - lo) * inv_w), 0, top); `start[q]` counts the
+// thresholds whose own bucket is below q (all of them are below u, since the bucket is
+// monotone in u), and the at most `fixups` thresholds that share u's bucket are compared one by
+// one (th padded with +inf). Exact for every finite u: the same symbols as QuantizeRef.
+struct QuantLut {
+  float lo = 0.0f, inv_w = 0.0f, top = 0.0f;
+  int fixups = -1;              // -1: no table (a binary search is as fast)
+  std::vector<uint32_t> start;  // [top + 1]
+  std::vector<float> th;        // the thresholds, then +inf (fixups + 1 of them)
+};
+QuantLut BuildQuantLut(const std::vector<float>& th, int bits);
+inline uint32_t QuantBucket(const QuantLut& q, float u) {
+  const float t = std::min(std::max((u - q.lo) * q.inv_w, 0.0f), q.top);
+  return static_cast<uint32_t>(t);
+}
+
 // The symbols of n coefficients z[t * zs] at b bits (the number of thresholds strictly below
 // z / scale, scale = sigma times g[t * gs] when g is given, 0 where scale is 0), written to
 // dst[t * ds]; returns their cost (table costs `cost`), less that of the rows where skip[t * gs]
 // is set (repeats: not quantized at all). The same symbols as QuantizeRef.
+// `lut` (optional) is th's QuantLut.
 uint64_t PriceColumn(int b, const float* z, size_t zs, size_t n, const float* th, float sigma,
                      const float* g, size_t gs, uint16_t* dst, size_t ds, const uint32_t* cost,
-                     const uint8_t* skip);
+                     const uint8_t* skip, const QuantLut* lut = nullptr);
 
 inline size_t RoundUp8(size_t n) { return (n + 7) & ~size_t{7}; }
 

@@ -8,6 +8,8 @@
 #include <random>
 
 #include "codec/fraqtl_math.h"
+#include "codec/fraqtl_rans_kernels.h"
+#include "codec/lloyd_max.h"
 #include "codec/fraqtl_toy.h"
 #include "codec/rans.h"
 #include "kvwire/stream.h"
@@ -152,6 +154,60 @@ TEST(Rans, RoundTripSideBySideAndSizeFromCosts) {
     dec.Decode(pool.data(), offs0.data(), offs0.size(), o.data());
     EXPECT_FALSE(dec.Ok());
   }
+}
+
+// The bucket table finds the same symbol as the threshold count for every value: the Gaussian
+// codebooks and random calibrated-like ones, values on, beside and between the thresholds,
+// tiny and huge ones; through PriceColumn (AVX2 where present) with and without the table.
+TEST(FraqtlRans, BucketQuantizerEqualsTheThresholdCount) {
+  std::mt19937 rng(11);
+  std::vector<std::vector<float>> books;
+  for (int b = 1; b <= 8; ++b) books.push_back(baseline::GaussianLloydMax(b).thresholds);
+  for (int b = 2; b <= 8; ++b) {
+    for (int rep = 0; rep < 4; ++rep) {
+      std::normal_distribution<float> nd(0.0f, rep == 3 ? 1e-3f : 1.0f);
+      std::vector<float> th((size_t{1} << b) - 1);
+      for (float& t : th) t = nd(rng);
+      std::sort(th.begin(), th.end());
+      if (rep == 2 && th.size() > 4) th[2] = std::nextafter(th[1], 1e30f);  // a tiny gap
+      books.push_back(th);
+    }
+  }
+  int with_table = 0;
+  for (const std::vector<float>& th : books) {
+    const int b = static_cast<int>(std::lround(std::log2(th.size() + 1)));
+    const fraqtl::internal::QuantLut lut = fraqtl::internal::BuildQuantLut(th, b);
+    with_table += lut.fixups >= 0;
+    // The Gaussian codebooks from 3 bits up (fraqtl's default) get a table.
+    if (&th - books.data() < 8 && b >= 3) EXPECT_GE(lut.fixups, 0) << "bits " << b;
+    std::vector<float> z;
+    for (float t : th) {
+      for (float v : {t, std::nextafter(t, -1e30f), std::nextafter(t, 1e30f)}) z.push_back(v);
+    }
+    std::normal_distribution<float> wide(0.0f, 3.0f);
+    for (int i = 0; i < 2000; ++i) z.push_back(wide(rng) * (th.back() - th.front() + 1e-6f));
+    for (float v : {0.0f, -0.0f, 1e30f, -1e30f, 3e38f, -3e38f, 1e-40f}) z.push_back(v);
+    while (z.size() % 8 != 5) z.push_back(0.5f);  // a tail beside whole groups
+    std::vector<uint32_t> cost(size_t{1} << b);
+    for (size_t v = 0; v < cost.size(); ++v) cost[v] = static_cast<uint32_t>(v * 7 + 1);
+    uint64_t want_cost = 0;
+    std::vector<uint16_t> want(z.size()), got(z.size()), got_lut(z.size());
+    for (size_t i = 0; i < z.size(); ++i) {
+      want[i] = static_cast<uint16_t>(fraqtl::internal::QuantizeRef(th, z[i]));
+      want_cost += cost[want[i]];
+    }
+    const uint64_t c0 = fraqtl::internal::PriceColumn(b, z.data(), 1, z.size(), th.data(), 1.0f,
+                                                      nullptr, 1, got.data(), 1, cost.data(),
+                                                      nullptr);
+    const uint64_t c1 = fraqtl::internal::PriceColumn(b, z.data(), 1, z.size(), th.data(), 1.0f,
+                                                      nullptr, 1, got_lut.data(), 1, cost.data(),
+                                                      nullptr, &lut);
+    EXPECT_EQ(got, want) << "bits " << b;
+    EXPECT_EQ(got_lut, want) << "bits " << b << ", fixups " << lut.fixups;
+    EXPECT_EQ(c0, want_cost);
+    EXPECT_EQ(c1, want_cost);
+  }
+  EXPECT_GE(with_table, 12);  // the table is used, not only the search
 }
 
 // Every budget from 0.25 to 6 b/e: reference and optimized paths give the same bytes and the
