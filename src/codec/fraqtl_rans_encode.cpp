@@ -221,6 +221,9 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   std::vector<std::vector<uint32_t>> kept(H);
   std::vector<int32_t> col(H * D, -1);
   std::vector<size_t> width(H), base(H);
+  // Column stride: a multiple of 16 values plus 16, never a power of two, so that the columns
+  // of one token do not all fall into the same cache sets.
+  const size_t ld = (nq + 15) / 16 * 16 + 16;
   size_t total_cols = 0;
   for (size_t h = 0; h < H; ++h) {
     for (uint32_t i = 0; i < D; ++i) {
@@ -230,13 +233,14 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
       }
     }
     width[h] = RoundUp8(kept[h].size());
-    base[h] = total_cols * nq;
+    base[h] = total_cols * ld;
     total_cols += width[h];
   }
 
-  // Coefficients of the kept directions: z[base[h] + qi * width[h] + c].
+  // Coefficients of the kept directions, a column per direction: z[base[h] + c * ld + qi]
+  // (pricing reads and writes whole columns).
   std::vector<float>& z = scratch.z;
-  z.resize(total_cols * nq);  // every row that is read is written first (repeats are not read)
+  z.resize(total_cols * ld);  // every row that is read is written first (repeats are not read)
   std::vector<float> gains(cfg_.gain ? nq * H : 0);
   {
     std::vector<std::vector<float>> ft(H);  // [D][width]: the kept rows of F, transposed
@@ -248,14 +252,14 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
       }
     }
     // Per head, the rows to project (not repeats) kMulRows at a time: they share the loads of F.
-    std::vector<float> xc(kMulRows * D);
+    std::vector<float> xc(kMulRows * D), zrow(kMulRows * D);
     std::vector<const float*> ft_rows(D);
     for (size_t h = 0; h < H; ++h) {
       const Prepared& p = prep(desc.layer, desc.kind, static_cast<uint32_t>(h));
       for (size_t j = 0; j < D; ++j) ft_rows[j] = ft[h].data() + j * width[h];
       const float* xs[kMulRows];
       float* zs[kMulRows];
-      size_t rs[kMulRows];
+      size_t rs[kMulRows], qs[kMulRows];
       int pending = 0;
       auto flush = [&] {
         if (pending == 0) return;
@@ -274,6 +278,10 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
               zs[r][c] = acc;
             }
           }
+        }
+        for (int r = 0; r < pending; ++r) {  // into the columns
+          float* col0 = z.data() + base[h] + qs[r];
+          for (size_t c = 0; c < width[h]; ++c) col0[c * ld] = zs[r][c];
         }
         if (cfg_.gain) {  // kept = every direction, in order
           for (int r = 0; r < pending; ++r) {
@@ -297,8 +305,9 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
         float* xr = xc.data() + pending * D;
         for (size_t j = 0; j < D; ++j) xr[j] = x[j] - p.mean[j];
         xs[pending] = xr;
-        zs[pending] = z.data() + base[h] + qi * width[h];
+        zs[pending] = zrow.data() + pending * width[h];
         rs[pending] = row;
+        qs[pending] = qi;
         if (++pending == kMulRows) flush();
       }
       flush();
@@ -312,14 +321,14 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     if (b == 0) return 0;
     const size_t h = item / D;
     const uint32_t i = item % D;
-    const float* zc = z.data() + base[h] + static_cast<size_t>(col[item]);
+    const float* zc = z.data() + base[h] + static_cast<size_t>(col[item]) * ld;
     const float* g = cfg_.gain ? gains.data() + h : nullptr;
     const uint8_t* skip = has_repeats ? repeat.data() + h : nullptr;
     if (b == kProtectedBits) {
       uint64_t n = 0;
       for (size_t qi = t0; qi < t1; ++qi) {
         if (skip && skip[qi * H]) continue;
-        dst[qi * stride] = HalfSaturate(zc[qi * width[h]]);
+        dst[qi * stride] = HalfSaturate(zc[qi]);
         ++n;
       }
       return kProtectedCost * n;
@@ -331,14 +340,14 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
       for (size_t qi = t0; qi < t1; ++qi) {
         if (skip && skip[qi * H]) continue;
         const float scale = p.sigma[i] * (g ? g[qi * H] : 1.0f);
-        const float u = scale > 0.0f ? zc[qi * width[h]] / scale : 0.0f;
+        const float u = scale > 0.0f ? zc[qi] / scale : 0.0f;
         const uint32_t v = QuantizeRef(p.thresholds[b], u);
         dst[qi * stride] = static_cast<uint16_t>(v);
         c += cost[v];
       }
       return c;
     }
-    return PriceColumn(b, zc + t0 * width[h], width[h], t1 - t0, p.thresholds[b].data(),
+    return PriceColumn(b, zc + t0, 1, t1 - t0, p.thresholds[b].data(),
                        p.sigma[i], g ? g + t0 * H : nullptr, H, dst + t0 * stride, stride, cost,
                        skip ? skip + t0 * H : nullptr, &p.quant[b]);
   };
@@ -347,28 +356,24 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     return Table(desc.layer, desc.kind, static_cast<uint32_t>(h), b).cost[v];
   };
 
-  // Symbols and exact cost of the model's guess, a run of tokens at a time (the rows stay in
-  // cache while every column reads them).
+  // Symbols and exact cost of the model's guess, column by column; symbols are stored like
+  // the coefficients: idx[base[h] + c * ld + qi].
   std::vector<uint16_t>& idx = scratch.idx;
-  idx.resize(total_cols * nq);
-  std::vector<uint64_t> col_cost(H * D, 0);
-  uint64_t total = 0;
-  constexpr size_t kRun = 64;
-  for (size_t t0 = 0; t0 < nq; t0 += kRun) {
-    const size_t t1 = std::min(nq, t0 + kRun);
-    for (size_t h = 0; h < H; ++h) {
-      for (size_t c = 0; c < kept[h].size(); ++c) {
-        const uint32_t item = static_cast<uint32_t>(h * D + kept[h][c]);
-        if (bits[item] == 0) continue;
-        col_cost[item] += price(item, bits[item], t0, t1, idx.data() + base[h] + c, width[h]);
-      }
-    }
-  }
-  for (uint64_t c : col_cost) total += c;
+  idx.resize(total_cols * ld);
   auto column_ptr = [&](uint32_t item) {
     const size_t h = item / D;
-    return idx.data() + base[h] + static_cast<size_t>(col[item]);
+    return idx.data() + base[h] + static_cast<size_t>(col[item]) * ld;
   };
+  std::vector<uint64_t> col_cost(H * D, 0);
+  uint64_t total = 0;
+  for (size_t h = 0; h < H; ++h) {
+    for (size_t c = 0; c < kept[h].size(); ++c) {
+      const uint32_t item = static_cast<uint32_t>(h * D + kept[h][c]);
+      if (bits[item] == 0) continue;
+      col_cost[item] = price(item, bits[item], 0, nq, column_ptr(item), 1);
+      total += col_cost[item];
+    }
+  }
   std::vector<uint16_t>& tmp = scratch.column;
   tmp.resize(nq);
   // Down while over budget, then up while the next step fits.
@@ -376,7 +381,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     const RansStep& s = lad.steps[--n_steps];
     const size_t h = s.item / D;
     total -= col_cost[s.item];
-    col_cost[s.item] = price(s.item, s.from, 0, nq, column_ptr(s.item), width[h]);
+    col_cost[s.item] = price(s.item, s.from, 0, nq, column_ptr(s.item), 1);
     total += col_cost[s.item];
     bits[s.item] = s.from;
   }
@@ -387,9 +392,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     const uint64_t c = price(s.item, s.to, 0, nq, tmp.data(), 1);
     const uint64_t next = total - col_cost[s.item] + c;
     if (static_cast<double>(next) <= budget) {
-      const size_t h = s.item / D;
-      uint16_t* dst = column_ptr(s.item);
-      for (size_t qi = 0; qi < nq; ++qi) dst[qi * width[h]] = tmp[qi];
+      std::copy(tmp.begin(), tmp.begin() + static_cast<long>(nq), column_ptr(s.item));
       total = next;
       col_cost[s.item] = c;
       bits[s.item] = s.to;
@@ -405,7 +408,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
         continue;
       }
       const double delta = static_cast<double>(cost_of(h, s.to, tmp[qi])) -
-                           (s.from ? static_cast<double>(cost_of(h, s.from, cur[qi * width[h]]))
+                           (s.from ? static_cast<double>(cost_of(h, s.from, cur[qi]))
                                    : 0.0);
       if (delta > left) break;
       left -= delta;
@@ -454,6 +457,21 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     // Per block: the table entry of every symbol in decoding order (token, head, coded column;
     // a protected coefficient as its low then its high byte), then all of them coded at once.
     std::vector<const rans::EncSym*>& sym = scratch.sym;
+    // Per head, lo and hi: each coded column's symbols and its table's entries.
+    struct Flat {
+      const uint16_t* column;  // symbol of token qi: column[qi]
+      const rans::EncSym* enc;
+      bool fp16;
+    };
+    std::vector<std::vector<Flat>> flat_lo(H), flat_hi(H);
+    for (size_t h = 0; h < H; ++h) {
+      for (auto [list, flat] : {std::pair{&lo[h], &flat_lo[h]}, std::pair{&hi[h], &flat_hi[h]}}) {
+        for (const Coded& cd : *list) {
+          flat->push_back({cd.c < 0 ? tmp.data() : idx.data() + base[h] + size_t(cd.c) * ld,
+                           cd.table->enc.data(), cd.b == kProtectedBits});
+        }
+      }
+    }
     for (size_t blk = 0; blk < blocks; ++blk) {
       const size_t t0 = blk * block_tokens, t1 = std::min(nq, t0 + block_tokens);
       size_t k = 0;
@@ -464,20 +482,19 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
       }
       sym.resize(k);
       k = 0;
+      const rans::EncSym** out_sym = sym.data();
       for (size_t qi = t0; qi < t1; ++qi) {
         const bool use_hi = partial && qi < extra;
         for (size_t h = 0; h < H; ++h) {
           if (repeat[qi * H + h]) continue;
-          const std::vector<Coded>& list = use_hi ? hi[h] : lo[h];
-          const uint16_t* row = idx.data() + base[h] + qi * width[h];
-          for (const Coded& cd : list) {
-            const uint32_t v = cd.c < 0 ? tmp[qi] : row[cd.c];
-            const rans::EncSym* e = cd.table->enc.data();
-            if (cd.b == kProtectedBits) {
-              sym[k++] = e + (v & 0xffu);
-              sym[k++] = e + (v >> 8);
+          const std::vector<Flat>& list = use_hi ? flat_hi[h] : flat_lo[h];
+          for (const Flat& f : list) {
+            const uint32_t v = f.column[qi];
+            if (f.fp16) {
+              out_sym[k++] = f.enc + (v & 0xffu);
+              out_sym[k++] = f.enc + (v >> 8);
             } else {
-              sym[k++] = e + v;
+              out_sym[k++] = f.enc + v;
             }
           }
         }

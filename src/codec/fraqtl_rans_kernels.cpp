@@ -226,6 +226,19 @@ float MaxAbs(const float* x, size_t n) {
 
 namespace {
 
+// Eight symbols (each below 2^16) to dst[l * ds].
+__attribute__((target("avx2"), always_inline)) inline void StoreSymbols(__m256i v, uint16_t* dst,
+                                                                      size_t ds) {
+  if (ds == 1) {
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(v, v), 0xd8);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(packed));
+    return;
+  }
+  alignas(32) uint32_t v8[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(v8), v);
+  for (int l = 0; l < 8; ++l) dst[l * ds] = static_cast<uint16_t>(v8[l]);
+}
+
 template <int B>
 uint64_t PriceColumnB(const float* z, size_t zs, size_t n, const float* th, float sigma,
                       const float* g, size_t gs, uint16_t* dst, size_t ds, const uint32_t* cost,
@@ -261,9 +274,8 @@ __attribute__((target("avx2"))) uint64_t PriceColumnAvx2(const float* z, size_t 
   __m256i acc = _mm256_setzero_si256();  // 32-bit sums, flushed to c every 1024 groups
   uint64_t c = 0;
   size_t t = 0, since = 0;
-  alignas(32) uint32_t v8[8];
   for (; t + 8 <= n; t += 8) {
-    const __m256 zv = _mm256_i32gather_ps(z + t * zs, lanes, 4);
+    const __m256 zv = zs == 1 ? _mm256_loadu_ps(z + t) : _mm256_i32gather_ps(z + t * zs, lanes, 4);
     // u = z / sigma where sigma > 0, else 0 (as the scalar path)
     const __m256 u = sigma > 0.0f ? _mm256_div_ps(zv, sg) : zero;
     __m256i v = _mm256_setzero_si256();
@@ -276,8 +288,7 @@ __attribute__((target("avx2"))) uint64_t PriceColumnAvx2(const float* z, size_t 
       v = _mm256_add_epi32(v, _mm256_and_si256(lt, step));
     }
     acc = _mm256_add_epi32(acc, _mm256_i32gather_epi32(reinterpret_cast<const int*>(cost), v, 4));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(v8), v);
-    for (int l = 0; l < 8; ++l) dst[(t + l) * ds] = static_cast<uint16_t>(v8[l]);
+    StoreSymbols(v, dst + t * ds, ds);
     if (++since == 1024) {  // a lane sums at most 1024 costs below 2^20: no overflow
       alignas(32) uint32_t a8[8];
       _mm256_store_si256(reinterpret_cast<__m256i*>(a8), acc);
@@ -320,9 +331,8 @@ __attribute__((target("avx2"))) uint64_t PriceColumnLutAvx2(const float* z, size
   __m256i acc = _mm256_setzero_si256();
   uint64_t c = 0;
   size_t t = 0, since = 0;
-  alignas(32) uint32_t v8[8];
   for (; t + 8 <= n; t += 8) {
-    const __m256 zv = _mm256_i32gather_ps(z + t * zs, lanes, 4);
+    const __m256 zv = zs == 1 ? _mm256_loadu_ps(z + t) : _mm256_i32gather_ps(z + t * zs, lanes, 4);
     const __m256 u = sigma > 0.0f ? _mm256_div_ps(zv, sg) : zero;
     // as QuantBucket: min(max((u - lo) * inv_w, 0), top), truncated
     const __m256 bt =
@@ -334,8 +344,7 @@ __attribute__((target("avx2"))) uint64_t PriceColumnLutAvx2(const float* z, size
           v, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(thv, u, _CMP_LT_OQ)), one));
     }
     acc = _mm256_add_epi32(acc, _mm256_i32gather_epi32(reinterpret_cast<const int*>(cost), v, 4));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(v8), v);
-    for (int l = 0; l < 8; ++l) dst[(t + l) * ds] = static_cast<uint16_t>(v8[l]);
+    StoreSymbols(v, dst + t * ds, ds);
     if (++since == 1024) {  // a lane sums at most 1024 costs below 2^20: no overflow
       alignas(32) uint32_t a8[8];
       _mm256_store_si256(reinterpret_cast<__m256i*>(a8), acc);
