@@ -65,15 +65,24 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     return rot ? angles + size_t{t} * (rope_.rope_dim / 2) * 2 : nullptr;
   };
 
-  // Rows of the quantized tokens, RoPE undone for pre-RoPE K: rows[(qi * H + h) * D].
+  // Rows of the quantized tokens, RoPE undone for pre-RoPE K: rows[(qi * H + h) * D]. Without
+  // RoPE to undo, and when the quantized tokens are one run (no sink or window tokens between
+  // them), they are the input itself.
   thread_local Scratch scratch;
-  std::vector<float>& rows = scratch.rows;
-  rows.resize(nq * H * D);
-  for (size_t qi = 0; qi < nq; ++qi) {
-    const uint32_t t = plan.q_tokens[qi];
-    for (size_t h = 0; h < H; ++h) {
-      LoadRow(desc, in, t, static_cast<uint32_t>(h), rows.data() + (qi * H + h) * D, angles_of(t));
+  const bool in_place = !rot && nq > 0 && plan.q_tokens.back() - plan.q_tokens.front() + 1 == nq;
+  const float* rows = nullptr;
+  if (in_place) {
+    rows = in + size_t{plan.q_tokens.front()} * H * D;
+  } else {
+    scratch.rows.resize(nq * H * D);
+    float* r = scratch.rows.data();
+    for (size_t qi = 0; qi < nq; ++qi) {
+      const uint32_t t = plan.q_tokens[qi];
+      for (size_t h = 0; h < H; ++h) {
+        LoadRow(desc, in, t, static_cast<uint32_t>(h), r + (qi * H + h) * D, angles_of(t));
+      }
     }
+    rows = r;
   }
 
   // Repeats: within a block, a (token, head) row whose values round to the same grid as an
@@ -123,7 +132,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
       for (size_t qi = t0; qi < t1; ++qi) {
         for (size_t h = 0; h < H; ++h) {
           const size_t row = qi * H + h;
-          const float* x = rows.data() + row * D;
+          const float* x = rows + row * D;
           const int e = exponent(x);
           const float sc = scale_of(e);
           scale_exp[row] = e;
@@ -138,7 +147,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
           for (; table[at] != 0; at = (at + 1) & (cap - 1)) {
             const size_t other = static_cast<size_t>(table[at] - 1) * H + h;
             if (scale_exp[other] != e) continue;
-            const float* y = rows.data() + other * D;
+            const float* y = rows + other * D;
             size_t j = 0;
             while (j < D && grid(x[j], sc) == grid(y[j], sc)) ++j;
             if (j == D) {
@@ -301,7 +310,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
           if (cfg_.gain) gains[row] = 1.0f;
           continue;
         }
-        const float* x = rows.data() + row * D;
+        const float* x = rows + row * D;
         float* xr = xc.data() + pending * D;
         for (size_t j = 0; j < D; ++j) xr[j] = x[j] - p.mean[j];
         xs[pending] = xr;
