@@ -175,6 +175,18 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
       }
     }
   }
+  // Lists that are plain codebook lookups (no protected coefficient, no gains) dequantize
+  // with gathers: the offset of each direction's codebook in `scaled`.
+  std::vector<std::vector<int32_t>> lv_lo(H), lv_hi(H);
+  for (size_t h = 0; h < H; ++h) {
+    for (auto [list, lv] : {std::pair{&lo[h], &lv_lo[h]}, std::pair{&hi[h], &lv_hi[h]}}) {
+      if (cfg_.gain || !avx2) break;
+      bool plain = true;
+      for (const Coded& c : *list) plain = plain && c.b != kProtectedBits;
+      if (!plain) continue;
+      for (const Coded& c : *list) lv->push_back(static_cast<int32_t>(c.levels - scaled.data()));
+    }
+  }
   const bool rot = prerope_ && desc.kind == KvKind::kKey;
   const float* angles =
       rot ? PositionAngles(rope_, desc.positions_start + int64_t{desc.token_begin}, desc.tokens)
@@ -267,17 +279,22 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
           }
           const uint32_t* q = sp + at_sym[(qi - r0) * H + h];
           float* zc = zbuf.data() + pending * D;
-          for (size_t c = 0; c < list->size(); ++c) {
-            const Coded& cd = (*list)[c];
-            if (cd.b == kProtectedBits) {
-              const uint16_t hv = static_cast<uint16_t>(q[0] | q[1] << 8);
-              q += 2;
-              KVWIRE_RETURN_ERROR_IF(!baseline::HalfIsFinite(hv), kCorrupt,
-                                     "fraqtl: a protected coefficient is not finite");
-              zc[c] = HalfToFloat(hv);
-            } else {
-              zc[c] = cfg_.gain ? cd.levels[*q] * (pr.sigma[cd.i] * g) : cd.levels[*q];
-              ++q;
+          const std::vector<int32_t>& lv = use_hi ? lv_hi[h] : lv_lo[h];
+          if (!lv.empty()) {
+            DequantizeAvx2(scaled.data(), lv.data(), q, list->size(), zc);
+          } else {
+            for (size_t c = 0; c < list->size(); ++c) {
+              const Coded& cd = (*list)[c];
+              if (cd.b == kProtectedBits) {
+                const uint16_t hv = static_cast<uint16_t>(q[0] | q[1] << 8);
+                q += 2;
+                KVWIRE_RETURN_ERROR_IF(!baseline::HalfIsFinite(hv), kCorrupt,
+                                       "fraqtl: a protected coefficient is not finite");
+                zc[c] = HalfToFloat(hv);
+              } else {
+                zc[c] = cfg_.gain ? cd.levels[*q] * (pr.sigma[cd.i] * g) : cd.levels[*q];
+                ++q;
+              }
             }
           }
           z = zc;

@@ -182,6 +182,18 @@ __attribute__((target("avx2,fma"))) void MulRowsAvx2(const float* const* a, size
   }
 }
 
+__attribute__((target("avx2"))) void DequantizeAvx2(const float* pool, const int32_t* off,
+                                                   const uint32_t* sym, size_t k, float* out) {
+  size_t c = 0;
+  for (; c + 8 <= k; c += 8) {
+    const __m256i at =
+        _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(off + c)),
+                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sym + c)));
+    _mm256_storeu_ps(out + c, _mm256_i32gather_ps(pool, at, 4));
+  }
+  for (; c < k; ++c) out[c] = pool[off[c] + static_cast<int32_t>(sym[c])];
+}
+
 bool HaveAvx2() {
   static const bool have = [] {
     __builtin_cpu_init();

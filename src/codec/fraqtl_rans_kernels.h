@@ -46,6 +46,11 @@ inline constexpr int kMulRows = 3;
 void MulRowsAvx2(const float* const* a, size_t k, const float* const* x, int rows, size_t n,
                  const float* add, float* const* out);
 
+// out[c] = pool[off[c] + sym[c]] for c < k: the coefficients of a row from its symbols, each
+// direction's codebook (already times sigma) at pool + off[c]. Gathers eight at a time.
+void DequantizeAvx2(const float* pool, const int32_t* off, const uint32_t* sym, size_t k,
+                    float* out);
+
 bool HaveAvx2();
 bool HaveAvx2Fma();
 
