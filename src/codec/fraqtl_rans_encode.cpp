@@ -42,6 +42,13 @@ struct Scratch {
   }
 };
 
+// At least n elements: scratch only grows (a resize up to a size it had before would fill
+// with zeros what is about to be overwritten).
+template <typename T>
+void Grow(std::vector<T>* v, size_t n) {
+  if (v->size() < n) v->resize(n);
+}
+
 }  // namespace
 
 Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vector<uint8_t>* out,
@@ -74,7 +81,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   if (in_place) {
     rows = in + size_t{plan.q_tokens.front()} * H * D;
   } else {
-    scratch.rows.resize(nq * H * D);
+    Grow(&scratch.rows, nq * H * D);
     float* r = scratch.rows.data();
     for (size_t qi = 0; qi < nq; ++qi) {
       const uint32_t t = plan.q_tokens[qi];
@@ -249,7 +256,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   // Coefficients of the kept directions, a column per direction: z[base[h] + c * ld + qi]
   // (pricing reads and writes whole columns).
   std::vector<float>& z = scratch.z;
-  z.resize(total_cols * ld);  // every row that is read is written first (repeats are not read)
+  Grow(&z, total_cols * ld);  // every value that is read is written first (repeats are not read)
   std::vector<float> gains(cfg_.gain ? nq * H : 0);
   {
     std::vector<std::vector<float>> ft(H);  // [D][width]: the kept rows of F, transposed
@@ -368,7 +375,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   // Symbols and exact cost of the model's guess, column by column; symbols are stored like
   // the coefficients: idx[base[h] + c * ld + qi].
   std::vector<uint16_t>& idx = scratch.idx;
-  idx.resize(total_cols * ld);
+  Grow(&idx, total_cols * ld);
   auto column_ptr = [&](uint32_t item) {
     const size_t h = item / D;
     return idx.data() + base[h] + static_cast<size_t>(col[item]) * ld;
@@ -384,7 +391,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     }
   }
   std::vector<uint16_t>& tmp = scratch.column;
-  tmp.resize(nq);
+  Grow(&tmp, nq);
   // Down while over budget, then up while the next step fits.
   while (n_steps > 0 && static_cast<double>(total) > budget) {
     const RansStep& s = lad.steps[--n_steps];
@@ -489,7 +496,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
           if (!repeat[qi * H + h]) k += partial && qi < extra ? hi_count[h] : lo_count[h];
         }
       }
-      sym.resize(k);
+      Grow(&sym, k);
       k = 0;
       const rans::EncSym** out_sym = sym.data();
       for (size_t qi = t0; qi < t1; ++qi) {

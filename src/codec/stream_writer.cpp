@@ -299,6 +299,11 @@ Status StreamWriter::WriteLayer(const KvView& kv, uint32_t layer, uint8_t level,
   for (std::thread& t : pool) t.join();
 
   for (const Status& s : status) KVWIRE_RETURN_IF_ERROR(s);  // first error in chunk order
+  size_t bytes = 0;
+  for (const std::vector<uint8_t>& frame : frames) bytes += frame.size();
+  if (out->capacity() < out->size() + bytes) {  // one reallocation per layer at most
+    out->reserve(std::max(out->size() + bytes, 2 * out->capacity()));
+  }
   for (const std::vector<uint8_t>& frame : frames) {
     out->insert(out->end(), frame.begin(), frame.end());
     w.Account(frame);
@@ -376,8 +381,14 @@ Result<std::vector<uint8_t>> EncodeStream(const KvView& kv, StreamInfo info,
   KVWIRE_ASSIGN_OR_RETURN(auto writer, StreamWriter::Create(std::move(info), options, profile));
   std::vector<uint8_t> out;
   KVWIRE_RETURN_IF_ERROR(writer->WriteHeader(&out));
-  for (uint32_t l = 0; l < writer->info().shape.layers; ++l) {
+  const uint32_t layers = writer->info().shape.layers;
+  for (uint32_t l = 0; l < layers; ++l) {
+    const size_t before = out.size();
     KVWIRE_RETURN_IF_ERROR(writer->WriteLayer(kv, l, 0, &out));
+    if (l == 0 && layers > 1) {  // the other layers will be about this size: room for them
+      const size_t layer = out.size() - before;
+      out.reserve(out.size() + (layers - 1) * (layer + layer / 16) + format::trailer::kSize);
+    }
   }
   KVWIRE_RETURN_IF_ERROR(writer->Finish(&out));
   return out;
