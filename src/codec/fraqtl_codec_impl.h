@@ -351,7 +351,7 @@ class FraqtlCodec final : public Codec {
                const float* cs) const {
     std::memcpy(row, in + (size_t{t} * kv_heads_ + h) * d_, d_ * sizeof(float));
     if (prerope_ && desc.kind == KvKind::kKey) {
-      rope_.Rotate(row, cs, cs + rope_.rope_dim / 2, /*undo=*/true);
+      RopeRotate(rope_, row, cs, cs + rope_.rope_dim / 2, /*undo=*/true);
     }
   }
 

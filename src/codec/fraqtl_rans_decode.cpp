@@ -256,7 +256,7 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
         }
         if (rot) {
           for (int r = 0; r < pending; ++r) {
-            rope_.Rotate(os[r], css[r], css[r] + rope_.rope_dim / 2, /*undo=*/false);
+            RopeRotate(rope_, os[r], css[r], css[r] + rope_.rope_dim / 2, /*undo=*/false);
           }
         }
         pending = 0;

@@ -194,6 +194,56 @@ __attribute__((target("avx2"))) void DequantizeAvx2(const float* pool, const int
   for (; c < k; ++c) out[c] = pool[off[c] + static_cast<int32_t>(sym[c])];
 }
 
+namespace {
+
+__attribute__((target("avx2"))) void RopeRotateAvx2(const Rope& rope, float* x, const float* c,
+                                                   const float* s, bool undo) {
+  const uint32_t half = rope.rope_dim / 2;
+  const __m256d sign = _mm256_set1_pd(undo ? -1.0 : 1.0);
+  uint32_t i = 0;
+  for (; i + 4 <= half; i += 4) {
+    __m256d C = _mm256_cvtps_pd(_mm_loadu_ps(c + i));
+    __m256d S = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(s + i)), sign);  // exact: +-1
+    __m256d X0, X1;
+    if (rope.neox) {
+      X0 = _mm256_cvtps_pd(_mm_loadu_ps(x + i));
+      X1 = _mm256_cvtps_pd(_mm_loadu_ps(x + i + half));
+    } else {  // pairs (2i, 2i + 1): lanes in the order i, i + 2, i + 1, i + 3
+      const __m256 v = _mm256_loadu_ps(x + 2 * i);
+      const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+      const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+      X0 = _mm256_unpacklo_pd(lo, hi);
+      X1 = _mm256_unpackhi_pd(lo, hi);
+      C = _mm256_permute4x64_pd(C, 0xd8);
+      S = _mm256_permute4x64_pd(S, 0xd8);
+    }
+    const __m256d Y0 = _mm256_sub_pd(_mm256_mul_pd(X0, C), _mm256_mul_pd(X1, S));
+    const __m256d Y1 = _mm256_add_pd(_mm256_mul_pd(X0, S), _mm256_mul_pd(X1, C));
+    if (rope.neox) {
+      _mm_storeu_ps(x + i, _mm256_cvtpd_ps(Y0));
+      _mm_storeu_ps(x + i + half, _mm256_cvtpd_ps(Y1));
+    } else {
+      _mm_storeu_ps(x + 2 * i, _mm256_cvtpd_ps(_mm256_unpacklo_pd(Y0, Y1)));
+      _mm_storeu_ps(x + 2 * i + 4, _mm256_cvtpd_ps(_mm256_unpackhi_pd(Y0, Y1)));
+    }
+  }
+  for (; i < half; ++i) {  // as Rope::Rotate
+    const uint32_t i0 = rope.neox ? i : 2 * i;
+    const uint32_t i1 = rope.neox ? i + half : 2 * i + 1;
+    const double x0 = x[i0], x1 = x[i1];
+    const double si = undo ? -static_cast<double>(s[i]) : static_cast<double>(s[i]);
+    x[i0] = static_cast<float>(x0 * c[i] - x1 * si);
+    x[i1] = static_cast<float>(x0 * si + x1 * c[i]);
+  }
+}
+
+}  // namespace
+
+void RopeRotate(const Rope& rope, float* x, const float* c, const float* s, bool undo) {
+  if (HaveAvx2()) return RopeRotateAvx2(rope, x, c, s, undo);
+  rope.Rotate(x, c, s, undo);
+}
+
 bool HaveAvx2() {
   static const bool have = [] {
     __builtin_cpu_init();

@@ -51,6 +51,10 @@ void MulRowsAvx2(const float* const* a, size_t k, const float* const* x, int row
 void DequantizeAvx2(const float* pool, const int32_t* off, const uint32_t* sym, size_t k,
                     float* out);
 
+// rope.Rotate(x, c, s, undo) with AVX2 where the CPU has it: the same double products (exact),
+// the same double sum and the same rounding to float, four pairs at a time.
+void RopeRotate(const Rope& rope, float* x, const float* c, const float* s, bool undo);
+
 bool HaveAvx2();
 bool HaveAvx2Fma();
 

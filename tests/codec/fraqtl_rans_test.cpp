@@ -210,6 +210,38 @@ TEST(FraqtlRans, BucketQuantizerEqualsTheThresholdCount) {
   EXPECT_GE(with_table, 12);  // the table is used, not only the search
 }
 
+// The vector RoPE gives the floats of Rope::Rotate, both pair layouts, both directions, and
+// rope_dim not a multiple of eight (the scalar tail).
+TEST(FraqtlRans, VectorRopeEqualsRopeRotate) {
+  std::mt19937 rng(17);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (uint32_t rope_dim : {6u, 8u, 16u, 64u, 128u, 100u}) {
+    for (bool neox : {false, true}) {
+      fraqtl::Rope rope;
+      rope.theta = 10000.0;
+      rope.neox = neox;
+      rope.rope_dim = rope_dim;
+      rope.CacheFrequencies();
+      for (int64_t pos : {int64_t{0}, int64_t{1}, int64_t{77}, int64_t{4095}, int64_t{123456}}) {
+        std::vector<float> c(rope_dim / 2), sn(rope_dim / 2);
+        rope.Angles(pos, c.data(), sn.data());
+        for (bool undo : {false, true}) {
+          std::vector<float> x(rope_dim + 3);
+          for (float& v : x) v = nd(rng);
+          std::vector<float> want = x, got = x;
+          rope.Rotate(want.data(), c.data(), sn.data(), undo);
+          fraqtl::internal::RopeRotate(rope, got.data(), c.data(), sn.data(), undo);
+          for (size_t i = 0; i < x.size(); ++i) {
+            ASSERT_EQ(std::memcmp(&got[i], &want[i], 4), 0)
+                << "rope_dim " << rope_dim << (neox ? " neox" : " interleaved") << " pos " << pos
+                << (undo ? " undo" : "") << " at " << i << ": " << got[i] << " vs " << want[i];
+          }
+        }
+      }
+    }
+  }
+}
+
 // Every budget from 0.25 to 6 b/e: reference and optimized paths give the same bytes and the
 // same values, the stream lands within 1 % of its budget, and the error falls as bits rise.
 TEST(FraqtlRans, OnePassHitsEveryBudgetWithinOnePercent) {
