@@ -22,7 +22,7 @@
 #
 # Usage (root, Debian bookworm, iproute2, python3-numpy):
 #   bench/handoff_tbf.sh
-# Environment: KVWIRE (default build/bin/kvwire), RUNS (3), WINDOWS (128 = 65,536
+# Environment: KVWIRE (default build/bin/kvwire), RUNS (3), ENCODE_THREADS (0), WINDOWS (128 = 65,536
 # tokens, 192 MiB of fp16), CODECS (space-separated; an entry LEVEL,LEVEL,.../MS is an adaptive
 # ladder sent with --deadline-ms MS, the sender choosing per chunk), RATE (1gbit), WORK (scratch dir, keeps the
 # capture and the profile between runs), PROFILE (a .kvp for this model; calibrated into WORK
@@ -34,6 +34,7 @@ KVWIRE=${KVWIRE:-$ROOT/build/bin/kvwire}
 RUNS=${RUNS:-3}
 WINDOWS=${WINDOWS:-128}
 RATE=${RATE:-1gbit}
+ENCODE_THREADS=${ENCODE_THREADS:-0}  # kvwire send --encode-threads (0: the machine's cores, <= 4)
 CODECS=${CODECS:-"fp16 q8_0 q4_0 kivi4 kivi2 int4-token int3-token int2-token turbo3 fraqtl@4 fraqtl@2 fraqtl@1 fraqtl@2:entropy=none"}
 WORK=${WORK:-$ROOT/build/handoff_tbf}
 OUT=${OUT:-$ROOT/bench/results/handoff_tbf}
@@ -50,7 +51,7 @@ WORK=$(cd "$WORK" && pwd)
 command_line="$0 $*"
 # Paths inside the repository are recorded relative to it, so a report names no machine's layout.
 rel() { case $1 in "$ROOT"/*) echo "${1#"$ROOT"/}" ;; *) echo "$1" ;; esac; }
-env_line="KVWIRE=$(rel "$KVWIRE") RUNS=$RUNS WINDOWS=$WINDOWS RATE=$RATE WORK=$(rel "$WORK")"
+env_line="KVWIRE=$(rel "$KVWIRE") RUNS=$RUNS WINDOWS=$WINDOWS RATE=$RATE ENCODE_THREADS=$ENCODE_THREADS WORK=$(rel "$WORK")"
 
 # --- data: WINDOWS x 512 tokens of the eval text, fp16 -------------------------------------
 KV=$WORK/kv-${WINDOWS}w.safetensors
@@ -148,6 +149,7 @@ send() {  # send ID CODEC: one transfer, its JSON in $LOGS/send-ID.json
   case $2 in */*) extra=(--deadline-ms "${2##*/}") ;; esac
   ip netns exec $NS_B "$KVWIRE" send --connect $IP_A:$PORT --backend tcp --key-file "$LOGS/key" \
     --in "$KV" --codec "$codec" "${prof[@]}" "${extra[@]}" --chunk-tokens 2048 --request-id $1 \
+    --encode-threads "$ENCODE_THREADS" \
     --json "$LOGS/send-$1.json" >"$LOGS/send-$1.log" 2>&1 ||
     die "send $2 failed: $(cat "$LOGS/send-$1.log")"
 }

@@ -8,6 +8,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
+#include <future>
 #include <map>
 #include <mutex>
 #include <numeric>
@@ -27,6 +29,65 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using transport::ChunkGrid;
+
+// SenderOptions::encode_threads: 0 = the machine's cores, at most 4.
+int EncodeThreads(int option) {
+  if (option > 0) return std::min(option, 64);
+  const unsigned cores = std::thread::hardware_concurrency();
+  return static_cast<int>(std::clamp(cores, 1u, 4u));
+}
+
+// Threads that encode chunks beside the encoder thread. Tasks run in the order they were given;
+// Stop() lets the queued ones finish (their futures are waited on) and joins.
+class EncodePool {
+ public:
+  void Start(int threads) {
+    for (int i = 0; i < threads; ++i) {
+      try {
+        threads_.emplace_back([this] { Loop(); });
+      } catch (const std::system_error&) {
+        break;  // fewer threads: the encoder thread still encodes what the pool cannot
+      }
+    }
+  }
+  int threads() const { return static_cast<int>(threads_.size()); }
+  void Run(std::function<void()> task) {
+    {
+      std::lock_guard lock(mu_);
+      tasks_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+  }
+  void Stop() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (std::thread& t : threads_) t.join();
+    threads_.clear();
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      std::function<void()> task;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || !tasks_.empty(); });
+        if (tasks_.empty()) return;  // stopping, nothing left
+        task = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      task();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> tasks_;
+  std::vector<std::thread> threads_;
+  bool stop_ = false;
+};
 
 // Until the first goodput sample, an adaptive request (a deadline or an accuracy budget) keeps at
 // most this much in flight: the level chooser has no measurement yet and picks a level blind
@@ -137,6 +198,7 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
     Log("receiver '" + conn_->peer_name() + "' decodes " +
         std::to_string(peer_caps_.codecs_size()) + " codec families, holds " +
         std::to_string(peer_caps_.profile_ids_size()) + " profile(s)");
+    pool_.Start(EncodeThreads(opts_.encode_threads) - 1);
     encoder_ = std::thread([this] { EncodeLoop(); });
     receiver_ = std::thread([this] { ReceiveLoop(); });
     return Status::Ok();
@@ -232,6 +294,7 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   uint64_t pings_ = 0;
   bool closed_ = false;
   std::thread encoder_, receiver_;
+  EncodePool pool_;  // encode_threads - 1 threads beside the encoder thread
 };
 
 Status SendState::PushLayer(uint32_t layer) {
@@ -461,36 +524,92 @@ Result<Message> SenderCore::EncodeChunk(const SendState& s, uint32_t seq, uint8_
 void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer) {
   const ChunkGrid& g = s->grid;
   const uint64_t row = uint64_t{g.shape.kv_heads} * g.shape.head_dim;
+  // The layer's chunks in order, K then V. Up to encode_threads of them are chosen a level and
+  // encoded at once (on the pool's threads); they are sent one by one in order, each after
+  // the back-pressure wait, as they finish.
+  struct Pending {
+    uint32_t seq, tokens;
+    KvKind kind;
+    transport::LevelChoiceInput in;
+    transport::LevelChoice choice;
+    std::future<Result<Message>> msg;
+  };
+  std::vector<std::pair<KvKind, uint32_t>> order;
   for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
-    for (uint32_t idx = 0; idx < g.per_tensor; ++idx) {
-      const uint32_t seq = g.Seq(layer, kind, idx);
-      const uint32_t tokens = g.Tokens(idx);
-      std::shared_ptr<Connection> buffers;  // the connection whose pool the frame comes from
-      transport::LevelChoiceInput in;
-      in.levels = s->levels;
-      in.max_kl = s->opts.max_kl;
-      in.min_bits = s->opts.min_bits;
-      {
-        std::lock_guard lock(mu_);
-        if (!s->status.in_progress() || closed_) return;
-        in.goodput_bytes_per_s = goodput_samples_ >= kProbeSamples ? goodput_ : 0;
-        in.inflight_bytes = inflight_bytes_;
-        in.remaining_elements = g.shape.elements() - s->elements_sent;
-        ++s->kv_readers;
-        buffers = conn_;
+    for (uint32_t idx = 0; idx < g.per_tensor; ++idx) order.emplace_back(kind, idx);
+  }
+  const size_t ahead = pool_.threads() > 0 ? size_t(pool_.threads()) + 1 : 1;
+  std::deque<Pending> queue;
+  size_t next = 0;
+  // Waits for the chunks still being encoded and returns their kv_readers counts.
+  auto drain = [&] {
+    for (Pending& p : queue) p.msg.wait();
+    std::lock_guard lock(mu_);
+    for (size_t i = 0; i < queue.size(); ++i) ReleaseKvLocked(s.get());
+    queue.clear();
+  };
+  // Chooses the next chunk's level and starts its encode; false once the request ended.
+  auto submit = [&]() -> bool {
+    const auto [kind, idx] = order[next];
+    Pending p;
+    p.seq = g.Seq(layer, kind, idx);
+    p.tokens = g.Tokens(idx);
+    p.kind = kind;
+    p.in.levels = s->levels;
+    p.in.max_kl = s->opts.max_kl;
+    p.in.min_bits = s->opts.min_bits;
+    std::shared_ptr<Connection> buffers;  // the connection whose pool the frame comes from
+    {
+      std::lock_guard lock(mu_);
+      if (!s->status.in_progress() || closed_) return false;
+      p.in.goodput_bytes_per_s = goodput_samples_ >= kProbeSamples ? goodput_ : 0;
+      p.in.inflight_bytes = inflight_bytes_;
+      p.in.remaining_elements = g.shape.elements() - s->elements_sent;
+      for (const Pending& q : queue) {  // chosen but not yet counted as sent
+        p.in.remaining_elements -= std::min<uint64_t>(p.in.remaining_elements, q.tokens * row);
       }
-      if (s->has_deadline)
-        in.remaining_ms = std::max(0.0, Seconds(s->deadline - Clock::now()) * 1000);
-      const transport::LevelChoice choice = transport::ChooseLevel(in);
-      Result<Message> msg =
-          EncodeChunk(*s, seq, static_cast<uint8_t>(choice.level), buffers.get());
-      buffers.reset();
+      ++s->kv_readers;
+      buffers = conn_;
+    }
+    if (s->has_deadline)
+      p.in.remaining_ms = std::max(0.0, Seconds(s->deadline - Clock::now()) * 1000);
+    p.choice = transport::ChooseLevel(p.in);
+    const uint32_t seq = p.seq;
+    const auto level = static_cast<uint8_t>(p.choice.level);
+    auto task = std::make_shared<std::packaged_task<Result<Message>()>>(
+        [this, s, seq, level, buffers] { return EncodeChunk(*s, seq, level, buffers.get()); });
+    p.msg = task->get_future();
+    if (ahead == 1) {
+      (*task)();
+    } else {
+      pool_.Run([task] { (*task)(); });
+    }
+    queue.push_back(std::move(p));
+    ++next;
+    return true;
+  };
+  while (next < order.size() || !queue.empty()) {
+    while (queue.size() < ahead && next < order.size()) {
+      if (!submit()) return drain();
+    }
+    Pending p = std::move(queue.front());
+    queue.pop_front();
+    Result<Message> msg = p.msg.get();
+    const uint32_t seq = p.seq, tokens = p.tokens;
+    const KvKind kind = p.kind;
+    const transport::LevelChoiceInput& in = p.in;
+    const transport::LevelChoice& choice = p.choice;
+    {
       std::shared_ptr<Connection> conn;
       control::Control level_change;
       {
         std::unique_lock lock(mu_);
         ReleaseKvLocked(s.get());
-        if (!msg.ok()) return FailLocked(s.get(), msg.status().WithContext("encode"));
+        if (!msg.ok()) {
+          FailLocked(s.get(), msg.status().WithContext("encode"));
+          lock.unlock();
+          return drain();
+        }
         // Back-pressure: wait for acks while the window is full (one message always fits).
         const uint64_t bytes = msg->bytes();
         auto room = [&] {
@@ -505,7 +624,10 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
         // Acks, a failure or Close() make room; a stall is the receive thread's to judge
         // (it reconnects over a silent link, fails a receiver that answers but never acks).
         while (!room()) cv_.wait_for(lock, std::chrono::milliseconds(200));
-        if (closed_ || !s->status.in_progress()) return;
+        if (closed_ || !s->status.in_progress()) {
+          lock.unlock();
+          return drain();
+        }
         if (inflight_bytes_ == 0) {
           sample_start_ = Clock::now();
           sample_bytes_ = 0;
@@ -917,6 +1039,7 @@ void SenderCore::Close() {
   // Closing first wakes an encoder blocked in Send (transport back-pressure).
   if (conn) conn->Close();
   if (encoder_.joinable()) encoder_.join();
+  pool_.Stop();
   if (receiver_.joinable()) receiver_.join();
 }
 

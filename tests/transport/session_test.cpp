@@ -376,6 +376,47 @@ TEST_P(SessionTest, ReceiverFetchesTheProfileFromTheSender) {
   EXPECT_NE(st.message().find(id), std::string::npos) << st.ToString();
 }
 
+// Chunks encoded on several threads arrive the same as chunks encoded on one: the same bytes
+// in the destination, every chunk, for fraqtl and a block codec.
+TEST_P(SessionTest, EncodeThreadsChangeNothingButTheTime) {
+  const Profile profile = fraqtl_toy::ToyProfile(false);
+  const KvShape shape{fraqtl_toy::kLayers, 150, fraqtl_toy::kHeads, fraqtl_toy::kDim};
+  const KvCache src = RandomCache(shape, 21);
+  auto transfer = [&](int threads, const std::vector<LevelSpec>& levels,
+                      KvCache* out) -> Status {
+    KVWIRE_ASSIGN_OR_RETURN(auto r, Receiver::Listen(RecvOpts()));
+    SenderOptions so = SendOpts(*r);
+    so.profile = &profile;
+    so.encode_threads = threads;
+    KVWIRE_ASSIGN_OR_RETURN(auto s, Sender::Connect(so));
+    SendRequestOptions q;
+    q.request_id = 5;
+    q.levels = levels;
+    q.chunk_tokens = 16;  // 10 chunks per tensor, the last one short
+    KVWIRE_ASSIGN_OR_RETURN(auto req, s->Open(src.view(), q));
+    KVWIRE_ASSIGN_OR_RETURN(IncomingRequest in, r->NextRequest(10000));
+    KVWIRE_ASSIGN_OR_RETURN(*out, KvCache::Create(shape, DType::kF16));
+    KVWIRE_RETURN_IF_ERROR(r->SetDestination(in.request_id, out->view()));
+    for (uint32_t l = 0; l < shape.layers; ++l) KVWIRE_RETURN_IF_ERROR(req->PushLayer(l));
+    KVWIRE_RETURN_IF_ERROR(req->Wait(10000));
+    KVWIRE_RETURN_IF_ERROR(r->Wait(in.request_id, 10000));
+    const SendStats st = req->stats();
+    EXPECT_EQ(st.chunks, 2u * shape.layers * 10u);
+    return r->Release(in.request_id);
+  };
+  for (const std::vector<LevelSpec>& levels :
+       {std::vector<LevelSpec>{{"fraqtl@2", 2, -1}},
+        std::vector<LevelSpec>{{"int4-token", 4.5, 0.01}}}) {
+    KvCache one, four;
+    Status st = transfer(1, levels, &one);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    st = transfer(4, levels, &four);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    EXPECT_TRUE(SameBytes(one, four)) << levels[0].codec;
+    EXPECT_FALSE(SameBytes(one, src)) << levels[0].codec;  // lossy: the comparison means something
+  }
+}
+
 std::string Name(const testing::TestParamInfo<std::string>& info) { return info.param; }
 INSTANTIATE_TEST_SUITE_P(Backends, SessionTest, testing::ValuesIn(AvailableTransports()), Name);
 

@@ -36,6 +36,7 @@ struct SendArgs {
   int reconnect_backoff_ms = SenderOptions{}.reconnect_backoff_ms;
   int max_reconnect_backoff_ms = SenderOptions{}.max_reconnect_backoff_ms;
   int stall_timeout_ms = SenderOptions{}.stall_timeout_ms;
+  int encode_threads = 0;
   std::string on_receiver_restart = "resend";
   std::string json;
   bool verbose = false;
@@ -124,6 +125,7 @@ int RunSend(const SendArgs& a) {
   o.reconnect_backoff_ms = a.reconnect_backoff_ms;
   o.max_reconnect_backoff_ms = a.max_reconnect_backoff_ms;
   o.stall_timeout_ms = a.stall_timeout_ms;
+  o.encode_threads = a.encode_threads;
   o.resend_after_receiver_restart = a.on_receiver_restart == "resend";
   o.transport.busy_poll_us = a.busy_poll_us;
   o.verbose = a.verbose;
@@ -316,6 +318,10 @@ const CommandRegistrar kRegister(
                       "no acknowledgement for this long with chunks in flight: the connection "
                       "counts as broken")
           ->check(CLI::Range(100, 24 * 3600 * 1000))
+          ->capture_default_str();
+      sub->add_option("--encode-threads", a->encode_threads,
+                      "chunks encoded at once (sent in order); 0: the machine's cores, at most 4")
+          ->check(CLI::Range(0, 64))
           ->capture_default_str();
       AddTlsOptions(sub, &a->tls, /*listening=*/false);
       sub->add_option("--json", a->json,
