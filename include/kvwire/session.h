@@ -71,9 +71,9 @@ struct SenderOptions {
   /// of (it restarted: a new process on the same address) gets the whole request again (true),
   /// or the request fails, saying so (false).
   bool resend_after_receiver_restart = true;
-  /// Chunks encoded at once (the encoder thread and encode_threads - 1 more); they are still
-  /// sent in order. 0: as many as the machine has cores, at most 4. The bytes of every chunk
-  /// are the same whatever the count.
+  /// Chunks encoded at once, each on a thread of its own (1: on the thread that sends); they
+  /// are still sent in order. 0: as many as the machine has cores, at most 4. The bytes of
+  /// every chunk are the same whatever the count.
   int encode_threads = 0;
   const Profile* profile = nullptr;
   bool verbose = false;  // log level choices and reconnects to stderr

@@ -2,6 +2,11 @@
 // decoder (fraqtl_codec_impl.h).
 #include <algorithm>
 #include <charconv>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
 
 #include "codec/fraqtl_codec_impl.h"
 
@@ -23,34 +28,76 @@ __attribute__((target_clones("avx2", "default"))) void AxpyColumns(
 }
 
 // cos/sin of RoPE at positions [first, first + tokens), token t at [t * 2 * half, + 2 * half)
-// (cos half, then sin half), computed by Rope::Angles (the same floats) and kept per thread:
-// the K chunks of every layer of a request share their positions, and sincos was 7-11 % of
-// fraqtl's CPU time. A table over kMaxAngleBytes is rebuilt per call instead of kept.
-const float* PositionAngles(const Rope& rope, int64_t first, uint32_t tokens) {
-  constexpr size_t kMaxAngleBytes = size_t{64} << 20;
-  struct Table {
-    double theta = 0;
-    uint32_t rope_dim = 0;
-    int64_t first = 0;
-    uint32_t tokens = 0;
-    std::vector<float> cs;
-  };
-  thread_local Table table;
-  const uint32_t half = rope.rope_dim / 2;
-  if (table.cs.empty() || table.theta != rope.theta || table.rope_dim != rope.rope_dim ||
-      table.first != first || table.tokens != tokens) {
-    table.theta = rope.theta;
-    table.rope_dim = rope.rope_dim;
-    table.first = first;
-    table.tokens = tokens;
-    if (table.cs.capacity() * sizeof(float) > kMaxAngleBytes) std::vector<float>().swap(table.cs);
-    table.cs.resize(size_t{tokens} * 2 * half + 1);  // + 1: never empty once built
-    for (uint32_t t = 0; t < tokens; ++t) {
-      float* c = table.cs.data() + size_t{t} * 2 * half;
-      rope.Angles(first + t, c, c + half);
+// (cos half, then sin half), computed by Rope::Angles (the same floats). sincos costs more than
+// decoding a chunk, and every layer's K chunks need the same positions, on whichever thread
+// codes them: the angles are kept process-wide in pages of kPagePositions positions per
+// (theta, rope_dim), up to kMaxCachedBytes (the oldest pages go first), and copied per call
+// into a buffer of the calling thread.
+namespace {
+
+constexpr int64_t kPagePositions = 256;
+constexpr size_t kMaxCachedBytes = size_t{64} << 20;
+
+class AnglePages {
+ public:
+  using Page = std::shared_ptr<const std::vector<float>>;
+  Page Get(const Rope& rope, int64_t page) {
+    const Key key{rope.theta, rope.rope_dim, page};
+    {
+      std::lock_guard lock(mu_);
+      if (auto it = pages_.find(key); it != pages_.end()) return it->second;
     }
+    const uint32_t half = rope.rope_dim / 2;
+    auto cs = std::make_shared<std::vector<float>>(size_t{kPagePositions} * 2 * half);
+    for (int64_t t = 0; t < kPagePositions; ++t) {
+      float* c = cs->data() + size_t(t) * 2 * half;
+      rope.Angles(page * kPagePositions + t, c, c + half);
+    }
+    const size_t bytes = cs->size() * sizeof(float);
+    std::lock_guard lock(mu_);
+    auto [it, added] = pages_.emplace(key, std::move(cs));
+    if (added) {
+      order_.push_back(key);
+      bytes_ += bytes;
+      while (bytes_ > kMaxCachedBytes && order_.size() > 1) {
+        auto old = pages_.find(order_.front());
+        bytes_ -= old->second->size() * sizeof(float);
+        pages_.erase(old);
+        order_.pop_front();
+      }
+    }
+    return it->second;
   }
-  return table.cs.data();
+
+ private:
+  using Key = std::tuple<double, uint32_t, int64_t>;
+  std::mutex mu_;
+  std::map<Key, Page> pages_;
+  std::deque<Key> order_;
+  size_t bytes_ = 0;
+};
+
+int64_t FloorDiv(int64_t a, int64_t b) { return a / b - (a % b != 0 && (a < 0) != (b < 0)); }
+
+}  // namespace
+
+const float* PositionAngles(const Rope& rope, int64_t first, uint32_t tokens) {
+  static AnglePages* const pages = new AnglePages;  // never destroyed: coders may outlive main
+  constexpr size_t kKeepBytes = size_t{64} << 20;
+  thread_local std::vector<float> cs;
+  const size_t row = size_t{rope.rope_dim / 2} * 2;
+  if (cs.capacity() * sizeof(float) > kKeepBytes) std::vector<float>().swap(cs);
+  cs.resize(size_t{tokens} * row + 1);  // + 1: never empty
+  for (int64_t pos = first; pos < first + int64_t{tokens};) {
+    const int64_t page = FloorDiv(pos, kPagePositions);
+    const int64_t end = std::min(first + int64_t{tokens}, (page + 1) * kPagePositions);
+    const AnglePages::Page p = pages->Get(rope, page);
+    std::copy(p->data() + size_t(pos - page * kPagePositions) * row,
+              p->data() + size_t(end - page * kPagePositions) * row,
+              cs.data() + size_t(pos - first) * row);
+    pos = end;
+  }
+  return cs.data();
 }
 
 }  // namespace internal

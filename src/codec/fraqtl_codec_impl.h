@@ -57,9 +57,8 @@ void AxpyColumns(const float* __restrict mt, const float* __restrict x, float* _
                  size_t d);
 
 // cos/sin of RoPE at positions [first, first + tokens), token t at [t * 2 * half, + 2 * half)
-// (cos half, then sin half), computed by Rope::Angles (the same floats) and kept per thread:
-// the K chunks of every layer of a request share their positions, and sincos was 7-11 % of
-// fraqtl's CPU time. A table over kMaxAngleBytes is rebuilt per call instead of kept.
+// (cos half, then sin half): the floats of Rope::Angles, from a process-wide cache of pages of
+// positions (fraqtl_codec.cpp). The pointer is valid until the calling thread calls it again.
 const float* PositionAngles(const Rope& rope, int64_t first, uint32_t tokens);
 
 // One (layer, slot, head) basis, prepared for coding.

@@ -37,7 +37,7 @@ int EncodeThreads(int option) {
   return static_cast<int>(std::clamp(cores, 1u, 4u));
 }
 
-// Threads that encode chunks beside the encoder thread. Tasks run in the order they were given;
+// Threads that encode chunks for the encoder thread, which sends them in order. Tasks run in the order they were given;
 // Stop() lets the queued ones finish (their futures are waited on) and joins.
 class EncodePool {
  public:
@@ -198,7 +198,7 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
     Log("receiver '" + conn_->peer_name() + "' decodes " +
         std::to_string(peer_caps_.codecs_size()) + " codec families, holds " +
         std::to_string(peer_caps_.profile_ids_size()) + " profile(s)");
-    pool_.Start(EncodeThreads(opts_.encode_threads) - 1);
+    if (const int n = EncodeThreads(opts_.encode_threads); n > 1) pool_.Start(n);
     encoder_ = std::thread([this] { EncodeLoop(); });
     receiver_ = std::thread([this] { ReceiveLoop(); });
     return Status::Ok();
@@ -294,7 +294,7 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   uint64_t pings_ = 0;
   bool closed_ = false;
   std::thread encoder_, receiver_;
-  EncodePool pool_;  // encode_threads - 1 threads beside the encoder thread
+  EncodePool pool_;  // encode_threads threads when more than one, else none
 };
 
 Status SendState::PushLayer(uint32_t layer) {
@@ -524,9 +524,10 @@ Result<Message> SenderCore::EncodeChunk(const SendState& s, uint32_t seq, uint8_
 void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer) {
   const ChunkGrid& g = s->grid;
   const uint64_t row = uint64_t{g.shape.kv_heads} * g.shape.head_dim;
-  // The layer's chunks in order, K then V. Up to encode_threads of them are chosen a level and
-  // encoded at once (on the pool's threads); they are sent one by one in order, each after
-  // the back-pressure wait, as they finish.
+  // The layer's chunks in order, K then V. With a pool, up to its threads + 1 of them are chosen
+  // a level and handed to it at once (one waits for the first thread to free up); they are
+  // sent one by one in order, each after the back-pressure wait, as they finish. Without one,
+  // each is encoded here.
   struct Pending {
     uint32_t seq, tokens;
     KvKind kind;

@@ -7,6 +7,7 @@
 #include <functional>
 #include <random>
 
+#include "codec/fraqtl_codec_impl.h"
 #include "codec/fraqtl_math.h"
 #include "codec/fraqtl_rans_kernels.h"
 #include "codec/lloyd_max.h"
@@ -236,6 +237,28 @@ TEST(FraqtlRans, VectorRopeEqualsRopeRotate) {
                 << "rope_dim " << rope_dim << (neox ? " neox" : " interleaved") << " pos " << pos
                 << (undo ? " undo" : "") << " at " << i << ": " << got[i] << " vs " << want[i];
           }
+        }
+      }
+    }
+  }
+}
+
+// The cached angles are Rope::Angles' floats for any range, across pages, for two ropes.
+TEST(FraqtlRans, CachedPositionAnglesEqualRopeAngles) {
+  for (uint32_t rope_dim : {8u, 64u}) {
+    fraqtl::Rope rope;
+    rope.theta = rope_dim == 8 ? 500000.0 : 10000.0;
+    rope.rope_dim = rope_dim;
+    rope.CacheFrequencies();
+    const uint32_t half = rope_dim / 2;
+    for (int64_t first : {int64_t{0}, int64_t{100}, int64_t{255}, int64_t{256}, int64_t{70001}}) {
+      for (uint32_t tokens : {1u, 300u, 1000u}) {
+        const float* cs = fraqtl::internal::PositionAngles(rope, first, tokens);
+        std::vector<float> c(half), sn(half);
+        for (uint32_t t = 0; t < tokens; ++t) {
+          rope.Angles(first + t, c.data(), sn.data());
+          ASSERT_EQ(std::memcmp(cs + size_t{t} * 2 * half, c.data(), 4 * half), 0) << first + t;
+          ASSERT_EQ(std::memcmp(cs + size_t{t} * 2 * half + half, sn.data(), 4 * half), 0);
         }
       }
     }
