@@ -43,10 +43,12 @@ LevelChoice ChooseLevel(const LevelChoiceInput& in) {
     if (l.decode_elements_per_s > 0) t = std::max(t, elements / l.decode_elements_per_s);
     return t;
   };
+  // The level predicted to finish first; a less accurate one (later in `allowed`) must beat
+  // the current pick by kSwitchGain.
   auto fastest = [&] {
     uint32_t f = allowed.front();
     for (uint32_t i : allowed) {
-      if (finish_s(i) < finish_s(f)) f = i;
+      if (finish_s(i) < kSwitchGain * finish_s(f)) f = i;
     }
     return f;
   };

@@ -6,7 +6,10 @@
 //      The most accurate level (highest bits) is always allowed (the fallback).
 //   2. With a deadline and a goodput estimate: the most accurate allowed level whose predicted
 //      finish fits the time left (with a safety margin); if none fits, the allowed level that
-//      finishes first ("deadline at risk"). A level's predicted finish is its slowest pipelined
+//      finishes first ("deadline at risk"), where a less accurate level must be predicted to
+//      finish at least kSwitchGain sooner to be taken over a more accurate one (the goodput
+//      the prediction rests on comes from a short probe, which underestimates a fast link
+//      still ramping up; a near tie is not worth the accuracy). A level's predicted finish is its slowest pipelined
 //      stage: the bytes still to send at that level + bytes in flight at the measured goodput,
 //      and, where the level's codec throughput is known, encoding and decoding the elements
 //      left. So a level that compresses more but computes slower than the link is not taken
@@ -24,6 +27,10 @@
 #include <vector>
 
 namespace kvwire::transport {
+
+/// A less accurate level is "faster" only when predicted to finish in at most this fraction of
+/// the time of the more accurate one.
+inline constexpr double kSwitchGain = 0.85;
 
 struct LevelInfo {
   double bits_per_element = 16;

@@ -119,6 +119,23 @@ TEST(LevelChooser, DeadlineCountsCodecTimeAndAtRiskTakesTheFastest) {
   EXPECT_EQ(ChooseLevel(in).level, 1u);
 }
 
+// At risk, a near tie goes to the more accurate level: the cheaper one must be predicted to
+// finish in at most kSwitchGain of its time (the probe's goodput is a rough guess).
+TEST(LevelChooser, AtRiskANearTieKeepsTheMoreAccurateLevel) {
+  LevelChoiceInput in;
+  // fp16 bound by the link; the 1-bit level by its encoder at 200 M elements/s (0.5 s).
+  in.levels = {{16, 0, 8e8, 2e9}, {1.0, 0.001, 200e6, 460e6}};
+  in.remaining_elements = 100'000'000;
+  in.max_kl = 0.01;
+  in.remaining_ms = 100;
+  in.goodput_bytes_per_s = 350e6;  // fp16: 0.571 s, the 1-bit level 0.5 s: within 15 %
+  auto c = ChooseLevel(in);
+  EXPECT_EQ(c.level, 0u) << c.reason;
+  in.goodput_bytes_per_s = 300e6;  // fp16: 0.667 s; 0.5 s is 25 % sooner: switch
+  c = ChooseLevel(in);
+  EXPECT_EQ(c.level, 1u) << c.reason;
+}
+
 }  // namespace
 }  // namespace kvwire::transport
 
