@@ -322,110 +322,116 @@ uint64_t PriceColumnB(const float* z, size_t zs, size_t n, const float* th, floa
   return c;
 }
 
-// PriceColumnB for 8 tokens at a time (no gains, no repeats): the same divisions, comparisons
-// and symbols, the binary search's threshold and cost lookups as gathers.
-template <int B>
-__attribute__((target("avx2"))) uint64_t PriceColumnAvx2(const float* z, size_t zs, size_t n,
-                                                        const float* th, float sigma,
-                                                        uint16_t* dst, size_t ds,
-                                                        const uint32_t* cost) {
+// The loop of both AVX2 pricing kernels (no gains, no repeats): u = z / sigma (0 where sigma is
+// 0, as the scalar path) eight tokens at a time, their symbols from find.Eight, stored, their
+// costs summed in 32-bit lanes (flushed every 1024 groups: a lane sums at most 1024 costs
+// below 2^20), then the tail one token at a time through find.One.
+__attribute__((target("avx2"), always_inline)) inline uint64_t SumLanes(__m256i a) {
+  alignas(32) uint32_t a8[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(a8), a);
+  uint64_t c = 0;
+  for (uint32_t x : a8) c += x;
+  return c;
+}
+
+template <typename Find>
+__attribute__((target("avx2"), always_inline)) inline uint64_t PriceGroups(
+    const float* z, size_t zs, size_t n, float sigma, uint16_t* dst, size_t ds,
+    const uint32_t* cost, const Find& find) {
   const __m256i lanes = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                            _mm256_set1_epi32(static_cast<int>(zs)));
   const __m256 sg = _mm256_set1_ps(sigma);
   const __m256 zero = _mm256_setzero_ps();
-  __m256i acc = _mm256_setzero_si256();  // 32-bit sums, flushed to c every 1024 groups
+  __m256i acc = _mm256_setzero_si256();
   uint64_t c = 0;
   size_t t = 0, since = 0;
   for (; t + 8 <= n; t += 8) {
-    const __m256 zv = zs == 1 ? _mm256_loadu_ps(z + t) : _mm256_i32gather_ps(z + t * zs, lanes, 4);
-    // u = z / sigma where sigma > 0, else 0 (as the scalar path)
+    const __m256 zv =
+        zs == 1 ? _mm256_loadu_ps(z + t) : _mm256_i32gather_ps(z + t * zs, lanes, 4);
     const __m256 u = sigma > 0.0f ? _mm256_div_ps(zv, sg) : zero;
-    __m256i v = _mm256_setzero_si256();
-#pragma GCC unroll 8
-    for (int s = B - 1; s >= 0; --s) {
-      const __m256i step = _mm256_set1_epi32(1 << s);
-      const __m256i at = _mm256_add_epi32(v, _mm256_set1_epi32((1 << s) - 1));
-      const __m256 thv = _mm256_i32gather_ps(th, at, 4);
-      const __m256i lt = _mm256_castps_si256(_mm256_cmp_ps(thv, u, _CMP_LT_OQ));
-      v = _mm256_add_epi32(v, _mm256_and_si256(lt, step));
-    }
+    const __m256i v = find.Eight(u);
     acc = _mm256_add_epi32(acc, _mm256_i32gather_epi32(reinterpret_cast<const int*>(cost), v, 4));
     StoreSymbols(v, dst + t * ds, ds);
-    if (++since == 1024) {  // a lane sums at most 1024 costs below 2^20: no overflow
-      alignas(32) uint32_t a8[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(a8), acc);
-      for (uint32_t a : a8) c += a;
+    if (++since == 1024) {
+      c += SumLanes(acc);
       acc = _mm256_setzero_si256();
       since = 0;
     }
   }
-  alignas(32) uint32_t a8[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(a8), acc);
-  for (uint32_t a : a8) c += a;
-  for (; t < n; ++t) {  // the tail, as PriceColumnB
+  c += SumLanes(acc);
+  for (; t < n; ++t) {
     const float u = sigma > 0.0f ? z[t * zs] / sigma : 0.0f;
-    uint32_t v = 0;
-    for (int s = B - 1; s >= 0; --s) {
-      const uint32_t step = 1u << s;
-      v += th[v + step - 1] < u ? step : 0;
-    }
+    const uint32_t v = find.One(u);
     dst[t * ds] = static_cast<uint16_t>(v);
     c += cost[v];
   }
   return c;
 }
 
-// PriceColumnAvx2 through a QuantLut: one gather of the bucket's start and `fixups`
-// comparisons instead of B gathers of the binary search.
+// The binary search of PriceColumnB over 2^B - 1 thresholds, its lookups as gathers.
+template <int B>
+struct SearchFind {
+  const float* th;
+  __attribute__((target("avx2"), always_inline)) __m256i Eight(__m256 u) const {
+    __m256i v = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int s = B - 1; s >= 0; --s) {
+      const __m256i at = _mm256_add_epi32(v, _mm256_set1_epi32((1 << s) - 1));
+      const __m256i lt =
+          _mm256_castps_si256(_mm256_cmp_ps(_mm256_i32gather_ps(th, at, 4), u, _CMP_LT_OQ));
+      v = _mm256_add_epi32(v, _mm256_and_si256(lt, _mm256_set1_epi32(1 << s)));
+    }
+    return v;
+  }
+  uint32_t One(float u) const {
+    uint32_t v = 0;
+    for (int s = B - 1; s >= 0; --s) {
+      const uint32_t step = 1u << s;
+      v += th[v + step - 1] < u ? step : 0;
+    }
+    return v;
+  }
+};
+
+// A QuantLut: one gather of the bucket's start and `fixups` comparisons instead of B gathers.
+struct LutFind {
+  const QuantLut& q;
+  __attribute__((target("avx2"), always_inline)) __m256i Eight(__m256 u) const {
+    // as QuantBucket: min(max((u - lo) * inv_w, 0), top), truncated
+    const __m256 bt = _mm256_min_ps(
+        _mm256_max_ps(_mm256_mul_ps(_mm256_sub_ps(u, _mm256_set1_ps(q.lo)),
+                                    _mm256_set1_ps(q.inv_w)),
+                      _mm256_setzero_ps()),
+        _mm256_set1_ps(q.top));
+    __m256i v = _mm256_i32gather_epi32(reinterpret_cast<const int*>(q.start.data()),
+                                       _mm256_cvttps_epi32(bt), 4);
+    for (int f = 0; f < q.fixups; ++f) {
+      const __m256 thv = _mm256_i32gather_ps(q.th.data(), v, 4);
+      v = _mm256_add_epi32(v, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(thv, u, _CMP_LT_OQ)),
+                                               _mm256_set1_epi32(1)));
+    }
+    return v;
+  }
+  uint32_t One(float u) const {
+    uint32_t v = q.start[QuantBucket(q, u)];
+    for (int f = 0; f < q.fixups; ++f) v += q.th[v] < u ? 1 : 0;
+    return v;
+  }
+};
+
+template <int B>
+__attribute__((target("avx2"))) uint64_t PriceColumnAvx2(const float* z, size_t zs, size_t n,
+                                                        const float* th, float sigma,
+                                                        uint16_t* dst, size_t ds,
+                                                        const uint32_t* cost) {
+  return PriceGroups(z, zs, n, sigma, dst, ds, cost, SearchFind<B>{th});
+}
+
 __attribute__((target("avx2"))) uint64_t PriceColumnLutAvx2(const float* z, size_t zs, size_t n,
                                                            const QuantLut& q, float sigma,
                                                            uint16_t* dst, size_t ds,
                                                            const uint32_t* cost) {
-  const __m256i lanes = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                           _mm256_set1_epi32(static_cast<int>(zs)));
-  const __m256 sg = _mm256_set1_ps(sigma);
-  const __m256 zero = _mm256_setzero_ps();
-  const __m256 lo = _mm256_set1_ps(q.lo), inv_w = _mm256_set1_ps(q.inv_w),
-               top = _mm256_set1_ps(q.top);
-  const __m256i one = _mm256_set1_epi32(1);
-  const int* start = reinterpret_cast<const int*>(q.start.data());
-  const float* th = q.th.data();
-  __m256i acc = _mm256_setzero_si256();
-  uint64_t c = 0;
-  size_t t = 0, since = 0;
-  for (; t + 8 <= n; t += 8) {
-    const __m256 zv = zs == 1 ? _mm256_loadu_ps(z + t) : _mm256_i32gather_ps(z + t * zs, lanes, 4);
-    const __m256 u = sigma > 0.0f ? _mm256_div_ps(zv, sg) : zero;
-    // as QuantBucket: min(max((u - lo) * inv_w, 0), top), truncated
-    const __m256 bt =
-        _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_sub_ps(u, lo), inv_w), zero), top);
-    __m256i v = _mm256_i32gather_epi32(start, _mm256_cvttps_epi32(bt), 4);
-    for (int f = 0; f < q.fixups; ++f) {
-      const __m256 thv = _mm256_i32gather_ps(th, v, 4);
-      v = _mm256_add_epi32(
-          v, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(thv, u, _CMP_LT_OQ)), one));
-    }
-    acc = _mm256_add_epi32(acc, _mm256_i32gather_epi32(reinterpret_cast<const int*>(cost), v, 4));
-    StoreSymbols(v, dst + t * ds, ds);
-    if (++since == 1024) {  // a lane sums at most 1024 costs below 2^20: no overflow
-      alignas(32) uint32_t a8[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(a8), acc);
-      for (uint32_t a : a8) c += a;
-      acc = _mm256_setzero_si256();
-      since = 0;
-    }
-  }
-  alignas(32) uint32_t a8[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(a8), acc);
-  for (uint32_t a : a8) c += a;
-  for (; t < n; ++t) {  // the tail, one at a time through the same table
-    const float u = sigma > 0.0f ? z[t * zs] / sigma : 0.0f;
-    uint32_t v = q.start[QuantBucket(q, u)];
-    for (int f = 0; f < q.fixups; ++f) v += q.th[v] < u ? 1 : 0;
-    dst[t * ds] = static_cast<uint16_t>(v);
-    c += cost[v];
-  }
-  return c;
+  return PriceGroups(z, zs, n, sigma, dst, ds, cost, LutFind{q});
 }
 
 }  // namespace
