@@ -998,22 +998,24 @@ bool SenderCore::Reconnect(const Status& why) {
       continue;
     }
     std::shared_ptr<Connection> conn = std::move(*c);
-    std::vector<control::Control> begins;
     {
       std::lock_guard lock(mu_);
       if (closed_) {
         conn->Close();
         return false;
       }
-      conn_ = conn;
-      last_ack_ = last_heard_ = Clock::now();
+      // The capabilities and every request's begin are queued on the new connection before it
+      // is published: the encoder thread (and a resend) take conn_ under mu_, so no chunk can
+      // reach a receiver ahead of its request's begin (a restarted receiver answers such a
+      // chunk with "unknown request"), and a request opened meanwhile is in the list.
+      SendOn(conn, MyCapabilities());
       for (auto& [id, s] : requests_) {
         ++s->st.reconnects;
-        begins.push_back(BeginMessage(*s, true));
+        SendOn(conn, BeginMessage(*s, true));
       }
+      conn_ = conn;
+      last_ack_ = last_heard_ = Clock::now();
     }
-    SendOn(conn, MyCapabilities());
-    for (auto& b : begins) SendOn(conn, b);
     Log("reconnected after " + std::to_string(attempt) + " attempt(s)");
     return true;
   }
