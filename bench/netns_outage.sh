@@ -22,6 +22,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SCRIPT=netns_outage.sh
 KVWIRE=${KVWIRE:-$ROOT/build/bin/kvwire}
 TOKENS=${TOKENS:-4096}
 SHORT_RUNS=${SHORT_RUNS:-20} LONG_RUNS=${LONG_RUNS:-10} EXPIRED_RUNS=${EXPIRED_RUNS:-2}
@@ -32,80 +33,37 @@ CODECS=${CODECS:-"int8 fraqtl@2"}
 SEED=${SEED:-1}
 WORK=${WORK:-$ROOT/build/netns_outage}
 OUT=${OUT:-$ROOT/bench/results/netns_outage}
-MODEL=$ROOT/models/kjv-gqa-6l/model.bin
-
-die() { echo "netns_outage.sh: $*" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || die "needs root (network namespaces, tc)"
-command -v ip >/dev/null && command -v tc >/dev/null || die "needs iproute2 (ip, tc)"
-[ -x "$KVWIRE" ] || die "no kvwire binary at $KVWIRE (set KVWIRE)"
+source "$ROOT/bench/lib.sh"
+need_netns
+need_kvwire
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 RANDOM=$SEED
-rel() { case $1 in "$ROOT"/*) echo "${1#"$ROOT"/}" ;; *) echo "$1" ;; esac; }
 command_line="$(rel "$0") $*"
 env_line="KVWIRE=$(rel "$KVWIRE") TOKENS=$TOKENS SHORT_RUNS=$SHORT_RUNS LONG_RUNS=$LONG_RUNS"
 env_line+=" EXPIRED_RUNS=$EXPIRED_RUNS SHORT_S=$SHORT_S LONG_S=$LONG_S SPREAD_MS=$SPREAD_MS"
 env_line+=" BACKENDS=\"$BACKENDS\" CODECS=\"$CODECS\" SEED=$SEED"
 
 # --- data, profile and the local references ----------------------------------------------------
-KV=$WORK/kv-$TOKENS.safetensors
-[ -s "$KV" ] || "$KVWIRE" capture --model "$MODEL" --text "$ROOT/models/data/kjv_eval.txt" \
-  --tokens "$TOKENS" --dtype f16 --out "$KV" >/dev/null
-PROFILE=$WORK/kjv-gqa-6l-$(sha256sum "$MODEL" | cut -c1-16).kvp
-[ -s "$PROFILE" ] || "$KVWIRE" calibrate --model "$MODEL" --text "$ROOT/models/data/kjv_calib.txt" \
-  --out "$PROFILE" >/dev/null
-for codec in $CODECS; do
-  ref=$WORK/ref-$codec.safetensors
-  "$KVWIRE" encode --in "$KV" --codec "$codec" --profile "$PROFILE" --chunk-tokens 512 \
-    --out "$WORK/ref-$codec.kvw" >/dev/null
-  "$KVWIRE" decode --in "$WORK/ref-$codec.kvw" --profile "$PROFILE" --out "$ref" >/dev/null
-done
+KV=$(model_kv "$TOKENS")
+PROFILE=$(model_profile)
+local_refs "$KV" "$PROFILE" $CODECS
 
 # --- namespaces --------------------------------------------------------------------------------
-NS_A=kvwo-$$-a NS_B=kvwo-$$-b DEV_A=kvwo$$a DEV_B=kvwo$$b
-IP_A=10.97.$(($$ % 250)).1 IP_B=10.97.$(($$ % 250)).2
 LOGS=$WORK/logs-$$
 SERVE_PIDS=()
 cleanup() {
   set +e
   for p in "${SERVE_PIDS[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
-  ip netns del $NS_A 2>/dev/null
-  ip netns del $NS_B 2>/dev/null
+  veth_cleanup
   [ "${KEEP_LOGS:-0}" = 1 ] && echo "logs in $LOGS" || rm -rf "$LOGS"
 }
 trap cleanup EXIT
-for ns in $(ip netns list | awk '{print $1}' | grep '^kvwo-[0-9]*-[ab]$' || true); do
-  pid=${ns#kvwo-}; pid=${pid%-*}
-  if [ ! -d /proc/$pid ]; then
-    for p in $(ip netns pids "$ns"); do kill -9 "$p" 2>/dev/null || true; done
-    ip netns del "$ns"
-  fi
-done
-ip netns add $NS_A
-ip netns add $NS_B
-ip link add $DEV_A netns $NS_A type veth peer name $DEV_B netns $NS_B
-ip -n $NS_A addr add $IP_A/24 dev $DEV_A
-ip -n $NS_B addr add $IP_B/24 dev $DEV_B
-for ns in $NS_A $NS_B; do ip -n $ns link set lo up; done
-ip -n $NS_A link set $DEV_A up
-ip -n $NS_B link set $DEV_B up
-for ns_dev in "$NS_A $DEV_A" "$NS_B $DEV_B"; do
-  set -- $ns_dev
-  ip netns exec "$1" tc qdisc add dev "$2" root tbf rate 1gbit burst 256kb latency 50ms
-done
-link_up() {  # waits until both ends report the carrier
-  for _ in $(seq 200); do
-    ip -n $NS_A -br link show dev $DEV_A | grep -q LOWER_UP &&
-      ip -n $NS_B -br link show dev $DEV_B | grep -q LOWER_UP && return 0
-    sleep 0.05
-  done
-  die "the veth did not come up"
-}
-link_up
+veth_pair kvwo 10.97.$(($$ % 250)) 1gbit
+link_up() { veth_up; }
 
 mkdir -p "$LOGS"
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$LOGS/key"
-chmod 600 "$LOGS/key"
+new_key "$LOGS/key"
 declare -A PORT=([tcp]=7301 [ucx]=7302)
 # UCX over the veth only (its shared-memory transports would bypass the link).
 UCX_ENV_A=(env UCX_TLS=tcp UCX_NET_DEVICES=$DEV_A)
