@@ -140,15 +140,17 @@ for b in $BACKENDS; do
       [ -e "$f" ] || continue
       cmp -s "$f" "$WORK/ref-$codec.safetensors" && left=whole || left=PARTIAL
     done
-    if [ $finished_first = 1 ]; then
+    # Done on the first receiver before the kill: it reported the request complete (decoded into
+    # its KV cache), and may have been killed while writing its file.
+    done_first=0
+    grep -q "kvwire serve: request $id complete" "$LOGS/first-$id.log" && done_first=1
+    if [ $finished_first = 1 ] || { [ $rc = 0 ] && [ ! -e "$got" ] && [ $done_first = 1 ]; }; then
       verdict="finished before the kill"
     elif [ $rc = 124 ]; then
       verdict=HUNG
     elif [ $mode = resend ]; then
       if [ $rc != 0 ]; then
         verdict="FAILED ($rc): $(grep '^kvwire send:' "$LOGS/send-$id.err" | clean)"
-      elif [ ! -s "$got" ] && [ $left = whole ]; then
-        verdict="finished before the kill"  # on the first receiver, as the kill came
       elif [ ! -s "$got" ]; then
         verdict="SENDER OK, NO RECEIVER WROTE THE KV"
       elif cmp -s "$got" "$WORK/ref-$codec.safetensors"; then
