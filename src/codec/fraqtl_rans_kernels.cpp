@@ -21,57 +21,6 @@ void ProjectScalar(const float* m, const float* x, size_t d, size_t n, float* ou
   }
 }
 
-__attribute__((target("avx2,fma"))) void ProjectAvx2(const float* m, const float* x, size_t d,
-                                                  size_t n, float* out) {
-  size_t c0 = 0;
-  for (; c0 + 64 <= n; c0 += 64) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
-           a7 = a0;
-    for (size_t j = 0; j < d; ++j) {
-      const __m256 b = _mm256_broadcast_ss(x + j);
-      const float* r = m + j * n + c0;
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r), b, a0);
-      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 8), b, a1);
-      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 16), b, a2);
-      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 24), b, a3);
-      a4 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 32), b, a4);
-      a5 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 40), b, a5);
-      a6 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 48), b, a6);
-      a7 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 56), b, a7);
-    }
-    _mm256_storeu_ps(out + c0, a0);
-    _mm256_storeu_ps(out + c0 + 8, a1);
-    _mm256_storeu_ps(out + c0 + 16, a2);
-    _mm256_storeu_ps(out + c0 + 24, a3);
-    _mm256_storeu_ps(out + c0 + 32, a4);
-    _mm256_storeu_ps(out + c0 + 40, a5);
-    _mm256_storeu_ps(out + c0 + 48, a6);
-    _mm256_storeu_ps(out + c0 + 56, a7);
-  }
-  for (; c0 + 32 <= n; c0 += 32) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t j = 0; j < d; ++j) {
-      const __m256 b = _mm256_broadcast_ss(x + j);
-      const float* r = m + j * n + c0;
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r), b, a0);
-      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 8), b, a1);
-      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 16), b, a2);
-      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 24), b, a3);
-    }
-    _mm256_storeu_ps(out + c0, a0);
-    _mm256_storeu_ps(out + c0 + 8, a1);
-    _mm256_storeu_ps(out + c0 + 16, a2);
-    _mm256_storeu_ps(out + c0 + 24, a3);
-  }
-  for (; c0 + 8 <= n; c0 += 8) {
-    __m256 a0 = _mm256_setzero_ps();
-    for (size_t j = 0; j < d; ++j) {
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(m + j * n + c0), _mm256_broadcast_ss(x + j), a0);
-    }
-    _mm256_storeu_ps(out + c0, a0);
-  }
-}
-
 // out[0, d) = mean + sum over k of rows[k][0, d) * z[k], accumulated from 0 in ascending k by
 // fused multiply-adds, then added to the mean. d is a multiple of 8 for the AVX2 version.
 void AccumulateScalar(const float* const* rows, const float* z, size_t k, const float* mean,
@@ -83,44 +32,6 @@ void AccumulateScalar(const float* const* rows, const float* z, size_t k, const 
     for (size_t j = 0; j < d; ++j) out[j] = std::fma(r[j], zc, out[j]);
   }
   for (size_t j = 0; j < d; ++j) out[j] = mean[j] + out[j];
-}
-
-__attribute__((target("avx2,fma"))) void AccumulateAvx2(const float* const* rows, const float* z,
-                                                     size_t k, const float* mean, size_t d,
-                                                     float* out) {
-  size_t j0 = 0;
-  for (; j0 + 64 <= d; j0 += 64) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
-           a7 = a0;
-    for (size_t c = 0; c < k; ++c) {
-      const __m256 b = _mm256_broadcast_ss(z + c);
-      const float* r = rows[c] + j0;
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r), b, a0);
-      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 8), b, a1);
-      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 16), b, a2);
-      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 24), b, a3);
-      a4 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 32), b, a4);
-      a5 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 40), b, a5);
-      a6 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 48), b, a6);
-      a7 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 56), b, a7);
-    }
-    const float* mu = mean + j0;
-    _mm256_storeu_ps(out + j0, _mm256_add_ps(_mm256_loadu_ps(mu), a0));
-    _mm256_storeu_ps(out + j0 + 8, _mm256_add_ps(_mm256_loadu_ps(mu + 8), a1));
-    _mm256_storeu_ps(out + j0 + 16, _mm256_add_ps(_mm256_loadu_ps(mu + 16), a2));
-    _mm256_storeu_ps(out + j0 + 24, _mm256_add_ps(_mm256_loadu_ps(mu + 24), a3));
-    _mm256_storeu_ps(out + j0 + 32, _mm256_add_ps(_mm256_loadu_ps(mu + 32), a4));
-    _mm256_storeu_ps(out + j0 + 40, _mm256_add_ps(_mm256_loadu_ps(mu + 40), a5));
-    _mm256_storeu_ps(out + j0 + 48, _mm256_add_ps(_mm256_loadu_ps(mu + 48), a6));
-    _mm256_storeu_ps(out + j0 + 56, _mm256_add_ps(_mm256_loadu_ps(mu + 56), a7));
-  }
-  for (; j0 + 8 <= d; j0 += 8) {
-    __m256 a0 = _mm256_setzero_ps();
-    for (size_t c = 0; c < k; ++c) {
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[c] + j0), _mm256_broadcast_ss(z + c), a0);
-    }
-    _mm256_storeu_ps(out + j0, _mm256_add_ps(_mm256_loadu_ps(mean + j0), a0));
-  }
 }
 
 namespace {

@@ -26,15 +26,12 @@ inline constexpr uint8_t kFlagRepeats = 1;  // payload flags bit 0: a repeat sec
 // transposed), each out[c] a chain of fused multiply-adds from 0 in ascending j. n is a
 // multiple of 8.
 void ProjectScalar(const float* m, const float* x, size_t d, size_t n, float* out);
-void ProjectAvx2(const float* m, const float* x, size_t d, size_t n, float* out);
 
 // out[0, d) = mean + sum over c < k of rows[c][0, d) * z[c] (rows: the coded columns of G, each
-// [d]), the sum a chain of fused multiply-adds from 0 in ascending c. d is a multiple of 8 for
-// the AVX2 version.
+// [d]), the sum a chain of fused multiply-adds from 0 in ascending c (MulRowsAvx2 is the vector
+// version).
 void AccumulateScalar(const float* const* rows, const float* z, size_t k, const float* mean,
                       size_t d, float* out);
-void AccumulateAvx2(const float* const* rows, const float* z, size_t k, const float* mean,
-                    size_t d, float* out);
 
 // Up to kMulRows rows at once: out[r][c] = add[c] (when add is given) + the sum over j in
 // [0, k) of a[j][c] * x[r][j], the sum a chain of fused multiply-adds from 0 in ascending j, for
