@@ -38,10 +38,10 @@ ENCODE_THREADS=${ENCODE_THREADS:-0}  # kvwire send --encode-threads (0: the mach
 CODECS=${CODECS:-"fp16 q8_0 q4_0 kivi4 kivi2 int4-token int3-token int2-token turbo3 fraqtl@4 fraqtl@2 fraqtl@1 fraqtl@2:entropy=none"}
 WORK=${WORK:-$ROOT/build/handoff_tbf}
 OUT=${OUT:-$ROOT/bench/results/handoff_tbf}
-MODEL=$ROOT/models/kjv-gqa-6l/model.bin
 PY=/usr/bin/python3  # Debian's, where python3-numpy lives
 
-die() { echo "handoff_tbf.sh: $*" >&2; exit 1; }
+SCRIPT=handoff_tbf.sh
+source "$ROOT/bench/lib.sh"
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces, tc)"
 command -v ip >/dev/null && command -v tc >/dev/null || die "needs iproute2 (ip, tc)"
 [ -x "$KVWIRE" ] || die "no kvwire binary at $KVWIRE (set KVWIRE)"
@@ -50,7 +50,6 @@ mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 command_line="$0 $*"
 # Paths inside the repository are recorded relative to it, so a report names no machine's layout.
-rel() { case $1 in "$ROOT"/*) echo "${1#"$ROOT"/}" ;; *) echo "$1" ;; esac; }
 env_line="KVWIRE=$(rel "$KVWIRE") RUNS=$RUNS WINDOWS=$WINDOWS RATE=$RATE ENCODE_THREADS=$ENCODE_THREADS WORK=$(rel "$WORK")"
 
 # --- data: WINDOWS x 512 tokens of the eval text, fp16 -------------------------------------
@@ -93,45 +92,19 @@ if [ -z "${PROFILE:-}" ]; then
 fi
 
 # --- namespaces -------------------------------------------------------------------------------
-NS_A=kvwb-$$-a NS_B=kvwb-$$-b DEV_A=kvwb$$a DEV_B=kvwb$$b IP_A=10.98.0.1 IP_B=10.98.0.2 PORT=7090
+PORT=7090
 SERVE_PID=
 LOGS=$WORK/logs-$$
 cleanup() {
   set +e
   [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null
-  ip netns del $NS_A 2>/dev/null || true
-  ip netns del $NS_B 2>/dev/null || true
+  veth_cleanup
   rm -rf "$WORK/out-$$"
   [ "${KEEP_LOGS:-0}" = 1 ] && echo "logs in $LOGS" || rm -rf "$LOGS"
 }
 trap cleanup EXIT
-# Leftovers of a killed earlier run (its pid gone): kill what runs inside, delete.
-for ns in $(ip netns list | awk '{print $1}' | grep '^kvwb-[0-9]*-[ab]$' || true); do
-  pid=${ns#kvwb-}; pid=${pid%-*}
-  if [ ! -d /proc/$pid ]; then
-    for p in $(ip netns pids "$ns"); do kill -9 "$p" 2>/dev/null || true; done
-    ip netns del "$ns"
-  fi
-done
-ip netns add $NS_A
-ip netns add $NS_B
-ip link add $DEV_A netns $NS_A type veth peer name $DEV_B netns $NS_B
-ip -n $NS_A addr add $IP_A/24 dev $DEV_A
-ip -n $NS_B addr add $IP_B/24 dev $DEV_B
-for ns in $NS_A $NS_B; do ip -n $ns link set lo up; done
-ip -n $NS_A link set $DEV_A up
-ip -n $NS_B link set $DEV_B up
-# A burst of 256 KiB is ~2 ms at 1 Gbit/s: enough for the shaper's timer, negligible per transfer.
 # RATE=none leaves the veth unshaped: what the two processes manage on these cores alone.
-if [ "$RATE" != none ]; then
-  TBF="rate $RATE burst 256kb latency 50ms"
-  ip netns exec $NS_A tc qdisc add dev $DEV_A root tbf $TBF
-  ip netns exec $NS_B tc qdisc add dev $DEV_B root tbf $TBF
-fi
-for _ in $(seq 100); do
-  ip -n $NS_B -br link show dev $DEV_B | grep -q LOWER_UP && break
-  sleep 0.05
-done
+veth_pair kvwb 10.98.0 "$RATE"
 
 mkdir -p "$LOGS"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$LOGS/key"
