@@ -17,6 +17,7 @@
 #include <string>
 
 #include "kvwire/kv_file.h"
+#include "kvwire/session.h"
 #include "kvwire/transport.h"
 #include "transport/test_pki.h"
 
@@ -81,6 +82,79 @@ TEST(CliSend, ANoListenerFailsAfterItsConnectAttempts) {
   EXPECT_EQ(std::sscanf(out.c_str(), "kvwire send: i/o error: %d connect", &attempts), 1) << out;
   EXPECT_GE(attempts, 4) << out;
   EXPECT_EQ(out.find('\n'), out.size() - 1) << out;
+}
+
+// `kvwire serve` serves requests side by side: a request whose sender went quiet (here: it
+// pushed one layer of three and stopped) holds its own slot until the stall timeout, not the
+// request behind it, which completes meanwhile.
+TEST(CliServe, AQuietSenderDoesNotHoldTheNextRequest) {
+  const std::string dir = Dir("quiet_sender");
+  const std::string key = dir + "/key";
+  {
+    std::ofstream f(key);
+    f << std::string(64, 'c') << "\n";
+  }
+  ::chmod(key.c_str(), 0600);
+  const std::string in = dir + "/kv.safetensors";
+  ASSERT_EQ(std::system((std::string(KVWIRE_CLI) + " synth --out " + in +
+                         " --layers 2 --kv-heads 2 --head-dim 64 --tokens 64 >/dev/null")
+                            .c_str()),
+            0);
+  FILE* p = ::popen(("timeout 60 " + std::string(KVWIRE_CLI) +
+                     " serve --listen 127.0.0.1:0 --backend tcp --key-file " + key +
+                     " --discard --count 2 --stall-timeout-ms 30000 2>&1")
+                        .c_str(),
+                    "r");
+  ASSERT_NE(p, nullptr);
+  char line[512];
+  ASSERT_NE(std::fgets(line, sizeof line, p), nullptr);
+  std::string first(line);
+  const std::string marker = "listening on ";
+  ASSERT_NE(first.find(marker), std::string::npos) << first;
+  std::string address = first.substr(first.find(marker) + marker.size());
+  address = address.substr(0, address.find(' '));
+
+  // The quiet request: three layers announced, one pushed.
+  const KvShape shape{3, 32, 1, 64};
+  auto quiet_kv = KvCache::Create(shape, DType::kF16);
+  ASSERT_TRUE(quiet_kv.ok());
+  SenderOptions so;
+  so.backend = "tcp";
+  so.transport.address = address;
+  std::ifstream kf(key);
+  std::string hex;
+  kf >> hex;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2)
+    so.transport.key.push_back(uint8_t(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  auto sender = Sender::Connect(so);
+  ASSERT_TRUE(sender.ok()) << sender.status().ToString();
+  SendRequestOptions ro;
+  ro.request_id = 1;
+  ro.levels = {LevelSpec{"fp16"}};
+  auto quiet = (*sender)->Open(quiet_kv->view(), ro);
+  ASSERT_TRUE(quiet.ok()) << quiet.status().ToString();
+  ASSERT_TRUE((*quiet)->PushLayer(0).ok());
+
+  // The next request, from another process, completes well before the 30 s stall timeout.
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string send = "timeout 20 " + std::string(KVWIRE_CLI) + " send --connect " +
+                           address + " --backend tcp --key-file " + key + " --in " + in +
+                           " --request-id 2 >/dev/null";
+  EXPECT_EQ(std::system(send.c_str()), 0) << send;
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(15));
+  EXPECT_EQ((*quiet)->Poll().code(), StatusCode::kInProgress);
+
+  // The quiet one finishes once its sender goes on; serve then exits after its two requests.
+  ASSERT_TRUE((*quiet)->PushAll().ok());
+  EXPECT_TRUE((*quiet)->Wait(20000).ok());
+  std::string rest;
+  while (std::fgets(line, sizeof line, p)) rest += line;
+  EXPECT_EQ(::pclose(p), 0) << rest;
+  const size_t second = rest.find("request 2 from");
+  const size_t first_done = rest.find("request 1 from");
+  ASSERT_NE(second, std::string::npos) << rest;
+  ASSERT_NE(first_done, std::string::npos) << rest;
+  EXPECT_LT(second, first_done) << rest;
 }
 
 // A backend name, or "tcp_tls": tcp with --tls (certificates of test_pki.h).

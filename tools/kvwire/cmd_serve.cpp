@@ -2,7 +2,13 @@
 // writes each one as a KV dump (safetensors) into --out-dir.
 #include <filesystem>
 #include <iostream>
-#include <optional>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
 #include <string>
 
 #include "cli_profile.h"
@@ -28,7 +34,154 @@ struct ServeArgs {
   int stall_timeout_ms = 30000;
   uint32_t busy_poll_us = 0;
   bool discard = false;
+  int max_concurrent = 8;
   bool verbose = false;
+};
+
+// Serves each request on a thread of its own, so that a request whose sender died holds only
+// its own slot until the stall timeout, not every request behind it. At most
+// --max-concurrent requests are served at once; the caches they write into are kept for later
+// requests of the same shape and dtype (a decode node's KV pool is allocated once: a fresh
+// 200 MB cache would put its page faults on the KV-ready clock), and there are never more
+// caches than slots.
+class Server {
+ public:
+  Server(const ServeArgs& a, Receiver& receiver) : a_(a), receiver_(receiver) {}
+  ~Server() { Join(); }
+
+  // Blocks until fewer than --max-concurrent requests are being served; joins finished ones.
+  void WaitForSlot() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return active_ < a_.max_concurrent; });
+    ReapLocked();
+  }
+
+  // True once a request has failed and the server should stop accepting (--count runs).
+  bool stopping() const {
+    std::lock_guard lock(mu_);
+    return failed_ && a_.count != 0;
+  }
+  bool failed() const {
+    std::lock_guard lock(mu_);
+    return failed_;
+  }
+
+  void Start(IncomingRequest in) {
+    std::lock_guard lock(mu_);
+    ++active_;
+    const uint64_t id = in.request_id;
+    threads_.emplace(id, std::thread([this, in = std::move(in)] { Serve(in); }));
+  }
+
+  void Join() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return active_ == 0; });
+    ReapLocked();
+  }
+
+ private:
+  void ReapLocked() {
+    for (uint64_t id : finished_) {
+      auto it = threads_.find(id);
+      if (it == threads_.end()) continue;
+      it->second.join();
+      threads_.erase(it);
+    }
+    finished_.clear();
+  }
+
+  // A cache of the request's shape and dtype: an idle one, else a new one (dropping the
+  // oldest idle cache first when every slot already has one).
+  Result<std::unique_ptr<KvCache>> Acquire(const IncomingRequest& in) {
+    {
+      std::lock_guard lock(mu_);
+      for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+        if ((*it)->shape() == in.info.shape && (*it)->dtype() == in.info.dtype) {
+          auto c = std::move(*it);
+          idle_.erase(it);
+          return c;
+        }
+      }
+      if (!idle_.empty() && idle_.size() + active_ > size_t(a_.max_concurrent)) {
+        idle_.pop_front();
+      }
+    }
+    auto fresh = KvCache::Create(in.info.shape, in.info.dtype);
+    if (!fresh.ok()) return fresh.status();
+    return std::make_unique<KvCache>(std::move(*fresh));
+  }
+
+  void Serve(const IncomingRequest& in) {
+    const uint64_t id = in.request_id;
+    const double t0 = NowSeconds();
+    std::unique_ptr<KvCache> cache;
+    Status s = Status::Ok();
+    if (auto c = Acquire(in); c.ok()) {
+      cache = std::move(*c);
+      cache->metadata() = in.info.metadata;
+      s = receiver_.SetDestination(id, cache->view());
+      if (s.ok()) s = receiver_.Wait(id, -1);
+    } else {
+      s = c.status();
+    }
+    const double seconds = NowSeconds() - t0;
+    if (s.ok()) s = Report(in, *cache, seconds);
+    if (!s.ok()) {
+      WriteLogLine(stderr, "kvwire serve: request " + std::to_string(id) + " from '" + in.peer +
+                               "' failed: " + s.ToString());
+    }
+    (void)receiver_.Release(id);
+    std::lock_guard lock(mu_);
+    if (!s.ok()) failed_ = true;
+    if (cache) idle_.push_back(std::move(cache));
+    finished_.push_back(id);
+    --active_;
+    cv_.notify_all();
+  }
+
+  // Writes the KV dump (unless --discard) and prints the request's line.
+  Status Report(const IncomingRequest& in, const KvCache& cache, double seconds) {
+    const uint64_t id = in.request_id;
+    const std::string path = a_.discard ? std::string("(discarded)")
+                                        : a_.out_dir + "/request-" + std::to_string(id) +
+                                              ".safetensors";
+    if (!a_.discard) KVWIRE_RETURN_IF_ERROR(SaveKvDump(path, cache));
+    auto st = receiver_.stats(id);
+    std::string levels;
+    if (st.ok()) {
+      for (size_t i = 0; i < st->chunks_per_level.size(); ++i) {
+        if (st->chunks_per_level[i] == 0) continue;
+        if (!levels.empty()) levels += ", ";
+        levels += in.levels[i].codec + " x" + std::to_string(st->chunks_per_level[i]);
+      }
+    }
+    const KvShape& sh = in.info.shape;
+    const uint64_t raw = sh.elements() * DTypeSize(in.info.dtype);
+    // One write for both lines: the receiver's threads log to stderr meanwhile, and a log that
+    // holds both streams must not get their lines spliced into this one.
+    WriteLogLine(stdout,
+                 "request " + std::to_string(id) + " from '" + in.peer + "': " +
+                     std::to_string(sh.layers) + " layers x " + std::to_string(sh.tokens) +
+                     " tokens -> " + path + "\n  " +
+                     (st.ok() ? Thousands(st->wire_bytes) : std::string("?")) +
+                     " bytes on the wire (" +
+                     (st.ok() && st->wire_bytes
+                          ? Format("%.2fx", double(raw) / double(st->wire_bytes))
+                          : std::string("?")) +
+                     " vs " + std::string(DTypeName(in.info.dtype)) + "), " +
+                     Format("%.1f ms", seconds * 1000) + " to KV-ready; levels: " + levels);
+    return Status::Ok();
+  }
+
+  const ServeArgs& a_;
+  Receiver& receiver_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  int active_ = 0;
+  bool failed_ = false;
+  std::map<uint64_t, std::thread> threads_;
+  std::vector<uint64_t> finished_;
+  std::deque<std::unique_ptr<KvCache>> idle_;
 };
 
 int RunServe(const ServeArgs& a) {
@@ -67,66 +220,25 @@ int RunServe(const ServeArgs& a) {
   std::cout << "kvwire serve: listening on " << (*receiver)->address() << " (" << a.backend
             << (a.tls.tls ? ", TLS" : "") << ")"
             << std::endl;
-  std::optional<KvCache> cache;
-  for (int served = 0; a.count == 0 || served < a.count;) {
-    auto in = (*receiver)->NextRequest(-1);
-    if (!in.ok()) return FailStatus(cmd, in.status());
-    const uint64_t id = in->request_id;
-    // The destination: the previous request's cache when the shape and dtype match, as a decode
-    // node's KV pool is allocated once (a fresh 200 MB cache would put its page faults on the
-    // KV-ready clock).
-    if (!cache || cache->shape() != in->info.shape || cache->dtype() != in->info.dtype) {
-      auto fresh = KvCache::Create(in->info.shape, in->info.dtype);
-      if (!fresh.ok()) return FailStatus(cmd, fresh.status());
-      cache = std::move(*fresh);
-    }
-    cache->metadata() = in->info.metadata;
-    const double t0 = NowSeconds();
-    Status s = (*receiver)->SetDestination(id, cache->view());
-    if (s.ok()) s = (*receiver)->Wait(id, -1);
-    const double seconds = NowSeconds() - t0;
-    ++served;
-    if (!s.ok()) {
-      WriteLogLine(stderr, "kvwire serve: request " + std::to_string(id) + " from '" + in->peer +
-                               "' failed: " + s.ToString());
-      (void)(*receiver)->Release(id);
-      if (a.count != 0) return 1;
+  Server server(a, **receiver);
+  for (int accepted = 0; a.count == 0 || accepted < a.count; ++accepted) {
+    server.WaitForSlot();
+    if (server.stopping()) break;
+    // A bounded wait, so that a --count run stops accepting soon after a request fails.
+    auto in = (*receiver)->NextRequest(a.count == 0 ? -1 : 200);
+    if (!in.ok() && in.status().code() == StatusCode::kTimeout) {
+      --accepted;
       continue;
     }
-    const std::string path = a.discard ? std::string("(discarded)")
-                                       : a.out_dir + "/request-" + std::to_string(id) +
-                                             ".safetensors";
-    if (!a.discard) {
-      if (Status w = SaveKvDump(path, *cache); !w.ok()) return FailStatus(cmd, w);
+    if (!in.ok()) {
+      server.Join();
+      return FailStatus(cmd, in.status());
     }
-    auto st = (*receiver)->stats(id);
-    std::string levels;
-    if (st.ok()) {
-      for (size_t i = 0; i < st->chunks_per_level.size(); ++i) {
-        if (st->chunks_per_level[i] == 0) continue;
-        if (!levels.empty()) levels += ", ";
-        levels += in->levels[i].codec + " x" + std::to_string(st->chunks_per_level[i]);
-      }
-    }
-    const KvShape& sh = in->info.shape;
-    const uint64_t raw = sh.elements() * DTypeSize(in->info.dtype);
-    // One write for both lines: the receiver's threads log to stderr meanwhile, and a log that
-    // holds both streams must not get their lines spliced into this one.
-    WriteLogLine(stdout,
-                 "request " + std::to_string(id) + " from '" + in->peer + "': " +
-                     std::to_string(sh.layers) + " layers x " + std::to_string(sh.tokens) +
-                     " tokens -> " + path + "\n  " +
-                     (st.ok() ? Thousands(st->wire_bytes) : std::string("?")) +
-                     " bytes on the wire (" +
-                     (st.ok() && st->wire_bytes
-                          ? Format("%.2fx", double(raw) / double(st->wire_bytes))
-                          : std::string("?")) +
-                     " vs " + std::string(DTypeName(in->info.dtype)) + "), " +
-                     Format("%.1f ms", seconds * 1000) + " to KV-ready; levels: " + levels);
-    (void)(*receiver)->Release(id);
+    server.Start(std::move(*in));
   }
+  server.Join();
   (*receiver)->Close();
-  return 0;
+  return server.failed() && a.count != 0 ? 1 : 0;
 }
 
 const CommandRegistrar kRegister(
@@ -148,6 +260,9 @@ const CommandRegistrar kRegister(
       sub->add_flag("--no-fetch-profiles", a->no_fetch_profiles,
                     "refuse requests whose profile is not --profile instead of fetching it");
       sub->add_option("--count", a->count, "exit after this many requests (0: serve forever)");
+      sub->add_option("--max-concurrent", a->max_concurrent,
+                      "requests served at once, each into a KV cache of its own")
+          ->check(CLI::Range(1, 256));
       sub->add_option("--stall-timeout-ms", a->stall_timeout_ms, "fail a request idle this long");
       sub->add_option("--busy-poll-us", a->busy_poll_us, kBusyPollHelp);
       AddTlsOptions(sub, &a->tls, /*listening=*/true);
