@@ -211,7 +211,7 @@ struct CudaCodec::Impl {
                                  " (the window rule needs the sequence length)");
       const uint32_t tq = QuantTokens(d);
       KVWIRE_RETURN_ERROR_IF(
-          tq > 0 && (d.token_begin % group != 0 || tq % group != 0), kInvalidArgument,
+          tq % group != 0, kInvalidArgument,
           spec + ": chunk at token " + std::to_string(d.token_begin) +
               " is not aligned to the group of " + std::to_string(group) + " tokens");
     }
@@ -228,6 +228,7 @@ struct CudaCodec::Impl {
     k.group = group;
     k.key = d.kind == KvKind::kKey;
     k.quant_tokens = QuantTokens(d);
+    k.lead_tokens = kern::KiviLeadTokens(d.token_begin, d.tokens, group);
     return k;
   }
 

@@ -1,15 +1,19 @@
 // kivi<b> (KIVI, Liu et al. 2024): asymmetric uniform b-bit with an fp16 scale and min per group
 // of G, keys per channel (G consecutive tokens of one (head, channel)), values per token (G
-// consecutive channels of one (token, head) row); the chunk's last tokens - Tq tokens stay fp16.
+// consecutive channels of one (token, head) row); the chunk's other tokens stay fp16: its first L
+// (a chunk that starts mid-group keeps the tokens before its first group boundary) and its last
+// tokens - L - Tq.
 // CUDA launchers and their scalar references; same bytes as src/codec/baseline_kivi.cpp.
 //
 // Payload (little-endian), with HD = kv_heads * head_dim, Q = Tq * HD, groups = Q / G:
 //   u32 Tq
 //   fp16 scales[groups]   K: [Tq / G, kv_heads, head_dim]   V: [Tq, kv_heads, head_dim / G]
 //   fp16 mins[groups]     same layout
-//   b-bit indices of the Q quantized values in [Tq, kv_heads, head_dim] order, one LSB-first
-//     bit stream: bit j of value i is stream bit i*b + j (byte-padded)
-//   fp16 window [tokens - Tq, kv_heads, head_dim], clamped to +-65504
+//   b-bit indices of the Q quantized values (chunk tokens [L, L + Tq)) in [Tq, kv_heads,
+//     head_dim] order, one LSB-first bit stream: bit j of value i is stream bit i*b + j
+//     (byte-padded)
+//   fp16 window [tokens - Tq, kv_heads, head_dim]: the L lead tokens, then the last ones,
+//     clamped to +-65504
 // Group recipe (quant_common.h): min_h = largest fp16 <= lo, scale_h = smallest fp16 >=
 // (hi - min) / (2^b - 1), q = round-half-even((x - min) / scale) clamped to [0, 2^b - 1]
 // (scale 0: divide by 1); decode q * scale + min (two roundings, no FMA).
@@ -34,12 +38,14 @@ struct KiviParams {
   uint32_t bits = 2;          // b, 2..8
   uint32_t group = 32;        // G
   bool key = true;            // K (per channel) or V (per token; head_dim % G == 0)
-  uint32_t quant_tokens = 0;  // Tq: a multiple of G, <= the chunk's tokens
+  uint32_t quant_tokens = 0;  // Tq: a multiple of G, <= the chunk's tokens - L
+  uint32_t lead_tokens = 0;   // L: fp16 tokens before the chunk's first group boundary
 };
 
 /// Byte offsets of the payload sections.
 struct KiviLayout {
   uint64_t quant_elems = 0;  // Q
+  uint64_t lead_elems = 0;   // L * HD: the window's values that precede the quantized ones
   uint64_t groups = 0;
   uint64_t scales = 0, mins = 0, packed = 0, window = 0;
   uint64_t bytes = 0;  // whole payload
@@ -48,6 +54,7 @@ struct KiviLayout {
 KVWIRE_HD inline KiviLayout KiviLayoutOf(uint32_t tokens, uint32_t row_elems, const KiviParams& k) {
   KiviLayout l;
   l.quant_elems = uint64_t{k.quant_tokens} * row_elems;
+  l.lead_elems = uint64_t{k.lead_tokens} * row_elems;
   l.groups = l.quant_elems / k.group;
   l.scales = blocks::kKiviHeaderBytes;
   l.mins = l.scales + 2 * l.groups;
@@ -57,12 +64,20 @@ KVWIRE_HD inline KiviLayout KiviLayoutOf(uint32_t tokens, uint32_t row_elems, co
   return l;
 }
 
+/// The CPU codec's lead rule: a chunk that starts off a multiple of G keeps its tokens up to the
+/// next multiple fp16.
+inline uint32_t KiviLeadTokens(uint32_t token_begin, uint32_t tokens, uint32_t group) {
+  const uint32_t off = token_begin % group;
+  return off == 0 ? 0 : std::min(tokens, group - off);
+}
+
 /// The CPU codec's window rule: the sequence's first floor(max(0, S - R) / G) * G tokens are
-/// quantized; a chunk quantizes its first clamp(that - token_begin, 0, tokens) tokens.
+/// quantized; a chunk quantizes those of its tokens after the lead, from the lead on.
 inline uint32_t KiviQuantTokens(uint32_t seq_tokens, uint32_t token_begin, uint32_t tokens,
                                 uint32_t group, uint32_t window) {
+  const uint32_t first = token_begin + KiviLeadTokens(token_begin, tokens, group);
   const uint32_t n_quant = seq_tokens > window ? (seq_tokens - window) / group * group : 0;
-  return n_quant > token_begin ? std::min(n_quant - token_begin, tokens) : 0;
+  return n_quant > first ? std::min(n_quant - first, token_begin + tokens - first) : 0;
 }
 
 /// Group of quantized element e (in [Tq, kv_heads, head_dim] order).
@@ -106,11 +121,13 @@ KVWIRE_HD inline void KiviGroupParamsThread(const KvTensor& src, TokenRange rang
   };
   if (k.key) {  // G tokens down column g % hd: adjacent threads read adjacent channels
     const uint32_t c = static_cast<uint32_t>(g % hd);
-    const uint32_t t0 = range.token_begin + static_cast<uint32_t>(g / hd) * k.group;
+    const uint32_t t0 =
+        range.token_begin + k.lead_tokens + static_cast<uint32_t>(g / hd) * k.group;
     for (uint32_t j = 0; j < k.group; ++j) take(j, LoadAt(src, t0 + j, c, errors));
   } else {  // G channels along one row (head_dim % G == 0: a group never crosses rows)
     const uint64_t e0 = g * k.group;
-    const int64_t row = RowOffset(src, range.token_begin + static_cast<uint32_t>(e0 / hd));
+    const int64_t row =
+        RowOffset(src, range.token_begin + k.lead_tokens + static_cast<uint32_t>(e0 / hd));
     if (row < 0) RaiseError(errors, kErrBadBlock);
     const int64_t base = row + static_cast<int64_t>(e0 % hd);
     for (uint32_t j = 0; j < k.group; ++j) take(j, row < 0 ? 0.0f : LoadElem(src, base + j));
@@ -130,7 +147,8 @@ KVWIRE_HD inline void KiviPackThread(const KvTensor& src, TokenRange range, cons
   const float levels = static_cast<float>((1u << k.bits) - 1);
   const uint64_t e0 = u * kKiviUnit;
   uint32_t t = static_cast<uint32_t>(e0 / hd), c = static_cast<uint32_t>(e0 % hd);
-  int64_t row = RowOffset(src, range.token_begin + t);  // bad blocks were flagged in phase 1
+  const uint32_t first = range.token_begin + k.lead_tokens;
+  int64_t row = RowOffset(src, first + t);  // bad blocks were flagged in phase 1
   uint64_t acc = 0;
   for (uint32_t i = 0; i < kKiviUnit && e0 + i < l.quant_elems; ++i) {
     const uint64_t g = k.key ? uint64_t{t / k.group} * hd + c : (e0 + i) / k.group;
@@ -140,7 +158,7 @@ KVWIRE_HD inline void KiviPackThread(const KvTensor& src, TokenRange range, cons
     acc |= uint64_t{kmath::QuantizeUniform(x, p.min, p.div, levels)} << (i * k.bits);
     if (++c == hd && e0 + i + 1 < l.quant_elems) {
       c = 0;
-      row = RowOffset(src, range.token_begin + ++t);
+      row = RowOffset(src, first + ++t);
     }
   }
   uint8_t* out = payload + l.packed + u * k.bits;
@@ -154,7 +172,7 @@ KVWIRE_HD inline void KiviWindowEncodeThread(const KvTensor& src, TokenRange ran
                                              uint8_t* payload, uint32_t* errors) {
   const uint32_t hd = src.row_elems();
   if (i == 0) kmath::StoreU32(payload, k.quant_tokens);
-  const uint64_t e = l.quant_elems + i;
+  const uint64_t e = i < l.lead_elems ? i : l.quant_elems + i;  // the chunk's element
   if (e >= uint64_t{range.tokens} * hd) return;
   float x = LoadAt(src, range.token_begin + static_cast<uint32_t>(e / hd),
                    static_cast<uint32_t>(e % hd), errors);
@@ -175,7 +193,8 @@ KVWIRE_HD inline void KiviUnpackThread(const uint8_t* payload, const KvTensor& d
   const uint64_t mask = (uint64_t{1} << k.bits) - 1;
   const uint64_t e0 = u * kKiviUnit;
   uint32_t t = static_cast<uint32_t>(e0 / hd), c = static_cast<uint32_t>(e0 % hd);
-  int64_t row = RowOffset(dst, range.token_begin + t);
+  const uint32_t first = range.token_begin + k.lead_tokens;
+  int64_t row = RowOffset(dst, first + t);
   for (uint32_t i = 0; i < kKiviUnit && e0 + i < l.quant_elems; ++i) {
     const uint64_t g = k.key ? uint64_t{t / k.group} * hd + c : (e0 + i) / k.group;
     const uint16_t scale_h = kmath::LoadU16(payload + l.scales + 2 * g);
@@ -191,7 +210,7 @@ KVWIRE_HD inline void KiviUnpackThread(const uint8_t* payload, const KvTensor& d
     }
     if (++c == hd && e0 + i + 1 < l.quant_elems) {
       c = 0;
-      row = RowOffset(dst, range.token_begin + ++t);
+      row = RowOffset(dst, first + ++t);
     }
   }
 }
@@ -206,7 +225,7 @@ KVWIRE_HD inline void KiviWindowDecodeThread(const uint8_t* payload, const KvTen
     RaiseError(errors, kErrBadScale);
     return;
   }
-  const uint64_t e = l.quant_elems + i;
+  const uint64_t e = i < l.lead_elems ? i : l.quant_elems + i;  // the chunk's element
   StoreAt(dst, range.token_begin + static_cast<uint32_t>(e / hd), static_cast<uint32_t>(e % hd),
           kmath::HalfBitsToFloat(h), errors);
 }
@@ -232,9 +251,9 @@ inline void KiviEncode_ref(const KvTensor& src, TokenRange range, const KiviPara
   };
   std::vector<kmath::Uniform> params(l.groups);
   for (uint64_t g = 0; g < l.groups; ++g) {
-    float lo = x_at(element_of(g, 0)), hi = lo;
+    float lo = x_at(l.lead_elems + element_of(g, 0)), hi = lo;
     for (uint32_t j = 1; j < k.group; ++j) {
-      const float x = x_at(element_of(g, j));
+      const float x = x_at(l.lead_elems + element_of(g, j));
       if (x < lo) lo = x;
       if (x > hi) hi = x;
     }
@@ -246,16 +265,18 @@ inline void KiviEncode_ref(const KvTensor& src, TokenRange range, const KiviPara
   std::fill(packed, packed + (l.window - l.packed), uint8_t{0});
   for (uint64_t e = 0; e < l.quant_elems; ++e) {
     const kmath::Uniform& p = params[KiviGroupOf(e, hd, k)];
-    const uint32_t q = kmath::QuantizeUniform(x_at(e), p.min, p.div, static_cast<float>(levels));
+    const uint32_t q =
+        kmath::QuantizeUniform(x_at(l.lead_elems + e), p.min, p.div, static_cast<float>(levels));
     for (uint32_t j = 0; j < k.bits; ++j) {
       const uint64_t bit = e * k.bits + j;
       if ((q >> j) & 1u) packed[bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
     }
   }
   const uint64_t total = uint64_t{range.tokens} * hd;
-  for (uint64_t e = l.quant_elems; e < total; ++e) {
+  for (uint64_t w = 0; w < total - l.quant_elems; ++w) {  // the lead, then the last tokens
+    const uint64_t e = w < l.lead_elems ? w : l.quant_elems + w;
     const float x = kmath::ClampStd(x_at(e), -kmath::kHalfMax, kmath::kHalfMax);
-    kmath::StoreU16(payload + l.window + 2 * (e - l.quant_elems), kmath::FloatToHalfBits(x));
+    kmath::StoreU16(payload + l.window + 2 * w, kmath::FloatToHalfBits(x));
   }
 }
 
@@ -286,11 +307,12 @@ inline void KiviDecode_ref(const uint8_t* payload, const KvTensor& dst, TokenRan
       q |= ((packed[bit / 8] >> (bit % 8)) & 1u) << j;
     }
     const kmath::Uniform p = kmath::UniformFromHalves(scale_h, min_h);
-    store(e, kmath::DequantizeUniform(q, p.scale, p.min));
+    store(l.lead_elems + e, kmath::DequantizeUniform(q, p.scale, p.min));
   }
   const uint64_t total = uint64_t{range.tokens} * hd;
-  for (uint64_t e = l.quant_elems; e < total; ++e) {
-    const uint16_t h = kmath::LoadU16(payload + l.window + 2 * (e - l.quant_elems));
+  for (uint64_t w = 0; w < total - l.quant_elems; ++w) {  // the lead, then the last tokens
+    const uint64_t e = w < l.lead_elems ? w : l.quant_elems + w;
+    const uint16_t h = kmath::LoadU16(payload + l.window + 2 * w);
     if (!kmath::HalfIsFinite(h)) {
       RaiseError(errors, kErrBadScale);
       continue;

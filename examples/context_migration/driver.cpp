@@ -64,7 +64,6 @@ int RunDriver(const Args& a) {
       spec.client_args.end(),
       {"--role", "source", "--result-file", dir->File("source.json"), "--migrate-after",
        std::to_string(a.migrate_after), "--overlap-tokens", std::to_string(a.overlap_tokens)});
-  if (!a.align_prefix) spec.client_args.push_back("--no-align-prefix");
   spec.deadline_ns = NowNs() + int64_t{a.common.timeout_ms} * 1000000;
   if (Status s = RunProcessPair(spec); !s.ok()) return Fail(s.message());
 
@@ -82,7 +81,6 @@ int RunDriver(const Args& a) {
     const int32_t diff = FirstDifference(joined, *reference);
     const bool equal = diff < 0;
     const json& pre = src["prefix"];
-    const uint32_t cached = src["cached_at_migration"].get<uint32_t>();
     const json& tail = src["tail"];
     const uint64_t elements = tgt["elements"].get<uint64_t>();
     const uint64_t fp16_bytes = elements * 2;
@@ -103,16 +101,10 @@ int RunDriver(const Args& a) {
     std::cout << "\nA generated " << from_a << " tokens (" << src["overlap_tokens"].get<int>()
               << " of them while the prefix was on the wire), B the other " << from_b.size()
               << "\nbytes on the wire:\n"
-              << Format("  prefix: tokens [0, %u): %s bytes (+ %s header)%s\n",
+              << Format("  prefix: tokens [0, %u): %s bytes (+ %s header)\n",
                         pre["tokens"].get<uint32_t>(),
                         Thousands(pre["wire_bytes"].get<uint64_t>()).c_str(),
-                        Thousands(pre["header_bytes"].get<uint64_t>()).c_str(),
-                        cached == pre["tokens"].get<uint32_t>()
-                            ? ""
-                            : Format(", rounded down from the %u cached tokens to the codec's "
-                                     "token alignment",
-                                     cached)
-                                  .c_str())
+                        Thousands(pre["header_bytes"].get<uint64_t>()).c_str())
               << Format("  tail:   tokens [%u, %u): %s bytes (+ %s header)\n",
                         tail["token_begin"].get<uint32_t>(),
                         tail["token_begin"].get<uint32_t>() + tail["tokens"].get<uint32_t>(),

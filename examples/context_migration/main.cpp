@@ -35,9 +35,6 @@ int main(int argc, char** argv) {
                  "B confirmed the prefix)")
       ->check(CLI::Range(1u, 4096u))
       ->capture_default_str();
-  app.add_flag("!--no-align-prefix", a.align_prefix,
-               "pre-copy every cached token, even when the tail then starts off the codec's "
-               "token alignment (kivi refuses such a tail once it holds quantized tokens)");
   app.add_flag("--require-equal", a.require_equal,
                "driver: fail on a text mismatch with any codec (always on for fp16)");
   AddCommonOptions(&app, &a.common);

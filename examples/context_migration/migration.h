@@ -2,8 +2,8 @@
 // generating, in two processes on loopback.
 //
 //   source (A)  generates greedily from the prompt. After --migrate-after tokens it is told to
-//               migrate: it pre-copies the KV it holds (request 1; rounded down to a multiple
-//               of the codec's token alignment, e.g. kivi's group) and keeps generating while
+//               migrate: it pre-copies the KV it holds (request 1, every cached token, for
+//               every codec: the tail may start mid-group) and keeps generating while
 //               that is on the wire (at least --overlap-tokens tokens, and until B confirmed
 //               the prefix), then stops, sends the tail generated meanwhile (request 2,
 //               SendRequestOptions::token_begin = the prefix length) with the next input token
@@ -28,7 +28,6 @@ struct Args {
   std::string connect;
   uint32_t migrate_after = 16;  // tokens A generates before it is told to migrate
   uint32_t overlap_tokens = 8;  // tokens A generates at least while the prefix is sent
-  bool align_prefix = true;     // end the prefix on a multiple of the codec's token alignment
   bool require_equal = false;
 };
 

@@ -66,22 +66,11 @@ int RunSource(const Args& a) {
   }
 
   // Told to migrate. Phase 1: pre-copy the tokens the cache holds now, straight from the live
-  // sequence (generation only appends rows after them). The prefix ends on a multiple of the
-  // codec's token alignment unless --no-align-prefix: the tail then starts on a group boundary,
-  // which kivi needs as soon as the tail holds quantized tokens (it refuses the tail otherwise).
+  // sequence (generation only appends rows after them): every cached token, whatever the
+  // codec. The tail then starts wherever generation was; a codec with a token alignment (kivi's
+  // group) keeps the tail's tokens before its first boundary at full precision.
   const int64_t t_migrate = NowNs();
-  const uint32_t cached = seq->tokens();
-  uint32_t prefix = cached;
-  if (a.align_prefix) {
-    auto codec = CreateCodec(a.common.codec, loaded->profile.get());
-    if (!codec.ok()) return FailStatus(codec.status());
-    const uint32_t align = std::max<uint32_t>(1, (*codec)->TokenAlignment());
-    prefix = prefix / align * align;
-    if (prefix == 0)
-      return Fail("the cache holds " + std::to_string(cached) + " tokens, fewer than " +
-                  a.common.codec + "'s token alignment of " + std::to_string(align) +
-                  ": nothing to pre-copy (generate longer before migrating)");
-  }
+  const uint32_t prefix = seq->tokens();
   auto prefix_view = SequenceRows(*seq, cfg, 0, prefix);
   if (!prefix_view.ok()) return FailStatus(prefix_view.status());
   SendRequestOptions r1;
@@ -143,10 +132,7 @@ int RunSource(const Args& a) {
   if (!h1.ok() || !h2.ok()) return FailStatus(h1.ok() ? h2.status() : h1.status());
   *seq = Sequence();
   std::cout << "[node A] generated " << out.size() << " tokens (" << overlap
-            << " while the prefix of " << prefix
-            << (prefix != cached ? " of its " + std::to_string(cached) + " cached tokens"
-                                 : std::string(" tokens"))
-            << " was on the wire), sent the tail of " << tokens_now - prefix
+            << " while the prefix of " << prefix << " tokens was on the wire), sent the tail of " << tokens_now - prefix
             << " tokens; B confirmed at " << Format("%.1f ms", Ms(t_start, t_tail_done))
             << "; cache freed" << std::endl;
 
@@ -155,7 +141,6 @@ int RunSource(const Args& a) {
     j["prompt_tokens"] = prompt.size();
     j["tokens"] = out;
     j["overlap_tokens"] = overlap;
-    j["cached_at_migration"] = cached;
     j["start_ns"] = t_start;
     j["migrate_ns"] = t_migrate;
     j["prefix_done_ns"] = t_prefix_done;

@@ -65,8 +65,9 @@ uint32_t Crc32c(std::span<const uint8_t> data, uint32_t crc = 0);
 struct StreamWriterOptions {
   /// Tokens per chunk; 0 = one chunk per (layer, K|V). Rounded up to the codec's alignment;
   /// lowered (to a multiple of the alignment) where a chunk would exceed kMaxChunkElements.
-  /// Chunk boundaries fall on multiples of the alignment in sequence coordinates
-  /// (info.token_begin + stream token), so the first chunk may be shorter.
+  /// Chunk boundaries fall on multiples of that step in sequence coordinates
+  /// (info.token_begin + stream token), so the first chunk may be shorter: the rule a session
+  /// cuts a request by, too.
   uint32_t chunk_tokens = 0;
   /// Worker threads used to encode the chunks of one layer (output bytes do not depend on it).
   int threads = 1;

@@ -8,6 +8,13 @@
 // first Tq = clamp(n_quant - token_begin, 0, tokens) tokens; when Tq > 0 both token_begin and Tq
 // must be multiples of G (TokenAlignment() == G), else kInvalidArgument.
 //
+// Lead. A chunk that starts off a multiple of G (the first chunk of a stream or request that
+// starts mid-group, such as a migration tail) keeps its first L = min(T, G - token_begin % G)
+// tokens fp16, up to the next group boundary, and the rule above applies to the rest: it
+// quantizes tokens [L, L + Tq) of the chunk, Tq = clamp(n_quant - token_begin - L, 0, T - L),
+// a multiple of G or kInvalidArgument. L = 0 for an aligned chunk (the layout below is then that
+// of every aligned chunk); the decoder derives L from token_begin.
+//
 // Groups. K: G consecutive tokens of one (head, channel); V: G consecutive channels of one
 // (token, head) row (head_dim % G == 0 required for V). Either way Tq * kv_heads * head_dim / G
 // groups.
@@ -16,7 +23,8 @@
 //   u32 Tq                                   quantized tokens of this chunk
 //   fp16 scales[groups], fp16 mins[groups]   K: [Tq/G, kv_heads, head_dim]; V: [Tq, kv_heads,
 //   head_dim/G] packed b-bit indices of the Tq quantized tokens, [Tq, kv_heads, head_dim] order,
-//   byte-padded fp16 window [tokens - Tq, kv_heads, head_dim]
+//   byte-padded fp16 of the other tokens [tokens - Tq, kv_heads, head_dim]: the L lead tokens,
+//   then the window
 // Size = 4 + 4*groups + ceil(Tq*kv_heads*head_dim*b/8) + 2*(tokens - Tq)*kv_heads*head_dim, i.e.
 // b + 32/G bits per quantized element (3.0 for kivi2, 5.0 for kivi4 at G = 32), 16 per window
 // element. The decoder reads Tq from the payload, so it does not need seq_tokens.
@@ -47,14 +55,14 @@ class KiviCodec final : public Codec {
         uint64_t{desc.token_begin} + desc.tokens > desc.seq_tokens, kInvalidArgument,
         name_ + ": chunk ends after seq_tokens=" + std::to_string(desc.seq_tokens) +
             " (the window rule needs the sequence length)");
-    const uint32_t n_quant = desc.seq_tokens > r_ ? (desc.seq_tokens - r_) / g_ * g_ : 0;
-    const uint32_t tq =
-        n_quant > desc.token_begin ? std::min(n_quant - desc.token_begin, desc.tokens) : 0;
-    KVWIRE_RETURN_ERROR_IF(tq > 0 && (desc.token_begin % g_ != 0 || tq % g_ != 0), kInvalidArgument,
+    const uint32_t lead = LeadTokens(desc);
+    const uint32_t tq = QuantTokens(desc);
+    KVWIRE_RETURN_ERROR_IF(tq % g_ != 0, kInvalidArgument,
                            name_ + ": chunk at token " + std::to_string(desc.token_begin) +
                                " with " + std::to_string(tq) +
                                " quantized tokens is not aligned to the group of " +
                                std::to_string(g_) + " tokens");
+    const float* quant_in = in + size_t{lead} * size_t{desc.kv_heads} * desc.head_dim;
     const size_t hd = size_t{desc.kv_heads} * desc.head_dim;
     const size_t quant_elems = size_t{tq} * hd;
     const size_t groups = quant_elems / g_;
@@ -69,15 +77,18 @@ class KiviCodec final : public Codec {
     uint8_t* idx = ThreadScratchBytes(quant_elems);
     if (desc.kind == KvKind::kKey) {
       for (size_t b = 0; b < tq / g_; ++b) {  // one block of G tokens at a time
-        QuantizeColumnGroups(in + b * g_ * hd, g_, hd, bits_, scales + 2 * b * hd,
+        QuantizeColumnGroups(quant_in + b * g_ * hd, g_, hd, bits_, scales + 2 * b * hd,
                              mins + 2 * b * hd, idx + b * g_ * hd, impl);
       }
     } else {
-      QuantizeRowGroups(in, groups, g_, bits_, scales, mins, idx, impl);
+      QuantizeRowGroups(quant_in, groups, g_, bits_, scales, mins, idx, impl);
     }
     PackBits(idx, quant_elems, bits_, packed, impl);
     uint8_t* window = packed + PackedBytes(quant_elems, bits_);
-    std::vector<float> clamped(in + quant_elems, in + quant_elems + window_elems);
+    // The fp16 tokens: the lead, then those after the quantized ones.
+    const size_t lead_elems = size_t{lead} * hd;
+    std::vector<float> clamped(in, in + lead_elems);
+    clamped.insert(clamped.end(), quant_in + quant_elems, in + size_t{desc.tokens} * hd);
     for (float& v : clamped) v = std::clamp(v, -kHalfMax, kHalfMax);
     if (impl == CodecImpl::kReference) {
       StoreHalvesRef(clamped.data(), window_elems, window);
@@ -94,10 +105,11 @@ class KiviCodec final : public Codec {
                            name_ + ": payload of " + std::to_string(payload.size()) +
                                " bytes has no quantized-token count");
     const uint32_t tq = LoadU32(payload.data());
-    KVWIRE_RETURN_ERROR_IF(tq > desc.tokens || tq % g_ != 0, kCorrupt,
+    const uint32_t lead = LeadTokens(desc);
+    KVWIRE_RETURN_ERROR_IF(tq > desc.tokens - lead || tq % g_ != 0, kCorrupt,
                            name_ + ": quantized-token count " + std::to_string(tq) +
                                " is not a multiple of " + std::to_string(g_) + " in [0, " +
-                               std::to_string(desc.tokens) + "]");
+                               std::to_string(desc.tokens - lead) + "]");
     KVWIRE_RETURN_IF_ERROR(CheckPayloadSize(payload.size(), PayloadSize(desc, tq), name_));
     const size_t hd = size_t{desc.kv_heads} * desc.head_dim;
     const size_t quant_elems = size_t{tq} * hd;
@@ -109,23 +121,30 @@ class KiviCodec final : public Codec {
     const uint8_t* window = packed + PackedBytes(quant_elems, bits_);
     uint8_t* idx = ThreadScratchBytes(quant_elems);
     UnpackBits(packed, quant_elems, bits_, idx, impl);
+    const size_t lead_elems = size_t{lead} * hd;
+    float* quant_out = out + lead_elems;
     bool ok = true;
     if (desc.kind == KvKind::kKey) {
       for (size_t b = 0; b < tq / g_ && ok; ++b) {
         ok = DequantizeColumnGroups(scales + 2 * b * hd, mins + 2 * b * hd,
-                                    idx + b * g_ * hd, g_, hd, out + b * g_ * hd, impl);
+                                    idx + b * g_ * hd, g_, hd, quant_out + b * g_ * hd, impl);
       }
     } else {
-      ok = DequantizeRowGroups(scales, mins, idx, groups, g_, out, impl);
+      ok = DequantizeRowGroups(scales, mins, idx, groups, g_, quant_out, impl);
     }
     KVWIRE_RETURN_ERROR_IF(!ok, kCorrupt, name_ + ": a group scale or min is not finite");
     KVWIRE_RETURN_ERROR_IF(!HalvesFinite(window, window_elems), kCorrupt,
                            name_ + ": the fp16 window holds a non-finite value");
-    if (impl == CodecImpl::kReference) {
-      LoadHalvesRef(window, window_elems, out + quant_elems);
-    } else {
-      LoadHalves(window, window_elems, out + quant_elems);
-    }
+    // The fp16 tokens: the lead, then those after the quantized ones.
+    auto load = [&](const uint8_t* h, size_t n, float* dst) {
+      if (impl == CodecImpl::kReference) {
+        LoadHalvesRef(h, n, dst);
+      } else {
+        LoadHalves(h, n, dst);
+      }
+    };
+    load(window, lead_elems, out);
+    load(window + 2 * lead_elems, window_elems - lead_elems, quant_out + quant_elems);
     return Status::Ok();
   }
 
@@ -139,6 +158,17 @@ class KiviCodec final : public Codec {
                                std::to_string(g_) + " (head_dim " + std::to_string(desc.head_dim) +
                                ")");
     return Status::Ok();
+  }
+
+  // The lead and window rules of the header comment.
+  uint32_t LeadTokens(const ChunkDesc& desc) const {
+    const uint32_t off = desc.token_begin % g_;
+    return off == 0 ? 0 : std::min(desc.tokens, g_ - off);
+  }
+  uint32_t QuantTokens(const ChunkDesc& desc) const {
+    const uint32_t first = desc.token_begin + LeadTokens(desc);
+    const uint32_t n_quant = desc.seq_tokens > r_ ? (desc.seq_tokens - r_) / g_ * g_ : 0;
+    return n_quant > first ? std::min(n_quant - first, desc.token_begin + desc.tokens - first) : 0;
   }
 
   uint64_t PayloadSize(const ChunkDesc& desc, uint32_t tq) const {

@@ -265,10 +265,11 @@ Status StreamWriter::WriteLayer(const KvView& kv, uint32_t layer, uint8_t level,
     uint32_t begin, tokens;
   };
   std::vector<Job> jobs;
-  // Chunk boundaries fall on multiples of the alignment in sequence coordinates; when the
-  // stream starts off a multiple (token_begin % align = phase), the first chunk is shorter.
+  // Chunk boundaries fall on multiples of the step in sequence coordinates (the rule the session
+  // cuts requests by, too); the step is a multiple of the alignment, so when the stream starts
+  // off a multiple (token_begin % step = phase) only its shorter first chunk starts unaligned.
   const uint32_t step = w.chunk_step[level];
-  const uint32_t phase = w.info.token_begin % w.alignments[level];
+  const uint32_t phase = w.info.token_begin % step;
   for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
     for (uint32_t t = 0; t < w.info.shape.tokens;) {
       const uint32_t len = std::min(step - (t == 0 ? phase : 0), w.info.shape.tokens - t);

@@ -61,10 +61,12 @@ Status ValidateRequestBegin(const control::RequestBegin& r) {
   CHECK_FIELD(r.chunk_tokens() <= kMaxTokens, "chunk_tokens out of range");
   CHECK_FIELD(r.stream_header().size() <= kMaxHeaderBytes + 64, "stream_header too large");
   CHECK_FIELD(r.user_data().size() <= kMaxRequestUserDataBytes, "user_data too large");
-  // The number of chunks must fit the sequence space.
+  // The number of chunks must fit the sequence space (a first chunk shortened by the
+  // request's token_begin adds at most one).
   const uint64_t per_layer =
-      r.chunk_tokens() == 0 ? 1
-                            : (uint64_t{shape.tokens} + r.chunk_tokens() - 1) / r.chunk_tokens();
+      r.chunk_tokens() == 0
+          ? 1
+          : (uint64_t{shape.tokens} + r.chunk_tokens() - 1) / r.chunk_tokens() + 1;
   CHECK_FIELD(per_layer * 2 * shape.layers <= kMaxChunkSeq, "request has too many chunks");
   return Status::Ok();
 }

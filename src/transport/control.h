@@ -14,7 +14,7 @@
 
 namespace kvwire::transport {
 
-inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr uint32_t kProtocolVersion = 2;  // docs/PROTOCOL.md; 2: the chunk grid's phase
 inline constexpr size_t kNonceBytes = 32;
 inline constexpr size_t kMacBytes = 32;
 inline constexpr uint32_t kMaxChunkSeq = 1u << 24;

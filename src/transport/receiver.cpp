@@ -356,7 +356,7 @@ Status ReceiverCore::HandleBegin(const std::shared_ptr<Connection>& conn,
   for (int i = 0; i < b.levels_size(); ++i)
     KVWIRE_RETURN_ERROR_IF(info.levels[i] != b.levels(i).codec(), kCorrupt,
                            "request_begin level codec disagrees with its stream header");
-  auto grid = ChunkGrid::Make(shape, b.chunk_tokens());
+  auto grid = ChunkGrid::Make(shape, b.token_begin(), b.chunk_tokens());
   KVWIRE_RETURN_ERROR_IF(!grid.ok(), kCorrupt,
                          "request_begin chunking: " + grid.status().message());
   s->grid = *grid;

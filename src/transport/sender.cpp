@@ -392,7 +392,8 @@ Result<std::shared_ptr<SendRequest>> SenderCore::Open(const KvView& kv,
   }
   KVWIRE_ASSIGN_OR_RETURN(
       s->grid,
-      ChunkGrid::Make(kv.shape(), ChunkGrid::Normalize(kv.shape(), o.chunk_tokens, alignment)));
+      ChunkGrid::Make(kv.shape(), o.token_begin,
+                      ChunkGrid::Normalize(kv.shape(), o.chunk_tokens, alignment)));
   StreamInfo info;
   info.shape = kv.shape();
   info.dtype = kv.dtype();

@@ -65,9 +65,15 @@ SpecInfo Parse(const std::string& spec) {
   return s;
 }
 
+// kivi: the chunk's fp16 lead (tokens before its first group boundary), then Tq quantized.
+uint32_t KiviLeadTokens(const SpecInfo& s, const ChunkDesc& d) {
+  const uint32_t off = d.token_begin % s.g;
+  return off == 0 ? 0 : std::min(d.tokens, s.g - off);
+}
 uint32_t KiviQuantTokens(const SpecInfo& s, const ChunkDesc& d) {
+  const uint32_t first = d.token_begin + KiviLeadTokens(s, d);
   const uint32_t n_quant = d.seq_tokens > s.r ? (d.seq_tokens - s.r) / s.g * s.g : 0;
-  return n_quant > d.token_begin ? std::min(n_quant - d.token_begin, d.tokens) : 0;
+  return n_quant > first ? std::min(n_quant - first, d.token_begin + d.tokens - first) : 0;
 }
 
 uint64_t Packed(uint64_t n, int bits) { return (n * bits + 7) / 8; }
@@ -112,6 +118,7 @@ std::vector<int64_t> GroupOf(const SpecInfo& s, const ChunkDesc& d) {
   const size_t n = d.elements(), dim = d.head_dim, hd = size_t{d.kv_heads} * dim;
   std::vector<int64_t> g(n);
   const size_t tq = s.family == "kivi" ? KiviQuantTokens(s, d) : 0;
+  const size_t lead = s.family == "kivi" ? KiviLeadTokens(s, d) : 0;
   for (size_t i = 0; i < n; ++i) {
     const size_t t = i / hd;
     if (s.family == "int8" || s.family == "int-token") {
@@ -121,12 +128,12 @@ std::vector<int64_t> GroupOf(const SpecInfo& s, const ChunkDesc& d) {
     } else if (s.family == "int-channel") {
       g[i] = static_cast<int64_t>(i % hd);
     } else if (s.family == "kivi") {
-      if (t >= tq) {
+      if (t < lead || t >= lead + tq) {
         g[i] = -1;
       } else if (d.kind == KvKind::kKey) {
-        g[i] = static_cast<int64_t>((t / s.g) * hd + i % hd);
+        g[i] = static_cast<int64_t>(((t - lead) / s.g) * hd + i % hd);
       } else {
-        g[i] = static_cast<int64_t>(i / s.g);
+        g[i] = static_cast<int64_t>((i - lead * hd) / s.g);
       }
     } else {
       g[i] = -1;

@@ -98,14 +98,44 @@ TEST(KiviTest, RefusesMisalignedChunksThatQuantize) {
     std::vector<uint8_t> p;
     return codec->Encode(d, GaussianInput(d, 3).data(), &p);
   };
-  EXPECT_EQ(encode(16, 32, seq).code(), StatusCode::kInvalidArgument);  // start not aligned
+  EXPECT_EQ(encode(16, 32, seq).code(), StatusCode::kInvalidArgument);  // lead 16, half a group
   EXPECT_EQ(encode(0, 40, seq).code(), StatusCode::kInvalidArgument);   // ends mid-group
   EXPECT_TRUE(encode(0, 64, seq).ok());
   EXPECT_TRUE(encode(128, 50, seq).ok());  // 32 quantized tokens, then window
   EXPECT_TRUE(encode(170, 30, seq).ok());  // window only: any start is fine
+  EXPECT_EQ(encode(16, 17, seq).code(), StatusCode::kInvalidArgument);  // 16 fp16 + 1 of a group
   const Status st = encode(0, 64, 50);     // seq_tokens smaller than the chunk
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("seq_tokens"), std::string::npos) << st.message();
+}
+
+// A chunk that starts mid-group (the first chunk of a migration tail at token 16) keeps its
+// tokens up to the next group boundary fp16 (the lead), then quantizes whole groups as usual.
+TEST(KiviTest, AChunkStartingMidGroupKeepsItsLeadFp16) {
+  auto codec = MustCreate("kivi2");  // G = R = 32
+  const uint32_t seq = 200;           // n_quant = 160
+  for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+    for (uint32_t tokens : {16u, 48u, 80u}) {
+      SCOPED_TRACE(std::to_string(tokens) + " tokens, kind " + std::to_string(int(kind)));
+      const ChunkDesc d = MakeDesc(tokens, 2, 64, kind, 16, seq);
+      const std::vector<float> x = GaussianInput(d, 4);
+      std::vector<uint8_t> p;
+      ASSERT_TRUE(codec->Encode(d, x.data(), &p).ok());
+      const size_t row = 2 * 64, tq = tokens - 16;
+      EXPECT_EQ(p.size(), 4 + 4 * tq * row / 32 + tq * row * 2 / 8 + 2 * 16 * row);
+      std::vector<float> y(d.elements());
+      ASSERT_TRUE(codec->Decode(d, p, y.data()).ok());
+      for (size_t i = 0; i < 16 * row; ++i) ASSERT_EQ(y[i], RoundToHalf(x[i])) << i;
+      // The quantized part equals the same tokens coded as an aligned chunk of their own.
+      const ChunkDesc a = MakeDesc(static_cast<uint32_t>(tq), 2, 64, kind, 32, seq);
+      std::vector<uint8_t> pa;
+      std::vector<float> ya(a.elements());
+      if (tq == 0) continue;
+      ASSERT_TRUE(codec->Encode(a, x.data() + 16 * row, &pa).ok());
+      ASSERT_TRUE(codec->Decode(a, pa, ya.data()).ok());
+      EXPECT_EQ(0, std::memcmp(ya.data(), y.data() + 16 * row, 4 * ya.size()));
+    }
+  }
 }
 
 TEST(KiviTest, ValuesNeedHeadDimDivisibleByGroup) {

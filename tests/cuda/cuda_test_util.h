@@ -211,6 +211,7 @@ struct RefCodec {
     k.group = group;
     k.key = d.kind == KvKind::kKey;
     k.quant_tokens = kern::KiviQuantTokens(d.seq_tokens, d.token_begin, d.tokens, group, window);
+    k.lead_tokens = kern::KiviLeadTokens(d.token_begin, d.tokens, group);
     return k;
   }
 
@@ -284,7 +285,8 @@ inline std::string Name(const Case& c, DType dt, uint32_t block_size) {
 }
 
 /// Every codec x kind over shapes that hit the edges: head_dim not a multiple of 8 (kivi bit
-/// stream crossing rows), odd bit-widths, chunks inside a sequence, window-only chunks.
+/// stream crossing rows), odd bit-widths, chunks inside a sequence, window-only chunks, chunks
+/// that start mid-group.
 inline std::vector<Case> Cases() {
   std::vector<Case> cases;
   for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
@@ -300,6 +302,10 @@ inline std::vector<Case> Cases() {
     cases.push_back({"kivi5:g=8,r=0", kind, 1, 40, 24, 8, 16});
     cases.push_back({"kivi8:g=4,r=5", kind, 2, 12, 21, 0, 21});
     cases.push_back({"kivi7:g=16,r=1", kind, 2, 32, 50, 0, 50});
+    // Chunks that start mid-group (a migration tail): an fp16 lead, then groups and window.
+    cases.push_back({"kivi2", kind, 2, 64, 200, 45, 115});  // lead 19, 96 quantized, window
+    cases.push_back({"kivi4", kind, 1, 64, 160, 70, 20});   // all lead
+    cases.push_back({"kivi3:g=4,r=3", kind, 3, 12, 27, 2, 25});
   }
   return cases;
 }

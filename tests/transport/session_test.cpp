@@ -417,6 +417,83 @@ TEST_P(SessionTest, EncodeThreadsChangeNothingButTheTime) {
   }
 }
 
+// Context migration at any prefix: a prefix request [0, p) and a tail request [p, S) (its
+// token_begin = p) decode into one whole-sequence cache, for prefixes off kivi's group and off
+// the chunk size. Both requests are cut like the stream writer cuts a stream, so the cache
+// equals a local encode + decode of the same two streams, byte for byte; the tail's first chunk
+// is short (up to the next multiple of chunk_tokens), and kivi keeps that partial group fp16.
+TEST_P(SessionTest, MigrationAtAnyPrefixEqualsLocalStreams) {
+  const Profile profile = fraqtl_toy::ToyProfile(false);
+  constexpr uint32_t kSeq = 150, kChunk = 32;
+  const KvShape whole{fraqtl_toy::kLayers, kSeq, fraqtl_toy::kHeads, fraqtl_toy::kDim};
+  const KvCache src = RandomCache(whole, 33);
+  // Tokens [begin, begin + n) of src as a cache of their own.
+  auto slice = [&](uint32_t begin, uint32_t n) {
+    KvShape sh = whole;
+    sh.tokens = n;
+    auto c = KvCache::Create(sh, DType::kF16);
+    EXPECT_TRUE(c.ok());
+    for (uint32_t l = 0; l < whole.layers; ++l)
+      for (KvKind k : {KvKind::kKey, KvKind::kValue})
+        std::memcpy(c->tensor(l, k).data(), src.tensor(l, k).data() + size_t{begin} * src.view().row_bytes(),
+                    size_t{n} * src.view().row_bytes());
+    return std::move(*c);
+  };
+  auto r = Receiver::Listen(RecvOpts());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  SenderOptions so = SendOpts(**r);
+  so.profile = &profile;
+  auto s = Sender::Connect(so);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  uint64_t id = 0;
+  for (const char* codec : {"kivi2:g=16,r=16", "fraqtl@2"}) {
+    for (uint32_t p : {37u, 64u, 101u}) {
+      SCOPED_TRACE(std::string(codec) + ", prefix " + std::to_string(p));
+      const KvCache prefix = slice(0, p), tail = slice(p, kSeq - p);
+      auto got = KvCache::Create(whole, DType::kF16);
+      auto want = KvCache::Create(whole, DType::kF16);
+      ASSERT_TRUE(got.ok() && want.ok());
+      for (const KvCache* part : {&prefix, &tail}) {
+        const uint32_t begin = part == &prefix ? 0 : p;
+        SendRequestOptions q;
+        q.request_id = ++id;
+        q.levels = {LevelSpec{codec, 2, -1}};
+        q.chunk_tokens = kChunk;
+        q.token_begin = begin;
+        auto req = (*s)->Open(part->view(), q);
+        ASSERT_TRUE(req.ok()) << req.status().ToString();
+        auto in = (*r)->NextRequest(10000);
+        ASSERT_TRUE(in.ok()) << in.status().ToString();
+        EXPECT_EQ(in->info.token_begin, begin);
+        ASSERT_TRUE((*r)->SetDestination(in->request_id, got->view()).ok());
+        ASSERT_TRUE((*req)->PushAll().ok());
+        Status st = (*req)->Wait(10000);
+        ASSERT_TRUE(st.ok()) << st.ToString();
+        st = (*r)->Wait(in->request_id, 10000);
+        ASSERT_TRUE(st.ok()) << st.ToString();
+        const uint32_t phase = begin % kChunk;
+        EXPECT_EQ((*req)->stats().chunks,
+                  2u * whole.layers * ((part->shape().tokens + phase + kChunk - 1) / kChunk));
+        ASSERT_TRUE((*r)->Release(in->request_id).ok());
+
+        StreamInfo info;
+        info.shape = part->shape();
+        info.dtype = DType::kF16;
+        info.token_begin = begin;
+        info.levels = {codec};
+        auto bytes = EncodeStream(part->view(), info, StreamWriterOptions{kChunk, 1}, &profile);
+        ASSERT_TRUE(bytes.ok()) << bytes.status().ToString();
+        auto reader = StreamReader::Open(*bytes, &profile);
+        ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+        st = (*reader)->DecodeAll(want->view());
+        ASSERT_TRUE(st.ok()) << st.ToString();
+      }
+      EXPECT_TRUE(SameBytes(*got, *want));
+      EXPECT_FALSE(SameBytes(*got, src));  // lossy: the comparison means something
+    }
+  }
+}
+
 std::string Name(const testing::TestParamInfo<std::string>& info) { return info.param; }
 INSTANTIATE_TEST_SUITE_P(Backends, SessionTest, testing::ValuesIn(AvailableTransports()), Name);
 
