@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -21,6 +22,33 @@ namespace kvwire {
 Result<KvCache> LoadKvDump(const std::string& path);
 /// Same, from bytes in memory.
 Result<KvCache> ParseKvDump(std::span<const uint8_t> bytes);
+
+/// A KV dump mapped into memory instead of read: view() points into the file's pages (the
+/// page cache), so opening costs the validation of the header, not a copy of the tensors.
+/// Validated as LoadKvDump validates. The view is for reading (the mapping is read-only:
+/// writing through it faults). Tensors that lie misaligned for their dtype (a writer that did
+/// not pad its header) are read into memory instead. Queries (`q.<layer>`) are not exposed.
+/// Move-only; the view lives as long as the object.
+class MappedKvDump {
+ public:
+  static Result<MappedKvDump> Open(const std::string& path);
+  MappedKvDump(MappedKvDump&& o) noexcept;
+  MappedKvDump& operator=(MappedKvDump&& o) noexcept;
+  ~MappedKvDump();
+
+  const KvView& view() const { return view_; }
+  const KvShape& shape() const { return view_.shape(); }
+  DType dtype() const { return view_.dtype(); }
+  const KvMetadata& metadata() const { return metadata_; }
+
+ private:
+  MappedKvDump() = default;
+  void* map_ = nullptr;
+  size_t size_ = 0;
+  KvView view_;
+  KvMetadata metadata_;
+  std::unique_ptr<KvCache> copy_;  // the misaligned case
+};
 
 /// Writes a KV dump (atomically: to `path`.tmp, then renamed).
 Status SaveKvDump(const std::string& path, const KvCache& cache);

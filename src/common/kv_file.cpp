@@ -273,9 +273,17 @@ Result<std::string> BuildPrefix(const KvCache& cache, const std::vector<Placemen
   return prefix + json;
 }
 
-}  // namespace
+// A validated dump: where each tensor's bytes lie within the file.
+struct DumpLayout {
+  KvShape shape;
+  DType dtype = DType::kF16;
+  uint32_t q_heads = 0;
+  KvMetadata meta;
+  uint64_t data_start = 0;  // file offset of the data section
+  std::vector<TensorEntry> entries;
+};
 
-Result<KvCache> ParseKvDump(std::span<const uint8_t> bytes) {
+Result<DumpLayout> ValidateDump(std::span<const uint8_t> bytes) {
   KVWIRE_RETURN_ERROR_IF(bytes.size() < 8, kTruncated,
                          "safetensors: file of " + std::to_string(bytes.size()) +
                              " bytes is shorter than the 8-byte header length");
@@ -415,21 +423,19 @@ Result<KvCache> ParseKvDump(std::span<const uint8_t> bytes) {
                                " data bytes, its shape and dtype need " + std::to_string(need));
   }
 
-  // Validated: the file holds every byte we are about to allocate.
-  KVWIRE_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(shape, dtype, q_heads));
-  cache.metadata() = meta;
-  const uint8_t* data = bytes.data() + 8 + header_len;
-  for (const auto& e : entries) {
-    std::span<uint8_t> dst = e.id.kind == 'k'   ? cache.tensor(e.id.layer, KvKind::kKey)
-                             : e.id.kind == 'v' ? cache.tensor(e.id.layer, KvKind::kValue)
-                                                : cache.queries(e.id.layer);
-    std::memcpy(dst.data(), data + e.begin, dst.size());
-  }
-  return cache;
+  DumpLayout out;
+  out.shape = shape;
+  out.dtype = dtype;
+  out.q_heads = q_heads;
+  out.meta = std::move(meta);
+  out.data_start = 8 + header_len;
+  out.entries = std::move(entries);
+  return out;
 }
 
-Result<KvCache> LoadKvDump(const std::string& path) {
-  // Mapped rather than read: a dump can be gigabytes, and we copy it into the cache anyway.
+// Opens and maps `path` read-only (MAP_PRIVATE: pages come from the page cache, nothing is
+// copied). *size receives the file's size.
+Result<void*> MapFile(const std::string& path, size_t* size) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
@@ -441,19 +447,92 @@ Result<KvCache> LoadKvDump(const std::string& path) {
     ::close(fd);
     return Status(StatusCode::kIoError, path + ": not a regular file");
   }
-  const size_t size = static_cast<size_t>(st.st_size);
-  if (size == 0) {
+  *size = static_cast<size_t>(st.st_size);
+  if (*size == 0) {
     ::close(fd);
     return Status(StatusCode::kTruncated, path + ": empty file");
   }
-  void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  void* map = ::mmap(nullptr, *size, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
   if (map == MAP_FAILED)
     return Status(StatusCode::kIoError, path + ": mmap: " + std::strerror(errno));
+  return map;
+}
+
+}  // namespace
+
+Result<KvCache> ParseKvDump(std::span<const uint8_t> bytes) {
+  KVWIRE_ASSIGN_OR_RETURN(DumpLayout d, ValidateDump(bytes));
+  // Validated: the file holds every byte we are about to allocate.
+  KVWIRE_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(d.shape, d.dtype, d.q_heads));
+  cache.metadata() = d.meta;
+  const uint8_t* data = bytes.data() + d.data_start;
+  for (const auto& e : d.entries) {
+    std::span<uint8_t> dst = e.id.kind == 'k'   ? cache.tensor(e.id.layer, KvKind::kKey)
+                             : e.id.kind == 'v' ? cache.tensor(e.id.layer, KvKind::kValue)
+                                                : cache.queries(e.id.layer);
+    std::memcpy(dst.data(), data + e.begin, dst.size());
+  }
+  return cache;
+}
+
+Result<KvCache> LoadKvDump(const std::string& path) {
+  // Mapped rather than read: a dump can be gigabytes, and we copy it into the cache anyway.
+  size_t size = 0;
+  KVWIRE_ASSIGN_OR_RETURN(void* map, MapFile(path, &size));
   Result<KvCache> cache = ParseKvDump({static_cast<const uint8_t*>(map), size});
   ::munmap(map, size);
   if (!cache.ok()) return cache.status().WithContext(path);
   return cache;
+}
+
+Result<MappedKvDump> MappedKvDump::Open(const std::string& path) {
+  MappedKvDump m;
+  KVWIRE_ASSIGN_OR_RETURN(m.map_, MapFile(path, &m.size_));
+  const std::span<const uint8_t> bytes(static_cast<const uint8_t*>(m.map_), m.size_);
+  auto d = ValidateDump(bytes);
+  if (!d.ok()) return d.status().WithContext(path);
+  std::vector<void*> k(d->shape.layers), v(d->shape.layers);
+  bool aligned = true;
+  for (const auto& e : d->entries) {
+    const uint64_t at = d->data_start + e.begin;
+    aligned &= at % DTypeSize(d->dtype) == 0;
+    // The view never writes through these (the sender only reads its source).
+    void* p = const_cast<uint8_t*>(bytes.data() + at);
+    if (e.id.kind == 'k') k[e.id.layer] = p;
+    if (e.id.kind == 'v') v[e.id.layer] = p;
+  }
+  if (!aligned) {
+    // A writer that did not pad its header: elements would be read misaligned, so the dump is
+    // read into memory instead (as LoadKvDump does).
+    auto cache = ParseKvDump(bytes);
+    if (!cache.ok()) return cache.status().WithContext(path);
+    m.copy_ = std::make_unique<KvCache>(std::move(*cache));
+    m.view_ = m.copy_->view();
+    m.metadata_ = m.copy_->metadata();
+    return m;
+  }
+  KVWIRE_ASSIGN_OR_RETURN(m.view_, KvView::Contiguous(d->shape, d->dtype, std::move(k), std::move(v)));
+  m.metadata_ = d->meta;
+  return m;
+}
+
+MappedKvDump::MappedKvDump(MappedKvDump&& o) noexcept { *this = std::move(o); }
+
+MappedKvDump& MappedKvDump::operator=(MappedKvDump&& o) noexcept {
+  if (this != &o) {
+    if (map_) ::munmap(map_, size_);
+    map_ = std::exchange(o.map_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+    view_ = o.view_;
+    metadata_ = std::move(o.metadata_);
+    copy_ = std::move(o.copy_);
+  }
+  return *this;
+}
+
+MappedKvDump::~MappedKvDump() {
+  if (map_) ::munmap(map_, size_);
 }
 
 Result<std::vector<uint8_t>> SerializeKvDump(const KvCache& cache) {

@@ -460,5 +460,55 @@ TEST(KvFileTest, PythonReadsWhatWeWrite) {
   std::cerr << "[ note ] python reader used " << how << "\n";
 }
 
+// A mapped dump reads as the loaded one: the same bytes per tensor, the same metadata; a dump
+// whose tensors lie misaligned (an unpadded header, as the file above) is read all the same;
+// a bad one gives the path and the reason.
+TEST(KvFileTest, MappedDumpEqualsLoadedDump) {
+  const TempDir dir;
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+    KvCache cache = MakeCache(dt, 2);
+    cache.metadata().rope_theta = 10000;
+    cache.metadata().model_fingerprint = "fp";
+    const std::string path = (dir / "kv.safetensors").string();
+    ASSERT_TRUE(SaveKvDump(path, cache).ok());
+    auto mapped = MappedKvDump::Open(path);
+    ASSERT_TRUE(mapped.ok()) << mapped.status().ToString();
+    MappedKvDump m = std::move(*mapped);  // the view survives a move
+    ASSERT_EQ(m.shape(), cache.shape());
+    ASSERT_EQ(m.dtype(), dt);
+    EXPECT_EQ(m.metadata().rope_theta, 10000);
+    EXPECT_EQ(m.metadata().model_fingerprint, "fp");
+    std::vector<uint8_t> got(cache.shape().tokens * m.view().row_bytes());
+    for (uint32_t l = 0; l < cache.shape().layers; ++l) {
+      for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+        ASSERT_TRUE(m.view().ReadRaw(l, kind, 0, cache.shape().tokens, got.data()).ok());
+        auto want = cache.tensor(l, kind);
+        EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin(), got.end())) << l;
+      }
+    }
+  }
+  // Misaligned: an 8-byte length and a 121-byte header put the F32 data at offset 129.
+  std::string json = R"({"k.0":{"dtype":"F32","shape":[1,1,1],"data_offsets":[0,4]},)"
+                     R"("v.0":{"dtype":"F32","shape":[1,1,1],"data_offsets":[4,8]}})";
+  ASSERT_NE((8 + json.size()) % 4, 0u);
+  std::vector<uint8_t> bytes = FileWithHeader(json, 8);
+  const float values[2] = {1.5f, -2.0f};
+  std::memcpy(bytes.data() + 8 + json.size(), values, 8);
+  const std::string odd = (dir / "odd.safetensors").string();
+  ASSERT_TRUE(WriteFileBytes(odd, bytes).ok());
+  auto m = MappedKvDump::Open(odd);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  float v = 0;
+  ASSERT_TRUE(m->view().ReadF32(0, KvKind::kValue, 0, 1, &v).ok());
+  EXPECT_EQ(v, -2.0f);
+  // Bad: truncated data, and a missing file.
+  bytes.resize(bytes.size() - 1);
+  ASSERT_TRUE(WriteFileBytes(odd, bytes).ok());
+  auto bad = MappedKvDump::Open(odd);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find(odd), std::string::npos) << bad.status().ToString();
+  EXPECT_EQ(MappedKvDump::Open(odd + ".none").status().code(), StatusCode::kNotFound);
+}
+
 }  // namespace
 }  // namespace kvwire

@@ -31,7 +31,7 @@ int RunEncode(const EncodeArgs& a) {
       CreateCodec(*spec, prof->get());  // validates the name and options before the input is read
   if (!codec.ok()) return FailStatus(cmd, codec.status());
 
-  auto cache = LoadKvDump(a.in);
+  auto cache = MappedKvDump::Open(a.in);
   if (!cache.ok()) return FailStatus(cmd, cache.status());
 
   StreamInfo info;

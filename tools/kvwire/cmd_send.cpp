@@ -52,7 +52,7 @@ std::vector<std::string> SplitComma(const std::string& s) {
 
 // All-in bits/element of `spec` measured on layer 0 (K and V) of the input: the chooser plans
 // with what the wire will actually carry.
-Result<double> MeasureBits(const KvCache& cache, const std::string& spec, const Profile* profile) {
+Result<double> MeasureBits(const MappedKvDump& cache, const std::string& spec, const Profile* profile) {
   StreamInfo info;
   info.shape = cache.shape();
   info.dtype = cache.dtype();
@@ -73,7 +73,7 @@ Result<double> MeasureBits(const KvCache& cache, const std::string& spec, const 
 // its rows repeat), the faster of two runs each (the first builds the codec's tables). The
 // chooser compares it with the link, so that a level that computes slower than the link sends
 // is not taken for a faster one.
-Status MeasureSpeed(const KvCache& cache, const std::string& spec, const Profile* profile,
+Status MeasureSpeed(const MappedKvDump& cache, const std::string& spec, const Profile* profile,
                     LevelSpec* level) {
   KVWIRE_ASSIGN_OR_RETURN(auto codec, CreateCodec(spec, profile));
   const KvShape& sh = cache.shape();
@@ -158,7 +158,7 @@ int RunSend(const SendArgs& a) {
   for (const auto& s : specs)
     if (auto c = CreateCodec(s, profile->get()); !c.ok()) return FailStatus(cmd, c.status());
 
-  auto cache = LoadKvDump(a.in);
+  auto cache = MappedKvDump::Open(a.in);
   if (!cache.ok()) return FailStatus(cmd, cache.status());
   WarnFingerprint("KV dump model", cache->metadata().model_fingerprint, *profile);
   SendRequestOptions r;
