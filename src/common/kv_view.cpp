@@ -1,5 +1,10 @@
 #include "kvwire/kv_view.h"
 
+#include <sys/mman.h>
+
+#include <cstdlib>
+#include <new>
+
 #include <cmath>
 #include <cstring>
 
@@ -265,14 +270,50 @@ Result<KvCache> KvCache::Create(const KvShape& shape, DType dtype, uint32_t q_he
   c.dtype_ = dtype;
   c.q_heads_ = q_heads;
   const size_t bytes = shape.tensor_elements() * DTypeSize(dtype);
-  c.k_.assign(shape.layers, std::vector<uint8_t>(bytes));
-  c.v_.assign(shape.layers, std::vector<uint8_t>(bytes));
-  if (q_heads) {
-    c.q_.assign(shape.layers,
-                std::vector<uint8_t>(size_t{shape.tokens} * q_heads * shape.head_dim * DTypeSize(dtype)));
+  const size_t q_bytes = size_t{shape.tokens} * q_heads * shape.head_dim * DTypeSize(dtype);
+  try {
+    for (uint32_t l = 0; l < shape.layers; ++l) {
+      c.k_.emplace_back(bytes);
+      c.v_.emplace_back(bytes);
+      if (q_heads) c.q_.emplace_back(q_bytes);
+    }
+  } catch (const std::bad_alloc&) {
+    return Status(StatusCode::kResourceExhausted,
+                  "KvCache: cannot allocate " + std::to_string(2 * bytes * shape.layers) +
+                      " bytes");
   }
   return c;
 }
+
+namespace detail {
+
+// Blocks from this size on are mapped (and may become huge pages); below, calloc serves them.
+constexpr size_t kMappedBytes = size_t{1} << 20;
+
+void* AllocateZeroed(size_t bytes) {
+  if (bytes < kMappedBytes) {
+    void* p = std::calloc(bytes == 0 ? 1 : bytes, 1);
+    if (p == nullptr) throw std::bad_alloc();
+    return p;
+  }
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  (void)::madvise(p, bytes, MADV_HUGEPAGE);  // advice only: 4 KiB pages work as well
+#endif
+  return p;
+}
+
+void FreeZeroed(void* p, size_t bytes) {
+  if (p == nullptr) return;
+  if (bytes < kMappedBytes) {
+    std::free(p);
+  } else {
+    ::munmap(p, bytes);
+  }
+}
+
+}  // namespace detail
 
 std::span<uint8_t> KvCache::tensor(uint32_t layer, KvKind kind) {
   return kind == KvKind::kKey ? std::span<uint8_t>(k_[layer]) : std::span<uint8_t>(v_[layer]);
