@@ -1,0 +1,92 @@
+"""A paged KV cache sent from this process to a receiver in another one (tcp, and ucx when the
+build has it), between different, scattered block ids on the two sides."""
+
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kvtest  # noqa: E402
+import kvwire  # noqa: E402
+
+TIMEOUT_MS = 30000
+LAYERS, KV_HEADS, HEAD_DIM, TOKENS, BLOCK = 3, 2, 32, 45, 16
+SRC_BLOCKS, DST_BLOCKS = [7, 1, 4], [10, 3, 6]  # 45 tokens: 3 blocks, the last one partly used
+CANARY = 3.5
+
+
+def read_line(proc, timeout_s):
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    return proc.stdout.readline().strip() if ready else ""
+
+
+class PagedTransfer(unittest.TestCase):
+    def send_and_check(self, backend):
+        tmp = tempfile.TemporaryDirectory(prefix="kvwire_py_transfer_")
+        self.addCleanup(tmp.cleanup)
+        key = os.urandom(32)
+        key_file = os.path.join(tmp.name, "key")
+        with open(key_file, "w") as f:
+            f.write(key.hex())
+        os.chmod(key_file, 0o600)
+        cfg = {"backend": backend, "key_file": key_file, "out_dir": tmp.name, "num_blocks": 12,
+               "block_size": BLOCK, "block_ids": DST_BLOCKS, "canary": CANARY}
+        proc = subprocess.Popen([kvtest.PYTHON, os.path.join(os.path.dirname(__file__),
+                                                             "transfer_peer.py"), json.dumps(cfg)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        address = read_line(proc, 30)
+        self.assertTrue(address, "the receiver printed no address")
+
+        torch.manual_seed(5)
+        src = [torch.randn(2, 10, BLOCK, KV_HEADS, HEAD_DIM, dtype=torch.float16)
+               for _ in range(LAYERS)]
+        with kvwire.Sender.connect(address, backend=backend, key=key) as tx:
+            req = tx.open(src, request_id=77, codec="fp16", block_ids=SRC_BLOCKS, tokens=TOKENS,
+                          chunk_tokens=BLOCK, user_data=b"next-token:42")
+            for layer in range(LAYERS):
+                req.push_layer(layer)
+            req.wait(timeout_ms=TIMEOUT_MS)
+            self.assertTrue(req.poll())
+            self.assertEqual(req.stats["chunks"], LAYERS * 2 * 3)
+        _, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 0, err)
+
+        with open(os.path.join(tmp.name, "request.json")) as f:
+            told = json.load(f)
+        self.assertEqual(told["request_id"], 77)
+        self.assertEqual(told["shape"], [LAYERS, 2, TOKENS, KV_HEADS, HEAD_DIM])
+        self.assertEqual(told["dtype"], "float16")
+        self.assertEqual(told["levels"], ["fp16"])
+        self.assertEqual(bytes.fromhex(told["user_data"]), b"next-token:42")
+        self.assertEqual(told["chunks"], LAYERS * 2 * 3)
+
+        got = numpy.load(os.path.join(tmp.name, "received.npy"))  # (layers, 2, 12, BLOCK, h, d)
+        written = numpy.zeros(got.shape, bool)
+        for layer in range(LAYERS):
+            s = src[layer].numpy()
+            for t in range(TOKENS):
+                d_block, s_block, slot = DST_BLOCKS[t // BLOCK], SRC_BLOCKS[t // BLOCK], t % BLOCK
+                self.assertTrue(kvtest.same_bits(got[layer, :, d_block, slot], s[:, s_block, slot]),
+                                f"layer {layer} token {t}")
+                written[layer, :, d_block, slot] = True
+        self.assertTrue((got[~written] == numpy.float16(CANARY)).all(), "a canary was overwritten")
+
+    def test_tcp(self):
+        self.send_and_check("tcp")
+
+    def test_ucx(self):
+        if "ucx" not in kvwire.backends():
+            self.skipTest("this build has no ucx backend")
+        self.send_and_check("ucx")
+
+
+if __name__ == "__main__":
+    unittest.main()
