@@ -102,7 +102,9 @@ struct PySendRequest {
 };
 
 struct PySender {
+  // Kept after close(): SendRequests still held by Python may refer to it.
   std::unique_ptr<Sender> sender;
+  bool closed = false;
   std::shared_ptr<const PyProfile> profile;
   // Requests C++ may still be reading from, with their tensors.
   std::vector<std::shared_ptr<PySendRequest>> live;
@@ -120,7 +122,7 @@ struct PySender {
                                       double min_bits, const py::bytes& user_data,
                                       int64_t positions_start, py::handle rope_theta,
                                       py::handle rope_style, const std::string& model_fingerprint) {
-    if (!sender) throw StatusError(Status(StatusCode::kCancelled, "the sender is closed"));
+    if (closed) throw StatusError(Status(StatusCode::kCancelled, "the sender is closed"));
     SendRequestOptions o;
     o.request_id = request_id;
     if (!levels.is_none()) {
@@ -156,18 +158,21 @@ struct PySender {
   }
 
   void Close() {
-    if (!sender) return;
-    {
-      py::gil_scoped_release release;
-      sender->Close();
-      for (const auto& r : live) (void)r->request->Wait(kCloseWaitMs);
-    }
-    live.clear();
+    if (closed || !sender) return;
+    closed = true;
+    // Taken out first: another Python thread may call open() while the GIL is released below.
+    // The tensors are let go (GIL held) only once no encoder reads them.
+    std::vector<std::shared_ptr<PySendRequest>> pending;
+    pending.swap(live);
+    py::gil_scoped_release release;
+    sender->Close();
+    for (const auto& r : pending) (void)r->request->Wait(kCloseWaitMs);
   }
 };
 
 struct PyReceiver {
   std::unique_ptr<Receiver> receiver;
+  bool closed = false;
   std::shared_ptr<const PyProfile> profile;
   std::map<uint64_t, KvShape> announced;                   // from next_request
   std::map<uint64_t, std::vector<py::object>> destinations;  // tensors C++ may write
@@ -175,7 +180,9 @@ struct PyReceiver {
   ~PyReceiver() { Close(); }
 
   Receiver& Get() {
-    if (!receiver) throw StatusError(Status(StatusCode::kCancelled, "the receiver is closed"));
+    if (closed || !receiver) {
+      throw StatusError(Status(StatusCode::kCancelled, "the receiver is closed"));
+    }
     return *receiver;
   }
 
@@ -241,10 +248,11 @@ struct PyReceiver {
   }
 
   void Close() {
-    if (!receiver) return;
+    if (closed || !receiver) return;
+    closed = true;
     {
       py::gil_scoped_release release;
-      receiver->Close();
+      receiver->Close();  // returns once no connection handler decodes any more
     }
     destinations.clear();
     announced.clear();

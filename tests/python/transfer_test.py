@@ -1,6 +1,7 @@
 """A paged KV cache sent from this process to a receiver in another one (tcp, and ucx when the
 build has it), between different, scattered block ids on the two sides."""
 
+import gc
 import json
 import os
 import select
@@ -86,6 +87,37 @@ class PagedTransfer(unittest.TestCase):
         if "ucx" not in kvwire.backends():
             self.skipTest("this build has no ucx backend")
         self.send_and_check("ucx")
+
+
+class Lifetimes(unittest.TestCase):
+    """The bindings hold the tensors C++ reads or writes for as long as it may use them."""
+
+    def test_references_held_until_done_or_released(self):
+        key = os.urandom(32)
+        kv = torch.randn(2, 2, 64, 2, 32, dtype=torch.float16)
+        expected = kv.clone()
+        with kvwire.Receiver.listen("127.0.0.1:0", key=key) as rx, \
+                kvwire.Sender.connect(rx.address, key=key) as tx:
+            req = tx.open(kv.clone(), request_id=5, codec="fp16")  # only the bindings hold it
+            req.push_all()
+            del req
+            gc.collect()
+            incoming = rx.next_request(timeout_ms=TIMEOUT_MS)
+            self.assertEqual(incoming.shape, (2, 2, 64, 2, 32))
+            dst = torch.zeros(incoming.shape, dtype=torch.float32)  # decoded as float32
+            before = sys.getrefcount(dst)
+            rx.set_destination(5, dst)
+            self.assertEqual(sys.getrefcount(dst), before + 1)
+            rx.wait(5, timeout_ms=TIMEOUT_MS)
+            self.assertTrue(torch.equal(dst, expected.float()))
+            rx.release(5)
+            self.assertEqual(sys.getrefcount(dst), before)
+            tx.close()
+            tx.close()  # closing twice is harmless
+            with self.assertRaises(kvwire.Error):
+                tx.open(kv, request_id=6)
+        with self.assertRaises(kvwire.Error):
+            rx.next_request(timeout_ms=0)
 
 
 if __name__ == "__main__":
