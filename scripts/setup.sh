@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kvwire needs (idempotent: quick when already present), then
-# configures and builds into ${KVWIRE_BUILD_DIR:-build}. Extra arguments go to cmake configure.
+# configures and builds into ${KVWIRE_BUILD_DIR:-build}, and makes `import kvwire` load the Python
+# module of that build when it has one. Extra arguments go to cmake configure.
 # Used by both README commands (scripts/demo.sh and scripts/test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."

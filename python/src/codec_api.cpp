@@ -203,16 +203,17 @@ void AddCodecApi(py::module_& m) {
                                return out;
                              })
       .def("__repr__", [](const PyProfile& p) {
-        return "<kvwire.Profile " + p.id + ": " + std::to_string(p.profile->layers) +
-               " layers x " + std::to_string(p.profile->kv_heads) + " kv heads x " +
+        return "<kvwire.Profile " + p.id + ": " + std::to_string(p.profile->layers) + " layers x " +
+               std::to_string(p.profile->kv_heads) + " kv heads x " +
                std::to_string(p.profile->head_dim) + ">";
       });
 
-  m.def("encode", &Encode, py::arg("kv"), py::arg("codec") = "fp16", py::arg("profile") = py::none(),
-        py::arg("chunk_tokens") = 0, py::arg("threads") = 1, py::arg("block_ids") = py::none(),
-        py::arg("tokens") = py::none(), py::arg("token_begin") = 0,
-        py::arg("positions_start") = 0, py::arg("rope_theta") = py::none(),
-        py::arg("rope_style") = py::none(), py::arg("model_fingerprint") = "",
+  m.def("encode", &Encode, py::arg("kv"), py::arg("codec") = "fp16",
+        py::arg("profile") = py::none(), py::arg("chunk_tokens") = 0, py::arg("threads") = 1,
+        py::arg("block_ids") = py::none(), py::arg("tokens") = py::none(),
+        py::arg("token_begin") = 0, py::arg("positions_start") = 0,
+        py::arg("rope_theta") = py::none(), py::arg("rope_style") = py::none(),
+        py::arg("model_fingerprint") = "",
         "Encodes a KV cache into a kvwire stream (the bytes `kvwire encode` writes).");
   m.def("_decode_into", &DecodeInto, py::arg("stream"), py::arg("out"),
         py::arg("profile") = py::none(), py::arg("block_ids") = py::none());

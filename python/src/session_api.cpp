@@ -174,7 +174,7 @@ struct PyReceiver {
   std::unique_ptr<Receiver> receiver;
   bool closed = false;
   std::shared_ptr<const PyProfile> profile;
-  std::map<uint64_t, KvShape> announced;                   // from next_request
+  std::map<uint64_t, KvShape> announced;                     // from next_request
   std::map<uint64_t, std::vector<py::object>> destinations;  // tensors C++ may write
 
   ~PyReceiver() { Close(); }
@@ -275,22 +275,23 @@ void AddSessionApi(py::module_& m) {
       .def_readwrite("encode_elements_per_s", &LevelSpec::encode_elements_per_s)
       .def_readwrite("decode_elements_per_s", &LevelSpec::decode_elements_per_s)
       .def("__repr__", [](const LevelSpec& l) {
-        return "LevelSpec('" + l.codec + "', bits_per_element=" + std::to_string(l.bits_per_element) +
-               ")";
+        return "LevelSpec('" + l.codec +
+               "', bits_per_element=" + std::to_string(l.bits_per_element) + ")";
       });
 
   py::class_<PySendRequest, std::shared_ptr<PySendRequest>>(m, "SendRequest",
-                                                           "One request being sent.")
+                                                            "One request being sent.")
       .def_readonly("request_id", &PySendRequest::id)
       .def("push_layer", &PySendRequest::Push, py::arg("layer"),
            "Layer `layer` of the KV is ready: encode and send it (layers in increasing order).")
       .def("push_all", &PySendRequest::PushAll, "Pushes every layer not pushed yet.")
-      .def("poll", &PySendRequest::Poll,
-           "True once the receiver confirmed every chunk, False while in progress; raises on error.")
+      .def(
+          "poll", &PySendRequest::Poll,
+          "True once the receiver confirmed every chunk, False while in progress; raises on error.")
       .def("wait", &PySendRequest::Wait, py::arg("timeout_ms") = -1,
            "Waits for completion (timeout_ms < 0: no limit); kvwire.TimeoutError on timeout.")
-      .def_property_readonly("stats",
-                             [](const PySendRequest& r) { return SendStatsDict(r.request->stats()); });
+      .def_property_readonly(
+          "stats", [](const PySendRequest& r) { return SendStatsDict(r.request->stats()); });
 
   py::class_<PySender>(m, "Sender", "Sends KV caches to a kvwire Receiver.")
       .def_static(
@@ -342,7 +343,8 @@ void AddSessionApi(py::module_& m) {
 
   py::class_<IncomingRequest>(m, "IncomingRequest", "A request announced to a Receiver.")
       .def_readonly("request_id", &IncomingRequest::request_id)
-      .def_property_readonly("shape", [](const IncomingRequest& r) { return ShapeTuple(r.info.shape); })
+      .def_property_readonly("shape",
+                             [](const IncomingRequest& r) { return ShapeTuple(r.info.shape); })
       .def_property_readonly("layers", [](const IncomingRequest& r) { return r.info.shape.layers; })
       .def_property_readonly("tokens", [](const IncomingRequest& r) { return r.info.shape.tokens; })
       .def_property_readonly("dtype",
@@ -387,7 +389,8 @@ void AddSessionApi(py::module_& m) {
           },
           py::arg("address") = "127.0.0.1:0", py::arg("backend") = "tcp",
           py::arg("key") = py::none(), py::arg("key_file") = "", py::arg("profile") = py::none(),
-          py::arg("insecure") = false, py::arg("stall_timeout_ms") = ReceiverOptions{}.stall_timeout_ms,
+          py::arg("insecure") = false,
+          py::arg("stall_timeout_ms") = ReceiverOptions{}.stall_timeout_ms,
           py::arg("max_buffered_bytes") = ReceiverOptions{}.max_buffered_bytes,
           py::arg("fetch_profiles") = true, py::arg("node_name") = "kvwire-python",
           py::arg("verbose") = false, "Listens on HOST:PORT (port 0: an ephemeral port).")
@@ -400,18 +403,19 @@ void AddSessionApi(py::module_& m) {
       .def("wait_layer", &PyReceiver::WaitLayer, py::arg("request_id"), py::arg("layer"),
            py::arg("timeout_ms") = -1)
       .def("wait", &PyReceiver::Wait, py::arg("request_id"), py::arg("timeout_ms") = -1)
-      .def("stats",
-           [](PyReceiver& r, uint64_t id) {
-             const ReceiveStats s = ValueOrThrow(r.Get().stats(id));
-             py::dict d;
-             d["chunks"] = s.chunks;
-             d["duplicate_chunks"] = s.duplicate_chunks;
-             d["wire_bytes"] = s.wire_bytes;
-             d["chunks_per_level"] = s.chunks_per_level;
-             d["seconds"] = s.seconds;
-             return d;
-           },
-           py::arg("request_id"))
+      .def(
+          "stats",
+          [](PyReceiver& r, uint64_t id) {
+            const ReceiveStats s = ValueOrThrow(r.Get().stats(id));
+            py::dict d;
+            d["chunks"] = s.chunks;
+            d["duplicate_chunks"] = s.duplicate_chunks;
+            d["wire_bytes"] = s.wire_bytes;
+            d["chunks_per_level"] = s.chunks_per_level;
+            d["seconds"] = s.seconds;
+            return d;
+          },
+          py::arg("request_id"))
       .def("release", &PyReceiver::Release, py::arg("request_id"),
            "Forgets a request; its destination is no longer touched (or referenced).")
       .def("close", &PyReceiver::Close)

@@ -49,7 +49,8 @@ Tensor FromTorch(py::handle obj, const std::string& what) {
     Fail(what + ": element_size() " + std::to_string(itemsize) + " does not match " + name);
   }
   for (py::handle d : obj.attr("shape")) t.shape.push_back(d.cast<int64_t>());
-  for (py::handle s : py::tuple(obj.attr("stride")())) t.strides.push_back(s.cast<int64_t>() * itemsize);
+  for (py::handle s : py::tuple(obj.attr("stride")()))
+    t.strides.push_back(s.cast<int64_t>() * itemsize);
   t.data = reinterpret_cast<uint8_t*>(obj.attr("data_ptr")().cast<uintptr_t>());
   t.owner = py::reinterpret_borrow<py::object>(obj);
   return t;
@@ -213,9 +214,12 @@ BoundKv BindPaged(py::sequence layers, py::handle block_ids, std::optional<uint3
 
 const char* DTypePyName(DType dtype) {
   switch (dtype) {
-    case DType::kF16: return "float16";
-    case DType::kBF16: return "bfloat16";
-    case DType::kF32: return "float32";
+    case DType::kF16:
+      return "float16";
+    case DType::kBF16:
+      return "bfloat16";
+    case DType::kF32:
+      return "float32";
   }
   return "?";
 }
@@ -224,13 +228,14 @@ py::tuple ShapeTuple(const KvShape& s) {
   return py::make_tuple(s.layers, 2, s.tokens, s.kv_heads, s.head_dim);
 }
 
-BoundKv BindKv(py::handle kv, py::handle block_ids, std::optional<uint32_t> tokens,
-               bool writable, const char* what) {
+BoundKv BindKv(py::handle kv, py::handle block_ids, std::optional<uint32_t> tokens, bool writable,
+               const char* what) {
   if (py::isinstance<py::list>(kv) || py::isinstance<py::tuple>(kv)) {
     return BindPaged(py::reinterpret_borrow<py::sequence>(kv), block_ids, tokens, writable, what);
   }
   if (!block_ids.is_none()) {
-    Fail(std::string(what) + " is one tensor, but block_ids was given; a paged cache is a list "
+    Fail(std::string(what) +
+         " is one tensor, but block_ids was given; a paged cache is a list "
          "of per-layer (2, num_blocks, block_size, kv_heads, head_dim) tensors");
   }
   return BindContiguous(kv, writable, what);

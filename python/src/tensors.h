@@ -34,8 +34,8 @@ struct BoundKv {
 /// `tokens` (paged only) defaults to len(block_ids) * block_size. `writable`: the view will be
 /// written (a read-only numpy array is refused). Raises ValueError saying what is wrong and
 /// what is expected.
-BoundKv BindKv(py::handle kv, py::handle block_ids, std::optional<uint32_t> tokens,
-               bool writable, const char* what);
+BoundKv BindKv(py::handle kv, py::handle block_ids, std::optional<uint32_t> tokens, bool writable,
+               const char* what);
 
 /// "float16", "bfloat16", "float32": the numpy/torch name of a kvwire dtype.
 const char* DTypePyName(DType dtype);
