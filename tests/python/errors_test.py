@@ -116,6 +116,13 @@ class StatusErrors(unittest.TestCase):
             with self.assertRaises(kvwire.Error):
                 rx.wait(12345, timeout_ms=10)  # no such request
 
+    def test_missing_profile_file(self):
+        with self.assertRaises(kvwire.Error) as e:
+            kvwire.Profile.load("/nonexistent/kvwire.kvp")
+        self.assertIn("/nonexistent/kvwire.kvp", str(e.exception))
+        with self.assertRaises(TypeError):
+            kvwire.encode(self.kv, profile="a path, not a Profile")
+
     def test_connect_needs_a_key_or_insecure(self):
         with self.assertRaises(ValueError) as e:
             kvwire.Sender.connect("127.0.0.1:1")

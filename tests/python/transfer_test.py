@@ -8,6 +8,7 @@ import select
 import subprocess
 import sys
 import tempfile
+import threading
 import unittest
 
 import numpy
@@ -118,6 +119,53 @@ class Lifetimes(unittest.TestCase):
                 tx.open(kv, request_id=6)
         with self.assertRaises(kvwire.Error):
             rx.next_request(timeout_ms=0)
+
+
+class InProcess(unittest.TestCase):
+    def test_level_ladder(self):
+        key = os.urandom(32)
+        kv = numpy.random.default_rng(2).standard_normal((2, 2, 96, 2, 32)).astype("float32")
+        levels = [kvwire.LevelSpec("fp16", bits_per_element=16.0), "q4_0"]
+        with kvwire.Receiver.listen(key=key) as rx, \
+                kvwire.Sender.connect(rx.address, key=key) as tx:
+            req = tx.open(kv, request_id=9, levels=levels, chunk_tokens=32)
+            req.push_all()
+            incoming = rx.next_request(timeout_ms=TIMEOUT_MS)
+            self.assertEqual(incoming.levels, ["fp16", "q4_0"])
+            self.assertEqual(incoming.dtype, "float32")
+            out = numpy.zeros(incoming.shape, "float32")
+            rx.set_destination(9, out)
+            for layer in range(2):
+                rx.wait_layer(9, layer, timeout_ms=TIMEOUT_MS)
+            rx.wait(9, timeout_ms=TIMEOUT_MS)
+            req.wait(timeout_ms=TIMEOUT_MS)
+            self.assertEqual(sum(req.stats["chunks_per_level"]), 2 * 2 * 3)
+            self.assertEqual(rx.stats(9)["chunks"], 2 * 2 * 3)
+            err = numpy.sqrt(((out - kv) ** 2).sum() / (kv ** 2).sum())
+            self.assertLess(err, 0.2)
+            with self.assertRaises(ValueError):
+                tx.open(kv, request_id=10, codec="fp16", levels=["q4_0"])
+
+    def test_blocking_calls_release_the_gil(self):
+        ticks = []
+        stop = threading.Event()
+
+        def count():
+            while not stop.is_set():
+                ticks.append(1)
+
+        with kvwire.Receiver.listen(insecure=True) as rx:
+            t = threading.Thread(target=count)
+            t.start()
+            try:
+                before = len(ticks)
+                with self.assertRaises(kvwire.TimeoutError):
+                    rx.next_request(timeout_ms=300)
+                during = len(ticks) - before  # ~0 if the wait held the GIL
+            finally:
+                stop.set()
+                t.join(timeout=10)
+        self.assertGreater(during, 1000)
 
 
 if __name__ == "__main__":
