@@ -57,6 +57,6 @@ def decode(stream, out=None, profile=None, block_ids=None):
     if out is None:
         if block_ids is not None:
             raise ValueError("block_ids needs out= (the paged cache to write)")
-        out = _new_like_stream(inspect(stream))
+        out = _new_like_stream(_kvwire._header_info(stream))
     _kvwire._decode_into(stream, out, profile, block_ids)
     return out

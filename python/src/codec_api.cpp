@@ -122,6 +122,18 @@ void DecodeInto(py::handle stream_obj, py::handle out, py::handle profile_obj,
   ThrowIfError(status);
 }
 
+// Shape and dtype from the stream header alone (the chunks are checked when they are decoded).
+py::dict HeaderInfo(py::handle stream_obj) {
+  StreamBytes stream = ReadStream(stream_obj);
+  auto reader = StreamReader::OpenForInspection(stream.bytes);
+  if (!reader.ok()) throw StatusError(reader.status());
+  const StreamInfo& info = (*reader)->info();
+  py::dict d;
+  d["shape"] = ShapeTuple(info.shape);
+  d["dtype"] = DTypePyName(info.dtype);
+  return d;
+}
+
 py::dict Inspect(py::handle stream_obj) {
   StreamBytes stream = ReadStream(stream_obj);
   Result<StreamSummary> summary = Status(StatusCode::kInternal, "not run");
@@ -217,6 +229,7 @@ void AddCodecApi(py::module_& m) {
         "Encodes a KV cache into a kvwire stream (the bytes `kvwire encode` writes).");
   m.def("_decode_into", &DecodeInto, py::arg("stream"), py::arg("out"),
         py::arg("profile") = py::none(), py::arg("block_ids") = py::none());
+  m.def("_header_info", &HeaderInfo, py::arg("stream"));
   m.def("inspect", &Inspect, py::arg("stream"),
         "Validates a whole stream (every CRC32C, the trailer) and describes it.");
   m.def("backends", &AvailableTransports, "Transport backends this build provides.");
