@@ -243,6 +243,50 @@ TEST(FraqtlRans, VectorRopeEqualsRopeRotate) {
   }
 }
 
+// The vector product gives AccumulateScalar's floats bit for bit, row by row, with and without
+// the added mean, for widths that exercise both of its steps (32- and 8-column pieces).
+TEST(FraqtlRans, VectorProductsEqualTheScalarChain) {
+  if (!fraqtl::internal::HaveAvx2Fma()) GTEST_SKIP() << "SKIPPED: no AVX2+FMA on this CPU";
+  std::mt19937 rng(23);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  for (size_t n : {8u, 16u, 24u, 40u, 64u, 72u, 128u, 200u}) {
+    for (size_t k : {1u, 7u, 33u}) {
+      std::vector<std::vector<float>> a(k, std::vector<float>(n));
+      for (auto& row : a)
+        for (float& v : row) v = nd(rng);
+      std::vector<const float*> ap;
+      for (auto& row : a) ap.push_back(row.data());
+      std::vector<float> mean(n);
+      for (float& v : mean) v = nd(rng);
+      for (int rows = 1; rows <= fraqtl::internal::kMulRows; ++rows) {
+        std::vector<std::vector<float>> x(rows, std::vector<float>(k));
+        for (auto& xr : x)
+          for (float& v : xr) v = nd(rng);
+        const float* adds[] = {nullptr, mean.data()};
+        for (const float* add : adds) {
+          std::vector<std::vector<float>> got(rows, std::vector<float>(n, -1.0f));
+          const float* xs[fraqtl::internal::kMulRows];
+          float* os[fraqtl::internal::kMulRows];
+          for (int r = 0; r < rows; ++r) {
+            xs[r] = x[r].data();
+            os[r] = got[r].data();
+          }
+          fraqtl::internal::MulRowsAvx2(ap.data(), k, xs, rows, n, add, os);
+          const std::vector<float> zero(n, 0.0f);
+          for (int r = 0; r < rows; ++r) {
+            std::vector<float> want(n);
+            fraqtl::internal::AccumulateScalar(ap.data(), x[r].data(), k,
+                                               add ? add : zero.data(), n, want.data());
+            ASSERT_EQ(std::memcmp(got[r].data(), want.data(), 4 * n), 0)
+                << "n " << n << " k " << k << " rows " << rows << (add ? " +mean" : "")
+                << " row " << r;
+          }
+        }
+      }
+    }
+  }
+}
+
 // The cached angles are Rope::Angles' floats for any range, across pages, for two ropes.
 TEST(FraqtlRans, CachedPositionAnglesEqualRopeAngles) {
   for (uint32_t rope_dim : {8u, 64u}) {
