@@ -31,6 +31,16 @@ std::string Dir(const std::string& name) {
   return d;
 }
 
+// A pre-shared key file (`hex` and a newline, mode 0600) at `path`; returns the path.
+std::string KeyFile(const std::string& path, const std::string& hex) {
+  {
+    std::ofstream f(path);
+    f << hex << "\n";
+  }
+  ::chmod(path.c_str(), 0600);
+  return path;
+}
+
 // A loopback port nobody listens on (bound, then closed).
 uint16_t ClosedPort() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -48,12 +58,7 @@ uint16_t ClosedPort() {
 // they go on for the window, not longer, and the error says how many were made, on one line.
 TEST(CliSend, ANoListenerFailsAfterItsConnectAttempts) {
   const std::string dir = Dir("no_listener");
-  const std::string key = dir + "/key";
-  {
-    std::ofstream f(key);
-    f << std::string(64, 'a') << "\n";
-  }
-  ::chmod(key.c_str(), 0600);
+  const std::string key = KeyFile(dir + "/key", std::string(64, 'a'));
   const std::string in = dir + "/kv.safetensors";
   ASSERT_EQ(std::system((std::string(KVWIRE_CLI) + " synth --out " + in +
                          " --layers 1 --kv-heads 1 --head-dim 64 --tokens 8 >/dev/null")
@@ -89,12 +94,7 @@ TEST(CliSend, ANoListenerFailsAfterItsConnectAttempts) {
 // request behind it, which completes meanwhile.
 TEST(CliServe, AQuietSenderDoesNotHoldTheNextRequest) {
   const std::string dir = Dir("quiet_sender");
-  const std::string key = dir + "/key";
-  {
-    std::ofstream f(key);
-    f << std::string(64, 'c') << "\n";
-  }
-  ::chmod(key.c_str(), 0600);
+  const std::string key = KeyFile(dir + "/key", std::string(64, 'c'));
   const std::string in = dir + "/kv.safetensors";
   ASSERT_EQ(std::system((std::string(KVWIRE_CLI) + " synth --out " + in +
                          " --layers 2 --kv-heads 2 --head-dim 64 --tokens 64 >/dev/null")
@@ -180,12 +180,8 @@ class CliTransportTest : public testing::TestWithParam<std::string> {
 
 TEST_P(CliTransportTest, ServeAndSendRoundTrip) {
   const std::string dir = Dir(GetParam());
-  const std::string key = dir + "/key";
-  {
-    std::ofstream f(key);
-    f << "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
-  }
-  ::chmod(key.c_str(), 0600);
+  const std::string key =
+      KeyFile(dir + "/key", "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff");
   const KvShape shape{3, 70, 2, 16};
   auto cache = KvCache::Create(shape, DType::kF16);
   ASSERT_TRUE(cache.ok());
@@ -234,12 +230,7 @@ TEST_P(CliTransportTest, ServeAndSendRoundTrip) {
     }
 
   // A wrong key is refused with a one-line reason and a non-zero exit.
-  const std::string bad_key = dir + "/bad";
-  {
-    std::ofstream f(bad_key);
-    f << std::string(64, 'f') << "\n";
-  }
-  ::chmod(bad_key.c_str(), 0600);
+  const std::string bad_key = KeyFile(dir + "/bad", std::string(64, 'f'));
   FILE* p2 =
       ::popen(("timeout 60 " + std::string(KVWIRE_CLI) + " serve --listen 127.0.0.1:0" +
                ServeFlags() + " --key-file " + key + " --out-dir " + dir + "/out2 --count 1 2>&1")
