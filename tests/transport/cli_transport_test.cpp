@@ -157,6 +157,46 @@ TEST(CliServe, AQuietSenderDoesNotHoldTheNextRequest) {
   EXPECT_EQ(rest.find("failed"), std::string::npos) << rest;
 }
 
+// Two requests with the same id (kvwire send's default), one after the other, to one serve:
+// an id is free again once its request is done, even while serve still winds down the first
+// request's thread.
+TEST(CliServe, ARequestIdCanBeReusedOnceItsRequestIsDone) {
+  const std::string dir = Dir("reused_id");
+  const std::string key = KeyFile(dir + "/key", std::string(64, 'd'));
+  const std::string in = dir + "/kv.safetensors";
+  ASSERT_EQ(std::system((std::string(KVWIRE_CLI) + " synth --out " + in +
+                         " --layers 2 --kv-heads 2 --head-dim 64 --tokens 64 >/dev/null")
+                            .c_str()),
+            0);
+  FILE* p = ::popen(("timeout 60 " + std::string(KVWIRE_CLI) +
+                     " serve --listen 127.0.0.1:0 --backend tcp --key-file " + key +
+                     " --discard --count 3 2>&1")
+                        .c_str(),
+                    "r");
+  ASSERT_NE(p, nullptr);
+  char line[512];
+  ASSERT_NE(std::fgets(line, sizeof line, p), nullptr);
+  std::string first(line);
+  const std::string marker = "listening on ";
+  ASSERT_NE(first.find(marker), std::string::npos) << first;
+  std::string address = first.substr(first.find(marker) + marker.size());
+  address = address.substr(0, address.find(' '));
+  for (int i = 0; i < 3; ++i) {
+    const std::string send = "timeout 20 " + std::string(KVWIRE_CLI) + " send --connect " +
+                             address + " --backend tcp --key-file " + key + " --in " + in +
+                             " >/dev/null";
+    EXPECT_EQ(std::system(send.c_str()), 0) << "send " << i;
+  }
+  std::string rest;
+  while (std::fgets(line, sizeof line, p)) rest += line;
+  EXPECT_EQ(::pclose(p), 0) << rest;
+  size_t served = 0;
+  for (size_t at = rest.find("request 1 from"); at != std::string::npos;
+       at = rest.find("request 1 from", at + 1))
+    ++served;
+  EXPECT_EQ(served, 3u) << rest;
+}
+
 // A backend name, or "tcp_tls": tcp with --tls (certificates of test_pki.h).
 class CliTransportTest : public testing::TestWithParam<std::string> {
  protected:

@@ -69,8 +69,11 @@ class Server {
   void Start(IncomingRequest in) {
     std::lock_guard lock(mu_);
     ++active_;
-    const uint64_t id = in.request_id;
-    threads_.emplace(id, std::thread([this, in = std::move(in)] { Serve(in); }));
+    // Threads are keyed by a serial of their own, not by request id: a sender may reuse an id
+    // once its request is done, before that request's thread was joined.
+    const uint64_t serial = next_serial_++;
+    threads_.emplace(serial,
+                     std::thread([this, serial, in = std::move(in)] { Serve(serial, in); }));
   }
 
   void Join() {
@@ -81,8 +84,8 @@ class Server {
 
  private:
   void ReapLocked() {
-    for (uint64_t id : finished_) {
-      auto it = threads_.find(id);
+    for (uint64_t serial : finished_) {
+      auto it = threads_.find(serial);
       if (it == threads_.end()) continue;
       it->second.join();
       threads_.erase(it);
@@ -111,7 +114,7 @@ class Server {
     return std::make_unique<KvCache>(std::move(*fresh));
   }
 
-  void Serve(const IncomingRequest& in) {
+  void Serve(uint64_t serial, const IncomingRequest& in) {
     const uint64_t id = in.request_id;
     const double t0 = NowSeconds();
     std::unique_ptr<KvCache> cache;
@@ -134,7 +137,7 @@ class Server {
     std::lock_guard lock(mu_);
     if (!s.ok()) failed_ = true;
     if (cache) idle_.push_back(std::move(cache));
-    finished_.push_back(id);
+    finished_.push_back(serial);
     --active_;
     cv_.notify_all();
   }
@@ -179,8 +182,9 @@ class Server {
   std::condition_variable cv_;
   int active_ = 0;
   bool failed_ = false;
-  std::map<uint64_t, std::thread> threads_;
-  std::vector<uint64_t> finished_;
+  uint64_t next_serial_ = 0;
+  std::map<uint64_t, std::thread> threads_;  // by serial
+  std::vector<uint64_t> finished_;           // serials whose thread is done, to join
   std::deque<std::unique_ptr<KvCache>> idle_;
 };
 
