@@ -459,10 +459,8 @@ Result<void*> MapFile(const std::string& path, size_t* size) {
   return map;
 }
 
-}  // namespace
-
-Result<KvCache> ParseKvDump(std::span<const uint8_t> bytes) {
-  KVWIRE_ASSIGN_OR_RETURN(DumpLayout d, ValidateDump(bytes));
+// The tensors of a validated dump, copied into a cache of their own.
+Result<KvCache> CopyDump(const DumpLayout& d, std::span<const uint8_t> bytes) {
   // Validated: the file holds every byte we are about to allocate.
   KVWIRE_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(d.shape, d.dtype, d.q_heads));
   cache.metadata() = d.meta;
@@ -474,6 +472,13 @@ Result<KvCache> ParseKvDump(std::span<const uint8_t> bytes) {
     std::memcpy(dst.data(), data + e.begin, dst.size());
   }
   return cache;
+}
+
+}  // namespace
+
+Result<KvCache> ParseKvDump(std::span<const uint8_t> bytes) {
+  KVWIRE_ASSIGN_OR_RETURN(DumpLayout d, ValidateDump(bytes));
+  return CopyDump(d, bytes);
 }
 
 Result<KvCache> LoadKvDump(const std::string& path) {
@@ -504,12 +509,13 @@ Result<MappedKvDump> MappedKvDump::Open(const std::string& path) {
   }
   if (!aligned) {
     // A writer that did not pad its header: elements would be read misaligned, so the dump is
-    // read into memory instead (as LoadKvDump does).
-    auto cache = ParseKvDump(bytes);
+    // read into memory instead (as LoadKvDump does), and the mapping is no longer needed.
+    auto cache = CopyDump(*d, bytes);
     if (!cache.ok()) return cache.status().WithContext(path);
     m.copy_ = std::make_unique<KvCache>(std::move(*cache));
     m.view_ = m.copy_->view();
     m.metadata_ = m.copy_->metadata();
+    ::munmap(std::exchange(m.map_, nullptr), std::exchange(m.size_, 0));
     return m;
   }
   KVWIRE_ASSIGN_OR_RETURN(m.view_, KvView::Contiguous(d->shape, d->dtype, std::move(k), std::move(v)));
