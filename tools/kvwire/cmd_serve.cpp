@@ -225,20 +225,19 @@ int RunServe(const ServeArgs& a) {
             << (a.tls.tls ? ", TLS" : "") << ")"
             << std::endl;
   Server server(a, **receiver);
-  for (int accepted = 0; a.count == 0 || accepted < a.count; ++accepted) {
+  int accepted = 0;
+  while (a.count == 0 || accepted < a.count) {
     server.WaitForSlot();
     if (server.stopping()) break;
     // A bounded wait, so that a --count run stops accepting soon after a request fails.
     auto in = (*receiver)->NextRequest(a.count == 0 ? -1 : 200);
-    if (!in.ok() && in.status().code() == StatusCode::kTimeout) {
-      --accepted;
-      continue;
-    }
+    if (!in.ok() && in.status().code() == StatusCode::kTimeout) continue;
     if (!in.ok()) {
       server.Join();
       return FailStatus(cmd, in.status());
     }
     server.Start(std::move(*in));
+    ++accepted;
   }
   server.Join();
   (*receiver)->Close();
