@@ -47,11 +47,12 @@ if compgen -G "$build_dir/python/kvwire/_kvwire*.so" >/dev/null &&
   version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
   interpreters=("$built_for")
   on_path="$(command -v python3 || true)"
-  if [ -n "$on_path" ] &&
-    [ "$("$on_path" -c 'import sys; print(sys.executable)')" != "$(readlink -f "$built_for")" ] &&
-    [ "$("$on_path" -c 'import sys; print(sys.executable)')" != "$built_for" ] &&
-    [ "$(version "$on_path")" = "$(version "$built_for")" ]; then
-    interpreters+=("$on_path")
+  if [ -n "$on_path" ]; then
+    on_path_exe="$("$on_path" -c 'import sys; print(sys.executable)')"
+    if [ "$on_path_exe" != "$(readlink -f "$built_for")" ] && [ "$on_path_exe" != "$built_for" ] &&
+      [ "$(version "$on_path")" = "$(version "$built_for")" ]; then
+      interpreters+=("$on_path")
+    fi
   fi
   installed=()
   for py in "${interpreters[@]}"; do
