@@ -41,6 +41,7 @@ LevelChoice ChooseLevel(const LevelChoiceInput& in) {
                in.goodput_bytes_per_s;
     if (l.encode_elements_per_s > 0) t = std::max(t, elements / l.encode_elements_per_s);
     if (l.decode_elements_per_s > 0) t = std::max(t, elements / l.decode_elements_per_s);
+    if (l.delivered_elements_per_s > 0) t = std::max(t, elements / l.delivered_elements_per_s);
     return t;
   };
   // The level predicted to finish first; a less accurate one (later in `allowed`) must beat

@@ -12,8 +12,10 @@
 //      still ramping up; a near tie is not worth the accuracy). A level's predicted finish is its slowest pipelined
 //      stage: the bytes still to send at that level + bytes in flight at the measured goodput,
 //      and, where the level's codec throughput is known, encoding and decoding the elements
-//      left. So a level that compresses more but computes slower than the link is not taken
-//      for a faster one.
+//      left, or at the rate the level was seen to deliver during this transfer where that is
+//      slower. So a level that compresses more but computes slower than the link is not taken
+//      for a faster one, and one that turned out slower than its codec speeds promised (its
+//      cores shared with other work) is left again.
 //   3. With a deadline but no goodput measured yet: the allowed level quickest to compute where
 //      codec speeds are known (a codec-bound level would measure its codec, not the link), else
 //      the cheapest allowed level (be safe first, climb once the link is measured).
@@ -37,6 +39,10 @@ struct LevelInfo {
   double kl = -1;                     // < 0: unknown
   double encode_elements_per_s = 0;   // <= 0: unknown (not counted)
   double decode_elements_per_s = 0;   // <= 0: unknown (not counted)
+  // Seen during this transfer: elements per second the level's chunks were delivered
+  // (encoded, sent, decoded, acknowledged) while it was the only level acknowledged, for a
+  // level limited by its codec; <= 0: not seen.
+  double delivered_elements_per_s = 0;
 };
 
 struct LevelChoiceInput {

@@ -22,6 +22,7 @@
 #include "kvwire/session.h"
 #include "transport/chunk_grid.h"
 #include "transport/control.h"
+#include "transport/goodput.h"
 #include "transport/level_chooser.h"
 
 namespace kvwire {
@@ -97,7 +98,9 @@ class EncodePool {
 // single chunk's round trip measures latency, not the link (measured: a 512 KiB fp16 chunk on an
 // unshaped veth read as a third of the link's rate, enough to pick a slower compressed level).
 constexpr uint64_t kProbeWindowBytes = 4 << 20;
-constexpr int kProbeSamples = 3;
+// A level limited by its codec is timed over periods of at least this long (its acks come one
+// chunk at a time, after decoding).
+constexpr double kDeliverySampleSeconds = 0.005;
 // The next wait between connection attempts: doubled, capped by the options (and by a minute,
 // whatever the options say).
 int NextBackoff(int ms, const SenderOptions& o) {
@@ -134,6 +137,7 @@ struct SendState final : SendRequest, std::enable_shared_from_this<SendState> {
   // is kept.
   struct Sent {
     uint64_t bytes;
+    uint32_t elements;
     uint8_t level;
   };
   std::vector<Sent> sent;     // [chunks]
@@ -145,6 +149,12 @@ struct SendState final : SendRequest, std::enable_shared_from_this<SendState> {
   uint32_t acked_count = 0;
   bool end_sent = false;
   int current_level = -1;
+  // Per level: elements per second its chunks were seen to be delivered (encoded, sent, decoded
+  // and acknowledged) while only that level was acknowledged, an exponential average; 0 until
+  // seen. Only for levels that do not measure the link: the chooser takes it over the codec
+  // speeds measured before the transfer where it is slower (a codec that shares its cores with
+  // other work, on either side, runs slower than it did alone).
+  std::vector<double> delivered;
   Status status = Status::InProgress();
   SendStats st;
 
@@ -218,7 +228,7 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   SendStats StatsOf(const SendState* s) const {
     std::lock_guard lock(mu_);
     SendStats st = s->st;
-    st.goodput_bytes_per_s = goodput_;
+    st.goodput_bytes_per_s = goodput_.estimate();
     return st;
   }
 
@@ -266,6 +276,18 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
            " in the reconnect window of " + std::to_string(opts_.reconnect_window_ms) +
            " ms failed";
   }
+  // What a chunk of `level` of `s` measures when acknowledged: the link ({0, -1}) when its level
+  // measures it, else that request's level's delivery ({request id, level}).
+  static std::pair<uint64_t, int> SampleKey(const SendState& s, int level) {
+    if (s.measure_level < 0 || level == s.measure_level) return {0, -1};
+    return {s.id, level};
+  }
+  void StartSampleLocked(const SendState& s, int level, Clock::time_point now) {
+    sample_key_ = SampleKey(s, level);
+    sample_start_ = now;
+    sample_bytes_ = sample_elements_ = 0;
+  }
+
   void Log(const std::string& line) const {
     if (opts_.verbose) WriteLogLine(stderr, "kvwire send: " + line);
   }
@@ -281,13 +303,15 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   std::map<uint64_t, std::shared_ptr<SendState>> requests_;
   std::deque<std::pair<std::shared_ptr<SendState>, uint32_t>> jobs_;
   uint64_t inflight_bytes_ = 0;
-  double goodput_ = 0;
-  // Samples taken so far. The first kProbeSamples are the probe: each replaces the estimate
-  // (a connection's first round trips run slower than its steady state), and the chooser sees
-  // no goodput until they are in, so it keeps the level that measures the link.
-  int goodput_samples_ = 0;
+  // The link's goodput from acks of the level that measures it. Until its probe is over the
+  // chooser sees none, so it keeps that level, and adaptive requests keep kProbeWindowBytes in
+  // flight at most.
+  transport::GoodputEstimator goodput_;
+  // The sample period in progress: what it measures (SampleKey), since when, and what was
+  // acknowledged in it.
+  std::pair<uint64_t, int> sample_key_{0, -1};
   Clock::time_point sample_start_{};
-  uint64_t sample_bytes_ = 0;
+  uint64_t sample_bytes_ = 0, sample_elements_ = 0;
   Clock::time_point last_ack_{};
   Clock::time_point last_heard_{};  // any message from the receiver
   Clock::time_point last_ping_{};
@@ -404,7 +428,8 @@ Result<std::shared_ptr<SendRequest>> SenderCore::Open(const KvView& kv,
   KVWIRE_ASSIGN_OR_RETURN(s->writer, StreamWriter::Create(info, {}, opts_.profile));
   KVWIRE_RETURN_IF_ERROR(s->writer->WriteHeader(&s->header));
   s->acked.assign(s->grid.total(), false);
-  s->sent.assign(s->grid.total(), SendState::Sent{0, 0});
+  s->sent.assign(s->grid.total(), SendState::Sent{0, 0, 0});
+  s->delivered.assign(s->levels.size(), 0);
   s->st.chunks_per_level.assign(o.levels.size(), 0);
   s->start = Clock::now();
   s->has_deadline = o.deadline_ms > 0;
@@ -564,7 +589,10 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
     {
       std::lock_guard lock(mu_);
       if (!s->status.in_progress() || closed_) return false;
-      p.in.goodput_bytes_per_s = goodput_samples_ >= kProbeSamples ? goodput_ : 0;
+      p.in.goodput_bytes_per_s = goodput_.for_chooser();
+      for (size_t i = 0; i < p.in.levels.size() && i < s->delivered.size(); ++i) {
+        p.in.levels[i].delivered_elements_per_s = s->delivered[i];
+      }
       p.in.inflight_bytes = inflight_bytes_;
       p.in.remaining_elements = g.shape.elements() - s->elements_sent;
       for (const Pending& q : queue) {  // chosen but not yet counted as sent
@@ -617,7 +645,7 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
         auto room = [&] {
           // Adaptive requests (a deadline or an accuracy budget) probe the link first.
           const bool adaptive = s->has_deadline || s->opts.max_kl > 0;
-          const uint64_t window = adaptive && goodput_samples_ < kProbeSamples
+          const uint64_t window = adaptive && !goodput_.ready()
                                       ? std::min(opts_.max_inflight_bytes, kProbeWindowBytes)
                                       : opts_.max_inflight_bytes;
           return closed_ || !s->status.in_progress() || inflight_bytes_ == 0 ||
@@ -631,12 +659,12 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
           return drain();
         }
         if (inflight_bytes_ == 0) {
-          sample_start_ = Clock::now();
-          sample_bytes_ = 0;
+          StartSampleLocked(*s, static_cast<int>(choice.level), Clock::now());
           last_ack_ = last_heard_ = Clock::now();
         }
         inflight_bytes_ += bytes;
-        s->sent[seq] = {bytes, static_cast<uint8_t>(choice.level)};
+        s->sent[seq] = {bytes, tokens * static_cast<uint32_t>(row),
+                        static_cast<uint8_t>(choice.level)};
         s->unacked.insert(seq);
         ++s->chunks_sent;
         s->elements_sent += uint64_t{tokens} * row;
@@ -866,13 +894,13 @@ void SenderCore::Handle(const control::Control& c) {
       const auto now = Clock::now();
       last_ack_ = now;
       if (!s) return;
-      uint64_t freed = 0;
-      bool codec_bound = false;  // an acked chunk of a level that does not measure the link
+      uint64_t freed = 0, elements = 0;
+      bool other = false;  // a chunk of another sample period than the current one
       for (uint32_t seq : c.ack().seqs()) {
         if (s->unacked.erase(seq)) {
           freed += s->sent[seq].bytes;
-          codec_bound = codec_bound ||
-                        (s->measure_level >= 0 && s->sent[seq].level != s->measure_level);
+          elements += s->sent[seq].elements;
+          other = other || SampleKey(*s, s->sent[seq].level) != sample_key_;
         }
         if (seq < s->acked.size() && !s->acked[seq]) {
           s->acked[seq] = true;
@@ -880,25 +908,43 @@ void SenderCore::Handle(const control::Control& c) {
         }
       }
       inflight_bytes_ -= freed;
-      if (codec_bound) {  // this period measured a codec, not the link: start a new one
-        sample_start_ = now;
-        sample_bytes_ = 0;
+      if (other) {  // a period measures one thing (the link, or one level's codec): start anew
+        const uint32_t first = *c.ack().seqs().begin();
+        StartSampleLocked(*s, first < s->sent.size() ? s->sent[first].level : -1, now);
         cv_.notify_all();
         return;
       }
       sample_bytes_ += freed;
+      sample_elements_ += elements;
       const double dt = Seconds(now - sample_start_);
+      if (sample_key_.second >= 0) {  // a level limited by its codec: its delivery rate
+        if (dt >= kDeliverySampleSeconds) {
+          double& d = s->delivered[sample_key_.second];
+          const double rate = double(sample_elements_) / dt;
+          d = d > 0 ? 0.7 * d + 0.3 * rate : rate;
+          StartSampleLocked(*s, sample_key_.second, now);
+        }
+        cv_.notify_all();
+        return;
+      }
       // Samples span >= 2 ms, except the first: it ends the probe window above (once half of it
       // or all in flight is acknowledged), and a link fast enough to drain that window in under
       // 2 ms would otherwise never be measured.
-      const bool first = goodput_ <= 0 && dt > 0 &&
+      const bool first = goodput_.samples() == 0 && dt > 0 &&
                          (inflight_bytes_ == 0 || sample_bytes_ >= kProbeWindowBytes / 2);
-      if ((first || (goodput_ > 0 && dt >= 0.002)) && sample_bytes_ > 0) {
-        const double rate = sample_bytes_ / dt;
-        goodput_ = goodput_samples_ < kProbeSamples ? rate : 0.7 * goodput_ + 0.3 * rate;
-        ++goodput_samples_;
-        sample_start_ = now;
-        sample_bytes_ = 0;
+      if ((first || (goodput_.samples() > 0 && dt >= 0.002)) && sample_bytes_ > 0) {
+        const bool was_ready = goodput_.ready();
+        goodput_.AddSample(double(sample_bytes_), dt);
+        if (!was_ready) {
+          Log("link probe sample " + std::to_string(goodput_.samples()) + ": " +
+              std::to_string(sample_bytes_) + " bytes in " +
+              std::to_string(static_cast<int64_t>(dt * 1e6)) + " us");
+        }
+        if (!was_ready && goodput_.ready()) {
+          Log("link probe done after " + std::to_string(goodput_.samples()) + " samples: " +
+              std::to_string(static_cast<int64_t>(goodput_.estimate() / 1e6)) + " MB/s");
+        }
+        StartSampleLocked(*s, -1, now);
       }
       cv_.notify_all();
       return;

@@ -155,3 +155,33 @@ TEST(LevelChooser, UnmeasuredLinkIsProbedWithTheQuickestLevel) {
 
 }  // namespace
 }  // namespace kvwire::transport
+
+namespace kvwire::transport {
+namespace {
+
+// A level seen to deliver slower than its codec speeds promised (its cores shared with other
+// work) is predicted at the rate it was seen, so the sender goes back to the faster level.
+TEST(LevelChooser, ALevelSeenSlowerThanItsCodecSpeedsIsLeft) {
+  LevelChoiceInput in;
+  in.levels = CodecBoundLadder();
+  in.remaining_elements = 100'000'000;
+  in.max_kl = 0.01;
+  in.remaining_ms = 50;  // nothing fits: the level that finishes first
+  // 400 MB/s: fp16 needs 0.5 s; the 2-bit level 0.67 s by its encoder alone. fp16.
+  in.goodput_bytes_per_s = 400e6;
+  EXPECT_EQ(ChooseLevel(in).level, 0u);
+  // 200 MB/s: fp16 needs 1 s, the 2-bit level 0.67 s: the 2-bit level...
+  in.goodput_bytes_per_s = 200e6;
+  EXPECT_EQ(ChooseLevel(in).level, 1u);
+  // ...until it is seen delivering 80 M elements/s (1.25 s for what is left): fp16 again.
+  in.levels[1].delivered_elements_per_s = 80e6;
+  auto c = ChooseLevel(in);
+  EXPECT_EQ(c.level, 0u) << c.reason;
+  // A delivery faster than the codec speeds does not make the level look faster than they do.
+  in.levels[1].delivered_elements_per_s = 1e9;
+  in.goodput_bytes_per_s = 280e6;  // fp16: 0.71 s; the 2-bit level: 0.67 s, a near tie
+  EXPECT_EQ(ChooseLevel(in).level, 0u);
+}
+
+}  // namespace
+}  // namespace kvwire::transport
