@@ -1,5 +1,6 @@
 // Kernels of fraqtl's table-driven payload (fraqtl_rans_kernels.h).
 #include "codec/fraqtl_rans_kernels.h"
+#include "codec/simd_gather.h"
 
 #include <immintrin.h>
 
@@ -100,7 +101,7 @@ __attribute__((target("avx2"))) void DequantizeAvx2(const float* pool, const int
     const __m256i at =
         _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(off + c)),
                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sym + c)));
-    _mm256_storeu_ps(out + c, _mm256_i32gather_ps(pool, at, 4));
+    _mm256_storeu_ps(out + c, simd::GatherF32(pool, at));
   }
   for (; c < k; ++c) out[c] = pool[off[c] + static_cast<int32_t>(sym[c])];
 }
@@ -261,7 +262,7 @@ __attribute__((target("avx2"), always_inline)) inline uint64_t PriceGroups(
         zs == 1 ? _mm256_loadu_ps(z + t) : _mm256_i32gather_ps(z + t * zs, lanes, 4);
     const __m256 u = sigma > 0.0f ? _mm256_div_ps(zv, sg) : zero;
     const __m256i v = find.Eight(u);
-    acc = _mm256_add_epi32(acc, _mm256_i32gather_epi32(reinterpret_cast<const int*>(cost), v, 4));
+    acc = _mm256_add_epi32(acc, simd::GatherU32(cost, v));
     StoreSymbols(v, dst + t * ds, ds);
     if (++since == 1024) {
       c += SumLanes(acc);
@@ -289,7 +290,7 @@ struct SearchFind {
     for (int s = B - 1; s >= 0; --s) {
       const __m256i at = _mm256_add_epi32(v, _mm256_set1_epi32((1 << s) - 1));
       const __m256i lt =
-          _mm256_castps_si256(_mm256_cmp_ps(_mm256_i32gather_ps(th, at, 4), u, _CMP_LT_OQ));
+          _mm256_castps_si256(_mm256_cmp_ps(simd::GatherF32(th, at), u, _CMP_LT_OQ));
       v = _mm256_add_epi32(v, _mm256_and_si256(lt, _mm256_set1_epi32(1 << s)));
     }
     return v;
@@ -314,10 +315,9 @@ struct LutFind {
                                     _mm256_set1_ps(q.inv_w)),
                       _mm256_setzero_ps()),
         _mm256_set1_ps(q.top));
-    __m256i v = _mm256_i32gather_epi32(reinterpret_cast<const int*>(q.start.data()),
-                                       _mm256_cvttps_epi32(bt), 4);
+    __m256i v = simd::GatherU32(q.start.data(), _mm256_cvttps_epi32(bt));
     for (int f = 0; f < q.fixups; ++f) {
-      const __m256 thv = _mm256_i32gather_ps(q.th.data(), v, 4);
+      const __m256 thv = simd::GatherF32(q.th.data(), v);
       v = _mm256_add_epi32(v, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(thv, u, _CMP_LT_OQ)),
                                                _mm256_set1_epi32(1)));
     }

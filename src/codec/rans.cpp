@@ -1,5 +1,6 @@
 // Static rANS tables and block framing (rans.h).
 #include "codec/rans.h"
+#include "codec/simd_gather.h"
 
 #include <immintrin.h>
 
@@ -230,7 +231,7 @@ __attribute__((target("avx2"))) void DecodeGroupsAvx2Side(const StreamState* st,
       const __m256i off =
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(st[s].offsets + g * kLanes));
       const __m256i idx = _mm256_add_epi32(off, _mm256_and_si256(X[s], slot_mask));
-      const __m256i e = _mm256_i32gather_epi32(reinterpret_cast<const int*>(pool), idx, 4);
+      const __m256i e = simd::GatherU32(pool, idx);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(st[s].out + g * kLanes),
                           _mm256_and_si256(e, low8));
       const __m256i f = _mm256_and_si256(_mm256_srli_epi32(e, 8), low12);
