@@ -175,16 +175,29 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
       }
     }
   }
-  // Lists that are plain codebook lookups (no protected coefficient, no gains) dequantize
-  // with gathers: the offset of each direction's codebook in `scaled`.
-  std::vector<std::vector<int32_t>> lv_lo(H), lv_hi(H);
+  // Lists that are plain codebook lookups (no gains) after a prefix of protected coefficients
+  // (protection goes to the strongest directions, which come first: the usual shape) dequantize
+  // with vector lookups: the prefix's length, and the offset of each later direction's codebook
+  // in `scaled`. Other lists take the scalar loop.
+  struct Vectorized {
+    bool on = false;
+    size_t prefix = 0;
+    std::vector<int32_t> offsets;
+  };
+  std::vector<Vectorized> lv_lo(H), lv_hi(H);
   for (size_t h = 0; h < H; ++h) {
     for (auto [list, lv] : {std::pair{&lo[h], &lv_lo[h]}, std::pair{&hi[h], &lv_hi[h]}}) {
       if (cfg_.gain || !avx2) break;
+      size_t prefix = 0;
+      while (prefix < list->size() && (*list)[prefix].b == kProtectedBits) ++prefix;
       bool plain = true;
-      for (const Coded& c : *list) plain = plain && c.b != kProtectedBits;
-      if (!plain) continue;
-      for (const Coded& c : *list) lv->push_back(static_cast<int32_t>(c.levels - scaled.data()));
+      for (size_t c = prefix; c < list->size(); ++c) plain = plain && (*list)[c].b != kProtectedBits;
+      if (!plain || prefix == list->size()) continue;
+      lv->on = true;
+      lv->prefix = prefix;
+      for (size_t c = prefix; c < list->size(); ++c) {
+        lv->offsets.push_back(static_cast<int32_t>((*list)[c].levels - scaled.data()));
+      }
     }
   }
   const bool rot = prerope_ && desc.kind == KvKind::kKey;
@@ -279,9 +292,16 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
           }
           const uint32_t* q = sp + at_sym[(qi - r0) * H + h];
           float* zc = zbuf.data() + pending * D;
-          const std::vector<int32_t>& lv = use_hi ? lv_hi[h] : lv_lo[h];
-          if (!lv.empty()) {
-            DequantizeAvx2(scaled.data(), lv.data(), q, list->size(), zc);
+          const Vectorized& lv = use_hi ? lv_hi[h] : lv_lo[h];
+          if (lv.on) {
+            // A protected coefficient is two byte symbols, its fp16 bits little-endian.
+            uint8_t halves[2 * kMaxHeadDim];
+            for (size_t c = 0; c < 2 * lv.prefix; ++c) halves[c] = static_cast<uint8_t>(q[c]);
+            KVWIRE_RETURN_ERROR_IF(!baseline::HalvesFinite(halves, lv.prefix), kCorrupt,
+                                   "fraqtl: a protected coefficient is not finite");
+            baseline::LoadHalves(halves, lv.prefix, zc);
+            DequantizeAvx2(scaled.data(), lv.offsets.data(), q + 2 * lv.prefix,
+                           list->size() - lv.prefix, zc + lv.prefix);
           } else {
             for (size_t c = 0; c < list->size(); ++c) {
               const Coded& cd = (*list)[c];
