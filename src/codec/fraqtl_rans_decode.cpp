@@ -187,7 +187,7 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
   std::vector<Vectorized> lv_lo(H), lv_hi(H);
   for (size_t h = 0; h < H; ++h) {
     for (auto [list, lv] : {std::pair{&lo[h], &lv_lo[h]}, std::pair{&hi[h], &lv_hi[h]}}) {
-      if (cfg_.gain || !avx2) break;
+      if (cfg_.gain || !avx2 || !HaveAvx2F16c()) break;
       size_t prefix = 0;
       while (prefix < list->size() && (*list)[prefix].b == kProtectedBits) ++prefix;
       bool plain = true;
@@ -205,6 +205,7 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
       rot ? PositionAngles(rope_, desc.positions_start + int64_t{desc.token_begin}, desc.tokens)
           : nullptr;
   std::vector<const float*> rows(D);
+  const std::vector<Coded>* rows_of = nullptr;  // the list `rows` was filled for (one per head)
   // The reference inverse: x_j = mean_j + the fused multiply-adds of G[j, i] z_i over the coded
   // directions, ascending.
   auto reference_inverse = [&](const Prepared& pr, const std::vector<Coded>& list,
@@ -256,8 +257,11 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
         if (!fast) {
           for (int r = 0; r < pending; ++r) reference_inverse(pr, list, zs[r], os[r]);
         } else {
-          for (size_t c = 0; c < list.size(); ++c) {
-            rows[c] = pr.inv_t.data() + size_t{list[c].i} * D;
+          if (rows_of != &list) {  // the rows of G this list's coefficients multiply
+            for (size_t c = 0; c < list.size(); ++c) {
+              rows[c] = pr.inv_t.data() + size_t{list[c].i} * D;
+            }
+            rows_of = &list;
           }
           if (avx2) {
             MulRowsAvx2(rows.data(), list.size(), zs, pending, D, pr.mean.data(), os);
@@ -295,11 +299,8 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
           const Vectorized& lv = use_hi ? lv_hi[h] : lv_lo[h];
           if (lv.on) {
             // A protected coefficient is two byte symbols, its fp16 bits little-endian.
-            uint8_t halves[2 * kMaxHeadDim];
-            for (size_t c = 0; c < 2 * lv.prefix; ++c) halves[c] = static_cast<uint8_t>(q[c]);
-            KVWIRE_RETURN_ERROR_IF(!baseline::HalvesFinite(halves, lv.prefix), kCorrupt,
+            KVWIRE_RETURN_ERROR_IF(!HalvesFromByteSymbolsF16c(q, lv.prefix, zc), kCorrupt,
                                    "fraqtl: a protected coefficient is not finite");
-            baseline::LoadHalves(halves, lv.prefix, zc);
             DequantizeAvx2(scaled.data(), lv.offsets.data(), q + 2 * lv.prefix,
                            list->size() - lv.prefix, zc + lv.prefix);
           } else {

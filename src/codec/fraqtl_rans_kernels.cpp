@@ -169,6 +169,37 @@ bool HaveAvx2Fma() {
   return have;
 }
 
+bool HaveAvx2F16c() {
+  static const bool have = HaveAvx2() && __builtin_cpu_supports("f16c") != 0;
+  return have;
+}
+
+__attribute__((target("avx2,f16c"))) bool HalvesFromByteSymbolsF16c(const uint32_t* q, size_t n,
+                                                                   float* out) {
+  // Symbols 2c and 2c + 1 share a 64-bit lane x = lo + hi * 2^32; x | x >> 24 holds lo | hi << 8,
+  // the half, in its low 32 bits (lo < 256, so lo >> 24 adds nothing).
+  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  const __m128i exponent = _mm_set1_epi16(0x7c00);
+  __m128i bad = _mm_setzero_si128();
+  size_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 2 * c));
+    __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 2 * c + 8));
+    a = _mm256_permutevar8x32_epi32(_mm256_or_si256(a, _mm256_srli_epi64(a, 24)), even);
+    b = _mm256_permutevar8x32_epi32(_mm256_or_si256(b, _mm256_srli_epi64(b, 24)), even);
+    const __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(a), _mm256_castsi256_si128(b));
+    bad = _mm_or_si128(bad, _mm_cmpeq_epi16(_mm_and_si128(h, exponent), exponent));
+    _mm256_storeu_ps(out + c, _mm256_cvtph_ps(h));
+  }
+  bool finite = _mm_movemask_epi8(bad) == 0;
+  for (; c < n; ++c) {
+    const uint16_t h = static_cast<uint16_t>(q[2 * c] | q[2 * c + 1] << 8);
+    finite = finite && (h & 0x7c00u) != 0x7c00u;
+    out[c] = _cvtsh_ss(h);
+  }
+  return finite;
+}
+
 namespace {
 
 __attribute__((target("avx2"))) float MaxAbsAvx2(const float* x, size_t n) {

@@ -54,6 +54,13 @@ void RopeRotate(const Rope& rope, float* x, const float* c, const float* s, bool
 
 bool HaveAvx2();
 bool HaveAvx2Fma();
+// AVX2 and F16C.
+bool HaveAvx2F16c();
+
+// out[c] = the fp16 value whose bytes are the symbols q[2c] (low) and q[2c + 1] (high), each
+// < 256, for c < n: the coefficients of protected directions. False when one is not finite (out
+// is then unspecified). Requires HaveAvx2F16c().
+bool HalvesFromByteSymbolsF16c(const uint32_t* q, size_t n, float* out);
 
 // The largest |x[i]| over i < n (0 for n = 0); x finite. The maximum is exact, so the AVX2
 // and scalar versions agree whatever the order.

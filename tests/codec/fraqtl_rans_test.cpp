@@ -287,6 +287,44 @@ TEST(FraqtlRans, VectorProductsEqualTheScalarChain) {
   }
 }
 
+// Protected coefficients from their two byte symbols: every fp16 bit pattern, in runs of every
+// length up to 19 (vector body and tail), equals HalfToFloat; a non-finite one anywhere in a run
+// is reported.
+TEST(FraqtlRans, HalvesFromByteSymbolsEqualHalfToFloat) {
+  if (!fraqtl::internal::HaveAvx2F16c()) GTEST_SKIP() << "SKIPPED: no AVX2+F16C on this CPU";
+  std::vector<uint16_t> finite, other;
+  for (uint32_t h = 0; h < 65536; ++h) ((h & 0x7c00u) == 0x7c00u ? other : finite).push_back(h);
+  auto symbols = [](const uint16_t* h, size_t n) {
+    std::vector<uint32_t> q(2 * n);
+    for (size_t c = 0; c < n; ++c) {
+      q[2 * c] = h[c] & 0xffu;
+      q[2 * c + 1] = h[c] >> 8;
+    }
+    return q;
+  };
+  for (size_t n = 1; n <= 19; ++n) {
+    for (size_t at = 0; at + n <= finite.size(); at += n) {
+      const std::vector<uint32_t> q = symbols(finite.data() + at, n);
+      float got[19];
+      ASSERT_TRUE(fraqtl::internal::HalvesFromByteSymbolsF16c(q.data(), n, got)) << at;
+      for (size_t c = 0; c < n; ++c) {
+        const float want = HalfToFloat(finite[at + c]);
+        ASSERT_EQ(std::memcmp(&got[c], &want, 4), 0) << std::hex << finite[at + c];
+      }
+    }
+    for (size_t pos = 0; pos < n; ++pos) {
+      for (uint16_t bad : {other.front(), other[other.size() / 2], other.back()}) {
+        std::vector<uint16_t> h(finite.begin() + 1000, finite.begin() + 1000 + n);
+        h[pos] = bad;
+        const std::vector<uint32_t> q = symbols(h.data(), n);
+        float got[19];
+        EXPECT_FALSE(fraqtl::internal::HalvesFromByteSymbolsF16c(q.data(), n, got))
+            << "n " << n << " at " << pos << " " << std::hex << bad;
+      }
+    }
+  }
+}
+
 // The cached angles are Rope::Angles' floats for any range, across pages, for two ropes.
 TEST(FraqtlRans, CachedPositionAnglesEqualRopeAngles) {
   for (uint32_t rope_dim : {8u, 64u}) {
