@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <tuple>
 
 #include "codec/fraqtl_codec_impl.h"
 #include "codec/fraqtl_rans_kernels.h"
@@ -480,12 +481,22 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
       bool fp16;
     };
     std::vector<std::vector<Flat>> flat_lo(H), flat_hi(H);
+    // Per list: how many of its first columns are protected (protection goes to the strongest
+    // directions, which come first); when no protected column follows that prefix, the rest
+    // take a loop without the per-column test.
+    std::vector<size_t> prefix_lo(H), prefix_hi(H);
     for (size_t h = 0; h < H; ++h) {
-      for (auto [list, flat] : {std::pair{&lo[h], &flat_lo[h]}, std::pair{&hi[h], &flat_hi[h]}}) {
+      for (auto [list, flat, prefix] : {std::tuple{&lo[h], &flat_lo[h], &prefix_lo[h]},
+                                        std::tuple{&hi[h], &flat_hi[h], &prefix_hi[h]}}) {
         for (const Coded& cd : *list) {
           flat->push_back({cd.c < 0 ? tmp.data() : idx.data() + base[h] + size_t(cd.c) * ld,
                            cd.table->enc.data(), cd.b == kProtectedBits});
         }
+        size_t n = 0;
+        while (n < flat->size() && (*flat)[n].fp16) ++n;
+        bool plain = true;
+        for (size_t c = n; c < flat->size(); ++c) plain = plain && !(*flat)[c].fp16;
+        *prefix = plain ? n : SIZE_MAX;  // SIZE_MAX: the general loop
       }
     }
     for (size_t blk = 0; blk < blocks; ++blk) {
@@ -504,6 +515,18 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
         for (size_t h = 0; h < H; ++h) {
           if (repeat[qi * H + h]) continue;
           const std::vector<Flat>& list = use_hi ? flat_hi[h] : flat_lo[h];
+          const size_t prefix = use_hi ? prefix_hi[h] : prefix_lo[h];
+          if (prefix != SIZE_MAX) {
+            const Flat* f = list.data();
+            for (size_t c = 0; c < prefix; ++c) {
+              const uint32_t v = f[c].column[qi];
+              out_sym[k] = f[c].enc + (v & 0xffu);
+              out_sym[k + 1] = f[c].enc + (v >> 8);
+              k += 2;
+            }
+            for (size_t c = prefix; c < list.size(); ++c) out_sym[k++] = f[c].enc + f[c].column[qi];
+            continue;
+          }
           for (const Flat& f : list) {
             const uint32_t v = f.column[qi];
             if (f.fp16) {
