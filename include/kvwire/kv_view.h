@@ -123,30 +123,16 @@ struct KvMetadata {
 };
 
 namespace detail {
-/// Zeroed storage for KvCache tensors without writing the zeros: large blocks are anonymous
-/// mappings (the kernel hands out zero pages, as transparent huge pages where the system allows
-/// it on request), small ones calloc; value-initialization is then a no-op. A fresh cache costs
-/// no memset and far fewer page faults, which a decode node's first request would otherwise
-/// pay on its KV-ready clock.
+/// Zeroed storage for a KvCache without writing the zeros: large blocks are anonymous mappings
+/// aligned to 2 MiB (the kernel hands out zero pages, as transparent huge pages where the system
+/// allows it on request), small ones calloc. A fresh cache costs no memset and far fewer page
+/// faults, which a decode node's first request would otherwise pay on its KV-ready clock.
 void* AllocateZeroed(size_t bytes);
 void FreeZeroed(void* p, size_t bytes);
 
-template <typename T>
-struct ZeroedAllocator {
-  using value_type = T;
-  ZeroedAllocator() = default;
-  template <typename U>
-  ZeroedAllocator(const ZeroedAllocator<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(AllocateZeroed(n * sizeof(T))); }
-  void deallocate(T* p, size_t n) { FreeZeroed(p, n * sizeof(T)); }
-  template <typename U>
-  void construct(U*) {}  // the memory is zero already
-  template <typename U, typename... Args>
-  void construct(U* p, Args&&... args) {
-    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
-  }
-  template <typename U>
-  bool operator==(const ZeroedAllocator<U>&) const { return true; }
+struct ZeroedDeleter {
+  size_t bytes = 0;
+  void operator()(uint8_t* p) const { FreeZeroed(p, bytes); }
 };
 }  // namespace detail
 
@@ -154,6 +140,11 @@ struct ZeroedAllocator {
 class KvCache {
  public:
   KvCache() = default;
+  KvCache(KvCache&&) = default;
+  KvCache& operator=(KvCache&&) = default;
+  /// A deep copy (new storage).
+  KvCache(const KvCache& other);
+  KvCache& operator=(const KvCache& other);
   /// Zero-filled cache. `q_heads` > 0 also allocates queries [tokens, q_heads, head_dim].
   static Result<KvCache> Create(const KvShape& shape, DType dtype, uint32_t q_heads = 0);
 
@@ -178,8 +169,11 @@ class KvCache {
   DType dtype_ = DType::kF16;
   uint32_t q_heads_ = 0;
   KvMetadata metadata_;
-  using Bytes = std::vector<uint8_t, detail::ZeroedAllocator<uint8_t>>;
-  std::vector<Bytes> k_, v_, q_;
+  // Every tensor in one zeroed block, layer by layer (K, V, then queries), each at a 64-byte
+  // boundary: one mapping, so a fresh cache's first writes fault in huge pages where the system
+  // gives them (with a tensor per allocation, tensors under 2 MiB never could).
+  std::unique_ptr<uint8_t, detail::ZeroedDeleter> storage_;
+  size_t tensor_bytes_ = 0, q_bytes_ = 0, layer_stride_ = 0;
 };
 
 }  // namespace kvwire

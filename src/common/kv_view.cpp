@@ -1,6 +1,7 @@
 #include "kvwire/kv_view.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <new>
@@ -269,18 +270,17 @@ Result<KvCache> KvCache::Create(const KvShape& shape, DType dtype, uint32_t q_he
   c.shape_ = shape;
   c.dtype_ = dtype;
   c.q_heads_ = q_heads;
-  const size_t bytes = shape.tensor_elements() * DTypeSize(dtype);
-  const size_t q_bytes = size_t{shape.tokens} * q_heads * shape.head_dim * DTypeSize(dtype);
+  auto padded = [](size_t n) { return (n + 63) / 64 * 64; };
+  c.tensor_bytes_ = shape.tensor_elements() * DTypeSize(dtype);
+  c.q_bytes_ = size_t{shape.tokens} * q_heads * shape.head_dim * DTypeSize(dtype);
+  c.layer_stride_ = 2 * padded(c.tensor_bytes_) + padded(c.q_bytes_);
+  const size_t bytes = c.layer_stride_ * shape.layers;
   try {
-    for (uint32_t l = 0; l < shape.layers; ++l) {
-      c.k_.emplace_back(bytes);
-      c.v_.emplace_back(bytes);
-      if (q_heads) c.q_.emplace_back(q_bytes);
-    }
+    c.storage_ = std::unique_ptr<uint8_t, detail::ZeroedDeleter>(
+        static_cast<uint8_t*>(detail::AllocateZeroed(bytes)), detail::ZeroedDeleter{bytes});
   } catch (const std::bad_alloc&) {
     return Status(StatusCode::kResourceExhausted,
-                  "KvCache: cannot allocate " + std::to_string(2 * bytes * shape.layers) +
-                      " bytes");
+                  "KvCache: cannot allocate " + std::to_string(bytes) + " bytes");
   }
   return c;
 }
@@ -296,10 +296,23 @@ void* AllocateZeroed(size_t bytes) {
     if (p == nullptr) throw std::bad_alloc();
     return p;
   }
-  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) throw std::bad_alloc();
+  // Map 2 MiB more than asked and keep the 2 MiB-aligned part: a huge page needs an aligned
+  // 2 MiB of the mapping, so an unaligned one would lose up to two of them (and, for blocks of
+  // a few MiB, most of its huge pages).
+  constexpr size_t kHuge = size_t{2} << 20;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t length = (bytes + page - 1) / page * page;
+  void* m = ::mmap(nullptr, length + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+  if (m == MAP_FAILED) throw std::bad_alloc();
+  auto* base = static_cast<uint8_t*>(m);
+  const auto at = reinterpret_cast<uintptr_t>(base);
+  auto* p = reinterpret_cast<uint8_t*>((at + kHuge - 1) / kHuge * kHuge);
+  if (p > base) ::munmap(base, static_cast<size_t>(p - base));
+  uint8_t* end = base + length + kHuge;
+  if (end > p + length) ::munmap(p + length, static_cast<size_t>(end - (p + length)));
 #ifdef MADV_HUGEPAGE
-  (void)::madvise(p, bytes, MADV_HUGEPAGE);  // advice only: 4 KiB pages work as well
+  (void)::madvise(p, length, MADV_HUGEPAGE);  // advice only: 4 KiB pages work as well
 #endif
   return p;
 }
@@ -309,31 +322,53 @@ void FreeZeroed(void* p, size_t bytes) {
   if (bytes < kMappedBytes) {
     std::free(p);
   } else {
-    ::munmap(p, bytes);
+    ::munmap(p, bytes);  // the whole pages of [p, p + bytes), as mapped above
   }
 }
 
 }  // namespace detail
 
+KvCache::KvCache(const KvCache& other)
+    : shape_(other.shape_),
+      dtype_(other.dtype_),
+      q_heads_(other.q_heads_),
+      metadata_(other.metadata_),
+      tensor_bytes_(other.tensor_bytes_),
+      q_bytes_(other.q_bytes_),
+      layer_stride_(other.layer_stride_) {
+  if (other.storage_) {
+    const size_t bytes = layer_stride_ * shape_.layers;
+    storage_ = std::unique_ptr<uint8_t, detail::ZeroedDeleter>(
+        static_cast<uint8_t*>(detail::AllocateZeroed(bytes)), detail::ZeroedDeleter{bytes});
+    std::memcpy(storage_.get(), other.storage_.get(), bytes);
+  }
+}
+
+KvCache& KvCache::operator=(const KvCache& other) {
+  if (this != &other) *this = KvCache(other);
+  return *this;
+}
+
 std::span<uint8_t> KvCache::tensor(uint32_t layer, KvKind kind) {
-  return kind == KvKind::kKey ? std::span<uint8_t>(k_[layer]) : std::span<uint8_t>(v_[layer]);
+  const size_t at = layer * layer_stride_ + (kind == KvKind::kKey ? 0 : (tensor_bytes_ + 63) / 64 * 64);
+  return {storage_.get() + at, tensor_bytes_};
 }
 std::span<const uint8_t> KvCache::tensor(uint32_t layer, KvKind kind) const {
-  return kind == KvKind::kKey ? std::span<const uint8_t>(k_[layer])
-                              : std::span<const uint8_t>(v_[layer]);
+  return const_cast<KvCache*>(this)->tensor(layer, kind);
 }
 std::span<uint8_t> KvCache::queries(uint32_t layer) {
-  return q_.empty() ? std::span<uint8_t>() : std::span<uint8_t>(q_[layer]);
+  if (q_heads_ == 0) return {};
+  return {storage_.get() + layer * layer_stride_ + 2 * ((tensor_bytes_ + 63) / 64 * 64), q_bytes_};
 }
 std::span<const uint8_t> KvCache::queries(uint32_t layer) const {
-  return q_.empty() ? std::span<const uint8_t>() : std::span<const uint8_t>(q_[layer]);
+  return const_cast<KvCache*>(this)->queries(layer);
 }
 
 KvView KvCache::view() const {
   std::vector<void*> k(shape_.layers), v(shape_.layers);
   for (uint32_t l = 0; l < shape_.layers; ++l) {
-    k[l] = const_cast<uint8_t*>(k_[l].data());
-    v[l] = const_cast<uint8_t*>(v_[l].data());
+    k[l] = const_cast<uint8_t*>(tensor(l, KvKind::kKey).data());
+    v[l] = const_cast<uint8_t*>(tensor(l, KvKind::kValue).data());
   }
   auto r = KvView::Contiguous(shape_, dtype_, std::move(k), std::move(v));
   return r.ok() ? std::move(r).value() : KvView();
