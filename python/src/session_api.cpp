@@ -236,6 +236,15 @@ struct PyReceiver {
     ThrowWaitStatus(s, "request " + std::to_string(id), timeout_ms);
   }
 
+  // Wait(id, 0) without the ambiguity of a timeout: a request that failed because it stalled
+  // raises (kvwire.TimeoutError), one still in progress returns false.
+  bool Poll(uint64_t id) {
+    const Status s = Get().Wait(id, 0);
+    if (s.in_progress()) return false;
+    ThrowIfError(s);
+    return true;
+  }
+
   void Release(uint64_t id) {
     Receiver& r = Get();
     Status s;
@@ -405,6 +414,8 @@ void AddSessionApi(py::module_& m) {
       .def("wait_layer", &PyReceiver::WaitLayer, py::arg("request_id"), py::arg("layer"),
            py::arg("timeout_ms") = -1)
       .def("wait", &PyReceiver::Wait, py::arg("request_id"), py::arg("timeout_ms") = -1)
+      .def("poll", &PyReceiver::Poll, py::arg("request_id"),
+           "True once every chunk is decoded, False while in progress; raises if it failed.")
       .def(
           "stats",
           [](PyReceiver& r, uint64_t id) {
