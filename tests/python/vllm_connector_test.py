@@ -60,18 +60,21 @@ class Harness(unittest.TestCase):
                                 stderr=subprocess.PIPE, text=True)
         self.addCleanup(lambda: proc.poll() is None and proc.kill())
         self.addCleanup(lambda: (proc.stdout.close(), proc.stderr.close(), proc.stdin.close()))
-        self.assertEqual(h.read_line(proc.stdout, 60), "ready", "the prefill engine did not start")
+        proc.lines = h.LineReader(proc.stdout)
+        self.assertEqual(proc.lines.read_line(60), "ready", "the prefill engine did not start")
         return proc
 
     def wait_line(self, proc, prefix, timeout_s=60):
-        """The first stdout line starting with prefix (other lines are kept in self.lines)."""
+        """The first stdout line of the prefill engine that starts with prefix."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            line = h.read_line(proc.stdout, max(0.0, deadline - time.monotonic()))
+            line = proc.lines.read_line(max(0.0, deadline - time.monotonic()))
             if line.startswith(prefix):
                 return line
-            if not line and proc.poll() is not None:
+            if not line and (proc.lines.eof or proc.poll() is not None):
                 break
+        proc.kill()
+        proc.wait(timeout=30)
         self.fail(f"no '{prefix}' line from the prefill engine: {proc.stderr.read()[-2000:]}")
 
     def decode_engine(self, backend, layout, order, dtype, extra):

@@ -125,10 +125,27 @@ def blocks_needed(requests):
     return sum((r["prompt"] + BLOCK - 1) // BLOCK for r in requests)
 
 
-def read_line(stream, timeout_s):
-    """One line of a pipe, or "" after timeout_s."""
-    ready, _, _ = select.select([stream], [], [], timeout_s)
-    return stream.readline().strip() if ready else ""
+class LineReader:
+    """Lines of a pipe with a bound on each wait. Reads the descriptor itself: a buffered file's
+    readline may take several lines at once, after which select() no longer sees the rest."""
+
+    def __init__(self, stream):
+        self.fd = stream.fileno()
+        self.buf = b""
+        self.eof = False
+
+    def read_line(self, timeout_s):
+        """The next line without its newline; "" after timeout_s or at end of file."""
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self.buf and not self.eof:
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return ""
+            chunk = os.read(self.fd, 65536)
+            self.eof = not chunk
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode().strip()
 
 
 def run_prefill(cfg):
@@ -142,6 +159,7 @@ def run_prefill(cfg):
     worker.register_kv_caches(caches)
     blocks = allocate(requests, num_blocks, cfg["seed"] + 1)
     print("ready", flush=True)
+    stdin = LineReader(sys.stdin)
 
     # Scheduler: every request is new, computes its whole prompt in this step.
     vreqs = {}
@@ -167,14 +185,14 @@ def run_prefill(cfg):
             write_tokens(caches[name], cfg["layout"], blocks[r["id"]], 0, r["prompt"],
                          sources[r["id"]][layer])
         if layer == len(names) - 1 and cfg.get("wait_for_layer0"):
-            got = read_line(sys.stdin, 60)
+            got = stdin.read_line(60)
             print(f"signal {got or 'none'}", flush=True)
         if layer == len(names) - 1:
             pushed_last_at = time.monotonic()
         worker.save_kv_layer(name, caches[name], None)
         print(f"pushed {layer} {time.monotonic()}", flush=True)
         if cfg.get("hang_after_layer") == layer:
-            read_line(sys.stdin, 120)  # killed here by the test
+            stdin.read_line(120)  # killed here by the test
             os._exit(3)
     worker.wait_for_save()
     worker.clear_connector_metadata()
