@@ -117,7 +117,7 @@ class KvwireConnector:
 
     def __init__(self, vllm_config, role, kv_cache_config=None):
         self._role = role
-        self._is_worker = _role_name(role) == "WORKER"
+        _role_name(role)  # refuses an unknown role early
         transfer = vllm_config.kv_transfer_config
         self._kv_role = getattr(transfer, "kv_role", "kv_both") or "kv_both"
         self._cfg = dict(getattr(transfer, "kv_connector_extra_config", None) or {})
@@ -127,7 +127,6 @@ class KvwireConnector:
         self._connector_metadata = None
         # Scheduler side: specs waiting for the next build_connector_meta.
         self._pending_recv = {}
-        self._pending_send = {}
         self._unsent = {}  # prefill requests allocated but not fully scheduled yet
         self._sent_params = {}  # request id -> params for request_finished
         # Worker side.
@@ -141,7 +140,7 @@ class KvwireConnector:
         self._lock = threading.Condition()
         self._receives = {}      # request id -> _Receive
         self._by_transfer = {}   # transfer id -> request id
-        self._announced = {}     # transfer id -> kvwire.IncomingRequest not claimed yet
+        self._announced = {}     # transfer id -> (kvwire.IncomingRequest, when), not claimed yet
         self._load_errors = set()
         self._senders = {}       # address -> kvwire.Sender
         self._sends = {}         # request id -> (kvwire.SendRequest or None, error or None)
@@ -180,9 +179,11 @@ class KvwireConnector:
             prompt = len(request.prompt_token_ids)
             begin = int(params.get("remote_cached_tokens", 0))
             if begin % self._block_size != 0 or not 0 <= begin < prompt:
-                raise ValueError(f"request {rid}: remote_cached_tokens={begin} must be a multiple "
-                                 f"of the block size {self._block_size} below the prompt length "
-                                 f"{prompt}")
+                # Not sent: the decode side times out and recomputes the prompt.
+                logger.error("kvwire: request %s not sent: remote_cached_tokens=%d is not a "
+                             "multiple of the block size %d below the prompt length %d", rid,
+                             begin, self._block_size, prompt)
+                return
             address = params.get("remote_address") or self._cfg.get("peer_address", "")
             spec = TransferSpec(transfer_id_of(rid, params), _block_ids(blocks), begin,
                                 prompt - begin, address)

@@ -107,7 +107,8 @@ def token_slot(cache, layout, layer, block, slot):
 class Layouts(unittest.TestCase):
     """The same logical KV in every layout encodes to the same bytes, and decodes in place."""
 
-    LAYOUTS = [(layout, order) for layout in ("flash_attn", "flashinfer") for order in ("NHD", "HND")]
+    LAYOUTS = [(layout, order) for layout in ("flash_attn", "flashinfer")
+               for order in ("NHD", "HND")]
 
     def setUp(self):
         torch.manual_seed(8)
