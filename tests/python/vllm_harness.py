@@ -52,13 +52,12 @@ class Blocks:
         return (self.ids,)
 
 
-def make_requests(count, seed, full_size):
+def make_requests(count, seed):
     """count requests: (request id, transfer id, prompt tokens, tokens the decode side holds,
-    data seed). Lengths span 1..4096 (the long tail only with full_size); about a third of the
-    requests hit a block-aligned prefix on the decode side."""
+    data seed). Lengths span 1..4096, the edges always included; about a third of the requests
+    hit a block-aligned prefix on the decode side."""
     rng = random.Random(seed)
-    top = 4096 if full_size else 700
-    lengths = [1, 2, 16, 17, 4096] + [rng.randint(1, top) for _ in range(count - 5)]
+    lengths = [1, 2, 16, 17, 4096] + [rng.randint(1, 4096) for _ in range(count - 5)]
     out = []
     for i, n in enumerate(lengths[:count]):
         cached = (rng.randint(0, n - 2) // BLOCK) * BLOCK if n > BLOCK + 1 and i % 3 == 0 else 0
