@@ -1,11 +1,18 @@
 // kvwire/kv_view.h — non-owning views of a KV cache in the layouts inference engines use,
 // and an owning contiguous KV cache for tools and tests.
 //
-// Layout: per layer l, K_l and V_l are [tokens, kv_heads, head_dim]
-// (vLLM's per-layer "NHD"). Contiguous: one base pointer per (layer, K|V). Paged: one base
-// pointer per (layer, K|V) to [num_blocks, block_size, kv_heads, head_dim], and one block
-// table shared by all layers: token t lives in block block_table[t / block_size], slot
-// t % block_size. K is post-RoPE as cached.
+// Logical layout: per layer l, K_l and V_l are [tokens, kv_heads, head_dim]; every read and
+// write through a view converts between that packed order and the view's memory layout.
+// Memory layouts (KvView::Strided describes all of them, without a gather):
+//   contiguous: one base pointer per (layer, K|V) to [tokens, kv_heads, head_dim] (vLLM's
+//               per-layer "NHD" for one sequence);
+//   paged:      one base pointer per (layer, K|V) to blocks of block_size token slots, and one
+//               block table shared by all layers: token t lives in block block_table[t /
+//               block_size], slot t % block_size. Block, slot and head strides are free, so
+//               vLLM's flash-attention cache (2, num_blocks, block_size, kv_heads, head_dim) in
+//               NHD or HND stride order and FlashInfer's (num_blocks, 2, block_size, kv_heads,
+//               head_dim) are described in place.
+// The head_dim elements of one (token, head) are always contiguous. K is post-RoPE as cached.
 //
 // Thread-safety: a KvView is an immutable description; reading concurrently is safe, writing
 // different (layer, K|V, token ranges) concurrently is safe.
@@ -59,17 +66,45 @@ inline constexpr uint32_t kMaxTokens = 1u << 24;
 /// Checks a shape against the bounds above (all fields > 0).
 Status ValidateShape(const KvShape& shape);
 
+/// Byte strides of one (layer, K|V) tensor; head_dim elements are contiguous (stride = element
+/// size). The same strides apply to K and V of every layer.
+struct KvStrides {
+  int64_t block = 0;  // between consecutive blocks (paged views only)
+  int64_t token = 0;  // between consecutive token slots (of a block, or of the sequence)
+  int64_t head = 0;   // between consecutive kv heads of one token slot
+  bool operator==(const KvStrides&) const = default;
+};
+
+/// What KvView::Strided describes. A parameter struct, so it can grow without breaking callers.
+struct StridedKv {
+  KvShape shape;  // tokens = the sequence's tokens seen through the view
+  DType dtype = DType::kF16;
+  std::vector<void*> k, v;  // base of (layer, K|V): block 0 (or token 0), head 0
+  KvStrides strides;
+  uint32_t block_size = 0;               // 0: not paged, token t at base + t * strides.token
+  uint32_t num_blocks = 0;               // paged: blocks each base pointer addresses
+  std::span<const int32_t> block_table;  // paged: >= ceil(tokens / block_size) ids in
+                                         // [0, num_blocks); copied
+};
+
 /// A non-owning view of one sequence's KV cache. Cheap to copy.
 class KvView {
  public:
   KvView() = default;
 
-  /// k[l] and v[l] point to [tokens, kv_heads, head_dim] of `dtype`; both vectors have
+  /// The general form: any block / token-slot / head strides, with or without a block table.
+  /// Refused (kInvalidArgument, saying which): a bad shape, null pointers, a stride <= 0 of a
+  /// dimension longer than 1, and strides under which two elements of one tensor would share
+  /// memory (sorted by stride, each dimension's stride must be at least the span of the
+  /// dimensions below it). The caller keeps the memory alive while the view is used.
+  static Result<KvView> Strided(const StridedKv& desc);
+
+  /// k[l] and v[l] point to [tokens, kv_heads, head_dim] of `dtype`, packed; both vectors have
   /// shape.layers entries. The caller keeps the memory alive while the view is used.
   static Result<KvView> Contiguous(const KvShape& shape, DType dtype, std::vector<void*> k,
                                    std::vector<void*> v);
 
-  /// k[l] and v[l] point to [num_blocks, block_size, kv_heads, head_dim]; block_table has
+  /// k[l] and v[l] point to [num_blocks, block_size, kv_heads, head_dim], packed; block_table has
   /// ceil(tokens / block_size) entries, each in [0, num_blocks). The table is copied.
   static Result<KvView> Paged(const KvShape& shape, DType dtype, uint32_t block_size,
                               uint32_t num_blocks, std::vector<void*> k, std::vector<void*> v,
@@ -80,12 +115,23 @@ class KvView {
   bool paged() const { return block_size_ != 0; }
   uint32_t block_size() const { return block_size_; }
 
-  /// Bytes of one token row [kv_heads, head_dim].
-  size_t row_bytes() const { return size_t{shape_.kv_heads} * shape_.head_dim * DTypeSize(dtype_); }
+  const KvStrides& strides() const { return strides_; }
 
-  /// Address of token `token`'s row [kv_heads, head_dim] in (layer, kind). No bounds check in
-  /// release builds: callers index within shape().
-  void* Row(uint32_t layer, KvKind kind, uint32_t token) const;
+  /// Bytes of one token row [kv_heads, head_dim], packed (as ReadRaw/WriteRaw exchange it).
+  size_t row_bytes() const { return size_t{shape_.kv_heads} * shape_.head_dim * DTypeSize(dtype_); }
+  /// True when each token's [kv_heads, head_dim] lies packed in memory (NHD); false for HND.
+  bool rows_contiguous() const {
+    return shape_.kv_heads == 1 ||
+           strides_.head == static_cast<int64_t>(size_t{shape_.head_dim} * DTypeSize(dtype_));
+  }
+
+  /// Address of token `token`'s head `head` (head_dim contiguous elements) in (layer, kind).
+  /// No bounds check in release builds: callers index within shape().
+  void* Head(uint32_t layer, KvKind kind, uint32_t token, uint32_t head) const;
+  /// Head(layer, kind, token, 0): the token's row [kv_heads, head_dim] when rows_contiguous().
+  void* Row(uint32_t layer, KvKind kind, uint32_t token) const {
+    return Head(layer, kind, token, 0);
+  }
 
   /// Gathers tokens [token_begin, token_begin + tokens) of (layer, kind) into `out`, converted
   /// to float32, layout [tokens, kv_heads, head_dim].
@@ -98,7 +144,8 @@ class KvView {
 
   /// As ReadF32, but the elements stay in the view's dtype: `out` receives
   /// tokens x row_bytes() bytes, [tokens, kv_heads, head_dim]. Rows that lie back to back
-  /// (a contiguous view, or consecutive slots of one block) are copied in one piece.
+  /// (a contiguous view, or consecutive slots of one block) are copied in one piece; when rows
+  /// are not contiguous (HND), each (token, head) is copied as head_dim elements.
   Status ReadRaw(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
                  uint8_t* out) const;
   /// As WriteF32 from elements already in the view's dtype (tokens x row_bytes() bytes).
@@ -110,6 +157,7 @@ class KvView {
   DType dtype_ = DType::kF16;
   uint32_t block_size_ = 0;
   uint32_t num_blocks_ = 0;
+  KvStrides strides_{};
   std::vector<void*> k_, v_;
   std::vector<int32_t> block_table_;
 };

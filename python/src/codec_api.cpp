@@ -67,11 +67,11 @@ StreamBytes ReadStream(py::handle obj) {
 py::bytes Encode(py::handle kv, const std::string& codec, py::handle profile_obj,
                  uint32_t chunk_tokens, int threads, py::handle block_ids,
                  std::optional<uint32_t> tokens, uint32_t token_begin, int64_t positions_start,
-                 py::handle rope_theta, py::handle rope_style,
-                 const std::string& model_fingerprint) {
+                 py::handle rope_theta, py::handle rope_style, const std::string& model_fingerprint,
+                 const std::string& layout) {
   const auto profile = ProfileArg(profile_obj);
   const Profile* p = profile ? profile->profile.get() : nullptr;
-  BoundKv bound = BindKv(kv, block_ids, tokens, /*writable=*/false, "kv");
+  BoundKv bound = BindKv(kv, block_ids, tokens, /*writable=*/false, "kv", layout);
   StreamInfo info;
   info.shape = bound.view.shape();
   info.dtype = bound.view.dtype();
@@ -97,12 +97,12 @@ py::bytes Encode(py::handle kv, const std::string& codec, py::handle profile_obj
   return py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
 }
 
-void DecodeInto(py::handle stream_obj, py::handle out, py::handle profile_obj,
-                py::handle block_ids) {
+void DecodeInto(py::handle stream_obj, py::handle out, py::handle profile_obj, py::handle block_ids,
+                const std::string& layout) {
   const auto profile = ProfileArg(profile_obj);
   const Profile* p = profile ? profile->profile.get() : nullptr;
   StreamBytes stream = ReadStream(stream_obj);
-  BoundKv bound = BindKv(out, block_ids, std::nullopt, /*writable=*/true, "out");
+  BoundKv bound = BindKv(out, block_ids, std::nullopt, /*writable=*/true, "out", layout);
   Status status;
   {
     py::gil_scoped_release release;
@@ -225,10 +225,11 @@ void AddCodecApi(py::module_& m) {
         py::arg("block_ids") = py::none(), py::arg("tokens") = py::none(),
         py::arg("token_begin") = 0, py::arg("positions_start") = 0,
         py::arg("rope_theta") = py::none(), py::arg("rope_style") = py::none(),
-        py::arg("model_fingerprint") = "",
+        py::arg("model_fingerprint") = "", py::arg("layout") = "flash_attn",
         "Encodes a KV cache into a kvwire stream (the bytes `kvwire encode` writes).");
   m.def("_decode_into", &DecodeInto, py::arg("stream"), py::arg("out"),
-        py::arg("profile") = py::none(), py::arg("block_ids") = py::none());
+        py::arg("profile") = py::none(), py::arg("block_ids") = py::none(),
+        py::arg("layout") = "flash_attn");
   m.def("_header_info", &HeaderInfo, py::arg("stream"));
   m.def("inspect", &Inspect, py::arg("stream"),
         "Validates a whole stream (every CRC32C, the trailer) and describes it.");

@@ -121,7 +121,8 @@ struct PySender {
                                       uint32_t token_begin, int deadline_ms, double max_kl,
                                       double min_bits, const py::bytes& user_data,
                                       int64_t positions_start, py::handle rope_theta,
-                                      py::handle rope_style, const std::string& model_fingerprint) {
+                                      py::handle rope_style, const std::string& model_fingerprint,
+                                      const std::string& layout) {
     if (closed) throw StatusError(Status(StatusCode::kCancelled, "the sender is closed"));
     SendRequestOptions o;
     o.request_id = request_id;
@@ -142,7 +143,7 @@ struct PySender {
     o.user_data = user_data;
     o.metadata = MetadataArg(positions_start, rope_theta, rope_style, model_fingerprint);
     if (profile) o.profile_id = profile->id;
-    BoundKv bound = BindKv(kv, block_ids, tokens, /*writable=*/false, "kv");
+    BoundKv bound = BindKv(kv, block_ids, tokens, /*writable=*/false, "kv", layout);
     PruneFinished();
     Result<std::shared_ptr<SendRequest>> request = Status(StatusCode::kInternal, "not run");
     {
@@ -199,12 +200,12 @@ struct PyReceiver {
   }
 
   void SetDestination(uint64_t id, py::handle kv, py::handle block_ids,
-                      std::optional<uint32_t> tokens) {
+                      std::optional<uint32_t> tokens, const std::string& layout) {
     Receiver& r = Get();
     if (!tokens && !block_ids.is_none()) {
       if (auto it = announced.find(id); it != announced.end()) tokens = it->second.tokens;
     }
-    BoundKv bound = BindKv(kv, block_ids, tokens, /*writable=*/true, "kv");
+    BoundKv bound = BindKv(kv, block_ids, tokens, /*writable=*/true, "kv", layout);
     Status s;
     {
       py::gil_scoped_release release;
@@ -233,6 +234,15 @@ struct PyReceiver {
       s = r.Wait(id, timeout_ms);
     }
     ThrowWaitStatus(s, "request " + std::to_string(id), timeout_ms);
+  }
+
+  // Wait(id, 0) without the ambiguity of a timeout: a request that failed because it stalled
+  // raises (kvwire.TimeoutError), one still in progress returns false.
+  bool Poll(uint64_t id) {
+    const Status s = Get().Wait(id, 0);
+    if (s.in_progress()) return false;
+    ThrowIfError(s);
+    return true;
   }
 
   void Release(uint64_t id) {
@@ -335,7 +345,7 @@ void AddSessionApi(py::module_& m) {
            py::arg("max_kl") = 0.0, py::arg("min_bits") = 0.0, py::arg("user_data") = py::bytes(),
            py::arg("positions_start") = 0, py::arg("rope_theta") = py::none(),
            py::arg("rope_style") = py::none(), py::arg("model_fingerprint") = "",
-           py::keep_alive<0, 1>(),
+           py::arg("layout") = "flash_attn", py::keep_alive<0, 1>(),
            "Opens a request for `kv` (kept referenced until the request finishes).")
       .def("close", &PySender::Close, "Fails unfinished requests (cancelled) and disconnects.")
       .def("__enter__", [](py::object self) { return self; })
@@ -399,10 +409,13 @@ void AddSessionApi(py::module_& m) {
            "The next new request; kvwire.TimeoutError after timeout_ms (< 0: no limit).")
       .def("set_destination", &PyReceiver::SetDestination, py::arg("request_id"), py::arg("kv"),
            py::arg("block_ids") = py::none(), py::arg("tokens") = py::none(),
+           py::arg("layout") = "flash_attn",
            "Where the request decodes to (kept referenced until release() or close()).")
       .def("wait_layer", &PyReceiver::WaitLayer, py::arg("request_id"), py::arg("layer"),
            py::arg("timeout_ms") = -1)
       .def("wait", &PyReceiver::Wait, py::arg("request_id"), py::arg("timeout_ms") = -1)
+      .def("poll", &PyReceiver::Poll, py::arg("request_id"),
+           "True once every chunk is decoded, False while in progress; raises if it failed.")
       .def(
           "stats",
           [](PyReceiver& r, uint64_t id) {

@@ -1,5 +1,6 @@
 #include "tensors.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -105,21 +106,55 @@ uint32_t Dim(const Tensor& t, size_t i, const std::string& what) {
   return static_cast<uint32_t>(d);
 }
 
-// True when dimensions [first, rank) are laid out back to back, row-major (dimensions of size 1
-// may have any stride).
-bool Packed(const Tensor& t, size_t first) {
-  int64_t expected = static_cast<int64_t>(DTypeSize(t.dtype));
-  for (size_t i = t.shape.size(); i-- > first;) {
-    if (t.shape[i] != 1 && t.strides[i] != expected) return false;
-    expected *= t.shape[i];
-  }
-  return true;
-}
-
 std::string Strides(const Tensor& t) {
   std::vector<int64_t> elements;
   for (int64_t s : t.strides) elements.push_back(s / static_cast<int64_t>(DTypeSize(t.dtype)));
   return Join(elements);
+}
+
+// The last dimension (head_dim) must be contiguous; every other stride is free as long as no two
+// elements share memory. Sufficient check (the one KvView::Strided makes for each K|V tensor,
+// here over the whole tensor so that K and V do not overlap either): sorted by stride, each
+// dimension's stride reaches past what the smaller ones span. Dimensions of size 1 are skipped.
+void CheckStrides(const Tensor& t, const std::string& what, const char* expected) {
+  const auto element = static_cast<int64_t>(DTypeSize(t.dtype));
+  const size_t last = t.shape.size() - 1;
+  if (t.shape[last] != 1 && t.strides[last] != element) {
+    Fail(what + " has strides " + Strides(t) + " (in elements): its last dimension (head_dim) " +
+         "must be contiguous (stride 1); expected " + expected);
+  }
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size)
+  for (size_t i = 0; i < t.shape.size(); ++i) {
+    if (t.shape[i] == 1) continue;
+    if (t.strides[i] <= 0 || t.strides[i] % element != 0) {
+      Fail(what + " has strides " + Strides(t) + " (in elements): dimension " + std::to_string(i) +
+           " has a " + (t.strides[i] <= 0 ? "zero or negative" : "fractional") +
+           " stride (an expanded or flipped tensor?); use .contiguous()");
+    }
+    dims.emplace_back(t.strides[i], t.shape[i]);
+  }
+  std::sort(dims.begin(), dims.end());
+  __int128 span = element;
+  for (const auto& [stride, size] : dims) {
+    if (stride < span) {
+      Fail(what + " has shape " + Join(t.shape) + " and strides " + Strides(t) +
+           " (in elements): distinct elements share memory; use .contiguous()");
+    }
+    span += static_cast<__int128>(size - 1) * stride;
+  }
+}
+
+KvStrides KvStridesOf(const Tensor& t, size_t block_axis, size_t token_axis, size_t head_axis) {
+  KvStrides s;
+  s.block = block_axis < t.strides.size() ? t.strides[block_axis] : 0;
+  s.token = t.strides[token_axis];
+  s.head = t.strides[head_axis];
+  // Strides of dimensions of size 1 are arbitrary (torch may report anything); KvView never
+  // steps along them, so give them a value that passes its checks.
+  if (t.shape[token_axis] == 1) s.token = 0;
+  if (t.shape[head_axis] == 1) s.head = 0;
+  if (block_axis < t.strides.size() && t.shape[block_axis] == 1) s.block = 0;
+  return s;
 }
 
 BoundKv BindContiguous(py::handle obj, bool writable, const std::string& what) {
@@ -131,17 +166,16 @@ BoundKv BindContiguous(py::handle obj, bool writable, const std::string& what) {
          "tensors and block_ids");
   }
   const KvShape shape{Dim(t, 0, what), Dim(t, 2, what), Dim(t, 3, what), Dim(t, 4, what)};
-  if (!Packed(t, 2)) {
-    Fail(what + " is not contiguous (strides " + Strides(t) + " in elements); expected each " +
-         "[tokens, kv_heads, head_dim] slab contiguous: use .contiguous() or "
-         "numpy.ascontiguousarray");
-  }
-  std::vector<void*> k(shape.layers), v(shape.layers);
+  CheckStrides(t, what, "(layers, 2, tokens, kv_heads, head_dim) with any strides but the last");
+  StridedKv d;
+  d.shape = shape;
+  d.dtype = t.dtype;
+  d.strides = KvStridesOf(t, /*block_axis=*/5, 2, 3);
   for (uint32_t l = 0; l < shape.layers; ++l) {
-    k[l] = t.data + l * t.strides[0];
-    v[l] = t.data + l * t.strides[0] + t.strides[1];
+    d.k.push_back(t.data + l * t.strides[0]);
+    d.v.push_back(t.data + l * t.strides[0] + t.strides[1]);
   }
-  auto view = KvView::Contiguous(shape, t.dtype, std::move(k), std::move(v));
+  auto view = KvView::Strided(d);
   if (!view.ok()) Fail(what + ": " + view.status().message());
   BoundKv bound{std::move(view).value(), {}};
   bound.owners.push_back(std::move(t.owner));
@@ -161,35 +195,50 @@ std::vector<int32_t> BlockIds(py::handle ids, const std::string& what) {
   return out;
 }
 
+// Axes of a per-layer paged tensor in each layout.
+struct PagedAxes {
+  size_t kv, block;  // slot, head and head_dim are axes 2, 3, 4 in both
+  const char* shape;
+};
+
+PagedAxes AxesOf(const std::string& layout, const std::string& what) {
+  if (layout == "flash_attn") return {0, 1, "(2, num_blocks, block_size, kv_heads, head_dim)"};
+  if (layout == "flashinfer") return {1, 0, "(num_blocks, 2, block_size, kv_heads, head_dim)"};
+  Fail(what + ": layout '" + layout + "' is unknown; expected 'flash_attn' (per-layer (2, " +
+       "num_blocks, block_size, kv_heads, head_dim), vLLM's flash-attention cache) or " +
+       "'flashinfer' ((num_blocks, 2, block_size, kv_heads, head_dim))");
+}
+
 BoundKv BindPaged(py::sequence layers, py::handle block_ids, std::optional<uint32_t> tokens,
-                  bool writable, const std::string& what) {
+                  bool writable, const std::string& what, const std::string& layout) {
+  const PagedAxes axes = AxesOf(layout, what);
   if (layers.size() == 0) Fail(what + " is an empty list; expected one tensor per layer");
   if (block_ids.is_none()) {
     Fail(what + " is a list of per-layer tensors (a paged cache), so block_ids is required");
   }
   BoundKv bound;
-  std::vector<void*> k, v;
+  StridedKv d;
   Tensor first;
   for (size_t l = 0; l < layers.size(); ++l) {
     const std::string name = what + "[" + std::to_string(l) + "]";
     Tensor t = ReadTensor(layers[l], writable, name);
-    if (t.shape.size() != 5 || t.shape[0] != 2) {
-      Fail(name + " has shape " + Join(t.shape) +
-           "; expected (2, num_blocks, block_size, kv_heads, head_dim) with index 0 = K, 1 = V");
+    if (t.shape.size() != 5 || t.shape[axes.kv] != 2) {
+      Fail(name + " has shape " + Join(t.shape) + "; expected " + axes.shape +
+           " with K at index 0 and V at 1 of the dimension of size 2 (layout='" + layout + "')");
     }
-    for (size_t i = 1; i < 5; ++i) Dim(t, i, name);
+    for (size_t i = 0; i < 5; ++i) Dim(t, i, name);
+    CheckStrides(t, name, (std::string(axes.shape) + " with head_dim contiguous").c_str());
     if (l == 0) {
       first = t;
     } else if (t.shape != first.shape || t.dtype != first.dtype) {
       Fail(name + " has shape " + Join(t.shape) + " and dtype " + DTypePyName(t.dtype) +
            "; expected those of layer 0: " + Join(first.shape) + ", " + DTypePyName(first.dtype));
+    } else if (KvStridesOf(t, axes.block, 2, 3) != KvStridesOf(first, axes.block, 2, 3)) {
+      Fail(name + " has strides " + Strides(t) + "; expected those of layer 0: " + Strides(first) +
+           " (every layer laid out alike)");
     }
-    if (!Packed(t, 1)) {
-      Fail(name + " is not contiguous (strides " + Strides(t) + " in elements); expected each " +
-           "[num_blocks, block_size, kv_heads, head_dim] half contiguous");
-    }
-    k.push_back(t.data);
-    v.push_back(t.data + t.strides[0]);
+    d.k.push_back(t.data);
+    d.v.push_back(t.data + t.strides[axes.kv]);
     bound.owners.push_back(std::move(t.owner));
   }
   const std::vector<int32_t> ids = BlockIds(block_ids, what);
@@ -201,10 +250,21 @@ BoundKv BindPaged(py::sequence layers, py::handle block_ids, std::optional<uint3
          std::to_string((n + block_size - 1) / block_size) + " block ids of " +
          std::to_string(block_size) + " tokens, got " + std::to_string(ids.size()));
   }
-  const KvShape shape{static_cast<uint32_t>(layers.size()), static_cast<uint32_t>(n),
-                      static_cast<uint32_t>(first.shape[3]), static_cast<uint32_t>(first.shape[4])};
-  auto view = KvView::Paged(shape, first.dtype, block_size, static_cast<uint32_t>(first.shape[1]),
-                            std::move(k), std::move(v), ids);
+  const auto num_blocks = static_cast<uint32_t>(first.shape[axes.block]);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (static_cast<uint32_t>(ids[i]) >= num_blocks) {
+      Fail(what + ": block_ids[" + std::to_string(i) + "] = " + std::to_string(ids[i]) +
+           " is not a block of the cache (it has " + std::to_string(num_blocks) + ")");
+    }
+  }
+  d.shape = {static_cast<uint32_t>(layers.size()), static_cast<uint32_t>(n),
+             static_cast<uint32_t>(first.shape[3]), static_cast<uint32_t>(first.shape[4])};
+  d.dtype = first.dtype;
+  d.strides = KvStridesOf(first, axes.block, 2, 3);
+  d.block_size = block_size;
+  d.num_blocks = num_blocks;
+  d.block_table = ids;
+  auto view = KvView::Strided(d);
   if (!view.ok()) Fail(what + ": " + view.status().message());
   bound.view = std::move(view).value();
   return bound;
@@ -229,9 +289,14 @@ py::tuple ShapeTuple(const KvShape& s) {
 }
 
 BoundKv BindKv(py::handle kv, py::handle block_ids, std::optional<uint32_t> tokens, bool writable,
-               const char* what) {
+               const char* what, const std::string& layout) {
   if (py::isinstance<py::list>(kv) || py::isinstance<py::tuple>(kv)) {
-    return BindPaged(py::reinterpret_borrow<py::sequence>(kv), block_ids, tokens, writable, what);
+    return BindPaged(py::reinterpret_borrow<py::sequence>(kv), block_ids, tokens, writable, what,
+                     layout);
+  }
+  if (layout != "flash_attn") {
+    Fail(std::string(what) + " is one tensor, but layout='" + layout +
+         "' was given; layouts apply to paged caches (a list of per-layer tensors)");
   }
   if (!block_ids.is_none()) {
     Fail(std::string(what) +

@@ -3,11 +3,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <cstdlib>
-#include <new>
-
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <new>
+#include <string>
 
 #include "common/fp16.h"
 
@@ -111,52 +112,137 @@ Status ValidateShape(const KvShape& s) {
   return Status::Ok();
 }
 
-Result<KvView> KvView::Contiguous(const KvShape& shape, DType dtype, std::vector<void*> k,
-                                  std::vector<void*> v) {
-  KVWIRE_RETURN_IF_ERROR(ValidateShape(shape));
-  KVWIRE_RETURN_ERROR_IF(k.size() != shape.layers || v.size() != shape.layers, kInvalidArgument,
-                         "KvView: need one K and one V pointer per layer");
-  for (uint32_t l = 0; l < shape.layers; ++l) {
-    KVWIRE_RETURN_ERROR_IF(!k[l] || !v[l], kInvalidArgument,
+namespace {
+
+// One dimension of a (layer, K|V) tensor for the aliasing check.
+struct Dimension {
+  const char* name;
+  int64_t stride;  // bytes
+  uint64_t size;
+};
+
+// Refuses strides under which two distinct elements share memory. Sufficient condition: with
+// the dimensions sorted by stride, each stride reaches past every element the smaller ones can
+// address. Dimensions of size 1 are never stepped along, so their stride does not matter.
+Status CheckStrides(std::vector<Dimension> dims, size_t element_bytes) {
+  constexpr int64_t kMaxStride = int64_t{1} << 48;
+  std::erase_if(dims, [](const Dimension& d) { return d.size <= 1; });
+  for (const Dimension& d : dims) {
+    KVWIRE_RETURN_ERROR_IF(d.stride <= 0 || d.stride > kMaxStride, kInvalidArgument,
+                           std::string("KvView: ") + d.name + " stride " +
+                               std::to_string(d.stride) + " bytes over " + std::to_string(d.size) +
+                               " entries; must be in (0, 2^48]");
+    KVWIRE_RETURN_ERROR_IF(d.stride % static_cast<int64_t>(element_bytes) != 0, kInvalidArgument,
+                           std::string("KvView: ") + d.name + " stride " +
+                               std::to_string(d.stride) + " bytes is not a multiple of the " +
+                               std::to_string(element_bytes) + "-byte element");
+  }
+  std::stable_sort(dims.begin(), dims.end(),
+                   [](const Dimension& a, const Dimension& b) { return a.stride < b.stride; });
+  // Bytes from the first to one past the last element the dimensions so far address.
+  unsigned __int128 span = element_bytes;
+  std::string below = "one element";
+  for (const Dimension& d : dims) {
+    KVWIRE_RETURN_ERROR_IF(static_cast<unsigned __int128>(d.stride) < span, kInvalidArgument,
+                           std::string("KvView: ") + d.name + " stride " +
+                               std::to_string(d.stride) + " bytes is smaller than the " +
+                               std::to_string(static_cast<uint64_t>(span)) + " bytes spanned by " +
+                               below + ", so distinct elements would share memory");
+    span += static_cast<unsigned __int128>(d.size - 1) * static_cast<uint64_t>(d.stride);
+    below = std::string(d.name) + (below == "one element" ? "" : " x " + below);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<KvView> KvView::Strided(const StridedKv& d) {
+  KVWIRE_RETURN_IF_ERROR(ValidateShape(d.shape));
+  KVWIRE_RETURN_ERROR_IF(d.k.size() != d.shape.layers || d.v.size() != d.shape.layers,
+                         kInvalidArgument, "KvView: need one K and one V pointer per layer");
+  for (uint32_t l = 0; l < d.shape.layers; ++l) {
+    KVWIRE_RETURN_ERROR_IF(!d.k[l] || !d.v[l], kInvalidArgument,
                            "KvView: null pointer for layer " + std::to_string(l));
   }
+  const size_t element = DTypeSize(d.dtype);
+  std::vector<Dimension> dims = {{"head_dim", static_cast<int64_t>(element), d.shape.head_dim},
+                                 {"head", d.strides.head, d.shape.kv_heads}};
+  const bool paged = d.block_size != 0;
+  const uint64_t blocks_used =
+      paged ? (uint64_t{d.shape.tokens} + d.block_size - 1) / d.block_size : 0;
+  if (paged) {
+    KVWIRE_RETURN_ERROR_IF(d.num_blocks == 0, kInvalidArgument, "KvView: num_blocks must be > 0");
+    KVWIRE_RETURN_ERROR_IF(d.block_table.size() < blocks_used, kInvalidArgument,
+                           "KvView: block table has " + std::to_string(d.block_table.size()) +
+                               " entries, " + std::to_string(blocks_used) + " needed");
+    for (uint64_t i = 0; i < blocks_used; ++i) {
+      KVWIRE_RETURN_ERROR_IF(
+          d.block_table[i] < 0 || static_cast<uint32_t>(d.block_table[i]) >= d.num_blocks,
+          kInvalidArgument,
+          "KvView: block table entry " + std::to_string(i) + " = " +
+              std::to_string(d.block_table[i]) + " outside [0, " + std::to_string(d.num_blocks) +
+              ")");
+    }
+    dims.push_back({"token slot", d.strides.token, d.block_size});
+    dims.push_back({"block", d.strides.block, d.num_blocks});
+  } else {
+    dims.push_back({"token", d.strides.token, d.shape.tokens});
+  }
+  KVWIRE_RETURN_IF_ERROR(CheckStrides(std::move(dims), element));
+
   KvView view;
-  view.shape_ = shape;
-  view.dtype_ = dtype;
-  view.k_ = std::move(k);
-  view.v_ = std::move(v);
+  view.shape_ = d.shape;
+  view.dtype_ = d.dtype;
+  view.block_size_ = d.block_size;
+  view.num_blocks_ = paged ? d.num_blocks : 0;
+  view.strides_ = d.strides;
+  if (!paged) view.strides_.block = 0;
+  view.k_ = d.k;
+  view.v_ = d.v;
+  if (paged) view.block_table_.assign(d.block_table.begin(), d.block_table.begin() + blocks_used);
   return view;
+}
+
+Result<KvView> KvView::Contiguous(const KvShape& shape, DType dtype, std::vector<void*> k,
+                                  std::vector<void*> v) {
+  StridedKv d;
+  d.shape = shape;
+  d.dtype = dtype;
+  d.k = std::move(k);
+  d.v = std::move(v);
+  d.strides.head = static_cast<int64_t>(size_t{shape.head_dim} * DTypeSize(dtype));
+  d.strides.token = d.strides.head * shape.kv_heads;
+  return Strided(d);
 }
 
 Result<KvView> KvView::Paged(const KvShape& shape, DType dtype, uint32_t block_size,
                              uint32_t num_blocks, std::vector<void*> k, std::vector<void*> v,
                              std::span<const int32_t> block_table) {
   KVWIRE_RETURN_ERROR_IF(block_size == 0, kInvalidArgument, "KvView: block_size must be > 0");
-  KVWIRE_ASSIGN_OR_RETURN(KvView view, Contiguous(shape, dtype, std::move(k), std::move(v)));
-  const uint64_t needed = (uint64_t{shape.tokens} + block_size - 1) / block_size;
-  KVWIRE_RETURN_ERROR_IF(block_table.size() < needed, kInvalidArgument,
-                         "KvView: block table has " + std::to_string(block_table.size()) +
-                             " entries, " + std::to_string(needed) + " needed");
-  for (uint64_t i = 0; i < needed; ++i) {
-    KVWIRE_RETURN_ERROR_IF(block_table[i] < 0 || static_cast<uint32_t>(block_table[i]) >= num_blocks,
-                           kInvalidArgument,
-                           "KvView: block table entry " + std::to_string(i) + " = " +
-                               std::to_string(block_table[i]) + " outside [0, " +
-                               std::to_string(num_blocks) + ")");
-  }
-  view.block_size_ = block_size;
-  view.num_blocks_ = num_blocks;
-  view.block_table_.assign(block_table.begin(), block_table.begin() + needed);
-  return view;
+  StridedKv d;
+  d.shape = shape;
+  d.dtype = dtype;
+  d.k = std::move(k);
+  d.v = std::move(v);
+  d.strides.head = static_cast<int64_t>(size_t{shape.head_dim} * DTypeSize(dtype));
+  d.strides.token = d.strides.head * shape.kv_heads;
+  d.strides.block = d.strides.token * block_size;
+  d.block_size = block_size;
+  d.num_blocks = num_blocks;
+  d.block_table = block_table;
+  return Strided(d);
 }
 
-void* KvView::Row(uint32_t layer, KvKind kind, uint32_t token) const {
+void* KvView::Head(uint32_t layer, KvKind kind, uint32_t token, uint32_t head) const {
   auto* base = static_cast<uint8_t*>(kind == KvKind::kKey ? k_[layer] : v_[layer]);
-  size_t slot = token;
+  int64_t offset = int64_t{head} * strides_.head;
   if (block_size_ != 0) {
-    slot = size_t(block_table_[token / block_size_]) * block_size_ + token % block_size_;
+    offset += int64_t{block_table_[token / block_size_]} * strides_.block +
+              int64_t{token % block_size_} * strides_.token;
+  } else {
+    offset += int64_t{token} * strides_.token;
   }
-  return base + slot * row_bytes();
+  return base + offset;
 }
 
 namespace {
@@ -171,70 +257,122 @@ Status CheckRange(const KvShape& s, uint32_t layer, uint32_t begin, uint32_t tok
   return Status::Ok();
 }
 
+void ToF32(DType dtype, const void* in, size_t n, float* out) {
+  switch (dtype) {
+    case DType::kF32:
+      std::memcpy(out, in, n * 4);
+      break;
+    case DType::kF16:
+      HalvesToFloats(static_cast<const uint16_t*>(in), n, out);
+      break;
+    case DType::kBF16: {
+      const auto* src = static_cast<const uint16_t*>(in);
+      for (size_t i = 0; i < n; ++i) out[i] = Bf16ToFloat(src[i]);
+      break;
+    }
+  }
+}
+
+void FromF32(DType dtype, const float* in, size_t n, void* out) {
+  switch (dtype) {
+    case DType::kF32:
+      std::memcpy(out, in, n * 4);
+      break;
+    case DType::kF16:
+      FloatsToHalves(in, n, static_cast<uint16_t*>(out));
+      break;
+    case DType::kBF16: {
+      auto* dst = static_cast<uint16_t*>(out);
+      for (size_t i = 0; i < n; ++i) dst[i] = FloatToBf16(in[i]);
+      break;
+    }
+  }
+}
+
+// Calls piece(address, i, head, elements) for every contiguous piece of tokens [token_begin,
+// token_begin + tokens) of (layer, kind), where i is the token relative to token_begin and the
+// piece holds `elements` elements of packed [kv_heads, head_dim] order starting at (i, head):
+// a whole row when rows are contiguous, one head's head_dim elements otherwise.
+template <typename Piece>
+void ForEachPiece(const KvView& v, uint32_t layer, KvKind kind, uint32_t token_begin,
+                  uint32_t tokens, Piece piece) {
+  const KvShape& s = v.shape();
+  if (v.rows_contiguous()) {
+    const size_t n = size_t{s.kv_heads} * s.head_dim;
+    for (uint32_t t = 0; t < tokens; ++t) piece(v.Row(layer, kind, token_begin + t), t, 0u, n);
+    return;
+  }
+  for (uint32_t t = 0; t < tokens; ++t) {
+    auto* row = static_cast<uint8_t*>(v.Row(layer, kind, token_begin + t));
+    for (uint32_t h = 0; h < s.kv_heads; ++h) {
+      piece(row + int64_t{h} * v.strides().head, t, h, size_t{s.head_dim});
+    }
+  }
+}
+
 }  // namespace
 
 Status KvView::ReadF32(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
                        float* out) const {
   KVWIRE_RETURN_IF_ERROR(CheckRange(shape_, layer, token_begin, tokens));
-  const size_t n = size_t{shape_.kv_heads} * shape_.head_dim;
-  for (uint32_t t = 0; t < tokens; ++t) {
-    const void* row = Row(layer, kind, token_begin + t);
-    float* dst = out + size_t{t} * n;
-    switch (dtype_) {
-      case DType::kF32:
-        std::memcpy(dst, row, n * 4);
-        break;
-      case DType::kF16:
-        HalvesToFloats(static_cast<const uint16_t*>(row), n, dst);
-        break;
-      case DType::kBF16: {
-        const auto* src = static_cast<const uint16_t*>(row);
-        for (size_t i = 0; i < n; ++i) dst[i] = Bf16ToFloat(src[i]);
-        break;
-      }
-    }
-  }
+  const size_t row = size_t{shape_.kv_heads} * shape_.head_dim;
+  ForEachPiece(*this, layer, kind, token_begin, tokens,
+               [&](const void* src, uint32_t i, uint32_t h, size_t n) {
+                 ToF32(dtype_, src, n, out + size_t{i} * row + size_t{h} * shape_.head_dim);
+               });
   return Status::Ok();
 }
 
 Status KvView::WriteF32(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
                         const float* in) const {
   KVWIRE_RETURN_IF_ERROR(CheckRange(shape_, layer, token_begin, tokens));
-  const size_t n = size_t{shape_.kv_heads} * shape_.head_dim;
-  for (uint32_t t = 0; t < tokens; ++t) {
-    void* row = Row(layer, kind, token_begin + t);
-    const float* src = in + size_t{t} * n;
-    switch (dtype_) {
-      case DType::kF32:
-        std::memcpy(row, src, n * 4);
-        break;
-      case DType::kF16:
-        FloatsToHalves(src, n, static_cast<uint16_t*>(row));
-        break;
-      case DType::kBF16: {
-        auto* dst = static_cast<uint16_t*>(row);
-        for (size_t i = 0; i < n; ++i) dst[i] = FloatToBf16(src[i]);
-        break;
-      }
-    }
-  }
+  const size_t row = size_t{shape_.kv_heads} * shape_.head_dim;
+  ForEachPiece(*this, layer, kind, token_begin, tokens,
+               [&](void* dst, uint32_t i, uint32_t h, size_t n) {
+                 FromF32(dtype_, in + size_t{i} * row + size_t{h} * shape_.head_dim, n, dst);
+               });
   return Status::Ok();
 }
 
 namespace {
 
-// Calls copy(row, bytes, i) for maximal runs of rows of (layer, kind) that lie back to back in
-// memory; i is the run's first token relative to token_begin.
+// Calls copy(address, bytes, i, head) for the pieces of tokens [token_begin, token_begin +
+// tokens) of (layer, kind) in as few memcpy-able runs as the layout allows; i is the piece's
+// first token relative to token_begin. Contiguous rows: maximal runs of rows that lie back to
+// back (head = 0, bytes a multiple of the row). Otherwise (HND): one head's head_dim elements
+// per call, walking each block's slots head by head, which reads (or writes) the view in
+// address order, since a block's slots of one head are adjacent there.
 template <typename Copy>
-void ForEachRowRun(const KvView& v, uint32_t layer, KvKind kind, uint32_t token_begin,
+void ForEachRawRun(const KvView& v, uint32_t layer, KvKind kind, uint32_t token_begin,
                    uint32_t tokens, Copy copy) {
-  const size_t row = v.row_bytes();
+  if (v.rows_contiguous()) {
+    const size_t row = v.row_bytes();
+    uint32_t t = 0;
+    while (t < tokens) {
+      auto* start = static_cast<uint8_t*>(v.Row(layer, kind, token_begin + t));
+      uint32_t run = 1;
+      while (t + run < tokens && v.Row(layer, kind, token_begin + t + run) == start + run * row) {
+        ++run;
+      }
+      copy(start, run * row, t, 0u);
+      t += run;
+    }
+    return;
+  }
+  const KvShape& s = v.shape();
+  const size_t head_bytes = size_t{s.head_dim} * DTypeSize(v.dtype());
+  const uint32_t block = v.block_size() != 0 ? v.block_size() : tokens;
   uint32_t t = 0;
   while (t < tokens) {
-    auto* start = static_cast<uint8_t*>(v.Row(layer, kind, token_begin + t));
-    uint32_t run = 1;
-    while (t + run < tokens && v.Row(layer, kind, token_begin + t + run) == start + run * row) ++run;
-    copy(start, run * row, t);
+    // Tokens t .. t + run - 1 share one block (or the whole range, unpaged).
+    const uint32_t slot = v.block_size() != 0 ? (token_begin + t) % block : 0;
+    const uint32_t run = std::min(tokens - t, block - slot);
+    for (uint32_t h = 0; h < s.kv_heads; ++h) {
+      auto* head = static_cast<uint8_t*>(v.Head(layer, kind, token_begin + t, h));
+      for (uint32_t i = 0; i < run; ++i) {
+        copy(head + int64_t{i} * v.strides().token, head_bytes, t + i, h);
+      }
+    }
     t += run;
   }
 }
@@ -245,9 +383,10 @@ Status KvView::ReadRaw(uint32_t layer, KvKind kind, uint32_t token_begin, uint32
                        uint8_t* out) const {
   KVWIRE_RETURN_IF_ERROR(CheckRange(shape_, layer, token_begin, tokens));
   const size_t row = row_bytes();
-  ForEachRowRun(*this, layer, kind, token_begin, tokens,
-                [&](const uint8_t* src, size_t bytes, uint32_t i) {
-                  std::memcpy(out + size_t{i} * row, src, bytes);
+  const size_t head = size_t{shape_.head_dim} * DTypeSize(dtype_);
+  ForEachRawRun(*this, layer, kind, token_begin, tokens,
+                [&](const uint8_t* src, size_t bytes, uint32_t i, uint32_t h) {
+                  std::memcpy(out + size_t{i} * row + h * head, src, bytes);
                 });
   return Status::Ok();
 }
@@ -256,9 +395,10 @@ Status KvView::WriteRaw(uint32_t layer, KvKind kind, uint32_t token_begin, uint3
                         const uint8_t* in) const {
   KVWIRE_RETURN_IF_ERROR(CheckRange(shape_, layer, token_begin, tokens));
   const size_t row = row_bytes();
-  ForEachRowRun(*this, layer, kind, token_begin, tokens,
-                [&](uint8_t* dst, size_t bytes, uint32_t i) {
-                  std::memcpy(dst, in + size_t{i} * row, bytes);
+  const size_t head = size_t{shape_.head_dim} * DTypeSize(dtype_);
+  ForEachRawRun(*this, layer, kind, token_begin, tokens,
+                [&](uint8_t* dst, size_t bytes, uint32_t i, uint32_t h) {
+                  std::memcpy(dst, in + size_t{i} * row + h * head, bytes);
                 });
   return Status::Ok();
 }

@@ -83,6 +83,83 @@ class RoundTrip(unittest.TestCase):
             self.assertTrue(bool((out[layer][:, 1] == -1).all()))
 
 
+def paged_cache(layout, order, layers, num_blocks, block, heads, dim, fill, dtype):
+    """Per-layer paged tensors of `layout` whose memory is NHD or HND (allocated with heads
+    before slots, then permuted to the logical shape, as vLLM does)."""
+    out = []
+    for _ in range(layers):
+        outer = (2, num_blocks) if layout == "flash_attn" else (num_blocks, 2)
+        if order == "NHD":
+            t = torch.full((*outer, block, heads, dim), fill, dtype=dtype)
+        else:
+            t = torch.full((*outer, heads, block, dim), fill, dtype=dtype).permute(0, 1, 3, 2, 4)
+        out.append(t)
+    return out
+
+
+def token_slot(cache, layout, layer, block, slot):
+    """The (2, heads, dim) K|V elements of one slot of a paged cache."""
+    if layout == "flash_attn":
+        return cache[layer][:, block, slot]
+    return cache[layer][block, :, slot]
+
+
+class Layouts(unittest.TestCase):
+    """The same logical KV in every layout encodes to the same bytes, and decodes in place."""
+
+    LAYOUTS = [(layout, order) for layout in ("flash_attn", "flashinfer")
+               for order in ("NHD", "HND")]
+
+    def setUp(self):
+        torch.manual_seed(8)
+        self.blocks = [6, 2, 8, 0, 4]  # 37 tokens in blocks of 8: the last block partly used
+
+    def fill(self, kv, layout, order):
+        layers = kv.shape[0]
+        cache = paged_cache(layout, order, layers, 9, 8, kv.shape[3], kv.shape[4], 7.0, kv.dtype)
+        for layer in range(layers):
+            for t in range(kv.shape[2]):
+                token_slot(cache, layout, layer, self.blocks[t // 8], t % 8)[:] = kv[layer, :, t]
+        return cache
+
+    def test_every_layout_encodes_to_the_same_bytes(self):
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):
+            kv = torch.randn(3, 2, 37, 4, 16).to(dtype)
+            for codec in ("fp16", "int8"):
+                expected = kvwire.encode(kv, codec=codec)
+                for layout, order in self.LAYOUTS:
+                    cache = self.fill(kv, layout, order)
+                    self.assertEqual(order == "HND", not cache[0].is_contiguous())
+                    got = kvwire.encode(cache, codec=codec, block_ids=self.blocks, tokens=37,
+                                        layout=layout)
+                    self.assertEqual(got, expected, (dtype, codec, layout, order))
+
+    def test_strided_contiguous_cache_encodes_like_a_packed_one(self):
+        kv = torch.randn(3, 2, 37, 4, 16, dtype=torch.float16)
+        heads_first = kv.permute(0, 1, 3, 2, 4).contiguous().permute(0, 1, 3, 2, 4)
+        self.assertFalse(heads_first.is_contiguous())
+        every_other_layer = torch.stack([kv, kv], 1).reshape(6, 2, 37, 4, 16)[::2]
+        for strided in (heads_first, every_other_layer):
+            self.assertEqual(kvwire.encode(strided, codec="int8"), kvwire.encode(kv, codec="int8"))
+
+    def test_decode_writes_exactly_the_sequence_slots(self):
+        for dtype in (torch.float16, torch.bfloat16):
+            kv = torch.randn(3, 2, 37, 4, 16).to(dtype)
+            stream = kvwire.encode(kv, codec="fp16")
+            for layout, order in self.LAYOUTS:
+                cache = paged_cache(layout, order, 3, 9, 8, 4, 16, -3.0, dtype)
+                canary = [c.clone() for c in cache]
+                kvwire.decode(stream, out=cache, block_ids=self.blocks, layout=layout)
+                for layer in range(3):
+                    for t in range(37):
+                        slot = token_slot(cache, layout, layer, self.blocks[t // 8], t % 8)
+                        self.assertTrue(torch.equal(slot, kv[layer, :, t]),
+                                        (layout, order, layer, t))
+                        token_slot(canary, layout, layer, self.blocks[t // 8], t % 8)[:] = slot
+                    # Everything but the sequence's slots still holds the canary value.
+                    self.assertTrue(torch.equal(cache[layer], canary[layer]), (layout, order))
+
+
 class SameBytesAsCli(unittest.TestCase):
     """fraqtl@2 with a calibrated profile: Python's stream and decode equal the CLI's."""
 

@@ -44,11 +44,18 @@ class TensorErrors(unittest.TestCase):
                                 "expected (layers, 2, tokens, kv_heads, head_dim)")
         self.assert_value_error(torch.zeros(2, 3, 4, 1, 8, dtype=torch.float16), "(2, 3, 4, 1, 8)")
 
-    def test_not_contiguous(self):
-        kv = torch.zeros(2, 2, 16, 4, 8, dtype=torch.float16).transpose(2, 3)
-        self.assert_value_error(kv, "not contiguous", ".contiguous()")
-        a = numpy.zeros((2, 2, 4, 16, 8), "float32").transpose(0, 1, 3, 2, 4)
-        self.assert_value_error(a, "not contiguous")
+    def test_head_dim_not_contiguous_or_elements_shared(self):
+        kv = torch.zeros(2, 2, 16, 8, 4, dtype=torch.float16).transpose(3, 4)
+        self.assert_value_error(kv, "last dimension (head_dim)", "must be contiguous")
+        a = numpy.zeros((2, 2, 4, 8, 16), "float32").transpose(0, 1, 2, 4, 3)
+        self.assert_value_error(a, "head_dim")
+        expanded = torch.zeros(2, 2, 1, 4, 8, dtype=torch.float16).expand(2, 2, 16, 4, 8)
+        self.assert_value_error(expanded, "zero or negative stride", ".contiguous()")
+        flat = torch.zeros(2 * 2 * 16 * 32, dtype=torch.float16)
+        overlapping = flat.as_strided((2, 2, 16, 4, 8), (512, 256, 16, 8, 1))  # tokens overlap
+        self.assert_value_error(overlapping, "share memory")
+        flipped = numpy.zeros((2, 2, 16, 4, 8), "float16")[:, :, ::-1]
+        self.assert_value_error(flipped, "zero or negative stride")
 
     def test_wrong_dtype(self):
         self.assert_value_error(numpy.zeros((1, 2, 4, 1, 8), "float64"), "float16 or float32")
@@ -68,8 +75,16 @@ class TensorErrors(unittest.TestCase):
         self.assert_value_error([layer, layer[:, :2]], "kv[1]", "those of layer 0", block_ids=[0])
         self.assert_value_error([layer], "4 tokens need 1 block ids", block_ids=[0, 1], tokens=4)
         self.assert_value_error([layer], "block", block_ids=[9])  # beyond num_blocks = 4
-        strided = torch.zeros(2, 4, 2, 8, 8, dtype=torch.float16).transpose(2, 3)
-        self.assert_value_error([strided], "kv[0] is not contiguous", block_ids=[0])
+        hnd = torch.zeros(2, 4, 2, 8, 8, dtype=torch.float16).transpose(2, 3)
+        nhd = torch.zeros(2, 4, 8, 2, 8, dtype=torch.float16)
+        self.assert_value_error([nhd, hnd], "kv[1] has strides", "those of layer 0",
+                                block_ids=[0])
+        self.assert_value_error([layer], "layout 'nhd' is unknown", "'flashinfer'", block_ids=[0],
+                                layout="nhd")
+        self.assert_value_error([layer], "(num_blocks, 2, block_size, kv_heads, head_dim)",
+                                block_ids=[0], layout="flashinfer")
+        self.assert_value_error(torch.zeros(1, 2, 4, 1, 8, dtype=torch.float16),
+                                "layouts apply to paged caches", layout="flashinfer")
 
     def test_read_only_destination(self):
         stream = kvwire.encode(numpy.ones((1, 2, 4, 1, 8), "float16"))
