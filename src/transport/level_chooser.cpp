@@ -33,6 +33,21 @@ LevelChoice ChooseLevel(const LevelChoiceInput& in) {
     return in.levels[a].bits_per_element > in.levels[b].bits_per_element;
   });
   const uint32_t cheapest = allowed.back();
+  // How much of its codec speed a level delivered in this transfer, at worst (1: as fast as
+  // measured alone, or nothing seen yet). A level not seen yet is predicted at its codec speed
+  // times this share: the cores its codec would run on are the ones the seen level shared, and
+  // a seen level must not look slower than an unseen one for that alone.
+  auto codec_speed = [](const LevelInfo& l) {  // the slower known side; 0: none known
+    const double e = l.encode_elements_per_s, d = l.decode_elements_per_s;
+    if (e > 0 && d > 0) return std::min(e, d);
+    return std::max(0.0, std::max(e, d));
+  };
+  double share = 1;
+  for (const LevelInfo& l : in.levels) {
+    if (l.delivered_elements_per_s > 0 && codec_speed(l) > 0) {
+      share = std::min(share, l.delivered_elements_per_s / codec_speed(l));
+    }
+  }
   // Predicted seconds to finish at level i (goodput measured): its slowest pipelined stage.
   auto finish_s = [&](uint32_t i) {
     const LevelInfo& l = in.levels[i];
@@ -41,7 +56,11 @@ LevelChoice ChooseLevel(const LevelChoiceInput& in) {
                in.goodput_bytes_per_s;
     if (l.encode_elements_per_s > 0) t = std::max(t, elements / l.encode_elements_per_s);
     if (l.decode_elements_per_s > 0) t = std::max(t, elements / l.decode_elements_per_s);
-    if (l.delivered_elements_per_s > 0) t = std::max(t, elements / l.delivered_elements_per_s);
+    if (l.delivered_elements_per_s > 0) {
+      t = std::max(t, elements / l.delivered_elements_per_s);
+    } else if (codec_speed(l) > 0) {
+      t = std::max(t, elements / (share * codec_speed(l)));
+    }
     return t;
   };
   // The level predicted to finish first; a less accurate one (later in `allowed`) must beat

@@ -13,9 +13,11 @@
 //      stage: the bytes still to send at that level + bytes in flight at the measured goodput,
 //      and, where the level's codec throughput is known, encoding and decoding the elements
 //      left, or at the rate the level was seen to deliver during this transfer where that is
-//      slower. So a level that compresses more but computes slower than the link is not taken
-//      for a faster one, and one that turned out slower than its codec speeds promised (its
-//      cores shared with other work) is left again.
+//      slower; a level not seen yet at its codec speed times the smallest share of its codec
+//      speed a seen level delivered. So a level that compresses more but computes slower than
+//      the link is not taken for a faster one, one that turned out slower than its codec speeds
+//      promised (its cores shared with other work) is left again, and not for another whose
+//      codec would share the same cores.
 //   3. With a deadline but no goodput measured yet: the allowed level quickest to compute where
 //      codec speeds are known (a codec-bound level would measure its codec, not the link), else
 //      the cheapest allowed level (be safe first, climb once the link is measured).

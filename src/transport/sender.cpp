@@ -98,6 +98,7 @@ class EncodePool {
 // single chunk's round trip measures latency, not the link (measured: a 512 KiB fp16 chunk on an
 // unshaped veth read as a third of the link's rate, enough to pick a slower compressed level).
 constexpr uint64_t kProbeWindowBytes = 4 << 20;
+constexpr double kProbeWindowSeconds = 0.02;
 // A level limited by its codec is timed over periods of at least this long (its acks come one
 // chunk at a time, after decoding).
 constexpr double kDeliverySampleSeconds = 0.005;
@@ -281,6 +282,13 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   static std::pair<uint64_t, int> SampleKey(const SendState& s, int level) {
     if (s.measure_level < 0 || level == s.measure_level) return {0, -1};
     return {s.id, level};
+  }
+  // In flight while the probe runs: kProbeWindowBytes, or what the best sample so far moves in
+  // kProbeWindowSeconds where that is more, so a fast link is not probed through a window that
+  // caps it (a probe that lasts until the rate stops growing would otherwise measure the cap).
+  uint64_t ProbeWindowLocked() const {
+    return std::max<uint64_t>(kProbeWindowBytes,
+                              static_cast<uint64_t>(goodput_.estimate() * kProbeWindowSeconds));
   }
   void StartSampleLocked(const SendState& s, int level, Clock::time_point now) {
     sample_key_ = SampleKey(s, level);
@@ -646,7 +654,7 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
           // Adaptive requests (a deadline or an accuracy budget) probe the link first.
           const bool adaptive = s->has_deadline || s->opts.max_kl > 0;
           const uint64_t window = adaptive && !goodput_.ready()
-                                      ? std::min(opts_.max_inflight_bytes, kProbeWindowBytes)
+                                      ? std::min(opts_.max_inflight_bytes, ProbeWindowLocked())
                                       : opts_.max_inflight_bytes;
           return closed_ || !s->status.in_progress() || inflight_bytes_ == 0 ||
                  inflight_bytes_ + bytes <= window;

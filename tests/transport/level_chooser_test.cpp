@@ -185,3 +185,31 @@ TEST(LevelChooser, ALevelSeenSlowerThanItsCodecSpeedsIsLeft) {
 
 }  // namespace
 }  // namespace kvwire::transport
+
+namespace kvwire::transport {
+namespace {
+
+// Two codec-bound levels: what one was seen to deliver against its codec speed is assumed of
+// the other, not yet seen, so the seen one is not left for it on that account alone.
+TEST(LevelChooser, AnUnseenLevelSharesTheSlowdownOfASeenOne) {
+  LevelChoiceInput in;
+  // fp16; 2 b/e at 150 M elements/s; 1 b/e at 200 M elements/s (both limited by encoding).
+  in.levels = {{16, 0, 0, 0}, {2.0, 0.001, 150e6, 300e6}, {1.0, 0.002, 200e6, 400e6}};
+  in.remaining_elements = 100'000'000;
+  in.max_kl = 0.01;
+  in.remaining_ms = 50;  // nothing fits: the level that finishes first
+  in.goodput_bytes_per_s = 125e6;  // fp16 1.6 s; 2 b/e 0.67 s; 1 b/e 0.5 s
+  EXPECT_EQ(ChooseLevel(in).level, 2u);
+  // The 1 b/e level is seen at 120 M elements/s (0.83 s left), 60 % of its codec speed. Alone,
+  // the 2 b/e level would look faster (0.67 s) and take over; at 60 % of its codec speed it
+  // needs 1.1 s, so the 1 b/e level stays.
+  in.levels[2].delivered_elements_per_s = 120e6;
+  auto c = ChooseLevel(in);
+  EXPECT_EQ(c.level, 2u) << c.reason;
+  // Seen at 40 M elements/s (2.5 s), the share (20 %) makes the 2 b/e level 3.3 s: fp16 (1.6 s).
+  in.levels[2].delivered_elements_per_s = 40e6;
+  EXPECT_EQ(ChooseLevel(in).level, 0u);
+}
+
+}  // namespace
+}  // namespace kvwire::transport
