@@ -52,6 +52,10 @@ struct RecvState {
   Clock::time_point last_progress;
   ReceiveStats st;
   bool announced = false;
+  // The last chunk's ack and RequestDone are handed to the connection (after mu_ is released):
+  // until then Wait does not report the request done, so a receiver closed right after Wait
+  // returns cannot drop them and leave its sender waiting for a completion that never comes.
+  bool done_sent = false;
   // The profile the stream needs, while it is fetched from the sender: the request is known
   // (its chunks are buffered) but not handed to the application yet.
   std::string awaiting_profile;
@@ -568,7 +572,12 @@ void ReceiverCore::DecodeAndAck(const std::shared_ptr<RecvState>& s,
     cv_.notify_all();
   }
   SendControl(conn, ack);
-  if (done.has_request_done()) SendControl(conn, done);
+  if (done.has_request_done()) {
+    SendControl(conn, done);
+    std::lock_guard lock(mu_);
+    s->done_sent = true;
+    cv_.notify_all();
+  }
 }
 
 void ReceiverCore::FailLocked(RecvState* s, Status why) {
@@ -785,7 +794,9 @@ Status ReceiverCore::Wait(uint64_t id, int timeout_ms) {
   auto s = Find(id);
   KVWIRE_RETURN_ERROR_IF(!s, kNotFound, "no request " + std::to_string(id));
   std::unique_lock lock(mu_);
-  auto ready = [&] { return closed_ || !s->status.in_progress(); };
+  auto ready = [&] {
+    return closed_ || (!s->status.in_progress() && (!s->status.ok() || s->done_sent));
+  };
   if (timeout_ms < 0) {
     cv_.wait(lock, ready);
   } else if (!cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready)) {

@@ -109,6 +109,36 @@ TEST_P(SessionTest, Fp16RoundTripIsExactLayerByLayer) {
   EXPECT_TRUE((*r)->Release(11).ok());
 }
 
+// A decode node that closes its Receiver as soon as Wait says a request is done must not cut
+// off the last ack and the RequestDone on their way to the sender (over ucx, before they were
+// queued ahead of Wait's return, three closes in four lost them and the sender waited forever).
+TEST_P(SessionTest, AReceiverClosedRightAfterWaitStillCompletesItsSender) {
+  const KvShape shape{2, 40, 2, 16};
+  KvCache src = RandomCache(shape, 3);
+  for (int round = 0; round < 8; ++round) {
+    auto r = Receiver::Listen(RecvOpts());
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    auto s = Sender::Connect(SendOpts(**r));
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    SendRequestOptions ro;
+    ro.request_id = 7;
+    ro.levels = {{"fp16", 16, 0}};
+    auto req = (*s)->Open(src.view(), ro);
+    ASSERT_TRUE(req.ok()) << req.status().ToString();
+    ASSERT_TRUE((*req)->PushAll().ok());
+    auto in = (*r)->NextRequest(5000);
+    ASSERT_TRUE(in.ok()) << in.status().ToString();
+    auto dst = KvCache::Create(shape, DType::kF16);
+    ASSERT_TRUE(dst.ok());
+    ASSERT_TRUE((*r)->SetDestination(7, dst->view()).ok());
+    ASSERT_TRUE((*r)->Wait(7, 10000).ok());
+    (*r)->Close();
+    const Status done = (*req)->Wait(10000);
+    ASSERT_TRUE(done.ok()) << "round " << round << ": " << done.ToString();
+    EXPECT_TRUE(SameBytes(src, *dst));
+  }
+}
+
 TEST_P(SessionTest, PagedDestinationAndLateSetDestination) {
   auto r = Receiver::Listen(RecvOpts());
   ASSERT_TRUE(r.ok());
