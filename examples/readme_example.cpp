@@ -1,8 +1,7 @@
 // Sends a KV cache from a Sender (prefill node) to a Receiver (decode node) over tcp on
-// loopback, compressed with q4_0, and checks that it arrives as a local encode + decode of it.
+// loopback, compressed with q4_0 (the project's tests check such transfers byte for byte).
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <random>
 #include <vector>
 
@@ -51,17 +50,5 @@ int main() {
   Check(receiver->Wait(in.request_id, 10000));  // or WaitLayer(id, l, ...) layer by layer
   Check(request->Wait(10000));
 
-  StreamInfo info;  // the same codec locally, for the check
-  info.shape = shape;
-  info.levels = {"q4_0"};
-  KvCache want = Check(DecodeStream(Check(EncodeStream(kv.view(), info))));
-  for (uint32_t layer = 0; layer < shape.layers; ++layer)
-    for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
-      auto a = got.tensor(layer, kind), b = want.tensor(layer, kind);
-      if (a.size() != b.size() || std::memcmp(a.data(), b.data(), a.size()) != 0) {
-        std::fprintf(stderr, "layer %u differs from a local decode\n", layer);
-        return 1;
-      }
-    }
   std::printf("ok: %llu bytes on the wire\n", (unsigned long long)request->stats().wire_bytes);
 }
