@@ -191,7 +191,9 @@ class Receiver {
   virtual Status SetDestination(uint64_t id, const KvView& dst) = 0;
   /// Ok once layer `layer` (K and V) is decoded into the destination; kInProgress on timeout.
   virtual Status WaitLayer(uint64_t id, uint32_t layer, int timeout_ms) = 0;
-  /// Ok once every chunk is decoded; kInProgress on timeout; the error if the request failed.
+  /// Ok once every chunk is decoded and the sender's completion is queued on the connection
+  /// (closing the Receiver right after loses nothing); kInProgress on timeout; the error if the
+  /// request failed.
   virtual Status Wait(uint64_t id, int timeout_ms) = 0;
   virtual Result<ReceiveStats> stats(uint64_t id) const = 0;
   /// Forgets a finished or failed request (its destination is no longer touched).
