@@ -203,8 +203,10 @@ Result<KvView> KvView::Strided(const StridedKv& d) {
   return view;
 }
 
-Result<KvView> KvView::Contiguous(const KvShape& shape, DType dtype, std::vector<void*> k,
-                                  std::vector<void*> v) {
+namespace {
+
+// Packed rows: [tokens, kv_heads, head_dim] per (layer, K|V), or per block when paged.
+StridedKv PackedKv(const KvShape& shape, DType dtype, std::vector<void*> k, std::vector<void*> v) {
   StridedKv d;
   d.shape = shape;
   d.dtype = dtype;
@@ -212,20 +214,21 @@ Result<KvView> KvView::Contiguous(const KvShape& shape, DType dtype, std::vector
   d.v = std::move(v);
   d.strides.head = static_cast<int64_t>(size_t{shape.head_dim} * DTypeSize(dtype));
   d.strides.token = d.strides.head * shape.kv_heads;
-  return Strided(d);
+  return d;
+}
+
+}  // namespace
+
+Result<KvView> KvView::Contiguous(const KvShape& shape, DType dtype, std::vector<void*> k,
+                                  std::vector<void*> v) {
+  return Strided(PackedKv(shape, dtype, std::move(k), std::move(v)));
 }
 
 Result<KvView> KvView::Paged(const KvShape& shape, DType dtype, uint32_t block_size,
                              uint32_t num_blocks, std::vector<void*> k, std::vector<void*> v,
                              std::span<const int32_t> block_table) {
   KVWIRE_RETURN_ERROR_IF(block_size == 0, kInvalidArgument, "KvView: block_size must be > 0");
-  StridedKv d;
-  d.shape = shape;
-  d.dtype = dtype;
-  d.k = std::move(k);
-  d.v = std::move(v);
-  d.strides.head = static_cast<int64_t>(size_t{shape.head_dim} * DTypeSize(dtype));
-  d.strides.token = d.strides.head * shape.kv_heads;
+  StridedKv d = PackedKv(shape, dtype, std::move(k), std::move(v));
   d.strides.block = d.strides.token * block_size;
   d.block_size = block_size;
   d.num_blocks = num_blocks;
