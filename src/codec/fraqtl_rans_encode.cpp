@@ -396,7 +396,6 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   // Down while over budget, then up while the next step fits.
   while (n_steps > 0 && static_cast<double>(total) > budget) {
     const RansStep& s = lad.steps[--n_steps];
-    const size_t h = s.item / D;
     total -= col_cost[s.item];
     col_cost[s.item] = price(s.item, s.from, 0, nq, column_ptr(s.item), 1);
     total += col_cost[s.item];
