@@ -4,8 +4,9 @@
 # model: over tcp and ucx, at fp16 (must reproduce the single-process text exactly), with fraqtl
 # at 2 bits/element and with q4_0 for comparison; then the same handoff over a link shaped to
 # 1 Gbit/s (a veth pair between two network namespaces, tbf on both ends; needs root, `ip netns`
-# and `tc`, else skipped with the reason); then a live context migration between two decode
-# processes (examples/context_migration). Ends with summary tables.
+# and `tc`, else skipped with the reason), and over that link a long context's KV (8,192 tokens)
+# handed off whole with `kvwire send` / `kvwire serve`; then a live context migration between
+# two decode processes (examples/context_migration). Ends with summary tables.
 # Environment: KVWIRE_BUILD_DIR (default build), KVWIRE_DEMO_OUT (default <build>/demo),
 # KVWIRE_DEMO_NO_NETNS=1 (skip the shaped-link part even where it could run);
 # arguments go to the cmake configure of scripts/setup.sh.
@@ -19,6 +20,7 @@ out="${KVWIRE_DEMO_OUT:-$build/demo}"
 model=models/kjv-gqa-6l/model.bin
 mkdir -p "$out" "$build/profiles"
 rm -f "$out"/*.json
+rm -rf "$out/bulk"
 
 # 1. A fraqtl profile for this exact model file, calibrated once (the file's sha256 names it).
 sha=$(sha256sum "$model" | cut -c1-16)
@@ -143,6 +145,40 @@ else
         --json "$out/shaped-tcp-$codec-run$run.json"
     done
   done
+  # A long context handed off whole: the model's KV over 16 consecutive 512-token windows of
+  # the eval text (8,192 tokens, 25 MB at fp16; keys re-rotated to their positions), sent by
+  # `kvwire send` in B to `kvwire serve` in A. Here the link, not the prefill, sets the pace.
+  echo
+  echo "== 3b. a long context handed off whole over the same link: 16 x 512 tokens, kvwire send -> serve"
+  bulk=$out/bulk
+  mkdir -p "$bulk"
+  windows=()
+  for w in $(seq 0 15); do
+    "$bin/kvwire" capture --model "$model" --text models/data/kjv_eval.txt --offset $((w * 512)) \
+      --tokens 512 --dtype f16 --out "$bulk/w$w.safetensors" >/dev/null
+    windows+=("$bulk/w$w.safetensors")
+  done
+  /usr/bin/python3 bench/concat_kv_windows.py "$bulk/kv.safetensors" "${windows[@]}" >/dev/null
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$bulk/key"
+  chmod 600 "$bulk/key"
+  ip netns exec "$ns_a" "$bin/kvwire" serve --listen "$ip_a:47810" --backend tcp \
+    --key-file "$bulk/key" --discard --profile "$profile" >"$bulk/serve.log" 2>&1 &
+  for _ in $(seq 100); do grep -q "listening on" "$bulk/serve.log" && break; sleep 0.05; done
+  id=0
+  for run in 0 $(seq "$shaped_runs"); do  # run 0: a warm-up, not reported
+    for codec in fp16 fraqtl@2; do
+      id=$((id + 1))
+      extra=()
+      [[ $codec == fraqtl* ]] && extra=(--profile "$profile")
+      json="$bulk/send-$codec-run$run.json"
+      [ "$run" = 0 ] && json="$bulk/warmup-$codec.json"
+      ip netns exec "$ns_b" "$bin/kvwire" send --connect "$ip_a:47810" --backend tcp \
+        --key-file "$bulk/key" --in "$bulk/kv.safetensors" --codec "$codec" "${extra[@]}" \
+        --chunk-tokens 2048 --request-id "$id" --json "$json" >"$bulk/send-$id.log" 2>&1 ||
+        { echo "kvwire send $codec failed:"; cat "$bulk/send-$id.log"; exit 1; }
+    done
+  done
+  rm -f "$bulk"/w*.safetensors
   netns_down
 fi
 
@@ -212,6 +248,31 @@ elif "fp16" in shaped and "fraqtl@2" in shaped:
           " (fp16 %.1f ms, fraqtl@2 %.1f ms)."
           % ("{:,}".format(fp16_bytes), fp16_bytes * 8 / 1e6, med(f, "prefill_ms"),
              med(f, "kv_ready_after_last_layer_ms"), med(q, "kv_ready_after_last_layer_ms")))
+    bulk = {}
+    for path in sorted(glob.glob(os.path.join(out, "bulk", "send-*-run*.json"))):
+        with open(path) as fh:
+            j = json.load(fh)
+        bulk.setdefault(j["levels"][0]["codec"], []).append(j)
+    if "fp16" in bulk and "fraqtl@2" in bulk:
+        print()
+        print("a long context handed off whole over the 1 Gbit/s veth (kvwire send -> serve, tcp;"
+              " %d x %d x %d x %d tokens x layers x kv heads x head_dim)"
+              % tuple(bulk["fp16"][0]["shape"][k] for k in ("tokens", "layers", "kv_heads", "head_dim")))
+        fmt = "%-9s %12s %7s %10s %24s"
+        print(fmt % ("codec", "wire bytes", "ratio", "bits/elem", "KV-ready ms (range)"))
+        t = {}
+        for codec in ("fp16", "fraqtl@2"):
+            runs = bulk[codec]
+            s = [1000 * x["send_s"] for x in runs]
+            t[codec] = statistics.median(s)
+            print(fmt % (codec, "{:,}".format(runs[0]["wire_bytes"]),
+                         "%.2fx" % (runs[0]["raw_bytes"] / runs[0]["wire_bytes"]),
+                         "%.3f" % runs[0]["wire_bits_per_element"],
+                         "%.1f (%.1f-%.1f)" % (t[codec], min(s), max(s))))
+        print("  fraqtl@2 is ready in %.2fx fp16's time (%s): send_s of `kvwire send --json`, from"
+              " Open() to every chunk decoded into the receiver's cache, encode and decode included;"
+              " median of %d runs." % (t["fraqtl@2"] / t["fp16"],
+              "faster" if t["fraqtl@2"] < t["fp16"] else "NOT faster", len(bulk["fp16"])))
 print()
 print("context migration A -> B (tcp, 64 tokens, A told to migrate after 16)")
 fmt = "%-9s %11s %8s %10s %12s %13s %8s %6s"
