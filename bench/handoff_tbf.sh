@@ -161,10 +161,12 @@ done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # CPU codec speed on a slice (single thread; the sender encodes on one thread, the receiver
-# decodes on one).
+# decodes on one). Run from the repository root with the slice's path relative to it: the report
+# records the input's path, and it names no machine's layout.
 speed_codecs=$(for c in $CODECS; do case $c in */*) ;; *) echo "$c" ;; esac; done | paste -sd,)
-"$KVWIRE" bench codec --in "$SLICE" --profile "$PROFILE" --codecs "$speed_codecs" --repeat 3 \
-  --out-dir "$LOGS/codec" >"$LOGS/codec.log" 2>&1 || die "bench codec failed: $(tail -3 "$LOGS/codec.log")"
+(cd "$ROOT" && "$KVWIRE" bench codec --in "$(rel "$SLICE")" --profile "$PROFILE" \
+  --codecs "$speed_codecs" --repeat 3 --out-dir "$LOGS/codec" >"$LOGS/codec.log" 2>&1) ||
+  die "bench codec failed: $(tail -3 "$LOGS/codec.log")"
 
 $PY "$ROOT/bench/handoff_tbf_report.py" --runs "$LOGS/runs.jsonl" --codec-speed "$LOGS/codec/codec_cpu.json" \
   --out "$OUT" --command "$command_line" --env "$env_line" --kv "$KV" --rate "$RATE" \
