@@ -292,59 +292,13 @@ void FromF32(DType dtype, const float* in, size_t n, void* out) {
   }
 }
 
-// Calls piece(address, i, head, elements) for every contiguous piece of tokens [token_begin,
-// token_begin + tokens) of (layer, kind), where i is the token relative to token_begin and the
-// piece holds `elements` elements of packed [kv_heads, head_dim] order starting at (i, head):
-// a whole row when rows are contiguous, one head's head_dim elements otherwise.
-template <typename Piece>
-void ForEachPiece(const KvView& v, uint32_t layer, KvKind kind, uint32_t token_begin,
-                  uint32_t tokens, Piece piece) {
-  const KvShape& s = v.shape();
-  if (v.rows_contiguous()) {
-    const size_t n = size_t{s.kv_heads} * s.head_dim;
-    for (uint32_t t = 0; t < tokens; ++t) piece(v.Row(layer, kind, token_begin + t), t, 0u, n);
-    return;
-  }
-  for (uint32_t t = 0; t < tokens; ++t) {
-    auto* row = static_cast<uint8_t*>(v.Row(layer, kind, token_begin + t));
-    for (uint32_t h = 0; h < s.kv_heads; ++h) {
-      piece(row + int64_t{h} * v.strides().head, t, h, size_t{s.head_dim});
-    }
-  }
-}
-
-}  // namespace
-
-Status KvView::ReadF32(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
-                       float* out) const {
-  KVWIRE_RETURN_IF_ERROR(CheckRange(shape_, layer, token_begin, tokens));
-  const size_t row = size_t{shape_.kv_heads} * shape_.head_dim;
-  ForEachPiece(*this, layer, kind, token_begin, tokens,
-               [&](const void* src, uint32_t i, uint32_t h, size_t n) {
-                 ToF32(dtype_, src, n, out + size_t{i} * row + size_t{h} * shape_.head_dim);
-               });
-  return Status::Ok();
-}
-
-Status KvView::WriteF32(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
-                        const float* in) const {
-  KVWIRE_RETURN_IF_ERROR(CheckRange(shape_, layer, token_begin, tokens));
-  const size_t row = size_t{shape_.kv_heads} * shape_.head_dim;
-  ForEachPiece(*this, layer, kind, token_begin, tokens,
-               [&](void* dst, uint32_t i, uint32_t h, size_t n) {
-                 FromF32(dtype_, in + size_t{i} * row + size_t{h} * shape_.head_dim, n, dst);
-               });
-  return Status::Ok();
-}
-
-namespace {
-
 // Calls copy(address, bytes, i, head) for the pieces of tokens [token_begin, token_begin +
-// tokens) of (layer, kind) in as few memcpy-able runs as the layout allows; i is the piece's
-// first token relative to token_begin. Contiguous rows: maximal runs of rows that lie back to
-// back (head = 0, bytes a multiple of the row). Otherwise (HND): one head's head_dim elements
-// per call, walking each block's slots head by head, which reads (or writes) the view in
-// address order, since a block's slots of one head are adjacent there.
+// tokens) of (layer, kind) in as few contiguous runs as the layout allows (the raw paths copy
+// them, the float paths convert them); i is the piece's first token relative to token_begin.
+// Contiguous rows: maximal runs of rows that lie back to back (head = 0, bytes a multiple of
+// the row). Otherwise (HND): one head's head_dim elements per call, walking each block's slots
+// head by head, which reads (or writes) the view in address order, since a block's slots of
+// one head are adjacent there.
 template <typename Copy>
 void ForEachRawRun(const KvView& v, uint32_t layer, KvKind kind, uint32_t token_begin,
                    uint32_t tokens, Copy copy) {
@@ -382,6 +336,30 @@ void ForEachRawRun(const KvView& v, uint32_t layer, KvKind kind, uint32_t token_
 
 }  // namespace
 
+Status KvView::ReadF32(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
+                       float* out) const {
+  KVWIRE_RETURN_IF_ERROR(CheckRange(shape_, layer, token_begin, tokens));
+  const size_t row = size_t{shape_.kv_heads} * shape_.head_dim, element = DTypeSize(dtype_);
+  ForEachRawRun(*this, layer, kind, token_begin, tokens,
+                [&](const void* src, size_t bytes, uint32_t i, uint32_t h) {
+                  ToF32(dtype_, src, bytes / element,
+                        out + size_t{i} * row + size_t{h} * shape_.head_dim);
+                });
+  return Status::Ok();
+}
+
+Status KvView::WriteF32(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
+                        const float* in) const {
+  KVWIRE_RETURN_IF_ERROR(CheckRange(shape_, layer, token_begin, tokens));
+  const size_t row = size_t{shape_.kv_heads} * shape_.head_dim, element = DTypeSize(dtype_);
+  ForEachRawRun(*this, layer, kind, token_begin, tokens,
+                [&](void* dst, size_t bytes, uint32_t i, uint32_t h) {
+                  FromF32(dtype_, in + size_t{i} * row + size_t{h} * shape_.head_dim,
+                          bytes / element, dst);
+                });
+  return Status::Ok();
+}
+
 Status KvView::ReadRaw(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
                        uint8_t* out) const {
   KVWIRE_RETURN_IF_ERROR(CheckRange(shape_, layer, token_begin, tokens));
@@ -406,6 +384,11 @@ Status KvView::WriteRaw(uint32_t layer, KvKind kind, uint32_t token_begin, uint3
   return Status::Ok();
 }
 
+namespace {
+// A KvCache's tensors start at 64-byte boundaries of its one block.
+size_t Padded64(size_t n) { return (n + 63) / 64 * 64; }
+}  // namespace
+
 Result<KvCache> KvCache::Create(const KvShape& shape, DType dtype, uint32_t q_heads) {
   KVWIRE_RETURN_IF_ERROR(ValidateShape(shape));
   KVWIRE_RETURN_ERROR_IF(q_heads > kMaxKvHeads, kInvalidArgument, "too many query heads");
@@ -413,10 +396,9 @@ Result<KvCache> KvCache::Create(const KvShape& shape, DType dtype, uint32_t q_he
   c.shape_ = shape;
   c.dtype_ = dtype;
   c.q_heads_ = q_heads;
-  auto padded = [](size_t n) { return (n + 63) / 64 * 64; };
   c.tensor_bytes_ = shape.tensor_elements() * DTypeSize(dtype);
   c.q_bytes_ = size_t{shape.tokens} * q_heads * shape.head_dim * DTypeSize(dtype);
-  c.layer_stride_ = 2 * padded(c.tensor_bytes_) + padded(c.q_bytes_);
+  c.layer_stride_ = 2 * Padded64(c.tensor_bytes_) + Padded64(c.q_bytes_);
   const size_t bytes = c.layer_stride_ * shape.layers;
   try {
     c.storage_ = std::unique_ptr<uint8_t, detail::ZeroedDeleter>(
@@ -493,7 +475,7 @@ KvCache& KvCache::operator=(const KvCache& other) {
 }
 
 std::span<uint8_t> KvCache::tensor(uint32_t layer, KvKind kind) {
-  const size_t at = layer * layer_stride_ + (kind == KvKind::kKey ? 0 : (tensor_bytes_ + 63) / 64 * 64);
+  const size_t at = layer * layer_stride_ + (kind == KvKind::kKey ? 0 : Padded64(tensor_bytes_));
   return {storage_.get() + at, tensor_bytes_};
 }
 std::span<const uint8_t> KvCache::tensor(uint32_t layer, KvKind kind) const {
@@ -501,7 +483,7 @@ std::span<const uint8_t> KvCache::tensor(uint32_t layer, KvKind kind) const {
 }
 std::span<uint8_t> KvCache::queries(uint32_t layer) {
   if (q_heads_ == 0) return {};
-  return {storage_.get() + layer * layer_stride_ + 2 * ((tensor_bytes_ + 63) / 64 * 64), q_bytes_};
+  return {storage_.get() + layer * layer_stride_ + 2 * Padded64(tensor_bytes_), q_bytes_};
 }
 std::span<const uint8_t> KvCache::queries(uint32_t layer) const {
   return const_cast<KvCache*>(this)->queries(layer);
