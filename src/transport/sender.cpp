@@ -929,7 +929,8 @@ void SenderCore::Handle(const control::Control& c) {
         if (dt >= kDeliverySampleSeconds) {
           double& d = s->delivered[sample_key_.second];
           const double rate = double(sample_elements_) / dt;
-          d = d > 0 ? 0.7 * d + 0.3 * rate : rate;
+          constexpr double w = transport::GoodputEstimator::kWeight;  // as the link's average
+          d = d > 0 ? (1 - w) * d + w * rate : rate;
           StartSampleLocked(*s, sample_key_.second, now);
         }
         cv_.notify_all();
