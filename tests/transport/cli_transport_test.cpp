@@ -41,6 +41,26 @@ std::string KeyFile(const std::string& path, const std::string& hex) {
   return path;
 }
 
+// Writes a synthetic KV dump (`kvwire synth` with `shape`, its shape flags) at `path`; true on
+// success.
+bool SynthDump(const std::string& path, const std::string& shape) {
+  return std::system((std::string(KVWIRE_CLI) + " synth --out " + path + " " + shape +
+                      " >/dev/null")
+                         .c_str()) == 0;
+}
+
+// Reads the first line of a `kvwire serve` started with popen ("... listening on ADDRESS
+// (backend)") into `*line`; returns ADDRESS, or "" when the line is not that.
+std::string ListenAddress(FILE* serve, std::string* line) {
+  char buf[512];
+  *line = std::fgets(buf, sizeof buf, serve) ? buf : "";
+  const std::string marker = "listening on ";
+  const size_t at = line->find(marker);
+  if (at == std::string::npos) return "";
+  const std::string rest = line->substr(at + marker.size());
+  return rest.substr(0, rest.find(' '));
+}
+
 // A loopback port nobody listens on (bound, then closed).
 uint16_t ClosedPort() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -60,10 +80,7 @@ TEST(CliSend, ANoListenerFailsAfterItsConnectAttempts) {
   const std::string dir = Dir("no_listener");
   const std::string key = KeyFile(dir + "/key", std::string(64, 'a'));
   const std::string in = dir + "/kv.safetensors";
-  ASSERT_EQ(std::system((std::string(KVWIRE_CLI) + " synth --out " + in +
-                         " --layers 1 --kv-heads 1 --head-dim 64 --tokens 8 >/dev/null")
-                            .c_str()),
-            0);
+  ASSERT_TRUE(SynthDump(in, "--layers 1 --kv-heads 1 --head-dim 64 --tokens 8"));
   FILE* p = ::popen((std::string(KVWIRE_CLI) + " send --connect 127.0.0.1:" +
                      std::to_string(ClosedPort()) + " --key-file " + key + " --in " + in +
                      " --reconnect-window-ms 400 --reconnect-backoff-ms 10 2>&1")
@@ -96,10 +113,7 @@ TEST(CliServe, AQuietSenderDoesNotHoldTheNextRequest) {
   const std::string dir = Dir("quiet_sender");
   const std::string key = KeyFile(dir + "/key", std::string(64, 'c'));
   const std::string in = dir + "/kv.safetensors";
-  ASSERT_EQ(std::system((std::string(KVWIRE_CLI) + " synth --out " + in +
-                         " --layers 2 --kv-heads 2 --head-dim 64 --tokens 64 >/dev/null")
-                            .c_str()),
-            0);
+  ASSERT_TRUE(SynthDump(in, "--layers 2 --kv-heads 2 --head-dim 64 --tokens 64"));
   FILE* p = ::popen(("timeout 60 " + std::string(KVWIRE_CLI) +
                      " serve --listen 127.0.0.1:0 --backend tcp --key-file " + key +
                      " --discard --count 2 --stall-timeout-ms 30000 2>&1")
@@ -107,12 +121,9 @@ TEST(CliServe, AQuietSenderDoesNotHoldTheNextRequest) {
                     "r");
   ASSERT_NE(p, nullptr);
   char line[512];
-  ASSERT_NE(std::fgets(line, sizeof line, p), nullptr);
-  std::string first(line);
-  const std::string marker = "listening on ";
-  ASSERT_NE(first.find(marker), std::string::npos) << first;
-  std::string address = first.substr(first.find(marker) + marker.size());
-  address = address.substr(0, address.find(' '));
+  std::string first;
+  const std::string address = ListenAddress(p, &first);
+  ASSERT_FALSE(address.empty()) << first;
 
   // The quiet request: three layers announced, one pushed.
   const KvShape shape{3, 32, 1, 64};
@@ -164,10 +175,7 @@ TEST(CliServe, ARequestIdCanBeReusedOnceItsRequestIsDone) {
   const std::string dir = Dir("reused_id");
   const std::string key = KeyFile(dir + "/key", std::string(64, 'd'));
   const std::string in = dir + "/kv.safetensors";
-  ASSERT_EQ(std::system((std::string(KVWIRE_CLI) + " synth --out " + in +
-                         " --layers 2 --kv-heads 2 --head-dim 64 --tokens 64 >/dev/null")
-                            .c_str()),
-            0);
+  ASSERT_TRUE(SynthDump(in, "--layers 2 --kv-heads 2 --head-dim 64 --tokens 64"));
   FILE* p = ::popen(("timeout 60 " + std::string(KVWIRE_CLI) +
                      " serve --listen 127.0.0.1:0 --backend tcp --key-file " + key +
                      " --discard --count 3 2>&1")
@@ -175,12 +183,9 @@ TEST(CliServe, ARequestIdCanBeReusedOnceItsRequestIsDone) {
                     "r");
   ASSERT_NE(p, nullptr);
   char line[512];
-  ASSERT_NE(std::fgets(line, sizeof line, p), nullptr);
-  std::string first(line);
-  const std::string marker = "listening on ";
-  ASSERT_NE(first.find(marker), std::string::npos) << first;
-  std::string address = first.substr(first.find(marker) + marker.size());
-  address = address.substr(0, address.find(' '));
+  std::string first;
+  const std::string address = ListenAddress(p, &first);
+  ASSERT_FALSE(address.empty()) << first;
   for (int i = 0; i < 3; ++i) {
     const std::string send = "timeout 20 " + std::string(KVWIRE_CLI) + " send --connect " +
                              address + " --backend tcp --key-file " + key + " --in " + in +
@@ -243,14 +248,9 @@ TEST_P(CliTransportTest, ServeAndSendRoundTrip) {
   FILE* p = ::popen(serve.c_str(), "r");
   ASSERT_NE(p, nullptr);
   char line[512];
-  std::string address;
-  ASSERT_NE(std::fgets(line, sizeof line, p), nullptr);
-  std::string first(line);
-  const std::string marker = "listening on ";
-  auto at = first.find(marker);
-  ASSERT_NE(at, std::string::npos) << first;
-  address = first.substr(at + marker.size());
-  address = address.substr(0, address.find(' '));
+  std::string first;
+  const std::string address = ListenAddress(p, &first);
+  ASSERT_FALSE(address.empty()) << first;
 
   const std::string send = std::string(KVWIRE_CLI) + " send --connect " + address +
                            SendFlags() + " --key-file " + key + " --in " + in +
@@ -276,10 +276,10 @@ TEST_P(CliTransportTest, ServeAndSendRoundTrip) {
                ServeFlags() + " --key-file " + key + " --out-dir " + dir + "/out2 --count 1 2>&1")
                   .c_str(),
               "r");
-  ASSERT_NE(std::fgets(line, sizeof line, p2), nullptr);
-  std::string l2(line);
-  std::string addr2 = l2.substr(l2.find(marker) + marker.size());
-  addr2 = addr2.substr(0, addr2.find(' '));
+  ASSERT_NE(p2, nullptr);
+  std::string l2;
+  const std::string addr2 = ListenAddress(p2, &l2);
+  ASSERT_FALSE(addr2.empty()) << l2;
   const std::string bad = std::string(KVWIRE_CLI) + " send --connect " + addr2 + SendFlags() +
                           " --key-file " + bad_key + " --in " + in + " 2>/dev/null";
   EXPECT_NE(std::system(bad.c_str()), 0);
