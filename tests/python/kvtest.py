@@ -21,6 +21,17 @@ def run_cli(*args, timeout=240):
     return r.stdout
 
 
+def calibrated_profile(directory, layers, kv_heads, head_dim, seed=5):
+    """A fraqtl profile for KV of that shape, as `kvwire calibrate` makes one from a synthetic
+    dump (`kvwire synth`, 256 tokens, 4 query heads); returns its path in `directory`."""
+    dump = os.path.join(directory, "calibration.safetensors")
+    profile = os.path.join(directory, "p.kvp")
+    run_cli("synth", "--out", dump, "--layers", layers, "--kv-heads", kv_heads, "--head-dim",
+            head_dim, "--tokens", 256, "--q-heads", 4, "--seed", seed)
+    run_cli("calibrate", "--dumps", dump, "--out", profile)
+    return profile
+
+
 def load_dump(path):
     """A KV dump as ((layers, 2, tokens, kv_heads, head_dim) array, metadata dict)."""
     with open(path, "rb") as f:

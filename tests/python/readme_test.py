@@ -44,13 +44,8 @@ class ReadmeSnippets(unittest.TestCase):
                          "node and the prefill node")
 
     def test_codec_block_runs(self):
-        # A profile for the block's shape (6 layers, 2 kv heads, head_dim 64), as `kvwire
-        # calibrate` makes one from KV dumps.
-        dump = os.path.join(self.tmp.name, "calib.safetensors")
-        profile = os.path.join(self.tmp.name, "readme.kvp")
-        kvtest.run_cli("synth", "--out", dump, "--layers", 6, "--kv-heads", 2, "--head-dim", 64,
-                       "--tokens", 512)
-        kvtest.run_cli("calibrate", "--dumps", dump, "--out", profile)
+        # A profile for the block's shape: 6 layers, 2 kv heads, head_dim 64.
+        profile = kvtest.calibrated_profile(self.tmp.name, 6, 2, 64)
         r = subprocess.run([kvtest.PYTHON, self.script(0)], cwd=self.tmp.name,
                            env=dict(os.environ, KVWIRE_PROFILE=profile), capture_output=True,
                            text=True, timeout=TIMEOUT_S)

@@ -40,11 +40,7 @@ class Harness(unittest.TestCase):
             with open(path, "w") as f:
                 f.write(os.urandom(32).hex())
             os.chmod(path, 0o600)
-        dump = os.path.join(d, "kv.safetensors")
-        cls.profile_path = os.path.join(d, "p.kvp")
-        kvtest.run_cli("synth", "--out", dump, "--layers", h.LAYERS, "--kv-heads", h.HEADS,
-                       "--head-dim", h.DIM, "--tokens", 256, "--q-heads", 4, "--seed", 5)
-        kvtest.run_cli("calibrate", "--dumps", dump, "--out", cls.profile_path)
+        cls.profile_path = kvtest.calibrated_profile(d, h.LAYERS, h.HEADS, h.DIM)
 
     @classmethod
     def tearDownClass(cls):
