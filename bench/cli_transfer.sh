@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A fp16 KV handoff as a user runs it: `kvwire serve --discard` and `kvwire send` as two
 # processes on loopback, a fresh serve per backend, so the first request (fresh buffers, fresh
-# KV cache, first connection) and the later ones (steady state) are reported apart; beside the
+# KV cache, first connection) and the later ones (steady state) are reported apart; each backend
+# twice: a serve that allocates its KV cache when the first request comes, and one started with
+# --preallocate (the cache exists before the first request, as an engine's KV pool does); beside the
 # backend alone (`kvwire bench transport --no-session` at the chunk's size: one connection,
 # messages one way, pooled buffers) and, for ucx, ucx_perftest -t ucp_am_bw as is and with -e,
 # all in the same run.
@@ -13,7 +15,8 @@
 # Usage: bench/cli_transfer.sh
 # Environment: KVWIRE (default build/bin/kvwire), MIB (512: fp16 MiB of KV, 32 layers x 8 kv heads
 # x 128, MIB x 8 tokens), BACKENDS (default: tcp, and ucx when the binary has it), REQUESTS (6:
-# the first + 5 steady), CHUNK_TOKENS (0: one chunk per layer and K|V), RAW_REPEAT (5), WORK
+# the first + 5 steady), CHUNK_TOKENS (0: one chunk per layer and K|V), RAW_REPEAT (5), MODES
+# ("fresh preallocate": the serve variants to run), WORK
 # (scratch, default build/cli_transfer), OUT (bench/results/cli_transfer: OUT.json and OUT.md).
 set -euo pipefail
 
@@ -23,6 +26,7 @@ MIB=${MIB:-512}
 REQUESTS=${REQUESTS:-6}
 CHUNK_TOKENS=${CHUNK_TOKENS:-0}
 RAW_REPEAT=${RAW_REPEAT:-5}
+MODES=${MODES:-fresh preallocate}
 WORK=${WORK:-$ROOT/build/cli_transfer}
 OUT=${OUT:-$ROOT/bench/results/cli_transfer}
 PY=/usr/bin/python3
@@ -60,29 +64,33 @@ trap cleanup EXIT
 
 port=$((47500 + $$ % 400))
 for backend in $BACKENDS; do
+  for mode in $MODES; do
   port=$((port + 1))
-  log=$WORK/serve-$backend.log
+  log=$WORK/serve-$backend-$mode.log
+  prealloc=()
+  [ "$mode" = preallocate ] && prealloc=(--preallocate "${LAYERS}x${TOKENS}x${HEADS}x${DIM}:f16")
   "$KVWIRE" serve --listen 127.0.0.1:$port --backend "$backend" --key-file "$WORK/key" --discard \
-    >"$log" 2>&1 &
+    "${prealloc[@]}" >"$log" 2>&1 &
   SERVE_PID=$!
-  for _ in $(seq 200); do grep -q "listening on" "$log" && break; sleep 0.05; done
+  for _ in $(seq 400); do grep -q "listening on" "$log" && break; sleep 0.05; done
   grep -q "listening on" "$log" || die "serve ($backend) did not start: $(cat "$log")"
   for r in $(seq "$REQUESTS"); do
-    json=$WORK/send-$backend-$r.json
+    json=$WORK/send-$backend-$mode-$r.json
     t0=$(date +%s.%N)
     "$KVWIRE" send --connect 127.0.0.1:$port --backend "$backend" --key-file "$WORK/key" \
       --in "$KV" --codec fp16 --chunk-tokens "$chunk_tokens" --request-id "$r" --json "$json" \
-      >"$WORK/send-$backend-$r.log" 2>&1 || die "send $backend #$r failed: $(cat "$WORK/send-$backend-$r.log")"
+      >"$WORK/send-$backend-$mode-$r.log" 2>&1 || die "send $backend ($mode) #$r failed: $(cat "$WORK/send-$backend-$mode-$r.log")"
     t1=$(date +%s.%N)
     $PY -c 'import json, sys
 j = json.load(open(sys.argv[1]))
-print(json.dumps({"backend": sys.argv[2], "request": int(sys.argv[3]), "wall_s": float(sys.argv[4]),
+print(json.dumps({"backend": sys.argv[2], "mode": sys.argv[5], "request": int(sys.argv[3]), "wall_s": float(sys.argv[4]),
                   "load_s": j["load_s"], "send_s": j["send_s"], "connect_s": j["connect_s"]}))' \
-      "$json" "$backend" "$r" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" >>"$WORK/requests.jsonl"
+      "$json" "$backend" "$r" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" "$mode" >>"$WORK/requests.jsonl"
   done
   kill "$SERVE_PID" 2>/dev/null || true
   wait "$SERVE_PID" 2>/dev/null || true
   SERVE_PID=
+  done
   echo "raw $backend at $raw_size..."
   perftest=(--perftest none)
   [ "$backend" = ucx ] && perftest=()
@@ -95,9 +103,9 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 mkdir -p "$(dirname "$OUT")"
 $PY - "$WORK" "$OUT" "$MIB" "$chunk_tokens" "$chunk_bytes" "$BACKENDS" "$REQUESTS" \
   "$load_before" "$load_after" "$(rel "$KVWIRE")" "$(git -C "$ROOT" rev-parse --short HEAD)" \
-  "MIB=$MIB REQUESTS=$REQUESTS CHUNK_TOKENS=$CHUNK_TOKENS RAW_REPEAT=$RAW_REPEAT" <<'EOF'
+  "MIB=$MIB REQUESTS=$REQUESTS CHUNK_TOKENS=$CHUNK_TOKENS RAW_REPEAT=$RAW_REPEAT MODES='$MODES'" "$MODES" <<'EOF'
 import json, statistics, sys, datetime, platform
-work, out, mib, chunk_tokens, chunk_bytes, backends, requests, lb, la, kvwire, commit, env = sys.argv[1:]
+work, out, mib, chunk_tokens, chunk_bytes, backends, requests, lb, la, kvwire, commit, env, modes = sys.argv[1:]
 mib, chunk_tokens, chunk_bytes, requests = int(mib), int(chunk_tokens), int(chunk_bytes), int(requests)
 nbytes = mib << 20
 rows = [json.loads(l) for l in open(f"{work}/requests.jsonl")]
@@ -109,8 +117,8 @@ res = {"command": f"bench/cli_transfer.sh with {env}", "kvwire": kvwire, "commit
        "kv_bytes": nbytes, "chunk_tokens": chunk_tokens, "chunk_bytes": chunk_bytes,
        "requests": rows, "backends": {}}
 lines = []
-for b in backends.split():
-    rs = sorted((r for r in rows if r["backend"] == b), key=lambda r: r["request"])
+for b, mode in ((b, m) for b in backends.split() for m in modes.split()):
+    rs = sorted((r for r in rows if r["backend"] == b and r["mode"] == mode), key=lambda r: r["request"])
     raw = json.load(open(f"{work}/raw-{b}/transport.json"))
     pt = raw["configs"][0]["points"][0]
     first, later = rs[0], rs[1:]
@@ -123,9 +131,10 @@ for b in backends.split():
          "first_wall_s": first["wall_s"], "steady_wall_s": statistics.median(r["wall_s"] for r in later)}
     d["first_vs_raw"] = d["first_gbps"] / d["raw_gbps"]
     d["steady_vs_raw"] = d["steady_gbps"] / d["raw_gbps"]
-    res["backends"][b] = d
+    res["backends"][b if mode == "fresh" else f"{b}+{mode}"] = d
     pe = f'{d["perftest_e_gbps"]:.2f}' if d["perftest_e_gbps"] else "-"
-    lines.append(f'| {b} | {d["raw_gbps"]:.2f} | {pe} | {d["first_send_s"]:.3f} | {d["first_gbps"]:.2f} | '
+    label = b if mode == "fresh" else f"{b}, --preallocate"
+    lines.append(f'| {label} | {d["raw_gbps"]:.2f} | {pe} | {d["first_send_s"]:.3f} | {d["first_gbps"]:.2f} | '
                  f'**{d["first_vs_raw"]:.2f}** | {d["steady_send_s"]:.3f} | {d["steady_gbps"]:.2f} | '
                  f'**{d["steady_vs_raw"]:.2f}** | {d["first_load_s"]:.4f} / {d["max_load_s"]:.4f} | '
                  f'{d["first_wall_s"]:.2f} / {d["steady_wall_s"]:.2f} |')
@@ -135,7 +144,9 @@ md = f"""# fp16 handoff through the CLI, two processes on loopback (bench/cli_tr
 Command: `bench/cli_transfer.sh` with `{env}`, kvwire `{kvwire}` at git `{commit}`.
 Date {res["date"]}; {res["machine"]}; load average {lb} before, {la} after.
 KV: synthetic fp16, 32 layers x {mib * 8:,} tokens x 8 kv heads x 128 = {nbytes:,} bytes; chunks of
-{chunk_tokens:,} tokens ({chunk_bytes:,} bytes). A fresh `kvwire serve --discard` per backend, then
+{chunk_tokens:,} tokens ({chunk_bytes:,} bytes). A fresh `kvwire serve --discard` per backend (and one
+started with `--preallocate` of the KV's shape: its cache is allocated and paged in before it
+listens), then
 {requests} `kvwire send --codec fp16` requests one after another: the first request, and the median
 of the {requests - 1} later ones (steady). Raw: `kvwire bench transport --no-session` at the chunk's size
 in the same run, median of its runs (one connection, messages one way, buffers pooled and warm);

@@ -434,7 +434,7 @@ Result<DumpLayout> ValidateDump(std::span<const uint8_t> bytes) {
 }
 
 // Opens and maps `path` read-only (MAP_PRIVATE: pages come from the page cache, nothing is
-// copied). *size receives the file's size.
+// copied), with its pages mapped up front. *size receives the file's size.
 Result<void*> MapFile(const std::string& path, size_t* size) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -452,7 +452,11 @@ Result<void*> MapFile(const std::string& path, size_t* size) {
     ::close(fd);
     return Status(StatusCode::kTruncated, path + ": empty file");
   }
-  void* map = ::mmap(nullptr, *size, PROT_READ, MAP_PRIVATE, fd, 0);
+  // MAP_POPULATE: every caller reads the whole dump, so its pages are mapped in one call here
+  // rather than by a page fault per 64 KiB as a copy or the sender reaches them (on a VM each
+  // fault exits to the hypervisor). A 512 MiB dump in the page cache: 16-38 ms to map, and a
+  // fp16 send that reads it about a tenth faster (bench/cli_transfer.sh).
+  void* map = ::mmap(nullptr, *size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
   ::close(fd);
   if (map == MAP_FAILED)
     return Status(StatusCode::kIoError, path + ": mmap: " + std::strerror(errno));

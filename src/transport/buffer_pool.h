@@ -5,7 +5,11 @@
 //
 // Bounded: the pool holds at most `max_bytes` of buffer capacity; past that it frees the buffers
 // it has held longest. Buffers under kMinPooledBytes are not kept (malloc serves them from its
-// own caches without page faults). Thread-safe.
+// own caches without page faults). Thread-safe; one pool may serve several connections.
+//
+// A new buffer of 2 MiB or more is advised to the kernel as huge pages before it is first
+// written, so that its first use takes one page fault per 2 MiB instead of one per 4 KiB (on a
+// VM each fault is an exit to the hypervisor; they dominated a fresh process's first transfer).
 #pragma once
 
 #include <cstddef>
@@ -15,11 +19,14 @@
 #include <mutex>
 #include <vector>
 
+#include <sys/mman.h>
+
 namespace kvwire::transport {
 
 class BufferPool {
  public:
   static constexpr size_t kMinPooledBytes = 64u << 10;
+  static constexpr size_t kHugePage = size_t{2} << 20;
 
   /// Counters, for tests and diagnostics.
   struct Stats {
@@ -53,7 +60,18 @@ class BufferPool {
       }
       ++stats_.allocated;
     }
-    return std::vector<uint8_t>(bytes);
+    return Fresh(bytes);
+  }
+
+  /// A new zero-filled buffer of `bytes` bytes; from 2 MiB on, with huge pages advised.
+  static std::vector<uint8_t> Fresh(size_t bytes) {
+    std::vector<uint8_t> buf;
+    if (bytes >= kHugePage) {
+      buf.reserve(bytes);
+      AdviseHugePages(buf.data(), bytes);
+    }
+    buf.resize(bytes);
+    return buf;
   }
 
   /// Keeps `buf` for a later Take, or frees it (too small to be worth keeping, larger than the
@@ -99,6 +117,18 @@ class BufferPool {
   }
 
  private:
+  // madvise(MADV_HUGEPAGE) on the whole 2 MiB pages inside [p, p + bytes); advice only.
+  static void AdviseHugePages(void* p, size_t bytes) {
+#ifdef MADV_HUGEPAGE
+    const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHugePage - 1) & ~(kHugePage - 1);
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHugePage - 1);
+    if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+  }
+
   struct Held {
     std::vector<uint8_t> buf;
     uint64_t stamp;  // order of Put: the lowest is evicted first

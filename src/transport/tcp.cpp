@@ -45,13 +45,14 @@ Status ParseHostPort(const std::string& address, std::string* host, uint16_t* po
 }
 
 TcpConnection::TcpConnection(std::shared_ptr<asio::io_context> ctx, asio::ip::tcp::socket socket,
-                             const TransportOptions& options, std::unique_ptr<TlsSession> tls)
+                             const TransportOptions& options, std::unique_ptr<TlsSession> tls,
+                             std::shared_ptr<BufferPool> pool)
     : ctx_(std::move(ctx)),
       socket_(std::move(socket)),
       tls_(std::move(tls)),
       send_queue_(options.max_queued_bytes),
       recv_queue_(options.max_queued_bytes),
-      pool_(options.max_pooled_bytes) {
+      pool_(pool ? std::move(pool) : std::make_shared<BufferPool>(options.max_pooled_bytes)) {
   asio::error_code ec;
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
   auto ep = socket_.remote_endpoint(ec);
@@ -155,7 +156,7 @@ void TcpConnection::ReadLoop() {
     Message m;
     m.kind = p->kind;
     m.meta.resize(p->meta_bytes);
-    m.payload = pool_.Take(p->payload_bytes);  // bounds checked by ParseFramePrefix
+    m.payload = pool_->Take(p->payload_bytes);  // bounds checked by ParseFramePrefix
     if (tls_) {
       Status s = ReadBytes(asio::buffer(m.meta));
       if (s.ok()) s = ReadBytes(asio::buffer(m.payload));
@@ -181,7 +182,7 @@ void TcpConnection::WriteLoop() {
       Fail(s);
       break;
     }
-    if (send_pooling_) pool_.Put(std::move(m->payload));
+    if (send_pooling_) pool_->Put(std::move(m->payload));
   }
   std::lock_guard lock(writer_mu_);
   writer_done_ = true;
@@ -212,6 +213,7 @@ Result<std::unique_ptr<TcpAcceptor>> TcpAcceptor::Bind(const TransportOptions& o
   KVWIRE_RETURN_IF_ERROR(ParseHostPort(options.address, &host, &port));
   std::unique_ptr<TcpAcceptor> a(new TcpAcceptor());
   a->options_ = options;
+  a->pool_ = std::make_shared<BufferPool>(options.max_pooled_bytes);
   if (options.tls.enabled) {
     KVWIRE_ASSIGN_OR_RETURN(a->tls_, TlsContext::ForServer(options.tls));
   }
@@ -239,12 +241,15 @@ Result<std::unique_ptr<TcpConnection>> TcpAcceptor::AcceptRaw(int timeout_ms) {
   for (;;) {
     const int left = timeout_ms < 0 ? timeout_ms : RemainingMs(deadline);
     KVWIRE_ASSIGN_OR_RETURN(asio::ip::tcp::socket socket, AcceptSocket(left));
-    if (!tls_) return std::make_unique<TcpConnection>(ctx_, std::move(socket), options_);
+    if (!tls_) {
+      return std::make_unique<TcpConnection>(ctx_, std::move(socket), options_, nullptr, pool_);
+    }
     asio::error_code ec;
     auto from = socket.remote_endpoint(ec);
     auto t = TlsSession::Accept(tls_, socket.native_handle(), options_.handshake_timeout_ms);
     if (t.ok())
-      return std::make_unique<TcpConnection>(ctx_, std::move(socket), options_, std::move(*t));
+      return std::make_unique<TcpConnection>(ctx_, std::move(socket), options_, std::move(*t),
+                                             pool_);
     LogRefusedPeer("tcp://" + address_ + " from " +
                        (ec ? std::string("?")
                            : from.address().to_string() + ":" + std::to_string(from.port())),

@@ -28,20 +28,24 @@ class TcpConnection final : public Connection {
   /// Opens a TCP connection, and its TLS session when options.tls is enabled (no kvwire
   /// handshake yet: call ClientHandshake, then MarkAuthenticated).
   static Result<std::unique_ptr<TcpConnection>> Dial(const TransportOptions& options);
+  /// `pool`: the buffer pool to receive into and hand out from, shared with other connections
+  /// (those one acceptor accepted); null: a pool of this connection's own.
   TcpConnection(std::shared_ptr<asio::io_context> ctx, asio::ip::tcp::socket socket,
-                const TransportOptions& options, std::unique_ptr<TlsSession> tls = nullptr);
+                const TransportOptions& options, std::unique_ptr<TlsSession> tls = nullptr,
+                std::shared_ptr<BufferPool> pool = nullptr);
   ~TcpConnection() override;
 
   Status Send(Message msg) override;
   Result<Message> Receive(int timeout_ms) override;
   void Close() override;
   const std::string& peer_name() const override { return peer_name_; }
-  void Recycle(Message&& msg) override { pool_.Put(std::move(msg.payload)); }
+  void Recycle(Message&& msg) override { pool_->Put(std::move(msg.payload)); }
   std::vector<uint8_t> TakeBuffer(size_t bytes) override {
     send_pooling_ = true;
-    return pool_.Take(bytes);
+    return pool_->Take(bytes);
   }
-  const BufferPool& pool() const { return pool_; }
+  /// The pool this connection uses (the ucx backend's connection shares its bootstrap's).
+  const std::shared_ptr<BufferPool>& pool() const { return pool_; }
 
   /// Lifts the pre-authentication limits (small control frames only).
   void MarkAuthenticated(std::string peer_name);
@@ -65,7 +69,9 @@ class TcpConnection final : public Connection {
   std::string remote_;
   std::string peer_name_;
   MessageQueue send_queue_, recv_queue_;
-  BufferPool pool_;  // received payloads; sent ones too once TakeBuffer was used
+  // Received payloads; sent ones too once TakeBuffer was used. Shared by the connections of one
+  // acceptor, so that a process serving one request after another keeps its buffers warm.
+  std::shared_ptr<BufferPool> pool_;
   std::atomic<bool> send_pooling_{false};
   std::atomic<bool> authenticated_{false};
   std::atomic<bool> closing_{false};
@@ -92,6 +98,7 @@ class TcpAcceptor {
   Result<asio::ip::tcp::socket> AcceptSocket(int timeout_ms);
   std::shared_ptr<asio::io_context> ctx_;
   std::shared_ptr<TlsContext> tls_;
+  std::shared_ptr<BufferPool> pool_;  // of every connection it accepts
   std::unique_ptr<asio::ip::tcp::acceptor> acceptor_;
   TransportOptions options_;
   std::string address_;

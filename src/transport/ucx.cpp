@@ -98,10 +98,10 @@ class UcxConnection final : public Connection {
   }
   void Close() override;
   const std::string& peer_name() const override { return tcp_->peer_name(); }
-  void Recycle(Message&& msg) override { pool_.Put(std::move(msg.payload)); }
+  void Recycle(Message&& msg) override { pool_->Put(std::move(msg.payload)); }
   std::vector<uint8_t> TakeBuffer(size_t bytes) override {
     send_pooling_ = true;
-    return pool_.Take(bytes);
+    return pool_->Take(bytes);
   }
 
  private:
@@ -132,7 +132,7 @@ class UcxConnection final : public Connection {
         send_queue_(options.max_queued_bytes),
         recv_queue_(~0ull),
         max_inflight_(options.max_queued_bytes),
-        pool_(options.max_pooled_bytes),
+        pool_(tcp_->pool()),
         busy_poll_us_(options.busy_poll_us) {}
 
   Status Init();
@@ -161,7 +161,9 @@ class UcxConnection final : public Connection {
   std::unique_ptr<TcpConnection> tcp_;
   MessageQueue send_queue_, recv_queue_;
   const uint64_t max_inflight_;
-  BufferPool pool_;  // received payloads; sent ones too once TakeBuffer was used
+  // Received payloads; sent ones too once TakeBuffer was used: the bootstrap connection's pool,
+  // which an accepted connection shares with the others of its listener.
+  std::shared_ptr<BufferPool> pool_;
   const uint32_t busy_poll_us_;
   std::atomic<bool> send_pooling_{false};
   UcpContext context_;
@@ -372,7 +374,7 @@ ucs_status_t UcxConnection::OnAm(const void* header, size_t header_length, void*
   }
   if (!rndv) {
     if (!meta_in_header) msg.meta.assign(bytes, bytes + data_meta_bytes);
-    msg.payload = pool_.Take(payload_bytes);
+    msg.payload = pool_->Take(payload_bytes);
     if (payload_bytes != 0) std::memcpy(msg.payload.data(), bytes + data_meta_bytes, payload_bytes);
     Deliver(h.seq, std::move(msg));
     return UCS_OK;
@@ -404,7 +406,7 @@ void UcxConnection::PullRendezvous(Announced a) {
   msg.kind = a.kind;
   msg.meta = std::move(a.meta);
   if (a.data_meta_bytes != 0) msg.meta.resize(a.data_meta_bytes);
-  msg.payload = pool_.Take(a.payload_bytes);
+  msg.payload = pool_->Take(a.payload_bytes);
   auto* pending = new PendingRecv{this, a.seq, std::move(msg), {}};  // owned by the callback
   size_t n = 0;
   if (a.data_meta_bytes != 0) pending->iov[n++] = {pending->msg.meta.data(), a.data_meta_bytes};
@@ -482,7 +484,7 @@ void UcxConnection::PostOne(Message msg, uint8_t kind) {
     self->inflight_bytes_ -= ps->msg.bytes();
     --self->inflight_sends_;
     if (status != UCS_OK) self->Fail(UcsStatus("UCX send", status));
-    if (self->send_pooling_) self->pool_.Put(std::move(ps->msg.payload));
+    if (self->send_pooling_) self->pool_->Put(std::move(ps->msg.payload));
     ucp_request_free(request);
   };
   ++inflight_sends_;
@@ -496,7 +498,7 @@ void UcxConnection::PostOne(Message msg, uint8_t kind) {
     --inflight_sends_;
     inflight_bytes_ -= bytes;
     ucs_status_t st = UCS_PTR_STATUS(sp);
-    if (st == UCS_OK && send_pooling_) pool_.Put(std::move(p->msg.payload));
+    if (st == UCS_OK && send_pooling_) pool_->Put(std::move(p->msg.payload));
     delete p;
     if (st != UCS_OK) Fail(UcsStatus("ucp_am_send_nbx", st));
   }

@@ -202,6 +202,61 @@ TEST(CliServe, ARequestIdCanBeReusedOnceItsRequestIsDone) {
   EXPECT_EQ(served, 3u) << rest;
 }
 
+// --preallocate: the cache exists before the first request and that request lands in it
+// whole; a shape that cannot be parsed or is out of bounds is refused with the reason.
+TEST(CliServe, APreallocatedCacheReceivesTheRequestsOfItsShape) {
+  const std::string dir = Dir("preallocate");
+  const std::string key = KeyFile(dir + "/key", std::string(64, 'e'));
+  const std::string in = dir + "/kv.safetensors";
+  ASSERT_TRUE(SynthDump(in, "--layers 2 --kv-heads 2 --head-dim 64 --tokens 96"));
+  FILE* p = ::popen(("timeout 60 " + std::string(KVWIRE_CLI) +
+                     " serve --listen 127.0.0.1:0 --backend tcp --key-file " + key +
+                     " --preallocate 2x96x2x64:f16 --out-dir " + dir + "/out --count 2 2>&1")
+                        .c_str(),
+                    "r");
+  ASSERT_NE(p, nullptr);
+  char buf[512];
+  const std::string first = std::fgets(buf, sizeof buf, p) ? buf : "";  // the preallocation
+  std::string line;
+  EXPECT_NE(first.find("preallocated a f16 KV cache of 98,304 bytes"), std::string::npos) << first;
+  const std::string address = ListenAddress(p, &line);
+  ASSERT_FALSE(address.empty()) << first << line;
+  for (int id : {1, 2}) {
+    const std::string send = "timeout 20 " + std::string(KVWIRE_CLI) + " send --connect " +
+                             address + " --backend tcp --key-file " + key + " --in " + in +
+                             " --codec fp16 --request-id " + std::to_string(id) + " >/dev/null";
+    EXPECT_EQ(std::system(send.c_str()), 0) << "request " << id;
+  }
+  std::string rest;
+  while (std::fgets(buf, sizeof buf, p)) rest += buf;
+  EXPECT_EQ(::pclose(p), 0) << rest;
+  auto want = LoadKvDump(in);
+  ASSERT_TRUE(want.ok()) << want.status().ToString();
+  for (int id : {1, 2}) {
+    auto got = LoadKvDump(dir + "/out/request-" + std::to_string(id) + ".safetensors");
+    ASSERT_TRUE(got.ok()) << got.status().ToString() << "\n" << rest;
+    ASSERT_EQ(got->shape(), want->shape());
+    for (uint32_t l = 0; l < want->shape().layers; ++l)
+      for (KvKind k : {KvKind::kKey, KvKind::kValue}) {
+        auto a = want->tensor(l, k), b = got->tensor(l, k);
+        EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size()), 0) << "request " << id << " layer " << l;
+      }
+  }
+
+  for (const char* spec : {"2x96x2", "2x96x2x64:f8", "0x96x2x64", "2x96x2x64x1", "2xx2x64"}) {
+    const std::string cmd = std::string(KVWIRE_CLI) +
+                            " serve --listen 127.0.0.1:0 --insecure --count 1 --preallocate " +
+                            spec + " 2>&1";
+    FILE* q = ::popen(cmd.c_str(), "r");
+    ASSERT_NE(q, nullptr);
+    std::string out;
+    while (std::fgets(buf, sizeof buf, q)) out += buf;
+    EXPECT_NE(::pclose(q), 0) << spec << ": " << out;
+    EXPECT_NE(out.find("--preallocate '" + std::string(spec) + "'"), std::string::npos)
+        << spec << ": " << out;
+  }
+}
+
 // A backend name, or "tcp_tls": tcp with --tls (certificates of test_pki.h).
 class CliTransportTest : public testing::TestWithParam<std::string> {
  protected:

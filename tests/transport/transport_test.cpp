@@ -393,6 +393,34 @@ TEST_P(PooledTransportTest, SentBuffersComeBackThroughTakeBuffer) {
   EXPECT_EQ(again.capacity(), kBytes);  // the sent buffer, not a fresh one
 }
 
+// A process that serves one request after another (kvwire serve) accepts a connection per
+// request: the buffers one connection recycled must serve the next one's receives, not be freed
+// with it and allocated, zero-filled and page-faulted again.
+TEST_P(PooledTransportTest, ConnectionsOfOneListenerShareTheirBuffers) {
+  auto [server, client] = Pair();
+  ASSERT_TRUE(server && client);
+  constexpr size_t kBytes = size_t{1} << 20;
+  ASSERT_TRUE(client->Send(Data(0, kBytes)).ok());
+  auto m = server->Receive(5000);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  const uint8_t* first = m->payload.data();
+  server->Recycle(std::move(*m));
+  client->Close();
+  server->Close();
+
+  auto accepted = std::async(std::launch::async, [&] { return listener_->Accept(5000); });
+  auto client2 = transport_->Connect(ClientOptions(*listener_));
+  auto server2 = accepted.get();
+  ASSERT_TRUE(client2.ok()) << client2.status().ToString();
+  ASSERT_TRUE(server2.ok()) << server2.status().ToString();
+  ASSERT_TRUE((*client2)->Send(Data(1, kBytes)).ok());
+  auto m2 = (*server2)->Receive(5000);
+  ASSERT_TRUE(m2.ok()) << m2.status().ToString();
+  ASSERT_EQ(m2->payload.size(), kBytes);
+  EXPECT_EQ(m2->payload[kBytes - 1], static_cast<uint8_t>((kBytes - 1) * 31 + 1));
+  EXPECT_EQ(m2->payload.data(), first) << "the second connection did not reuse the first's buffer";
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, TransportTest, testing::ValuesIn(TestedTransports()), Name);
 INSTANTIATE_TEST_SUITE_P(Backends, PooledTransportTest, testing::ValuesIn(PooledTransports()),
                          Name);

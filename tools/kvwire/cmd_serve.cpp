@@ -3,11 +3,14 @@
 #include <filesystem>
 #include <iostream>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
+#include <utility>
 #include <vector>
 #include <string>
 
@@ -35,8 +38,42 @@ struct ServeArgs {
   uint32_t busy_poll_us = 0;
   bool discard = false;
   int max_concurrent = 8;
+  std::string preallocate;  // LAYERSxTOKENSxKV_HEADSxHEAD_DIM[:DTYPE]
   bool verbose = false;
 };
+
+// --preallocate: "32x4096x8x128" or "32x4096x8x128:bf16" (dtype f16 unless given).
+Result<std::pair<KvShape, DType>> ParsePreallocate(const std::string& text) {
+  const auto bad = [&](const std::string& why) {
+    return Status(StatusCode::kInvalidArgument,
+                  "--preallocate '" + text + "': " + why +
+                      " (expected LAYERSxTOKENSxKV_HEADSxHEAD_DIM[:DTYPE], e.g. 32x4096x8x128:f16)");
+  };
+  std::string dims = text;
+  DType dtype = DType::kF16;
+  if (const size_t colon = text.find(':'); colon != std::string::npos) {
+    dims = text.substr(0, colon);
+    auto d = ParseDType(text.substr(colon + 1));
+    if (!d.ok()) return bad(d.status().message());
+    dtype = *d;
+  }
+  uint64_t v[4] = {};
+  size_t at = 0;
+  for (int i = 0; i < 4; ++i) {
+    const size_t end = i < 3 ? dims.find('x', at) : dims.size();
+    if (end == std::string::npos || end == at || end - at > 9) return bad("four sizes needed");
+    for (size_t j = at; j < end; ++j) {
+      if (dims[j] < '0' || dims[j] > '9') return bad("four sizes needed");
+      v[i] = v[i] * 10 + uint64_t(dims[j] - '0');
+    }
+    at = end + 1;
+  }
+  if (at <= dims.size()) return bad("four sizes needed");
+  const KvShape shape{static_cast<uint32_t>(v[0]), static_cast<uint32_t>(v[1]),
+                      static_cast<uint32_t>(v[2]), static_cast<uint32_t>(v[3])};
+  if (Status s = ValidateShape(shape); !s.ok()) return bad(s.message());
+  return std::pair{shape, dtype};
+}
 
 // Serves each request on a thread of its own, so that a request whose sender died holds only
 // its own slot until the stall timeout, not every request behind it. At most
@@ -74,6 +111,22 @@ class Server {
     const uint64_t serial = next_serial_++;
     threads_.emplace(serial,
                      std::thread([this, serial, in = std::move(in)] { Serve(serial, in); }));
+  }
+
+  // A cache ready before the first request, its pages written once, as an engine's KV pool is
+  // allocated when it starts: the first request of that shape then pays no page faults.
+  Status Preallocate(const KvShape& shape, DType dtype) {
+    auto cache = KvCache::Create(shape, dtype);
+    if (!cache.ok()) return cache.status();
+    for (uint32_t l = 0; l < shape.layers; ++l) {
+      for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+        std::span<uint8_t> t = cache->tensor(l, kind);
+        std::memset(t.data(), 0, t.size());
+      }
+    }
+    std::lock_guard lock(mu_);
+    idle_.push_back(std::make_unique<KvCache>(std::move(*cache)));
+    return Status::Ok();
   }
 
   void Join() {
@@ -219,12 +272,29 @@ int RunServe(const ServeArgs& a) {
     if (ec) return Fail(cmd, "cannot create --out-dir " + a.out_dir + ": " + ec.message());
   }
 
+  std::optional<std::pair<KvShape, DType>> prealloc;
+  if (!a.preallocate.empty()) {
+    auto p = ParsePreallocate(a.preallocate);
+    if (!p.ok()) return FailStatus(cmd, p.status());
+    prealloc = *p;
+  }
+
   auto receiver = Receiver::Listen(o);
   if (!receiver.ok()) return FailStatus(cmd, receiver.status());
+  Server server(a, **receiver);
+  if (prealloc) {
+    const auto& [shape, dtype] = *prealloc;
+    if (Status s = server.Preallocate(shape, dtype); !s.ok()) {
+      return FailStatus(cmd, s.WithContext("--preallocate " + a.preallocate));
+    }
+    std::cout << "kvwire serve: preallocated a " << DTypeName(dtype) << " KV cache of "
+              << Thousands(shape.elements() * DTypeSize(dtype)) << " bytes for requests of "
+              << shape.layers << " layers x " << shape.tokens << " tokens x " << shape.kv_heads
+              << " kv heads x " << shape.head_dim << std::endl;
+  }
   std::cout << "kvwire serve: listening on " << (*receiver)->address() << " (" << a.backend
             << (a.tls.tls ? ", TLS" : "") << ")"
             << std::endl;
-  Server server(a, **receiver);
   int accepted = 0;
   while (a.count == 0 || accepted < a.count) {
     server.WaitForSlot();
@@ -266,6 +336,11 @@ const CommandRegistrar kRegister(
       sub->add_option("--max-concurrent", a->max_concurrent,
                       "requests served at once, each into a KV cache of its own")
           ->check(CLI::Range(1, 256));
+      sub->add_option("--preallocate", a->preallocate,
+                      "LAYERSxTOKENSxKV_HEADSxHEAD_DIM[:DTYPE]: allocate and page in a KV cache "
+                      "of that shape (dtype f16 unless given) before listening, as an engine's "
+                      "KV pool exists before its first request; requests of that shape and "
+                      "dtype are received into it instead of a fresh cache");
       sub->add_option("--stall-timeout-ms", a->stall_timeout_ms, "fail a request idle this long");
       sub->add_option("--busy-poll-us", a->busy_poll_us, kBusyPollHelp);
       AddTlsOptions(sub, &a->tls, /*listening=*/true);
