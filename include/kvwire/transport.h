@@ -21,8 +21,11 @@
 // Buffer reuse (optional, for throughput): a caller done with a received message hands it back
 // with Connection::Recycle, and a sender asks the connection for payload buffers with
 // Connection::TakeBuffer. The tcp and ucx backends then receive into, and hand out, buffers they
-// already hold (at most TransportOptions::max_pooled_bytes per connection) instead of allocating,
-// zero-filling and page-faulting a fresh one per message. Callers that use neither are unaffected.
+// already hold instead of allocating, zero-filling and page-faulting a fresh one per message:
+// at most TransportOptions::max_pooled_bytes per dialled connection, and as much for all the
+// connections one Listener accepted together (they share one pool, so a receiver that takes a
+// connection per request keeps its buffers warm from one to the next). Callers that use neither
+// are unaffected.
 //
 // Thread-safety: a Connection may be used by one sending thread and one receiving thread at the
 // same time (Send and Receive are independent); Close may be called from any thread and wakes
@@ -94,7 +97,8 @@ struct TransportOptions {
   int handshake_timeout_ms = 5000;
   /// Bytes a connection may hold in its send queue before Send blocks (back-pressure).
   uint64_t max_queued_bytes = 256ull << 20;
-  /// Bytes of buffers a connection keeps for reuse (Recycle, TakeBuffer); 0: none kept.
+  /// Bytes of buffers a dialled connection, or all connections of one Listener together, keep
+  /// for reuse (Recycle, TakeBuffer); 0: none kept.
   uint64_t max_pooled_bytes = 128ull << 20;
   /// ucx: while a send or receive is in flight, the progress thread polls the network for up
   /// to this many microseconds after the last event before it sleeps (0: sleep at once). Polling
@@ -127,8 +131,9 @@ class Connection {
   virtual const std::string& peer_name() const = 0;
 
   /// Optional: hands back a message that Receive returned, once the caller is done with it; its
-  /// buffers are reused by later receives (and TakeBuffer) on this connection. The pool is
-  /// bounded by max_pooled_bytes; what does not fit is freed. Default: frees the message.
+  /// buffers are reused by later receives (and TakeBuffer) on this connection, or on any
+  /// connection of the same Listener. The pool is bounded by max_pooled_bytes; what does not fit
+  /// is freed. Default: frees the message.
   virtual void Recycle(Message&& msg) { Message done = std::move(msg); }
 
   /// Optional: a buffer of exactly `bytes` bytes for the payload of a message to Send on this
