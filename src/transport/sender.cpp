@@ -266,6 +266,13 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
     auto m = transport::MakeControlMessage(c);
     if (m.ok() && conn) (void)conn->Send(std::move(*m));
   }
+  // A request that failed here (its KV could not be encoded) fails at the receiver too, at
+  // once, instead of when the receiver's stall timeout runs out. Best effort: a broken
+  // connection fails the request there anyway.
+  static void TellReceiver(const std::shared_ptr<Connection>& conn, uint64_t id,
+                           const Status& why) {
+    SendOn(conn, transport::MakeError(id, why));
+  }
   control::Control BeginMessage(const SendState& s, bool resume) const;
   // The wait before the next attempt: the backoff, or what is left of the window.
   static int WaitBefore(int backoff, Clock::duration left) {
@@ -644,8 +651,11 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
         std::unique_lock lock(mu_);
         ReleaseKvLocked(s.get());
         if (!msg.ok()) {
-          FailLocked(s.get(), msg.status().WithContext("encode"));
+          const Status why = msg.status().WithContext("encode");
+          FailLocked(s.get(), why);
+          conn = conn_;
           lock.unlock();
+          TellReceiver(conn, s->id, why);
           return drain();
         }
         // Back-pressure: wait for acks while the window is full (one message always fits).
@@ -878,7 +888,11 @@ void SenderCore::Handle(const control::Control& c) {
       }
       lock.lock();
       ReleaseKvLocked(keep.get());
-      if (!failed.ok()) return FailLocked(keep.get(), failed);
+      if (!failed.ok()) {
+        FailLocked(keep.get(), failed);
+        lock.unlock();
+        return TellReceiver(conn, id, failed);
+      }
       lock.unlock();
       if (end) {
         control::Control e;

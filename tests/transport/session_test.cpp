@@ -315,6 +315,44 @@ TEST_P(SessionTest, ReceiverTimesOutWhenTheSenderDisappears) {
   EXPECT_FALSE(st.ok() || st.in_progress()) << st.ToString();
 }
 
+// A KV the sender cannot encode (a NaN at the fp16 level) fails the request at both ends, at
+// once: the receiver hears why from the sender instead of waiting out its stall timeout.
+TEST_P(SessionTest, ARequestTheSenderCannotEncodeFailsAtTheReceiverAtOnce) {
+  ReceiverOptions rop = RecvOpts();
+  rop.stall_timeout_ms = 60000;
+  auto r = Receiver::Listen(rop);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto s = Sender::Connect(SendOpts(**r));
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  const KvShape shape{3, 64, 2, 16};
+  KvCache src = RandomCache(shape, 9);
+  const uint16_t nan = 0x7e00;  // fp16 quiet NaN, in layer 1's V
+  std::memcpy(src.tensor(1, KvKind::kValue).data() + 2 * 37, &nan, 2);
+  SendRequestOptions ro;
+  ro.request_id = 5;
+  ro.levels = {{"fp16", 16, 0}};
+  ro.chunk_tokens = 32;
+  auto req = (*s)->Open(src.view(), ro);
+  ASSERT_TRUE(req.ok()) << req.status().ToString();
+  auto in = (*r)->NextRequest(5000);
+  ASSERT_TRUE(in.ok()) << in.status().ToString();
+  auto dst = KvCache::Create(shape, DType::kF16);
+  ASSERT_TRUE(dst.ok());
+  ASSERT_TRUE((*r)->SetDestination(5, dst->view()).ok());
+  ASSERT_TRUE((*req)->PushAll().ok());
+  Status sent = (*req)->Wait(10000);
+  EXPECT_EQ(sent.code(), StatusCode::kInvalidArgument) << sent.ToString();
+  const auto t0 = std::chrono::steady_clock::now();
+  Status got = (*r)->Wait(5, 10000);
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_FALSE(got.ok() || got.in_progress()) << got.ToString();
+  EXPECT_NE(got.code(), StatusCode::kTimeout) << got.ToString();
+  EXPECT_NE(got.message().find("finite"), std::string::npos) << got.ToString();
+  EXPECT_LT(waited, 5.0);
+  EXPECT_TRUE((*r)->Release(5).ok());
+}
+
 TEST_P(SessionTest, WrongKeyIsRefused) {
   auto r = Receiver::Listen(RecvOpts());
   ASSERT_TRUE(r.ok());
