@@ -100,6 +100,10 @@ struct CodecFamily {
   std::function<Result<std::unique_ptr<Codec>>(std::string_view name, const CodecOptions& opts,
                                                 const Profile* profile)>
       make;
+  /// Optional: whether `name` is of this family (what `make` answers with anything but
+  /// kNotFound), without making a codec. Families whose codecs are costly to make (fraqtl's
+  /// digest and checks of its profile) set it, so that naming a spec's family stays cheap.
+  std::function<bool(std::string_view name)> owns = nullptr;
 };
 
 /// Adds a family to the process-wide registry (called once per family at start-up).

@@ -91,6 +91,8 @@ class StreamWriter {
   ~StreamWriter();
 
   const StreamInfo& info() const;
+  /// The codec of `level` (< info().levels.size()), made once when the writer was created.
+  const Codec& codec(uint8_t level) const;
 
   /// Appends the stream header.
   Status WriteHeader(std::vector<uint8_t>* out);

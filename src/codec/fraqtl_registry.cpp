@@ -123,7 +123,7 @@ void RegisterFraqtlCodecs(std::vector<CodecFamily>* registry) {
        "protect=P,gain=0|1,sign=M,delta=G,entropy=rans|zstd|none,book=calib|gauss]",
        "calibrated basis + reverse water-filling + Lloyd-Max, pre-RoPE keys; B bits/element "
        "all-in (needs --profile)",
-       MakeFraqtl});
+       MakeFraqtl, [](std::string_view name) { return name.starts_with("fraqtl"); }});
 }
 
 }  // namespace detail

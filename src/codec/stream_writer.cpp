@@ -197,6 +197,7 @@ StreamWriter::StreamWriter() : impl_(std::make_unique<Impl>()) {}
 StreamWriter::~StreamWriter() = default;
 
 const StreamInfo& StreamWriter::info() const { return impl_->info; }
+const Codec& StreamWriter::codec(uint8_t level) const { return *impl_->codecs.at(level); }
 
 Result<std::unique_ptr<StreamWriter>> StreamWriter::Create(StreamInfo info,
                                                            StreamWriterOptions options,

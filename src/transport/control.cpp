@@ -270,6 +270,10 @@ Result<std::string> CodecFamilyOf(std::string_view spec, const Profile* profile)
   CodecOptions options;
   KVWIRE_RETURN_IF_ERROR(ParseCodecSpec(spec, &name, &options));
   for (const CodecFamily& f : ListCodecFamilies()) {
+    if (f.owns) {
+      if (f.owns(name)) return f.pattern;
+      continue;
+    }
     auto made = f.make(name, options, profile);
     if (made.ok() || made.status().code() != StatusCode::kNotFound) return f.pattern;
   }

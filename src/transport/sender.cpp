@@ -402,9 +402,20 @@ Result<std::shared_ptr<SendRequest>> SenderCore::Open(const KvView& kv,
   s->id = o.request_id;
   s->kv = kv;
   s->opts = o;
+  // The stream writer makes each level's codec, once for the request: its codecs encode every
+  // chunk, and they give the canonical specs and token alignments used below.
+  StreamInfo info;
+  info.shape = kv.shape();
+  info.dtype = kv.dtype();
+  info.token_begin = o.token_begin;
+  info.metadata = o.metadata;
+  info.profile_id = o.profile_id;
+  for (const auto& l : s->opts.levels) info.levels.push_back(l.codec);
+  KVWIRE_ASSIGN_OR_RETURN(s->writer, StreamWriter::Create(info, {}, opts_.profile));
   uint32_t alignment = 1;
-  for (auto& l : s->opts.levels) {
-    KVWIRE_ASSIGN_OR_RETURN(auto codec, CreateCodec(l.codec, opts_.profile));
+  for (size_t i = 0; i < s->opts.levels.size(); ++i) {
+    auto& l = s->opts.levels[i];
+    const Codec& codec = s->writer->codec(static_cast<uint8_t>(i));
     KVWIRE_ASSIGN_OR_RETURN(const std::string family,
                             transport::CodecFamilyOf(l.codec, opts_.profile));
     {
@@ -418,8 +429,8 @@ Result<std::shared_ptr<SendRequest>> SenderCore::Open(const KvView& kv,
     }
     // The stream header records canonical specs ("kivi2" -> "kivi2:g=32,r=32"); RequestBegin
     // must name the same ones, or the receiver refuses the request.
-    l.codec = codec->Spec();
-    alignment = std::lcm(alignment, std::max<uint32_t>(codec->TokenAlignment(), 1));
+    l.codec = codec.Spec();
+    alignment = std::lcm(alignment, std::max<uint32_t>(codec.TokenAlignment(), 1));
     s->levels.push_back(
         {l.bits_per_element, l.kl, l.encode_elements_per_s, l.decode_elements_per_s});
     const double speed = std::min(l.encode_elements_per_s, l.decode_elements_per_s);
@@ -433,14 +444,6 @@ Result<std::shared_ptr<SendRequest>> SenderCore::Open(const KvView& kv,
       s->grid,
       ChunkGrid::Make(kv.shape(), o.token_begin,
                       ChunkGrid::Normalize(kv.shape(), o.chunk_tokens, alignment)));
-  StreamInfo info;
-  info.shape = kv.shape();
-  info.dtype = kv.dtype();
-  info.token_begin = o.token_begin;
-  info.metadata = o.metadata;
-  info.profile_id = o.profile_id;
-  for (const auto& l : s->opts.levels) info.levels.push_back(l.codec);
-  KVWIRE_ASSIGN_OR_RETURN(s->writer, StreamWriter::Create(info, {}, opts_.profile));
   KVWIRE_RETURN_IF_ERROR(s->writer->WriteHeader(&s->header));
   s->acked.assign(s->grid.total(), false);
   s->sent.assign(s->grid.total(), SendState::Sent{0, 0, 0});

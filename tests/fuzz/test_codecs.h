@@ -7,6 +7,7 @@
 //                       the writer's refusal test
 #pragma once
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -19,6 +20,12 @@ namespace kvwire::testing {
 
 inline constexpr uint16_t kTestF32Id = 0xFF01;
 inline constexpr uint16_t kTestTinyId = 0xFF02;
+
+/// test-f32 codecs made so far in this process (for tests of how often a codec is built).
+inline std::atomic<uint64_t>& TestF32Made() {
+  static std::atomic<uint64_t> made{0};
+  return made;
+}
 
 class TestF32Codec final : public Codec {
  public:
@@ -95,8 +102,10 @@ inline void RegisterTestCodecs() {
           for (const auto& [k, v] : opts.values) {
             KVWIRE_RETURN_ERROR_IF(k != "align", kInvalidArgument, "test-f32: unknown option " + k);
           }
+          TestF32Made().fetch_add(1);
           return std::unique_ptr<Codec>(new TestF32Codec(static_cast<uint32_t>(align)));
-        }});
+        },
+        [](std::string_view name) { return name == "test-f32"; }});
     RegisterCodecFamily(CodecFamily{"test-tiny", "test only: one byte per chunk",
                                     [](std::string_view name, const CodecOptions& opts,
                                        const Profile*) -> Result<std::unique_ptr<Codec>> {

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "codec/fraqtl_toy.h"
+#include "fuzz/test_codecs.h"
 #include "kvwire/profile.h"
 #include "kvwire/stream.h"
 #include "transport/configured_backends.h"
@@ -50,7 +51,7 @@ bool SameBytes(const KvCache& a, const KvCache& b) {
   return true;
 }
 
-class SessionTest : public testing::TestWithParam<std::string> {
+class SessionTest : public ::testing::TestWithParam<std::string> {
  protected:
   ReceiverOptions RecvOpts() {
     ReceiverOptions o;
@@ -353,6 +354,38 @@ TEST_P(SessionTest, ARequestTheSenderCannotEncodeFailsAtTheReceiverAtOnce) {
   EXPECT_TRUE((*r)->Release(5).ok());
 }
 
+// A request builds each level's codec once at each end: a fraqtl codec costs about a
+// millisecond to make (its profile's digest and checks), which a one-layer request would
+// otherwise pay several times over.
+TEST_P(SessionTest, EachLevelsCodecIsBuiltOncePerRequestAtEachEnd) {
+  kvwire::testing::RegisterTestCodecs();
+  auto r = Receiver::Listen(RecvOpts());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto s = Sender::Connect(SendOpts(**r));
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  const KvShape shape{2, 48, 2, 16};
+  KvCache src = RandomCache(shape, 12);
+  SendRequestOptions ro;
+  ro.request_id = 6;
+  ro.levels = {{"test-f32", 32, 0}};
+  ro.chunk_tokens = 16;
+  const uint64_t before = kvwire::testing::TestF32Made().load();
+  auto req = (*s)->Open(src.view(), ro);
+  ASSERT_TRUE(req.ok()) << req.status().ToString();
+  auto in = (*r)->NextRequest(5000);
+  ASSERT_TRUE(in.ok()) << in.status().ToString();
+  auto dst = KvCache::Create(shape, DType::kF16);
+  ASSERT_TRUE(dst.ok());
+  ASSERT_TRUE((*r)->SetDestination(6, dst->view()).ok());
+  ASSERT_TRUE((*req)->PushAll().ok());
+  ASSERT_TRUE((*req)->Wait(10000).ok()) << (*req)->Poll().ToString();
+  ASSERT_TRUE((*r)->Wait(6, 10000).ok());
+  EXPECT_TRUE(SameBytes(src, *dst));
+  // Each end needs one to encode or decode, so two in all is one at each end.
+  EXPECT_EQ(kvwire::testing::TestF32Made().load() - before, 2u) << "codecs built by both ends";
+  EXPECT_TRUE((*r)->Release(6).ok());
+}
+
 TEST_P(SessionTest, WrongKeyIsRefused) {
   auto r = Receiver::Listen(RecvOpts());
   ASSERT_TRUE(r.ok());
@@ -562,8 +595,8 @@ TEST_P(SessionTest, MigrationAtAnyPrefixEqualsLocalStreams) {
   }
 }
 
-std::string Name(const testing::TestParamInfo<std::string>& info) { return info.param; }
-INSTANTIATE_TEST_SUITE_P(Backends, SessionTest, testing::ValuesIn(AvailableTransports()), Name);
+std::string Name(const ::testing::TestParamInfo<std::string>& info) { return info.param; }
+INSTANTIATE_TEST_SUITE_P(Backends, SessionTest, ::testing::ValuesIn(AvailableTransports()), Name);
 
 using testing_net::CuttableProxy;
 
