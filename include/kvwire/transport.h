@@ -15,8 +15,8 @@
 // Connection set-up authenticates both ends with a pre-shared key (HMAC-SHA256
 // challenge-response, docs/PROTOCOL.md) before any other message is accepted; a peer that
 // fails is refused and logged. The tcp backend can run the connection inside TLS (TlsOptions),
-// which adds confidentiality to the authentication. The ucx backend bootstraps over an authenticated TCP control
-// connection, on which the UCP worker addresses are exchanged.
+// which adds confidentiality to the authentication. The ucx backend bootstraps over an
+// authenticated TCP control connection, on which the UCP worker addresses are exchanged.
 //
 // Buffer reuse (optional, for throughput): a caller done with a received message hands it back
 // with Connection::Recycle, and a sender asks the connection for payload buffers with

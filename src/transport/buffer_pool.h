@@ -12,14 +12,14 @@
 // VM each fault is an exit to the hypervisor; they dominated a fresh process's first transfer).
 #pragma once
 
+#include <sys/mman.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
 #include <map>
 #include <mutex>
 #include <vector>
-
-#include <sys/mman.h>
 
 namespace kvwire::transport {
 

@@ -441,9 +441,8 @@ Result<std::shared_ptr<SendRequest>> SenderCore::Open(const KvView& kv,
     }
   }
   KVWIRE_ASSIGN_OR_RETURN(
-      s->grid,
-      ChunkGrid::Make(kv.shape(), o.token_begin,
-                      ChunkGrid::Normalize(kv.shape(), o.chunk_tokens, alignment)));
+      s->grid, ChunkGrid::Make(kv.shape(), o.token_begin,
+                               ChunkGrid::Normalize(kv.shape(), o.chunk_tokens, alignment)));
   KVWIRE_RETURN_IF_ERROR(s->writer->WriteHeader(&s->header));
   s->acked.assign(s->grid.total(), false);
   s->sent.assign(s->grid.total(), SendState::Sent{0, 0, 0});

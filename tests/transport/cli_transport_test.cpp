@@ -239,7 +239,8 @@ TEST(CliServe, APreallocatedCacheReceivesTheRequestsOfItsShape) {
     for (uint32_t l = 0; l < want->shape().layers; ++l)
       for (KvKind k : {KvKind::kKey, KvKind::kValue}) {
         auto a = want->tensor(l, k), b = got->tensor(l, k);
-        EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size()), 0) << "request " << id << " layer " << l;
+        EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size()), 0)
+            << "request " << id << " layer " << l;
       }
   }
 

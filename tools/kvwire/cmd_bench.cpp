@@ -158,11 +158,10 @@ std::string MarkdownReport(const BenchArgs& a, const Json& j, const std::vector<
      << "Machine: " << j["machine"]["cpu"].get<std::string>() << ", nproc "
      << j["machine"]["nproc"].get<unsigned>() << ", " << j["machine"]["date"].get<std::string>()
      << "\n\n"
-     << "Data: " << j["data"].get<std::string>() << ", " << s.layers
-     << " layers x " << s.tokens << " tokens x " << s.kv_heads << " kv heads x " << s.head_dim
+     << "Data: " << j["data"].get<std::string>() << ", " << s.layers << " layers x " << s.tokens
+     << " tokens x " << s.kv_heads << " kv heads x " << s.head_dim
      << " head_dim, fp16 = " << Format("%.3f", gb) << " GB. Encode threads " << a.threads
-     << ", decode single-threaded, median of " << a.repeat
-     << " runs after one untimed run.\n\n"
+     << ", decode single-threaded, median of " << a.repeat << " runs after one untimed run.\n\n"
      << "GB/s = fp16 input bytes (elements x 2) / seconds, whole stream (EncodeStream, "
         "StreamReader::DecodeAll into an fp16 cache). memcpy of the same bytes in this run ("
      << a.threads << (a.threads == 1 ? " thread" : " threads") << "): **"

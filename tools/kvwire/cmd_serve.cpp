@@ -1,23 +1,23 @@
 // kvwire serve: the decode-node end. Listens, authenticates senders, receives KV caches and
 // writes each one as a KV dump (safetensors) into --out-dir.
-#include <filesystem>
-#include <iostream>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <filesystem>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
-#include <string>
 
 #include "cli_profile.h"
 #include "cli_util.h"
-#include "common/log_line.h"
 #include "command.h"
+#include "common/log_line.h"
 #include "kvwire/kv_file.h"
 #include "kvwire/session.h"
 
@@ -45,9 +45,10 @@ struct ServeArgs {
 // --preallocate: "32x4096x8x128" or "32x4096x8x128:bf16" (dtype f16 unless given).
 Result<std::pair<KvShape, DType>> ParsePreallocate(const std::string& text) {
   const auto bad = [&](const std::string& why) {
-    return Status(StatusCode::kInvalidArgument,
-                  "--preallocate '" + text + "': " + why +
-                      " (expected LAYERSxTOKENSxKV_HEADSxHEAD_DIM[:DTYPE], e.g. 32x4096x8x128:f16)");
+    return Status(
+        StatusCode::kInvalidArgument,
+        "--preallocate '" + text + "': " + why +
+            " (expected LAYERSxTOKENSxKV_HEADSxHEAD_DIM[:DTYPE], e.g. 32x4096x8x128:f16)");
   };
   std::string dims = text;
   DType dtype = DType::kF16;
@@ -73,6 +74,19 @@ Result<std::pair<KvShape, DType>> ParsePreallocate(const std::string& text) {
                       static_cast<uint32_t>(v[2]), static_cast<uint32_t>(v[3])};
   if (Status s = ValidateShape(shape); !s.ok()) return bad(s.message());
   return std::pair{shape, dtype};
+}
+
+// A cache for --preallocate, its pages written once, as an engine's KV pool is allocated when it
+// starts: the first request of that shape then pays no page faults.
+Result<KvCache> Preallocate(const KvShape& shape, DType dtype) {
+  KVWIRE_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(shape, dtype));
+  for (uint32_t l = 0; l < shape.layers; ++l) {
+    for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+      std::span<uint8_t> t = cache.tensor(l, kind);
+      std::memset(t.data(), 0, t.size());
+    }
+  }
+  return cache;
 }
 
 // Serves each request on a thread of its own, so that a request whose sender died holds only
@@ -113,20 +127,11 @@ class Server {
                      std::thread([this, serial, in = std::move(in)] { Serve(serial, in); }));
   }
 
-  // A cache ready before the first request, its pages written once, as an engine's KV pool is
-  // allocated when it starts: the first request of that shape then pays no page faults.
-  Status Preallocate(const KvShape& shape, DType dtype) {
-    auto cache = KvCache::Create(shape, dtype);
-    if (!cache.ok()) return cache.status();
-    for (uint32_t l = 0; l < shape.layers; ++l) {
-      for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
-        std::span<uint8_t> t = cache->tensor(l, kind);
-        std::memset(t.data(), 0, t.size());
-      }
-    }
+  // A cache ready before the first request (Preallocate): served to requests of its shape and
+  // dtype like any idle cache.
+  void AddIdle(std::unique_ptr<KvCache> cache) {
     std::lock_guard lock(mu_);
-    idle_.push_back(std::make_unique<KvCache>(std::move(*cache)));
-    return Status::Ok();
+    idle_.push_back(std::move(cache));
   }
 
   void Join() {
@@ -272,29 +277,27 @@ int RunServe(const ServeArgs& a) {
     if (ec) return Fail(cmd, "cannot create --out-dir " + a.out_dir + ": " + ec.message());
   }
 
-  std::optional<std::pair<KvShape, DType>> prealloc;
+  std::unique_ptr<KvCache> preallocated;
   if (!a.preallocate.empty()) {
     auto p = ParsePreallocate(a.preallocate);
     if (!p.ok()) return FailStatus(cmd, p.status());
-    prealloc = *p;
+    auto cache = Preallocate(p->first, p->second);
+    if (!cache.ok())
+      return FailStatus(cmd, cache.status().WithContext("--preallocate " + a.preallocate));
+    preallocated = std::make_unique<KvCache>(std::move(*cache));
+    const KvShape& shape = p->first;
+    std::cout << "kvwire serve: preallocated a " << DTypeName(p->second) << " KV cache of "
+              << Thousands(shape.elements() * DTypeSize(p->second)) << " bytes for requests of "
+              << shape.layers << " layers x " << shape.tokens << " tokens x " << shape.kv_heads
+              << " kv heads x " << shape.head_dim << std::endl;
   }
 
   auto receiver = Receiver::Listen(o);
   if (!receiver.ok()) return FailStatus(cmd, receiver.status());
   Server server(a, **receiver);
-  if (prealloc) {
-    const auto& [shape, dtype] = *prealloc;
-    if (Status s = server.Preallocate(shape, dtype); !s.ok()) {
-      return FailStatus(cmd, s.WithContext("--preallocate " + a.preallocate));
-    }
-    std::cout << "kvwire serve: preallocated a " << DTypeName(dtype) << " KV cache of "
-              << Thousands(shape.elements() * DTypeSize(dtype)) << " bytes for requests of "
-              << shape.layers << " layers x " << shape.tokens << " tokens x " << shape.kv_heads
-              << " kv heads x " << shape.head_dim << std::endl;
-  }
+  if (preallocated) server.AddIdle(std::move(preallocated));
   std::cout << "kvwire serve: listening on " << (*receiver)->address() << " (" << a.backend
-            << (a.tls.tls ? ", TLS" : "") << ")"
-            << std::endl;
+            << (a.tls.tls ? ", TLS" : "") << ")" << std::endl;
   int accepted = 0;
   while (a.count == 0 || accepted < a.count) {
     server.WaitForSlot();
@@ -338,7 +341,7 @@ const CommandRegistrar kRegister(
           ->check(CLI::Range(1, 256));
       sub->add_option("--preallocate", a->preallocate,
                       "LAYERSxTOKENSxKV_HEADSxHEAD_DIM[:DTYPE]: allocate and page in a KV cache "
-                      "of that shape (dtype f16 unless given) before listening, as an engine's "
+                      "of that shape (dtype f16 unless given) before it listens, as an engine's "
                       "KV pool exists before its first request; requests of that shape and "
                       "dtype are received into it instead of a fresh cache");
       sub->add_option("--stall-timeout-ms", a->stall_timeout_ms, "fail a request idle this long");
