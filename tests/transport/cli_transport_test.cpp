@@ -61,6 +61,16 @@ std::string ListenAddress(FILE* serve, std::string* line) {
   return rest.substr(0, rest.find(' '));
 }
 
+// Output and exit code of a command (stderr included).
+std::pair<int, std::string> RunCommand(const std::string& cmd) {
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  std::string out;
+  char buf[512];
+  while (p && std::fgets(buf, sizeof buf, p)) out += buf;
+  const int rc = p ? ::pclose(p) : -1;
+  return {rc, out};
+}
+
 // A loopback port nobody listens on (bound, then closed).
 uint16_t ClosedPort() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -245,14 +255,10 @@ TEST(CliServe, APreallocatedCacheReceivesTheRequestsOfItsShape) {
   }
 
   for (const char* spec : {"2x96x2", "2x96x2x64:f8", "0x96x2x64", "2x96x2x64x1", "2xx2x64"}) {
-    const std::string cmd = std::string(KVWIRE_CLI) +
-                            " serve --listen 127.0.0.1:0 --insecure --count 1 --preallocate " +
-                            spec + " 2>&1";
-    FILE* q = ::popen(cmd.c_str(), "r");
-    ASSERT_NE(q, nullptr);
-    std::string out;
-    while (std::fgets(buf, sizeof buf, q)) out += buf;
-    EXPECT_NE(::pclose(q), 0) << spec << ": " << out;
+    auto [rc, out] = RunCommand(std::string(KVWIRE_CLI) +
+                                " serve --listen 127.0.0.1:0 --insecure --count 1 --preallocate " +
+                                spec);
+    EXPECT_NE(rc, 0) << spec << ": " << out;
     EXPECT_NE(out.find("--preallocate '" + std::string(spec) + "'"), std::string::npos)
         << spec << ": " << out;
   }
@@ -358,16 +364,6 @@ std::vector<std::string> NetworkBackends() {
   return out;
 }
 INSTANTIATE_TEST_SUITE_P(Backends, CliTransportTest, testing::ValuesIn(NetworkBackends()), Name);
-
-// Output and exit code of a command (stderr included).
-std::pair<int, std::string> RunCommand(const std::string& cmd) {
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  std::string out;
-  char buf[512];
-  while (p && std::fgets(buf, sizeof buf, p)) out += buf;
-  const int rc = p ? ::pclose(p) : -1;
-  return {rc, out};
-}
 
 TEST(CliTls, FlagsThatCannotWorkAreRefusedWithTheReason) {
   const std::string cli = KVWIRE_CLI;

@@ -1,5 +1,6 @@
 // kvwire serve: the decode-node end. Listens, authenticates senders, receives KV caches and
 // writes each one as a KV dump (safetensors) into --out-dir.
+#include <charconv>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -58,20 +59,17 @@ Result<std::pair<KvShape, DType>> ParsePreallocate(const std::string& text) {
     if (!d.ok()) return bad(d.status().message());
     dtype = *d;
   }
-  uint64_t v[4] = {};
-  size_t at = 0;
+  uint32_t v[4] = {};
+  const char* at = dims.data();
+  const char* const end = dims.data() + dims.size();
   for (int i = 0; i < 4; ++i) {
-    const size_t end = i < 3 ? dims.find('x', at) : dims.size();
-    if (end == std::string::npos || end == at || end - at > 9) return bad("four sizes needed");
-    for (size_t j = at; j < end; ++j) {
-      if (dims[j] < '0' || dims[j] > '9') return bad("four sizes needed");
-      v[i] = v[i] * 10 + uint64_t(dims[j] - '0');
-    }
-    at = end + 1;
+    if (i > 0 && (at == end || *at++ != 'x')) return bad("four sizes needed");
+    const auto [next, ec] = std::from_chars(at, end, v[i]);
+    if (ec != std::errc()) return bad("four sizes needed");
+    at = next;
   }
-  if (at <= dims.size()) return bad("four sizes needed");
-  const KvShape shape{static_cast<uint32_t>(v[0]), static_cast<uint32_t>(v[1]),
-                      static_cast<uint32_t>(v[2]), static_cast<uint32_t>(v[3])};
+  if (at != end) return bad("four sizes needed");
+  const KvShape shape{v[0], v[1], v[2], v[3]};
   if (Status s = ValidateShape(shape); !s.ok()) return bad(s.message());
   return std::pair{shape, dtype};
 }
