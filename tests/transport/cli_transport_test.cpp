@@ -255,9 +255,9 @@ TEST(CliServe, APreallocatedCacheReceivesTheRequestsOfItsShape) {
   }
 
   for (const char* spec : {"2x96x2", "2x96x2x64:f8", "0x96x2x64", "2x96x2x64x1", "2xx2x64"}) {
-    auto [rc, out] = RunCommand(std::string(KVWIRE_CLI) +
-                                " serve --listen 127.0.0.1:0 --insecure --count 1 --preallocate " +
-                                spec);
+    auto [rc, out] =
+        RunCommand(std::string(KVWIRE_CLI) +
+                   " serve --listen 127.0.0.1:0 --insecure --count 1 --preallocate " + spec);
     EXPECT_NE(rc, 0) << spec << ": " << out;
     EXPECT_NE(out.find("--preallocate '" + std::string(spec) + "'"), std::string::npos)
         << spec << ": " << out;
