@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   build-essential cmake ninja-build pkg-config git
-  libprotobuf-dev protobuf-compiler libzstd-dev libasio-dev libssl-dev
+  libprotobuf-dev protobuf-compiler libzstd-dev libxxhash-dev libasio-dev libssl-dev
   libucx-dev ucx-utils
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev

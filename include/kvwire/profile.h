@@ -134,14 +134,18 @@ class Profile {
   Status Save(const std::string& path) const;
   /// "sha256:<hex>" of Serialize().
   Result<std::string> Id() const;
+ private:
+  Status ValidateFields() const;  // Validate without its memo
 };
 
 /// "sha256:<hex>" of `bytes` (the id of a serialized profile).
 std::string ProfileIdOfBytes(std::span<const uint8_t> bytes);
 
-/// SHA-256 (32 raw bytes) of every field Serialize() writes, without serializing: two profiles
-/// have the same digest exactly when they serialize to the same bytes. A cheap key for caches
-/// of what is derived from a profile (its id, a codec's prepared tables).
+/// A 128-bit hash (16 raw bytes, XXH3 keyed with a seed drawn once per process) of every field
+/// Serialize() writes, without serializing: two profiles have the same digest when they
+/// serialize to the same bytes. A cheap key for this process's caches of what is derived from a
+/// profile (its id, a codec's prepared tables); not comparable across processes, and not a
+/// cryptographic hash (profiles are trusted input, like the model they were calibrated on).
 std::string ProfileContentDigest(const Profile& profile);
 
 }  // namespace kvwire

@@ -31,8 +31,8 @@ __attribute__((target_clones("avx2", "default"))) void AxpyColumns(
 // (cos half, then sin half), computed by Rope::Angles (the same floats). sincos costs more than
 // decoding a chunk, and every layer's K chunks need the same positions, on whichever thread
 // codes them: the angles are kept process-wide in pages of kPagePositions positions per
-// (theta, rope_dim), up to kMaxCachedBytes (the oldest pages go first), and copied per call
-// into a buffer of the calling thread.
+// (theta, rope_dim), up to kMaxCachedBytes (the oldest pages go first), and copied into a
+// buffer of the calling thread, which keeps them for the next call with the same positions.
 namespace {
 
 constexpr int64_t kPagePositions = 256;
@@ -85,6 +85,19 @@ const float* PositionAngles(const Rope& rope, int64_t first, uint32_t tokens) {
   static AnglePages* const pages = new AnglePages;  // never destroyed: coders may outlive main
   constexpr size_t kKeepBytes = size_t{64} << 20;
   thread_local std::vector<float> cs;
+  // The positions this thread's buffer holds: the K chunks of every layer of a request cover
+  // the same tokens, and a thread asked again for the positions it holds copies nothing.
+  thread_local struct {
+    double theta = 0;
+    uint32_t rope_dim = 0;
+    int64_t first = 0;
+    uint32_t tokens = 0;
+  } held;
+  if (held.tokens != 0 && held.theta == rope.theta && held.rope_dim == rope.rope_dim &&
+      first >= held.first && first + int64_t{tokens} <= held.first + int64_t{held.tokens}) {
+    return cs.data() + size_t(first - held.first) * (rope.rope_dim / 2) * 2;
+  }
+  held.tokens = 0;
   const size_t row = size_t{rope.rope_dim / 2} * 2;
   if (cs.capacity() * sizeof(float) > kKeepBytes) std::vector<float>().swap(cs);
   cs.resize(size_t{tokens} * row + 1);  // + 1: never empty
@@ -97,6 +110,7 @@ const float* PositionAngles(const Rope& rope, int64_t first, uint32_t tokens) {
               cs.data() + size_t(pos - first) * row);
     pos = end;
   }
+  held = {rope.theta, rope.rope_dim, first, tokens};
   return cs.data();
 }
 

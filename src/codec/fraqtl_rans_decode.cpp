@@ -264,7 +264,7 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
             rows_of = &list;
           }
           if (avx2) {
-            MulRowsAvx2(rows.data(), list.size(), zs, pending, D, pr.mean.data(), os);
+            MulRowsSimd(rows.data(), list.size(), zs, pending, D, pr.mean.data(), os);
           } else {
             for (int r = 0; r < pending; ++r) {
               AccumulateScalar(rows.data(), zs[r], list.size(), pr.mean.data(), D, os[r]);

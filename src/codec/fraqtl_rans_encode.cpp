@@ -281,7 +281,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
       auto flush = [&] {
         if (pending == 0) return;
         if (avx2) {
-          MulRowsAvx2(ft_rows.data(), D, xs, pending, width[h], nullptr, zs);
+          MulRowsSimd(ft_rows.data(), D, xs, pending, width[h], nullptr, zs);
         } else if (fast) {
           for (int r = 0; r < pending; ++r) ProjectScalar(ft[h].data(), xs[r], D, width[h], zs[r]);
         } else {  // the reference: each kept coefficient its own chain of fused multiply-adds

@@ -90,8 +90,78 @@ __attribute__((target("avx2,fma"))) void MulRowsAvx2(const float* const* a, size
   switch (rows) {
     case 1: MulRowsR<1>(a, k, x, n, add, out); break;
     case 2: MulRowsR<2>(a, k, x, n, add, out); break;
-    default: MulRowsR<3>(a, k, x, n, add, out); break;
+    case 3: MulRowsR<3>(a, k, x, n, add, out); break;
+    default:  // four rows would need 16 accumulators: two pairs
+      MulRowsR<2>(a, k, x, n, add, out);
+      MulRowsR<2>(a, k, x + 2, n, add, out + 2);
+      break;
   }
+}
+
+namespace {
+
+// MulRowsR with 16 columns to a register: 64-column pieces (4 R accumulators, R broadcasts and
+// one row vector within AVX-512's 32 registers), then 16-column ones, then a masked 8.
+template <int R>
+__attribute__((target("avx512f"), always_inline)) inline void MulRows512R(
+    const float* const* a, size_t k, const float* const* x, size_t n, const float* add,
+    float* const* out) {
+  size_t c0 = 0;
+  for (; c0 + 64 <= n; c0 += 64) {
+    __m512 acc[R][4];
+    for (int r = 0; r < R; ++r) {
+      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+    }
+    for (size_t j = 0; j < k; ++j) {
+      const float* aj = a[j] + c0;
+      __m512 b[R];
+      for (int r = 0; r < R; ++r) b[r] = _mm512_set1_ps(x[r][j]);
+      for (int v = 0; v < 4; ++v) {
+        const __m512 av = _mm512_loadu_ps(aj + 16 * v);
+        for (int r = 0; r < R; ++r) acc[r][v] = _mm512_fmadd_ps(av, b[r], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      for (int v = 0; v < 4; ++v) {
+        __m512 o = acc[r][v];
+        if (add) o = _mm512_add_ps(_mm512_loadu_ps(add + c0 + 16 * v), o);
+        _mm512_storeu_ps(out[r] + c0 + 16 * v, o);
+      }
+    }
+  }
+  for (; c0 < n; c0 += 16) {
+    const __mmask16 m = n - c0 >= 16 ? __mmask16(0xffff) : __mmask16(0x00ff);  // n % 8 == 0
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (size_t j = 0; j < k; ++j) {
+      const __m512 aj = _mm512_maskz_loadu_ps(m, a[j] + c0);
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(aj, _mm512_set1_ps(x[r][j]), acc[r]);
+    }
+    for (int r = 0; r < R; ++r) {
+      __m512 o = acc[r];
+      if (add) o = _mm512_add_ps(_mm512_maskz_loadu_ps(m, add + c0), o);
+      _mm512_mask_storeu_ps(out[r] + c0, m, o);
+    }
+  }
+}
+
+}  // namespace
+
+__attribute__((target("avx512f"))) void MulRowsAvx512(const float* const* a, size_t k,
+                                                     const float* const* x, int rows, size_t n,
+                                                     const float* add, float* const* out) {
+  switch (rows) {
+    case 1: MulRows512R<1>(a, k, x, n, add, out); break;
+    case 2: MulRows512R<2>(a, k, x, n, add, out); break;
+    case 3: MulRows512R<3>(a, k, x, n, add, out); break;
+    default: MulRows512R<4>(a, k, x, n, add, out); break;
+  }
+}
+
+void MulRowsSimd(const float* const* a, size_t k, const float* const* x, int rows, size_t n,
+                 const float* add, float* const* out) {
+  if (HaveAvx512()) return MulRowsAvx512(a, k, x, rows, n, add, out);
+  MulRowsAvx2(a, k, x, rows, n, add, out);
 }
 
 __attribute__((target("avx2"))) void DequantizeAvx2(const float* pool, const int32_t* off,
@@ -166,6 +236,11 @@ bool HaveAvx2() {
 
 bool HaveAvx2Fma() {
   static const bool have = HaveAvx2() && __builtin_cpu_supports("fma") != 0;
+  return have;
+}
+
+bool HaveAvx512() {
+  static const bool have = HaveAvx2Fma() && __builtin_cpu_supports("avx512f") != 0;
   return have;
 }
 

@@ -28,7 +28,7 @@ inline constexpr uint8_t kFlagRepeats = 1;  // payload flags bit 0: a repeat sec
 void ProjectScalar(const float* m, const float* x, size_t d, size_t n, float* out);
 
 // out[0, d) = mean + sum over c < k of rows[c][0, d) * z[c] (rows: the coded columns of G, each
-// [d]), the sum a chain of fused multiply-adds from 0 in ascending c (MulRowsAvx2 is the vector
+// [d]), the sum a chain of fused multiply-adds from 0 in ascending c (MulRowsSimd is the vector
 // version).
 void AccumulateScalar(const float* const* rows, const float* z, size_t k, const float* mean,
                       size_t d, float* out);
@@ -38,9 +38,16 @@ void AccumulateScalar(const float* const* rows, const float* z, size_t k, const 
 // c in [0, n), n a multiple of 8. The projection (a = the kept rows of F transposed, x = rows)
 // and the inverse (a = the coded columns of G, x = coefficients) are both this product; rows
 // that share `a` share its loads, so several rows cost little more than one. The same floats
-// as ProjectScalar and AccumulateScalar row by row.
-inline constexpr int kMulRows = 3;
+// as ProjectScalar and AccumulateScalar row by row, whichever version runs.
+inline constexpr int kMulRows = 4;
+// With AVX2 and FMA (requires HaveAvx2Fma()).
 void MulRowsAvx2(const float* const* a, size_t k, const float* const* x, int rows, size_t n,
+                 const float* add, float* const* out);
+// With AVX-512F, 16 columns to a register (requires HaveAvx512()).
+void MulRowsAvx512(const float* const* a, size_t k, const float* const* x, int rows, size_t n,
+                   const float* add, float* const* out);
+// The widest of the two this CPU has (requires HaveAvx2Fma()).
+void MulRowsSimd(const float* const* a, size_t k, const float* const* x, int rows, size_t n,
                  const float* add, float* const* out);
 
 // out[c] = pool[off[c] + sym[c]] for c < k: the coefficients of a row from its symbols, each
@@ -54,6 +61,8 @@ void RopeRotate(const Rope& rope, float* x, const float* c, const float* s, bool
 
 bool HaveAvx2();
 bool HaveAvx2Fma();
+// AVX-512F (with AVX2 and FMA).
+bool HaveAvx512();
 // AVX2 and F16C.
 bool HaveAvx2F16c();
 

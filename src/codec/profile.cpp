@@ -2,12 +2,16 @@
 #include "kvwire/profile.h"
 
 #include <openssl/evp.h>
+#define XXH_INLINE_ALL  // the header-only build of the library: nothing to link
+#include <xxhash.h>
 
 #include <cmath>
 #include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <random>
 
 #include "kvwire/kv_file.h"
 #include "kvwire/kv_view.h"
@@ -15,6 +19,32 @@
 #include "kvwire_profile.pb.h"
 
 namespace kvwire {
+
+namespace {
+
+// What was derived from the last few profiles this process saw (their ids, that they are
+// valid), keyed by ProfileContentDigest.
+class DigestMemo {
+ public:
+  std::optional<std::string> Find(const std::string& digest) {
+    std::lock_guard lock(mu_);
+    for (const auto& [d, value] : entries_)
+      if (d == digest) return value;
+    return std::nullopt;
+  }
+  void Add(const std::string& digest, std::string value) {
+    std::lock_guard lock(mu_);
+    entries_.emplace_back(digest, std::move(value));
+    if (entries_.size() > kRemembered) entries_.pop_front();
+  }
+
+ private:
+  static constexpr size_t kRemembered = 8;
+  std::mutex mu_;
+  std::deque<std::pair<std::string, std::string>> entries_;
+};
+
+}  // namespace
 namespace {
 
 constexpr uint8_t kMagic[4] = {'K', 'V', 'W', 'P'};
@@ -167,6 +197,18 @@ const ProfileLevel* Profile::FindLevel(std::string_view name) const {
 }
 
 Status Profile::Validate() const {
+  // Every codec made from a profile validates it (0.2 ms for a 1.3 MB profile, more than the
+  // rest of making the codec): the digests of the last few profiles that passed are remembered.
+  // A profile that fails is checked again each time, so its error is always reported.
+  static DigestMemo passed;
+  const std::string digest = ProfileContentDigest(*this);
+  if (passed.Find(digest)) return Status::Ok();
+  KVWIRE_RETURN_IF_ERROR(ValidateFields());
+  passed.Add(digest, "");
+  return Status::Ok();
+}
+
+Status Profile::ValidateFields() const {
   if (layers == 0 || layers > kMaxLayers || kv_heads == 0 || kv_heads > kMaxKvHeads ||
       head_dim == 0 || head_dim > kMaxHeadDim || heads > kMaxKvHeads * 64 ||
       (heads != 0 && heads % kv_heads != 0)) {
@@ -401,14 +443,21 @@ Status Profile::Save(const std::string& path) const {
 }
 
 std::string ProfileContentDigest(const Profile& p) {
-  // Every field Serialize() writes, each with its size, in one SHA-256: two profiles get the
-  // same digest exactly when they serialize to the same bytes (up to SHA-256 collisions).
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  // Every field Serialize() writes, each with its size, in one XXH3-128 keyed with this
+  // process's seed: two profiles get the same digest when they serialize to the same bytes, and
+  // different ones otherwise but for collisions of a 128-bit hash whose seed is not known
+  // outside the process. SHA-256 of the same fields took 0.8 ms for a 1.3 MB profile, paid by
+  // every codec made and every stream opened; this takes a tenth of that.
+  static const XXH64_hash_t seed = [] {
+    std::random_device rd;
+    return (XXH64_hash_t{rd()} << 32) ^ rd();
+  }();
+  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> st(XXH3_createState(), XXH3_freeState);
+  XXH3_128bits_reset_withSeed(st.get(), seed);
   auto raw = [&](const void* data, size_t bytes) {
     const uint64_t n = bytes;
-    EVP_DigestUpdate(ctx.get(), &n, sizeof n);
-    if (bytes != 0) EVP_DigestUpdate(ctx.get(), data, bytes);
+    XXH3_128bits_update(st.get(), &n, sizeof n);
+    if (bytes != 0) XXH3_128bits_update(st.get(), data, bytes);
   };
   auto str = [&](const std::string& v) { raw(v.data(), v.size()); };
   auto num = [&](const auto& v) { raw(&v, sizeof v); };
@@ -450,10 +499,11 @@ std::string ProfileContentDigest(const Profile& p) {
     num(lv.top1);
     num(lv.measured_bits);
   }
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(ctx.get(), md, &len);
-  return std::string(reinterpret_cast<const char*>(md), len);
+  const XXH128_hash_t h = XXH3_128bits_digest(st.get());
+  std::string d(16, '\0');
+  std::memcpy(d.data(), &h.low64, 8);
+  std::memcpy(d.data() + 8, &h.high64, 8);
+  return d;
 }
 
 Result<std::string> Profile::Id() const {
@@ -461,23 +511,12 @@ Result<std::string> Profile::Id() const {
   // writer, stream reader and receiver asks for the id of the profile it is given: the ids of
   // the last few profiles are remembered, keyed by their content digest (a hash of the same
   // fields, much cheaper than the serialization it stands for).
-  struct Memo {
-    std::mutex mu;
-    std::deque<std::pair<std::string, std::string>> entries;  // digest, id
-  };
-  static Memo memo;
-  constexpr size_t kRemembered = 8;
+  static DigestMemo memo;
   const std::string digest = ProfileContentDigest(*this);
-  {
-    std::lock_guard lock(memo.mu);
-    for (const auto& [d, id] : memo.entries)
-      if (d == digest) return id;
-  }
+  if (auto id = memo.Find(digest)) return *id;
   KVWIRE_ASSIGN_OR_RETURN(auto bytes, Serialize());
   std::string id = ProfileIdOfBytes(bytes);
-  std::lock_guard lock(memo.mu);
-  memo.entries.emplace_back(digest, id);
-  if (memo.entries.size() > kRemembered) memo.entries.pop_front();
+  memo.Add(digest, id);
   return id;
 }
 

@@ -243,13 +243,17 @@ TEST(FraqtlRans, VectorRopeEqualsRopeRotate) {
   }
 }
 
-// The vector product gives AccumulateScalar's floats bit for bit, row by row, with and without
-// the added mean, for widths that exercise both of its steps (32- and 8-column pieces).
-TEST(FraqtlRans, VectorProductsEqualTheScalarChain) {
-  if (!fraqtl::internal::HaveAvx2Fma()) GTEST_SKIP() << "SKIPPED: no AVX2+FMA on this CPU";
+// Each vector product gives AccumulateScalar's floats bit for bit, row by row, with and
+// without the added mean, for widths that exercise every step of both versions (AVX2: 32- and
+// 8-column pieces; AVX-512: 64- and 16-column pieces and a masked 8).
+void CheckVectorProduct(
+    void (*mul)(const float* const*, size_t, const float* const*, int, size_t, const float*,
+                float* const*),
+    const char* name) {
+  SCOPED_TRACE(name);
   std::mt19937 rng(23);
   std::normal_distribution<float> nd(0.0f, 2.0f);
-  for (size_t n : {8u, 16u, 24u, 40u, 64u, 72u, 128u, 200u}) {
+  for (size_t n : {8u, 16u, 24u, 40u, 64u, 72u, 88u, 128u, 200u}) {
     for (size_t k : {1u, 7u, 33u}) {
       std::vector<std::vector<float>> a(k, std::vector<float>(n));
       for (auto& row : a)
@@ -271,7 +275,7 @@ TEST(FraqtlRans, VectorProductsEqualTheScalarChain) {
             xs[r] = x[r].data();
             os[r] = got[r].data();
           }
-          fraqtl::internal::MulRowsAvx2(ap.data(), k, xs, rows, n, add, os);
+          mul(ap.data(), k, xs, rows, n, add, os);
           const std::vector<float> zero(n, 0.0f);
           for (int r = 0; r < rows; ++r) {
             std::vector<float> want(n);
@@ -285,6 +289,16 @@ TEST(FraqtlRans, VectorProductsEqualTheScalarChain) {
       }
     }
   }
+}
+
+TEST(FraqtlRans, VectorProductsEqualTheScalarChain) {
+  if (!fraqtl::internal::HaveAvx2Fma()) GTEST_SKIP() << "SKIPPED: no AVX2+FMA on this CPU";
+  CheckVectorProduct(fraqtl::internal::MulRowsAvx2, "avx2");
+}
+
+TEST(FraqtlRans, Avx512ProductsEqualTheScalarChain) {
+  if (!fraqtl::internal::HaveAvx512()) GTEST_SKIP() << "SKIPPED: no AVX-512F on this CPU";
+  CheckVectorProduct(fraqtl::internal::MulRowsAvx512, "avx512");
 }
 
 // Protected coefficients from their two byte symbols: every fp16 bit pattern, in runs of every
