@@ -100,7 +100,9 @@ const float* PositionAngles(const Rope& rope, int64_t first, uint32_t tokens) {
   held.tokens = 0;
   const size_t row = size_t{rope.rope_dim / 2} * 2;
   if (cs.capacity() * sizeof(float) > kKeepBytes) std::vector<float>().swap(cs);
-  cs.resize(size_t{tokens} * row + 1);  // + 1: never empty
+  // + 1: never empty. Only grown: a resize up to a size it had before would fill with zeros
+  // what is about to be overwritten.
+  if (cs.size() < size_t{tokens} * row + 1) cs.resize(size_t{tokens} * row + 1);
   for (int64_t pos = first; pos < first + int64_t{tokens};) {
     const int64_t page = FloorDiv(pos, kPagePositions);
     const int64_t end = std::min(first + int64_t{tokens}, (page + 1) * kPagePositions);

@@ -176,8 +176,6 @@ __attribute__((target("avx2"))) void DequantizeAvx2(const float* pool, const int
   for (; c < k; ++c) out[c] = pool[off[c] + static_cast<int32_t>(sym[c])];
 }
 
-namespace {
-
 __attribute__((target("avx2"))) void RopeRotateAvx2(const Rope& rope, float* x, const float* c,
                                                    const float* s, bool undo) {
   const uint32_t half = rope.rope_dim / 2;
@@ -219,9 +217,53 @@ __attribute__((target("avx2"))) void RopeRotateAvx2(const Rope& rope, float* x, 
   }
 }
 
-}  // namespace
+// RopeRotateAvx2 eight pairs at a time: the same double products and sums, the same rounding.
+__attribute__((target("avx512f"))) void RopeRotateAvx512(const Rope& rope, float* x,
+                                                         const float* c, const float* s,
+                                                         bool undo) {
+  const uint32_t half = rope.rope_dim / 2;
+  const __m512d sign = _mm512_set1_pd(undo ? -1.0 : 1.0);
+  // Interleaved pairs (2i, 2i + 1): the even floats of 16, then the odd ones; and back.
+  const __m512i split = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const __m512i merge = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+  uint32_t i = 0;
+  for (; i + 8 <= half; i += 8) {
+    const __m512d C = _mm512_cvtps_pd(_mm256_loadu_ps(c + i));
+    const __m512d S = _mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(s + i)), sign);  // exact
+    __m512d X0, X1;
+    if (rope.neox) {
+      X0 = _mm512_cvtps_pd(_mm256_loadu_ps(x + i));
+      X1 = _mm512_cvtps_pd(_mm256_loadu_ps(x + i + half));
+    } else {
+      const __m512 v = _mm512_permutexvar_ps(split, _mm512_loadu_ps(x + 2 * i));
+      X0 = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+      X1 = _mm512_cvtps_pd(
+          _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    }
+    const __m512d Y0 = _mm512_sub_pd(_mm512_mul_pd(X0, C), _mm512_mul_pd(X1, S));
+    const __m512d Y1 = _mm512_add_pd(_mm512_mul_pd(X0, S), _mm512_mul_pd(X1, C));
+    const __m256 y0 = _mm512_cvtpd_ps(Y0), y1 = _mm512_cvtpd_ps(Y1);
+    if (rope.neox) {
+      _mm256_storeu_ps(x + i, y0);
+      _mm256_storeu_ps(x + i + half, y1);
+    } else {
+      const __m512 both = _mm512_castpd_ps(_mm512_insertf64x4(
+          _mm512_castpd256_pd512(_mm256_castps_pd(y0)), _mm256_castps_pd(y1), 1));
+      _mm512_storeu_ps(x + 2 * i, _mm512_permutexvar_ps(merge, both));
+    }
+  }
+  for (; i < half; ++i) {  // as Rope::Rotate
+    const uint32_t i0 = rope.neox ? i : 2 * i;
+    const uint32_t i1 = rope.neox ? i + half : 2 * i + 1;
+    const double x0 = x[i0], x1 = x[i1];
+    const double si = undo ? -static_cast<double>(s[i]) : static_cast<double>(s[i]);
+    x[i0] = static_cast<float>(x0 * c[i] - x1 * si);
+    x[i1] = static_cast<float>(x0 * si + x1 * c[i]);
+  }
+}
 
 void RopeRotate(const Rope& rope, float* x, const float* c, const float* s, bool undo) {
+  if (HaveAvx512()) return RopeRotateAvx512(rope, x, c, s, undo);
   if (HaveAvx2()) return RopeRotateAvx2(rope, x, c, s, undo);
   rope.Rotate(x, c, s, undo);
 }

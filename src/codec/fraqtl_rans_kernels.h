@@ -58,6 +58,9 @@ void DequantizeAvx2(const float* pool, const int32_t* off, const uint32_t* sym, 
 // rope.Rotate(x, c, s, undo) with AVX2 where the CPU has it: the same double products (exact),
 // the same double sum and the same rounding to float, four pairs at a time.
 void RopeRotate(const Rope& rope, float* x, const float* c, const float* s, bool undo);
+// Its versions: four pairs at a time (requires HaveAvx2()), eight (requires HaveAvx512()).
+void RopeRotateAvx2(const Rope& rope, float* x, const float* c, const float* s, bool undo);
+void RopeRotateAvx512(const Rope& rope, float* x, const float* c, const float* s, bool undo);
 
 bool HaveAvx2();
 bool HaveAvx2Fma();

@@ -102,6 +102,9 @@ struct StreamWriter::Impl {
   bool finished = false;
   uint32_t next_layer = 0;
   uint64_t chunks = 0;
+  // WriteLayer's frames, kept from layer to layer: fresh ones for every layer cost their page
+  // faults again.
+  std::vector<std::vector<uint8_t>> frames;
   uint64_t bytes = 0;
   uint32_t crc = 0;  // running CRC32C of every byte written so far
 
@@ -294,7 +297,8 @@ Status StreamWriter::WriteLayer(const KvView& kv, uint32_t layer, uint8_t level,
   KVWIRE_RETURN_ERROR_IF(w.chunks + jobs.size() > UINT32_MAX, kResourceExhausted,
                          "more than 2^32-1 chunks in one stream; use a larger chunk_tokens");
 
-  std::vector<std::vector<uint8_t>> frames(jobs.size());
+  std::vector<std::vector<uint8_t>>& frames = w.frames;
+  if (frames.size() < jobs.size()) frames.resize(jobs.size());
   std::vector<Status> status(jobs.size());
   std::atomic<size_t> next{0};
   auto work = [&] {
@@ -315,13 +319,13 @@ Status StreamWriter::WriteLayer(const KvView& kv, uint32_t layer, uint8_t level,
 
   for (const Status& s : status) KVWIRE_RETURN_IF_ERROR(s);  // first error in chunk order
   size_t bytes = 0;
-  for (const std::vector<uint8_t>& frame : frames) bytes += frame.size();
+  for (size_t i = 0; i < jobs.size(); ++i) bytes += frames[i].size();
   if (out->capacity() < out->size() + bytes) {  // one reallocation per layer at most
     out->reserve(std::max(out->size() + bytes, 2 * out->capacity()));
   }
-  for (const std::vector<uint8_t>& frame : frames) {
-    out->insert(out->end(), frame.begin(), frame.end());
-    w.Account(frame);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    out->insert(out->end(), frames[i].begin(), frames[i].end());
+    w.Account(frames[i]);
   }
   w.chunks += jobs.size();
   ++w.next_layer;
@@ -335,6 +339,7 @@ Status StreamWriter::Finish(std::vector<uint8_t>* out) {
   KVWIRE_RETURN_ERROR_IF(w.next_layer != w.info.shape.layers, kInvalidArgument,
                          "Finish after " + std::to_string(w.next_layer) + " of " +
                              std::to_string(w.info.shape.layers) + " layers");
+  std::vector<std::vector<uint8_t>>().swap(w.frames);
   format::Trailer t;
   t.chunk_count = static_cast<uint32_t>(w.chunks);
   t.total_bytes = w.bytes + format::trailer::kSize;

@@ -211,12 +211,14 @@ TEST(FraqtlRans, BucketQuantizerEqualsTheThresholdCount) {
   EXPECT_GE(with_table, 12);  // the table is used, not only the search
 }
 
-// The vector RoPE gives the floats of Rope::Rotate, both pair layouts, both directions, and
-// rope_dim not a multiple of eight (the scalar tail).
-TEST(FraqtlRans, VectorRopeEqualsRopeRotate) {
+// Each vector RoPE gives the floats of Rope::Rotate, both pair layouts, both directions, and
+// rope_dim not a multiple of the pairs it rotates at once (the scalar tail).
+void CheckVectorRope(void (*rotate)(const fraqtl::Rope&, float*, const float*, const float*, bool),
+                     const char* name) {
+  SCOPED_TRACE(name);
   std::mt19937 rng(17);
   std::normal_distribution<float> nd(0.0f, 3.0f);
-  for (uint32_t rope_dim : {6u, 8u, 16u, 64u, 128u, 100u}) {
+  for (uint32_t rope_dim : {6u, 8u, 16u, 40u, 48u, 64u, 128u, 100u}) {
     for (bool neox : {false, true}) {
       fraqtl::Rope rope;
       rope.theta = 10000.0;
@@ -231,7 +233,7 @@ TEST(FraqtlRans, VectorRopeEqualsRopeRotate) {
           for (float& v : x) v = nd(rng);
           std::vector<float> want = x, got = x;
           rope.Rotate(want.data(), c.data(), sn.data(), undo);
-          fraqtl::internal::RopeRotate(rope, got.data(), c.data(), sn.data(), undo);
+          rotate(rope, got.data(), c.data(), sn.data(), undo);
           for (size_t i = 0; i < x.size(); ++i) {
             ASSERT_EQ(std::memcmp(&got[i], &want[i], 4), 0)
                 << "rope_dim " << rope_dim << (neox ? " neox" : " interleaved") << " pos " << pos
@@ -241,6 +243,14 @@ TEST(FraqtlRans, VectorRopeEqualsRopeRotate) {
       }
     }
   }
+}
+
+TEST(FraqtlRans, VectorRopeEqualsRopeRotate) {
+  CheckVectorRope(fraqtl::internal::RopeRotate, "dispatched");
+  if (!fraqtl::internal::HaveAvx2()) GTEST_SKIP() << "SKIPPED: no AVX2 on this CPU";
+  CheckVectorRope(fraqtl::internal::RopeRotateAvx2, "avx2");
+  if (!fraqtl::internal::HaveAvx512()) GTEST_SKIP() << "SKIPPED: no AVX-512F on this CPU";
+  CheckVectorRope(fraqtl::internal::RopeRotateAvx512, "avx512");
 }
 
 // Each vector product gives AccumulateScalar's floats bit for bit, row by row, with and
