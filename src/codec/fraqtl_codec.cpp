@@ -31,16 +31,18 @@ __attribute__((target_clones("avx2", "default"))) void AxpyColumns(
 // (cos half, then sin half), computed by Rope::Angles (the same floats). sincos costs more than
 // decoding a chunk, and every layer's K chunks need the same positions, on whichever thread
 // codes them: the angles are kept process-wide in pages of kPagePositions positions per
-// (theta, rope_dim), up to kMaxCachedBytes (the oldest pages go first), and copied into a
-// buffer of the calling thread, which keeps them for the next call with the same positions.
+// (theta, rope_dim), up to kMaxCachedBytes (the oldest pages go first). A range inside one page
+// is read where it lies (the page is held until the thread's next call); one across pages is
+// copied into a buffer of the calling thread, which keeps it for the next call with the same
+// positions.
 namespace {
 
-constexpr int64_t kPagePositions = 256;
+constexpr int64_t kPagePositions = 2048;  // a chunk of 2048 tokens from token 0: one page
 constexpr size_t kMaxCachedBytes = size_t{64} << 20;
 
 class AnglePages {
  public:
-  using Page = std::shared_ptr<const std::vector<float>>;
+  using Page = std::shared_ptr<const float[]>;
   Page Get(const Rope& rope, int64_t page) {
     const Key key{rope.theta, rope.rope_dim, page};
     {
@@ -48,21 +50,20 @@ class AnglePages {
       if (auto it = pages_.find(key); it != pages_.end()) return it->second;
     }
     const uint32_t half = rope.rope_dim / 2;
-    auto cs = std::make_shared<std::vector<float>>(size_t{kPagePositions} * 2 * half);
+    const size_t floats = size_t{kPagePositions} * 2 * half;
+    std::shared_ptr<float[]> cs = std::make_shared_for_overwrite<float[]>(floats);
     for (int64_t t = 0; t < kPagePositions; ++t) {
-      float* c = cs->data() + size_t(t) * 2 * half;
+      float* c = cs.get() + size_t(t) * 2 * half;
       rope.Angles(page * kPagePositions + t, c, c + half);
     }
-    const size_t bytes = cs->size() * sizeof(float);
     std::lock_guard lock(mu_);
     auto [it, added] = pages_.emplace(key, std::move(cs));
     if (added) {
       order_.push_back(key);
-      bytes_ += bytes;
+      bytes_ += floats * sizeof(float);
       while (bytes_ > kMaxCachedBytes && order_.size() > 1) {
-        auto old = pages_.find(order_.front());
-        bytes_ -= old->second->size() * sizeof(float);
-        pages_.erase(old);
+        pages_.erase(order_.front());
+        bytes_ -= size_t{kPagePositions} * (std::get<1>(order_.front()) / 2) * 2 * sizeof(float);
         order_.pop_front();
       }
     }
@@ -84,21 +85,26 @@ int64_t FloorDiv(int64_t a, int64_t b) { return a / b - (a % b != 0 && (a < 0) !
 const float* PositionAngles(const Rope& rope, int64_t first, uint32_t tokens) {
   static AnglePages* const pages = new AnglePages;  // never destroyed: coders may outlive main
   constexpr size_t kKeepBytes = size_t{64} << 20;
+  const size_t row = size_t{rope.rope_dim / 2} * 2;
+  thread_local AnglePages::Page page_held;  // the page a range inside one page was read from
   thread_local std::vector<float> cs;
-  // The positions this thread's buffer holds: the K chunks of every layer of a request cover
-  // the same tokens, and a thread asked again for the positions it holds copies nothing.
+  // The positions `cs` holds: the K chunks of every layer of a request cover the same tokens.
   thread_local struct {
     double theta = 0;
     uint32_t rope_dim = 0;
     int64_t first = 0;
     uint32_t tokens = 0;
   } held;
+  const int64_t page0 = FloorDiv(first, kPagePositions);
+  if (tokens > 0 && FloorDiv(first + int64_t{tokens} - 1, kPagePositions) == page0) {
+    page_held = pages->Get(rope, page0);
+    return page_held.get() + size_t(first - page0 * kPagePositions) * row;
+  }
   if (held.tokens != 0 && held.theta == rope.theta && held.rope_dim == rope.rope_dim &&
       first >= held.first && first + int64_t{tokens} <= held.first + int64_t{held.tokens}) {
-    return cs.data() + size_t(first - held.first) * (rope.rope_dim / 2) * 2;
+    return cs.data() + size_t(first - held.first) * row;
   }
   held.tokens = 0;
-  const size_t row = size_t{rope.rope_dim / 2} * 2;
   if (cs.capacity() * sizeof(float) > kKeepBytes) std::vector<float>().swap(cs);
   // + 1: never empty. Only grown: a resize up to a size it had before would fill with zeros
   // what is about to be overwritten.
@@ -107,8 +113,8 @@ const float* PositionAngles(const Rope& rope, int64_t first, uint32_t tokens) {
     const int64_t page = FloorDiv(pos, kPagePositions);
     const int64_t end = std::min(first + int64_t{tokens}, (page + 1) * kPagePositions);
     const AnglePages::Page p = pages->Get(rope, page);
-    std::copy(p->data() + size_t(pos - page * kPagePositions) * row,
-              p->data() + size_t(end - page * kPagePositions) * row,
+    std::copy(p.get() + size_t(pos - page * kPagePositions) * row,
+              p.get() + size_t(end - page * kPagePositions) * row,
               cs.data() + size_t(pos - first) * row);
     pos = end;
   }
