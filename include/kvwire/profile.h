@@ -134,6 +134,7 @@ class Profile {
   Status Save(const std::string& path) const;
   /// "sha256:<hex>" of Serialize().
   Result<std::string> Id() const;
+
  private:
   Status ValidateFields() const;  // Validate without its memo
 };

@@ -90,7 +90,9 @@ __attribute__((target("avx2,fma"))) void MulRowsAvx2(const float* const* a, size
   switch (rows) {
     case 1: MulRowsR<1>(a, k, x, n, add, out); break;
     case 2: MulRowsR<2>(a, k, x, n, add, out); break;
-    case 3: MulRowsR<3>(a, k, x, n, add, out); break;
+    case 3:
+      MulRowsR<3>(a, k, x, n, add, out);
+      break;
     default:  // four rows would need 16 accumulators: two pairs
       MulRowsR<2>(a, k, x, n, add, out);
       MulRowsR<2>(a, k, x + 2, n, add, out + 2);
@@ -148,13 +150,21 @@ __attribute__((target("avx512f"), always_inline)) inline void MulRows512R(
 }  // namespace
 
 __attribute__((target("avx512f"))) void MulRowsAvx512(const float* const* a, size_t k,
-                                                     const float* const* x, int rows, size_t n,
-                                                     const float* add, float* const* out) {
+                                                      const float* const* x, int rows, size_t n,
+                                                      const float* add, float* const* out) {
   switch (rows) {
-    case 1: MulRows512R<1>(a, k, x, n, add, out); break;
-    case 2: MulRows512R<2>(a, k, x, n, add, out); break;
-    case 3: MulRows512R<3>(a, k, x, n, add, out); break;
-    default: MulRows512R<4>(a, k, x, n, add, out); break;
+    case 1:
+      MulRows512R<1>(a, k, x, n, add, out);
+      break;
+    case 2:
+      MulRows512R<2>(a, k, x, n, add, out);
+      break;
+    case 3:
+      MulRows512R<3>(a, k, x, n, add, out);
+      break;
+    default:
+      MulRows512R<4>(a, k, x, n, add, out);
+      break;
   }
 }
 
@@ -218,9 +228,8 @@ __attribute__((target("avx2"))) void RopeRotateAvx2(const Rope& rope, float* x, 
 }
 
 // RopeRotateAvx2 eight pairs at a time: the same double products and sums, the same rounding.
-__attribute__((target("avx512f"))) void RopeRotateAvx512(const Rope& rope, float* x,
-                                                         const float* c, const float* s,
-                                                         bool undo) {
+__attribute__((target("avx512f"))) void RopeRotateAvx512(const Rope& rope, float* x, const float* c,
+                                                         const float* s, bool undo) {
   const uint32_t half = rope.rope_dim / 2;
   const __m512d sign = _mm512_set1_pd(undo ? -1.0 : 1.0);
   // Interleaved pairs (2i, 2i + 1): the even floats of 16, then the odd ones; and back.
@@ -237,8 +246,7 @@ __attribute__((target("avx512f"))) void RopeRotateAvx512(const Rope& rope, float
     } else {
       const __m512 v = _mm512_permutexvar_ps(split, _mm512_loadu_ps(x + 2 * i));
       X0 = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-      X1 = _mm512_cvtps_pd(
-          _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+      X1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
     }
     const __m512d Y0 = _mm512_sub_pd(_mm512_mul_pd(X0, C), _mm512_mul_pd(X1, S));
     const __m512d Y1 = _mm512_add_pd(_mm512_mul_pd(X0, S), _mm512_mul_pd(X1, C));

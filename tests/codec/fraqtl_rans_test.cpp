@@ -256,10 +256,9 @@ TEST(FraqtlRans, VectorRopeEqualsRopeRotate) {
 // Each vector product gives AccumulateScalar's floats bit for bit, row by row, with and
 // without the added mean, for widths that exercise every step of both versions (AVX2: 32- and
 // 8-column pieces; AVX-512: 64- and 16-column pieces and a masked 8).
-void CheckVectorProduct(
-    void (*mul)(const float* const*, size_t, const float* const*, int, size_t, const float*,
-                float* const*),
-    const char* name) {
+void CheckVectorProduct(void (*mul)(const float* const*, size_t, const float* const*, int, size_t,
+                                    const float*, float* const*),
+                        const char* name) {
   SCOPED_TRACE(name);
   std::mt19937 rng(23);
   std::normal_distribution<float> nd(0.0f, 2.0f);
