@@ -418,7 +418,7 @@ __attribute__((target("avx2"), always_inline)) inline uint64_t PriceGroups(
         zs == 1 ? _mm256_loadu_ps(z + t) : _mm256_i32gather_ps(z + t * zs, lanes, 4);
     const __m256 u = sigma > 0.0f ? _mm256_div_ps(zv, sg) : zero;
     const __m256i v = find.Eight(u);
-    acc = _mm256_add_epi32(acc, simd::GatherU32(cost, v));
+    acc = _mm256_add_epi32(acc, find.Cost(cost, v));
     StoreSymbols(v, dst + t * ds, ds);
     if (++since == 1024) {
       c += SumLanes(acc);
@@ -451,6 +451,10 @@ struct SearchFind {
     }
     return v;
   }
+  __attribute__((target("avx2"), always_inline)) __m256i Cost(const uint32_t* cost,
+                                                             __m256i v) const {
+    return simd::GatherU32(cost, v);
+  }
   uint32_t One(float u) const {
     uint32_t v = 0;
     for (int s = B - 1; s >= 0; --s) {
@@ -479,12 +483,63 @@ struct LutFind {
     }
     return v;
   }
+  __attribute__((target("avx2"), always_inline)) __m256i Cost(const uint32_t* cost,
+                                                             __m256i v) const {
+    return simd::GatherU32(cost, v);
+  }
   uint32_t One(float u) const {
     uint32_t v = q.start[QuantBucket(q, u)];
     for (int f = 0; f < q.fixups; ++f) v += q.th[v] < u ? 1 : 0;
     return v;
   }
 };
+
+// Up to four bits: u against every threshold at once (2^B - 1 broadcast comparisons, each
+// adding 1 where the threshold is below u: the threshold count itself, no lookups), and the
+// symbols' costs picked from registers by a permute (two and a blend for 16 symbols).
+template <int B>
+struct CompareFind {
+  static_assert(B >= 1 && B <= 4);
+  static constexpr int kThresholds = (1 << B) - 1;
+  __m256 th[kThresholds];
+  __m256i cost_lo, cost_hi;
+  const float* th_scalar;
+  __attribute__((target("avx2"))) CompareFind(const float* t, const uint32_t* cost)
+      : th_scalar(t) {
+    for (int i = 0; i < kThresholds; ++i) th[i] = _mm256_set1_ps(t[i]);
+    alignas(32) uint32_t c[16] = {};
+    for (int i = 0; i < (1 << B); ++i) c[i] = cost[i];
+    cost_lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(c));
+    cost_hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(c + 8));
+  }
+  __attribute__((target("avx2"), always_inline)) __m256i Eight(__m256 u) const {
+    __m256i v = _mm256_setzero_si256();
+    for (int i = 0; i < kThresholds; ++i) {
+      v = _mm256_sub_epi32(v, _mm256_castps_si256(_mm256_cmp_ps(th[i], u, _CMP_LT_OQ)));
+    }
+    return v;
+  }
+  __attribute__((target("avx2"), always_inline)) __m256i Cost(const uint32_t*, __m256i v) const {
+    const __m256i lo = _mm256_permutevar8x32_epi32(cost_lo, v);
+    if constexpr (B < 4) return lo;
+    const __m256i hi = _mm256_permutevar8x32_epi32(cost_hi, v);  // the low 3 bits of v pick
+    return _mm256_blendv_epi8(lo, hi, _mm256_cmpgt_epi32(v, _mm256_set1_epi32(7)));
+  }
+  uint32_t One(float u) const {
+    uint32_t v = 0;
+    for (int i = 0; i < kThresholds; ++i) v += th_scalar[i] < u ? 1 : 0;
+    return v;
+  }
+};
+
+template <int B>
+__attribute__((target("avx2"))) uint64_t PriceColumnCompareAvx2(const float* z, size_t zs,
+                                                               size_t n, const float* th,
+                                                               float sigma, uint16_t* dst,
+                                                               size_t ds, const uint32_t* cost) {
+  const CompareFind<B> find(th, cost);
+  return PriceGroups(z, zs, n, sigma, dst, ds, cost, find);
+}
 
 template <int B>
 __attribute__((target("avx2"))) uint64_t PriceColumnAvx2(const float* z, size_t zs, size_t n,
@@ -544,6 +599,14 @@ QuantLut BuildQuantLut(const std::vector<float>& th, int bits) {
 uint64_t PriceColumn(int b, const float* z, size_t zs, size_t n, const float* th, float sigma,
                      const float* g, size_t gs, uint16_t* dst, size_t ds, const uint32_t* cost,
                      const uint8_t* skip, const QuantLut* lut) {
+  if (!g && !skip && HaveAvx2() && b <= 4) {
+    switch (b) {
+      case 1: return PriceColumnCompareAvx2<1>(z, zs, n, th, sigma, dst, ds, cost);
+      case 2: return PriceColumnCompareAvx2<2>(z, zs, n, th, sigma, dst, ds, cost);
+      case 3: return PriceColumnCompareAvx2<3>(z, zs, n, th, sigma, dst, ds, cost);
+      default: return PriceColumnCompareAvx2<4>(z, zs, n, th, sigma, dst, ds, cost);
+    }
+  }
   if (!g && !skip && HaveAvx2() && lut && lut->fixups >= 0) {
     return PriceColumnLutAvx2(z, zs, n, *lut, sigma, dst, ds, cost);
   }
