@@ -211,6 +211,64 @@ TEST(FraqtlRans, BucketQuantizerEqualsTheThresholdCount) {
   EXPECT_GE(with_table, 12);  // the table is used, not only the search
 }
 
+// Pricing through every kernel (contiguous and strided, the vector ones; with gains and
+// skipped rows, the scalar one) at every width, with tails of every length: the
+// symbols of QuantizeRef and their exact cost sum. Costs near their largest (2^20), over more
+// coefficients than a lane may sum before it is flushed, so a sum that wraps shows. (GCC 12 at
+// -O3 was seen to drop terms of a scalar loop that sums cost[comparison]: this checks the
+// tails, where such loops run.)
+TEST(FraqtlRans, ColumnsPriceExactlyThroughEveryKernel) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.5f);
+  for (int b = 1; b <= 8; ++b) {
+    const std::vector<float> th = baseline::GaussianLloydMax(b).thresholds;
+    const fraqtl::internal::QuantLut lut = fraqtl::internal::BuildQuantLut(th, b);
+    std::vector<uint32_t> cost(size_t{1} << b);
+    for (size_t v = 0; v < cost.size(); ++v) cost[v] = (1u << 20) - 1 - static_cast<uint32_t>(v);
+    for (size_t n : {size_t{16 * 1024 * 3 + 13}, size_t{1}, size_t{4}, size_t{7}, size_t{8},
+                     size_t{13}, size_t{15}, size_t{16}, size_t{21}, size_t{31}, size_t{45}}) {
+      std::vector<float> z(n);
+      for (float& v : z) v = nd(rng);
+      std::vector<float> z2(2 * n), ones(n, 1.0f);
+      for (size_t i = 0; i < n; ++i) z2[2 * i] = z[i];
+      const std::vector<uint8_t> keep(n, 0);
+      for (float sigma : {1.0f, 0.37f, 0.0f}) {
+        uint64_t want_cost = 0;
+        std::vector<uint16_t> want(n);
+        for (size_t i = 0; i < n; ++i) {
+          want[i] = static_cast<uint16_t>(
+              fraqtl::internal::QuantizeRef(th, sigma > 0.0f ? z[i] / sigma : 0.0f));
+          want_cost += cost[want[i]];
+        }
+        const std::string where =
+            "bits " + std::to_string(b) + " n " + std::to_string(n) + " sigma " +
+            std::to_string(sigma);
+        for (const fraqtl::internal::QuantLut* l : {static_cast<const fraqtl::internal::QuantLut*>(nullptr), &lut}) {
+          std::vector<uint16_t> got(n), got2(2 * n), got3(n);
+          EXPECT_EQ(fraqtl::internal::PriceColumn(b, z.data(), 1, n, th.data(), sigma, nullptr,
+                                                  1, got.data(), 1, cost.data(), nullptr, l),
+                    want_cost)
+              << where << " contiguous";
+          EXPECT_EQ(got, want) << where << " contiguous";
+          EXPECT_EQ(fraqtl::internal::PriceColumn(b, z2.data(), 2, n, th.data(), sigma, nullptr,
+                                                  1, got2.data(), 2, cost.data(), nullptr, l),
+                    want_cost)
+              << where << " strided";
+          for (size_t i = 0; i < n; ++i) got3[i] = got2[2 * i];
+          EXPECT_EQ(got3, want) << where << " strided";
+          EXPECT_EQ(fraqtl::internal::PriceColumn(b, z.data(), 1, n, th.data(), sigma,
+                                                  ones.data(), 1, got.data(), 1, cost.data(),
+                                                  keep.data(), l),
+                    want_cost)
+              << where << " gains";
+          EXPECT_EQ(got, want) << where << " gains";
+        }
+      }
+    }
+  }
+}
+
+
 // Each vector RoPE gives the floats of Rope::Rotate, both pair layouts, both directions, and
 // rope_dim not a multiple of the pairs it rotates at once (the scalar tail).
 void CheckVectorRope(void (*rotate)(const fraqtl::Rope&, float*, const float*, const float*, bool),
