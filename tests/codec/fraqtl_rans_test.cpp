@@ -240,25 +240,24 @@ TEST(FraqtlRans, ColumnsPriceExactlyThroughEveryKernel) {
               fraqtl::internal::QuantizeRef(th, sigma > 0.0f ? z[i] / sigma : 0.0f));
           want_cost += cost[want[i]];
         }
-        const std::string where =
-            "bits " + std::to_string(b) + " n " + std::to_string(n) + " sigma " +
-            std::to_string(sigma);
-        for (const fraqtl::internal::QuantLut* l : {static_cast<const fraqtl::internal::QuantLut*>(nullptr), &lut}) {
+        const std::string where = "bits " + std::to_string(b) + " n " + std::to_string(n) +
+                                  " sigma " + std::to_string(sigma);
+        for (const fraqtl::internal::QuantLut* l :
+             {static_cast<const fraqtl::internal::QuantLut*>(nullptr), &lut}) {
           std::vector<uint16_t> got(n), got2(2 * n), got3(n);
-          EXPECT_EQ(fraqtl::internal::PriceColumn(b, z.data(), 1, n, th.data(), sigma, nullptr,
-                                                  1, got.data(), 1, cost.data(), nullptr, l),
+          EXPECT_EQ(fraqtl::internal::PriceColumn(b, z.data(), 1, n, th.data(), sigma, nullptr, 1,
+                                                  got.data(), 1, cost.data(), nullptr, l),
                     want_cost)
               << where << " contiguous";
           EXPECT_EQ(got, want) << where << " contiguous";
-          EXPECT_EQ(fraqtl::internal::PriceColumn(b, z2.data(), 2, n, th.data(), sigma, nullptr,
-                                                  1, got2.data(), 2, cost.data(), nullptr, l),
+          EXPECT_EQ(fraqtl::internal::PriceColumn(b, z2.data(), 2, n, th.data(), sigma, nullptr, 1,
+                                                  got2.data(), 2, cost.data(), nullptr, l),
                     want_cost)
               << where << " strided";
           for (size_t i = 0; i < n; ++i) got3[i] = got2[2 * i];
           EXPECT_EQ(got3, want) << where << " strided";
-          EXPECT_EQ(fraqtl::internal::PriceColumn(b, z.data(), 1, n, th.data(), sigma,
-                                                  ones.data(), 1, got.data(), 1, cost.data(),
-                                                  keep.data(), l),
+          EXPECT_EQ(fraqtl::internal::PriceColumn(b, z.data(), 1, n, th.data(), sigma, ones.data(),
+                                                  1, got.data(), 1, cost.data(), keep.data(), l),
                     want_cost)
               << where << " gains";
           EXPECT_EQ(got, want) << where << " gains";
@@ -267,7 +266,6 @@ TEST(FraqtlRans, ColumnsPriceExactlyThroughEveryKernel) {
     }
   }
 }
-
 
 // Each vector RoPE gives the floats of Rope::Rotate, both pair layouts, both directions, and
 // rope_dim not a multiple of the pairs it rotates at once (the scalar tail).
