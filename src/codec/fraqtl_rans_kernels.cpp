@@ -325,6 +325,32 @@ __attribute__((target("avx2,f16c"))) bool HalvesFromByteSymbolsF16c(const uint32
   return finite;
 }
 
+__attribute__((target("avx2"))) void FlattenSymbolsAvx2(const uint16_t* base, const int32_t* off,
+                                                        const rans::EncSym* const* enc, size_t n,
+                                                        size_t t, const rans::EncSym** out) {
+  static_assert(sizeof(rans::EncSym) == 16 && sizeof(void*) == 8);
+  const __m256i tv = _mm256_set1_epi32(static_cast<int>(t));
+  const __m256i low16 = _mm256_set1_epi32(0xffff);
+  size_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256i at =
+        _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(off + c)), tv);
+    // Four bytes from each symbol's address: the symbol and its neighbour, which the mask drops.
+    const __m256i v =
+        _mm256_and_si256(_mm256_i32gather_epi32(reinterpret_cast<const int*>(base), at, 2), low16);
+    const __m256i bytes = _mm256_slli_epi32(v, 4);  // times sizeof(EncSym)
+    const __m256i lo =
+        _mm256_add_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(enc + c)),
+                         _mm256_cvtepu32_epi64(_mm256_castsi256_si128(bytes)));
+    const __m256i hi =
+        _mm256_add_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(enc + c + 4)),
+                         _mm256_cvtepu32_epi64(_mm256_extracti128_si256(bytes, 1)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), lo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c + 4), hi);
+  }
+  for (; c < n; ++c) out[c] = enc[c] + base[static_cast<size_t>(off[c]) + t];
+}
+
 namespace {
 
 __attribute__((target("avx2"))) float MaxAbsAvx2(const float* x, size_t n) {

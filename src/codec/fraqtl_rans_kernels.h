@@ -74,6 +74,13 @@ bool HaveAvx2F16c();
 // is then unspecified). Requires HaveAvx2F16c().
 bool HalvesFromByteSymbolsF16c(const uint32_t* q, size_t n, float* out);
 
+// out[c] = enc[c] + the symbol of token t in column c, the column at base + off[c] (symbols of
+// consecutive tokens adjacent), for c < n: a token's table entries, eight columns at a time with
+// gathers. Requires HaveAvx2(); reads up to 2 bytes past the symbol of token t of each column;
+// base + off[c] + t below 2^31 symbols.
+void FlattenSymbolsAvx2(const uint16_t* base, const int32_t* off, const rans::EncSym* const* enc,
+                        size_t n, size_t t, const rans::EncSym** out);
+
 // The largest |x[i]| over i < n (0 for n = 0); x finite. The maximum is exact, so the AVX2
 // and scalar versions agree whatever the order.
 float MaxAbs(const float* x, size_t n);

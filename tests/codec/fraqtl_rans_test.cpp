@@ -267,6 +267,31 @@ TEST(FraqtlRans, ColumnsPriceExactlyThroughEveryKernel) {
   }
 }
 
+// The gathered table entries of a token's symbols are those of the scalar loop, for list
+// lengths around the eight columns a step takes, at the last token of each column too.
+TEST(FraqtlRans, GatheredSymbolsEqualTheScalarLoop) {
+  if (!fraqtl::internal::HaveAvx2()) GTEST_SKIP() << "SKIPPED: no AVX2 on this CPU";
+  std::mt19937 rng(9);
+  const size_t ld = 48, tokens = 32, columns = 21;
+  std::vector<uint16_t> idx(columns * ld);
+  for (uint16_t& v : idx) v = static_cast<uint16_t>(rng() % 256);
+  std::vector<rans::EncSym> tables(columns * 256);
+  std::vector<const rans::EncSym*> enc;
+  std::vector<int32_t> off;
+  for (size_t c = 0; c < columns; ++c) {
+    enc.push_back(tables.data() + 256 * ((c * 7) % columns));
+    off.push_back(static_cast<int32_t>(((c * 5) % columns) * ld));
+  }
+  for (size_t n : {size_t{1}, size_t{7}, size_t{8}, size_t{9}, size_t{16}, size_t{21}}) {
+    for (size_t t : {size_t{0}, size_t{5}, tokens - 1}) {
+      std::vector<const rans::EncSym*> got(n, nullptr), want(n);
+      for (size_t c = 0; c < n; ++c) want[c] = enc[c] + idx[off[c] + t];
+      fraqtl::internal::FlattenSymbolsAvx2(idx.data(), off.data(), enc.data(), n, t, got.data());
+      EXPECT_EQ(got, want) << "n " << n << " token " << t;
+    }
+  }
+}
+
 // Each vector RoPE gives the floats of Rope::Rotate, both pair layouts, both directions, and
 // rope_dim not a multiple of the pairs it rotates at once (the scalar tail).
 void CheckVectorRope(void (*rotate)(const fraqtl::Rope&, float*, const float*, const float*, bool),
