@@ -506,7 +506,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
       std::vector<const rans::EncSym*> enc;
     };
     std::vector<Gathered> gath_lo(H), gath_hi(H);
-    const bool gather = avx2 && total_cols * ld + 2 < (size_t{1} << 31);
+    const bool gather = avx2 && total_cols * ld < (size_t{1} << 31);
     for (size_t h = 0; h < H; ++h) {
       for (auto [list, flat, prefix, g] :
            {std::tuple{&lo[h], &flat_lo[h], &prefix_lo[h], &gath_lo[h]},

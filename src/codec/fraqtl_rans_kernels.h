@@ -75,9 +75,8 @@ bool HaveAvx2F16c();
 bool HalvesFromByteSymbolsF16c(const uint32_t* q, size_t n, float* out);
 
 // out[c] = enc[c] + the symbol of token t in column c, the column at base + off[c] (symbols of
-// consecutive tokens adjacent), for c < n: a token's table entries, eight columns at a time with
-// gathers. Requires HaveAvx2(); reads up to 2 bytes past the symbol of token t of each column;
-// base + off[c] + t below 2^31 symbols.
+// consecutive tokens adjacent), for c < n: a token's table entries, eight columns at a time.
+// Requires HaveAvx2().
 void FlattenSymbolsAvx2(const uint16_t* base, const int32_t* off, const rans::EncSym* const* enc,
                         size_t n, size_t t, const rans::EncSym** out);
 
