@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -132,6 +133,10 @@ struct FraqtlShared {
   std::vector<rans::Table> tables;  // [layers, 2, kv_heads, kMaxCodedBits + 1] (b = 0 unused)
   std::unique_ptr<uint32_t[]> slot_pool;
   std::unique_ptr<std::once_flag[]> slot_once;  // [tables.size() + 1], the last: uniform
+  // Set once a table's slots are filled: libstdc++'s call_once has no fast path of its own (it
+  // sets thread-local state and calls pthread_once every time), and the decoder asks for every
+  // coded column of every chunk.
+  std::unique_ptr<std::atomic<bool>[]> slot_ready;
 };
 
 class FraqtlCodec final : public Codec {
@@ -147,7 +152,8 @@ class FraqtlCodec final : public Codec {
         ladders_(shared_->ladders),
         tables_(shared_->tables),
         slot_pool_(shared_->slot_pool),
-        slot_once_(shared_->slot_once) {
+        slot_once_(shared_->slot_once),
+        slot_ready_(shared_->slot_ready) {
     rope_.theta = p.rope_theta;
     rope_.neox = p.rope_style == "neox";
     rope_.rope_dim = p.rope_dim;
@@ -481,6 +487,7 @@ class FraqtlCodec final : public Codec {
   std::vector<rans::Table>& tables_;
   std::unique_ptr<uint32_t[]>& slot_pool_;
   std::unique_ptr<std::once_flag[]>& slot_once_;
+  std::unique_ptr<std::atomic<bool>[]>& slot_ready_;
 };
 
 }  // namespace kvwire::fraqtl::internal

@@ -90,6 +90,7 @@ void FraqtlCodec::BuildRans(const Profile& profile) {
   // Filled per table on first use (EnsureSlots): no need to zero it.
   slot_pool_ = std::make_unique_for_overwrite<uint32_t[]>((tables_.size() + 1) * rans::kProbScale);
   slot_once_ = std::make_unique<std::once_flag[]>(tables_.size() + 1);
+  slot_ready_ = std::make_unique<std::atomic<bool>[]>(tables_.size() + 1);
   // Ladders: greedy on variance * (D(b) - D(b')) per unit of model cost (the table's entropy
   // per token), ties to the lower item; as AllocateBits with coded bits for integer bits.
   const int protect = cfg_.protect > 0 && cfg_.protect <= kMaxCodedBits ? cfg_.protect : 0;
@@ -195,12 +196,15 @@ void FraqtlCodec::PublishShared(const std::string& key, std::shared_ptr<FraqtlSh
 
 uint32_t FraqtlCodec::EnsureSlots(uint32_t layer, KvKind kind, uint32_t h, int b) const {
   const size_t t = TableIndex(layer, kind, h, b);
-  std::call_once(slot_once_[t], [&] {
-    const rans::Table& src = t == tables_.size() ? rans::UniformByteTable() : tables_[t];
-    rans::Table full;
-    rans::BuildTable(src.freq, &full);
-    std::copy(full.slots.begin(), full.slots.end(), slot_pool_.get() + t * rans::kProbScale);
-  });
+  if (!slot_ready_[t].load(std::memory_order_acquire)) {
+    std::call_once(slot_once_[t], [&] {
+      const rans::Table& src = t == tables_.size() ? rans::UniformByteTable() : tables_[t];
+      rans::Table full;
+      rans::BuildTable(src.freq, &full);
+      std::copy(full.slots.begin(), full.slots.end(), slot_pool_.get() + t * rans::kProbScale);
+      slot_ready_[t].store(true, std::memory_order_release);
+    });
+  }
   return static_cast<uint32_t>(t * rans::kProbScale);
 }
 
