@@ -87,9 +87,33 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
   if (nq == 0) return Status::Ok();
   const size_t block_rows = std::min(nq, block_tokens);
 
+  // Per-thread scratch, reused across chunks (fresh buffers per chunk cost their zero-filling
+  // and page faults): which rows repeat (zeroed here), the row each copies (read only where it
+  // repeats), and the symbols of a run of tokens and their slot-table offsets (written first).
+  thread_local struct {
+    std::vector<uint8_t> repeat;
+    std::vector<uint32_t> ref, offs, syms;
+  } scratch;
+  constexpr size_t kKeepBytes = size_t{64} << 20;
+  auto grow = [](auto* v, size_t n) {
+    if (v->size() < n) v->resize(n);
+  };
+  grow(&scratch.repeat, nq * H);
+  grow(&scratch.ref, nq * H);
+  // Dropped after this chunk when it made them larger than kKeepBytes.
+  struct Trim {
+    decltype(scratch)& sc;
+    ~Trim() {
+      if (sc.offs.capacity() * 4 > kKeepBytes) std::vector<uint32_t>().swap(sc.offs);
+      if (sc.syms.capacity() * 4 > kKeepBytes) std::vector<uint32_t>().swap(sc.syms);
+      if (sc.ref.capacity() * 4 > kKeepBytes) std::vector<uint32_t>().swap(sc.ref);
+      if (sc.repeat.capacity() > kKeepBytes) std::vector<uint8_t>().swap(sc.repeat);
+    }
+  } trim{scratch};
+  uint8_t* const repeat = scratch.repeat.data();
+  uint32_t* const ref = scratch.ref.data();
+  std::fill(repeat, repeat + nq * H, 0);
   // Repeats: which (token, head) rows copy which unique row of their (block, head).
-  std::vector<uint8_t> repeat(nq * H, 0);
-  std::vector<uint32_t> ref(nq * H, 0);
   if (has_repeats) {
     BitReader r(payload.subspan(repeats_at + 4, repeat_bytes));
     std::vector<size_t> u(H);
@@ -340,7 +364,10 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
   size_t per_token = 0;
   for (size_t h = 0; h < H; ++h) per_token += std::max(pat_lo[h].size(), pat_hi[h].size());
   const size_t run_symbols = kRun * per_token;
-  std::vector<uint32_t> offs(kStreams * run_symbols), syms(kStreams * run_symbols);
+  grow(&scratch.offs, kStreams * run_symbols);
+  grow(&scratch.syms, kStreams * run_symbols);
+  uint32_t* const offs = scratch.offs.data();
+  uint32_t* const syms = scratch.syms.data();
   size_t at = 4 * blocks;
   for (size_t b0 = 0; b0 < blocks; b0 += kStreams) {
     const int streams = static_cast<int>(std::min<size_t>(kStreams, blocks - b0));
@@ -370,7 +397,7 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
         r0[a] = cur[s];
         r1[a] = std::min({end[s], cur[s] + kRun, use_hi[a] ? size_t{extra} : end[s]});
         const std::vector<std::vector<uint32_t>>& pat = use_hi[a] ? pat_hi : pat_lo;
-        uint32_t* o = offs.data() + a * run_symbols;
+        uint32_t* o = offs + a * run_symbols;
         size_t m = 0;
         for (size_t qi = r0[a]; qi < r1[a]; ++qi) {
           for (size_t h = 0; h < H; ++h) {
@@ -382,7 +409,7 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
         n[a] = m;
         stream[a] = s;
         op[a] = o;
-        sp[a] = syms.data() + a * run_symbols;
+        sp[a] = syms + a * run_symbols;
         dp[a] = any ? &*decs[s] : nullptr;
         cur[s] = r1[a];
       }
