@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <cstring>
 
 namespace kvwire::fraqtl::internal {
 
@@ -567,6 +568,76 @@ __attribute__((target("avx2"))) uint64_t PriceColumnCompareAvx2(const float* z, 
   return PriceGroups(z, zs, n, sigma, dst, ds, cost, find);
 }
 
+// The sum of 16 lanes in 64 bits (16 lanes of up to 2^30 would overflow 32).
+__attribute__((target("avx512f"))) uint64_t SumLanes512(__m512i a) {
+  alignas(64) uint32_t a16[16];
+  _mm512_store_si512(a16, a);
+  uint64_t sum = 0;
+  for (uint32_t x : a16) sum += x;
+  return sum;
+}
+
+// table[idx] of a table of 2^B entries held in 2^B / 16 registers: one two-register permute
+// per pair of registers, then blends by the index's higher bits.
+template <int B>
+__attribute__((target("avx512f"), always_inline)) inline __m512i Lookup512(const __m512i* t,
+                                                                        __m512i idx) {
+  static_assert(B >= 5 && B <= 7);
+  __m512i r[4];
+  for (int k = 0; k < (1 << B) / 32; ++k) r[k] = _mm512_permutex2var_epi32(t[2 * k], idx, t[2 * k + 1]);
+  if constexpr (B == 5) return r[0];
+  const __mmask16 b5 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(32));
+  r[0] = _mm512_mask_blend_epi32(b5, r[0], r[1]);
+  if constexpr (B == 6) return r[0];
+  r[2] = _mm512_mask_blend_epi32(b5, r[2], r[3]);
+  return _mm512_mask_blend_epi32(_mm512_test_epi32_mask(idx, _mm512_set1_epi32(64)), r[0], r[2]);
+}
+
+// The binary search of SearchFind<B> (the same symbols) 16 coefficients at a time, for 5 to 7
+// bits with AVX-512: every threshold and every cost sits in registers, so each step is a
+// permute instead of a gather. Contiguous coefficients and symbols only (zs = ds = 1, no gains,
+// no skipped rows); the last group is masked (no scalar tail).
+template <int B>
+__attribute__((target("avx512f"))) uint64_t PriceColumnSearch512(const float* z, size_t n,
+                                                                const float* th, float sigma,
+                                                                uint16_t* dst,
+                                                                const uint32_t* cost) {
+  constexpr int kRegs = (1 << B) / 16;
+  alignas(64) uint32_t tb[1 << B], cb[1 << B];
+  std::memcpy(tb, th, sizeof(float) * ((1 << B) - 1));
+  tb[(1 << B) - 1] = 0;  // never a search step's threshold
+  std::memcpy(cb, cost, sizeof(uint32_t) << B);
+  __m512i tv[kRegs], cv[kRegs];
+  for (int k = 0; k < kRegs; ++k) {
+    tv[k] = _mm512_load_si512(tb + 16 * k);
+    cv[k] = _mm512_load_si512(cb + 16 * k);
+  }
+  const __m512 sg = _mm512_set1_ps(sigma);
+  __m512i acc = _mm512_setzero_si512();
+  uint64_t total = 0;
+  size_t since = 0;
+  for (size_t t = 0; t < n; t += 16) {
+    const __mmask16 m = n - t >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - t)) - 1);
+    const __m512 zv = _mm512_maskz_loadu_ps(m, z + t);
+    const __m512 u = sigma > 0.0f ? _mm512_div_ps(zv, sg) : _mm512_setzero_ps();
+    __m512i v = _mm512_setzero_si512();
+    for (int st = B - 1; st >= 0; --st) {
+      const __m512i at = _mm512_add_epi32(v, _mm512_set1_epi32((1 << st) - 1));
+      const __m512 thr = _mm512_castsi512_ps(Lookup512<B>(tv, at));
+      v = _mm512_mask_add_epi32(v, _mm512_cmp_ps_mask(thr, u, _CMP_LT_OQ), v,
+                                _mm512_set1_epi32(1 << st));
+    }
+    acc = _mm512_mask_add_epi32(acc, m, acc, Lookup512<B>(cv, v));
+    _mm512_mask_cvtepi32_storeu_epi16(dst + t, m, v);
+    if (++since == 1024) {  // a lane sums at most 1024 costs below 2^20
+      total += SumLanes512(acc);
+      acc = _mm512_setzero_si512();
+      since = 0;
+    }
+  }
+  return total + SumLanes512(acc);
+}
+
 template <int B>
 __attribute__((target("avx2"))) uint64_t PriceColumnAvx2(const float* z, size_t zs, size_t n,
                                                         const float* th, float sigma,
@@ -625,6 +696,13 @@ QuantLut BuildQuantLut(const std::vector<float>& th, int bits) {
 uint64_t PriceColumn(int b, const float* z, size_t zs, size_t n, const float* th, float sigma,
                      const float* g, size_t gs, uint16_t* dst, size_t ds, const uint32_t* cost,
                      const uint8_t* skip, const QuantLut* lut) {
+  if (!g && !skip && zs == 1 && ds == 1 && b >= 5 && b <= 7 && HaveAvx512()) {
+    switch (b) {
+      case 5: return PriceColumnSearch512<5>(z, n, th, sigma, dst, cost);
+      case 6: return PriceColumnSearch512<6>(z, n, th, sigma, dst, cost);
+      default: return PriceColumnSearch512<7>(z, n, th, sigma, dst, cost);
+    }
+  }
   if (!g && !skip && HaveAvx2() && b <= 4) {
     switch (b) {
       case 1: return PriceColumnCompareAvx2<1>(z, zs, n, th, sigma, dst, ds, cost);
