@@ -93,7 +93,7 @@ bool BuildTable(std::span<const uint16_t> freq, Table* t, bool slots) {
     // ceil(2^64 / f): the error x (rcp - 2^64 / f) / 2^64 < 2^-32 never reaches the next
     // integer, since x / f is at least 1 / f < 2^-12 below it.
     t->rcp[s] = f == 1 ? 0 : ~uint64_t{0} / f + 1;
-    t->enc[s] = EncSym{t->rcp[s], f, c};
+    t->enc[s] = f == 1 ? EncSym{~uint64_t{0}, 1, c + kProbScale - 1} : EncSym{t->rcp[s], f, c};
     t->entropy += uint64_t{f} * t->cost[s];
     for (uint32_t j = 0; slots && j < f; ++j) {
       t->slots[c + j] = static_cast<uint32_t>(s) | f << 8 | j << 20;
@@ -123,14 +123,13 @@ void BlockEncoder::PutAll(const EncSym* const* sym, size_t n) {
   Reserve(n);
   uint16_t* w = words_.data();
   size_t used = used_;
-  // One step of Put on state x, branch-free but for f = 1 (rcp = 0: x / 1 = x).
+  // One step of Put on state x, without a branch (EncSym: f = 1 needs none either).
   auto put = [&](uint32_t& x, const EncSym& e) {
     const uint32_t out = x >= (e.freq << (32 - kProbBits)) ? 1u : 0u;
     w[used] = static_cast<uint16_t>(x);
     used += out;
     const uint32_t y = x >> (16 * out);
-    const uint32_t q =
-        e.rcp ? static_cast<uint32_t>((static_cast<unsigned __int128>(y) * e.rcp) >> 64) : y;
+    const uint32_t q = static_cast<uint32_t>((static_cast<unsigned __int128>(y) * e.rcp) >> 64);
     x = (q << kProbBits) + (y - q * e.freq) + e.cum;
   };
   static_assert(kLanes == 8);

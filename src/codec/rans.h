@@ -45,9 +45,12 @@ uint32_t SymbolCost(uint32_t f);
 /// Deterministic: IEEE double arithmetic only.
 std::vector<uint16_t> NormalizeFrequencies(std::span<const double> p);
 
-/// What the encoder needs of one symbol, in one place.
+/// What the encoder needs of one symbol, in one place, prepared for a step without a branch:
+/// q = (x * rcp) >> 64, then x' = (q << kProbBits) + (x - q * freq) + cum. For freq > 1 rcp is
+/// Table::rcp and cum the symbol's; for freq = 1, rcp = 2^64 - 1 gives q = x - 1 (x >= 1), and
+/// cum is the symbol's plus 4095, which makes x' = (x << kProbBits) + the symbol's cum.
 struct EncSym {
-  uint64_t rcp;  // Table::rcp
+  uint64_t rcp;
   uint32_t freq, cum;
 };
 

@@ -52,6 +52,34 @@ TEST(Rans, NormalizeKeepsEveryCellAndSums) {
   EXPECT_FALSE(rans::BuildTable(std::vector<uint16_t>{100, 100}, &t)); // wrong sum
 }
 
+// Symbols of frequency 1 (the encoder's division by 1, which PutAll does without a branch)
+// in every lane and after every kind of state: PutAll writes Put's bytes, and they decode.
+TEST(Rans, FrequencyOneSymbolsEncodeAsPutDoes) {
+  std::vector<double> p = {1e-9, 0.5, 1e-9, 0.25, 0.25, 1e-9};
+  rans::Table t;
+  ASSERT_TRUE(rans::BuildTable(rans::NormalizeFrequencies(p), &t));
+  ASSERT_EQ(t.freq[0], 1u);
+  ASSERT_EQ(t.freq[5], 1u);
+  std::mt19937 rng(3);
+  std::vector<uint32_t> sym;
+  for (int k = 0; k < 997; ++k) sym.push_back(rng() % 4 == 0 ? (rng() % 2 ? 0 : 5) : rng() % 6);
+  rans::BlockEncoder enc;
+  enc.Reserve(sym.size());
+  for (size_t k = sym.size(); k-- > 0;) enc.Put(static_cast<uint32_t>(k), sym[k], t);
+  std::vector<uint8_t> want, got;
+  enc.Finish(&want);
+  std::vector<const rans::EncSym*> entries;
+  for (uint32_t s : sym) entries.push_back(&t.enc[s]);
+  enc.PutAll(entries.data(), entries.size());
+  enc.Finish(&got);
+  EXPECT_EQ(got, want);
+  rans::BlockDecoder dec(got);
+  std::vector<uint32_t> offs(sym.size(), 0), out(sym.size());
+  dec.Decode(t.slots.data(), offs.data(), offs.size(), out.data());
+  EXPECT_EQ(out, sym);
+  EXPECT_TRUE(dec.Ok());
+}
+
 // Random symbols under random tables of every size, each symbol with its own table: the
 // decoder (scalar, AVX2 groups, several blocks side by side) gets them back, ends in its
 // initial state, and the block's size is what the costs said within a few bytes.
