@@ -50,7 +50,7 @@ class AnglePages {
       if (auto it = pages_.find(key); it != pages_.end()) return it->second;
     }
     const uint32_t half = rope.rope_dim / 2;
-    const size_t floats = size_t{kPagePositions} * 2 * half;
+    const size_t floats = PageFloats(rope.rope_dim);
     std::shared_ptr<float[]> cs = std::make_shared_for_overwrite<float[]>(floats);
     for (int64_t t = 0; t < kPagePositions; ++t) {
       float* c = cs.get() + size_t(t) * 2 * half;
@@ -62,8 +62,8 @@ class AnglePages {
       order_.push_back(key);
       bytes_ += floats * sizeof(float);
       while (bytes_ > kMaxCachedBytes && order_.size() > 1) {
+        bytes_ -= PageFloats(std::get<1>(order_.front())) * sizeof(float);
         pages_.erase(order_.front());
-        bytes_ -= size_t{kPagePositions} * (std::get<1>(order_.front()) / 2) * 2 * sizeof(float);
         order_.pop_front();
       }
     }
@@ -71,7 +71,10 @@ class AnglePages {
   }
 
  private:
-  using Key = std::tuple<double, uint32_t, int64_t>;
+  using Key = std::tuple<double, uint32_t, int64_t>;  // theta, rope_dim, page
+  static size_t PageFloats(uint32_t rope_dim) {
+    return size_t{kPagePositions} * (rope_dim / 2) * 2;
+  }
   std::mutex mu_;
   std::map<Key, Page> pages_;
   std::deque<Key> order_;

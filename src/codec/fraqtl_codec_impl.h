@@ -8,9 +8,9 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <atomic>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -226,7 +226,8 @@ class FraqtlCodec final : public Codec {
       for (size_t i = 0; i + 1 < o->levels[bits].size(); ++i) {
         th[i] = 0.5f * (o->levels[bits][i] + o->levels[bits][i + 1]);
       }
-      o->quant[bits] = BuildQuantLut(th, bits);
+      // Pricing compares against the thresholds directly up to 4 bits: no table there.
+      if (bits > 4) o->quant[bits] = BuildQuantLut(th, bits);
     }
     if (calib) o->distortion[0] = b.distortion[0];
   }

@@ -87,27 +87,22 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
   if (nq == 0) return Status::Ok();
   const size_t block_rows = std::min(nq, block_tokens);
 
-  // Per-thread scratch, reused across chunks (fresh buffers per chunk cost their zero-filling
-  // and page faults): which rows repeat (zeroed here), the row each copies (read only where it
-  // repeats), and the symbols of a run of tokens and their slot-table offsets (written first).
-  thread_local struct {
+  // Per-thread scratch (kScratchKeepBytes): which rows repeat (zeroed here), the row each
+  // copies (read only where it repeats), and the symbols of a run of tokens and their
+  // slot-table offsets (written before they are read).
+  thread_local struct Scratch {
     std::vector<uint8_t> repeat;
     std::vector<uint32_t> ref, offs, syms;
   } scratch;
-  constexpr size_t kKeepBytes = size_t{64} << 20;
-  auto grow = [](auto* v, size_t n) {
-    if (v->size() < n) v->resize(n);
-  };
-  grow(&scratch.repeat, nq * H);
-  grow(&scratch.ref, nq * H);
-  // Dropped after this chunk when it made them larger than kKeepBytes.
-  struct Trim {
-    decltype(scratch)& sc;
+  Grow(&scratch.repeat, nq * H);
+  Grow(&scratch.ref, nq * H);
+  struct Trim {  // on every way out of this chunk
+    Scratch& sc;
     ~Trim() {
-      if (sc.offs.capacity() * 4 > kKeepBytes) std::vector<uint32_t>().swap(sc.offs);
-      if (sc.syms.capacity() * 4 > kKeepBytes) std::vector<uint32_t>().swap(sc.syms);
-      if (sc.ref.capacity() * 4 > kKeepBytes) std::vector<uint32_t>().swap(sc.ref);
-      if (sc.repeat.capacity() > kKeepBytes) std::vector<uint8_t>().swap(sc.repeat);
+      ShedIfLarge(&sc.repeat);
+      ShedIfLarge(&sc.ref);
+      ShedIfLarge(&sc.offs);
+      ShedIfLarge(&sc.syms);
     }
   } trim{scratch};
   uint8_t* const repeat = scratch.repeat.data();
@@ -364,8 +359,8 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
   size_t per_token = 0;
   for (size_t h = 0; h < H; ++h) per_token += std::max(pat_lo[h].size(), pat_hi[h].size());
   const size_t run_symbols = kRun * per_token;
-  grow(&scratch.offs, kStreams * run_symbols);
-  grow(&scratch.syms, kStreams * run_symbols);
+  Grow(&scratch.offs, kStreams * run_symbols);
+  Grow(&scratch.syms, kStreams * run_symbols);
   uint32_t* const offs = scratch.offs.data();
   uint32_t* const syms = scratch.syms.data();
   size_t at = 4 * blocks;

@@ -24,10 +24,8 @@
 namespace kvwire::fraqtl::internal {
 namespace {
 
-// Per-thread scratch, reused across chunks (a fresh multi-MiB buffer per chunk costs its page
-// faults); dropped after a chunk that made it larger than kKeepBytes.
+// The encoder's per-thread scratch (kScratchKeepBytes).
 struct Scratch {
-  static constexpr size_t kKeepBytes = size_t{64} << 20;
   std::vector<float> rows;       // [nq][H][D] the rows, RoPE undone for pre-RoPE K
   std::vector<float> z;          // [H][nq][Kp_h] coefficients of the kept directions
   std::vector<uint16_t> idx;     // [H][nq][Kp_h] their symbols at the current allocation
@@ -35,20 +33,13 @@ struct Scratch {
   std::vector<uint8_t> section;
   std::vector<const rans::EncSym*> sym;  // a block's symbols, in decoding order
   void Trim() {
-    if (rows.capacity() * sizeof(float) > kKeepBytes) std::vector<float>().swap(rows);
-    if (z.capacity() * sizeof(float) > kKeepBytes) std::vector<float>().swap(z);
-    if (idx.capacity() * sizeof(uint16_t) > kKeepBytes) std::vector<uint16_t>().swap(idx);
-    if (section.capacity() > kKeepBytes) std::vector<uint8_t>().swap(section);
-    if (sym.capacity() * sizeof(void*) > kKeepBytes) std::vector<const rans::EncSym*>().swap(sym);
+    ShedIfLarge(&rows);
+    ShedIfLarge(&z);
+    ShedIfLarge(&idx);
+    ShedIfLarge(&section);
+    ShedIfLarge(&sym);
   }
 };
-
-// At least n elements: scratch only grows (a resize up to a size it had before would fill
-// with zeros what is about to be overwritten).
-template <typename T>
-void Grow(std::vector<T>* v, size_t n) {
-  if (v->size() < n) v->resize(n);
-}
 
 }  // namespace
 

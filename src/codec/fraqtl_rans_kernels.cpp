@@ -714,12 +714,8 @@ uint64_t PriceColumn(int b, const float* z, size_t zs, size_t n, const float* th
   if (!g && !skip && HaveAvx2() && lut && lut->fixups >= 0) {
     return PriceColumnLutAvx2(z, zs, n, *lut, sigma, dst, ds, cost);
   }
-  if (!g && !skip && HaveAvx2()) {
+  if (!g && !skip && HaveAvx2()) {  // 5 bits and more (fewer took the comparisons above)
     switch (b) {
-      case 1: return PriceColumnAvx2<1>(z, zs, n, th, sigma, dst, ds, cost);
-      case 2: return PriceColumnAvx2<2>(z, zs, n, th, sigma, dst, ds, cost);
-      case 3: return PriceColumnAvx2<3>(z, zs, n, th, sigma, dst, ds, cost);
-      case 4: return PriceColumnAvx2<4>(z, zs, n, th, sigma, dst, ds, cost);
       case 5: return PriceColumnAvx2<5>(z, zs, n, th, sigma, dst, ds, cost);
       case 6: return PriceColumnAvx2<6>(z, zs, n, th, sigma, dst, ds, cost);
       case 7: return PriceColumnAvx2<7>(z, zs, n, th, sigma, dst, ds, cost);

@@ -44,9 +44,6 @@ class DigestMemo {
   std::deque<std::pair<std::string, std::string>> entries_;
 };
 
-}  // namespace
-namespace {
-
 constexpr uint8_t kMagic[4] = {'K', 'V', 'W', 'P'};
 constexpr size_t kPreambleBytes = 16;
 constexpr size_t kCodebookLevels = (size_t{1} << (kProfileMaxBits + 1)) - 2;  // 510
