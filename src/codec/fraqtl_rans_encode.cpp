@@ -86,10 +86,10 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
 
   // Repeats: within a block, a (token, head) row whose values round to the same grid as an
   // earlier row's (multiples of 2^(e - 14), e the exponent of the row's largest magnitude) codes
-  // as that row: the decoder copies its coefficients. A hash of the first rounded values finds
-  // candidates in an open-addressed table, all of them decide. repeat[qi * H + h] = 1 for a
-  // repeat; ref = the unique row it copies (repeats) or its own number (unique rows), counted
-  // within (block, head).
+  // as that row: the decoder copies its coefficients. A key of the first eight rounded values
+  // (RowGridKey) finds candidates in an open-addressed table; the whole rows decide.
+  // repeat[qi * H + h] = 1 for a repeat; ref = the unique row it copies (repeats) or its own
+  // number (unique rows), counted within (block, head).
   std::vector<uint8_t> repeat(nq * H, 0);
   std::vector<uint32_t> ref(nq * H, 0);
   std::vector<uint8_t> repeat_bits;  // the repeat section (after its u32 length)
@@ -98,7 +98,9 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     const size_t rows_per_block = std::min(nq, block_tokens);
     size_t cap = 16;
     while (cap < 2 * rows_per_block) cap *= 2;
-    std::vector<int64_t> slot(cap * H);        // table per head: a row (qi) + 1, 0 = empty
+    // Table per head: a row's qi + 1 in the low half, the high half of its key above (a tag that
+    // rules out most candidates without reading them); 0 = empty.
+    std::vector<uint64_t> slot(cap * H);
     std::vector<uint32_t> count(H);
     std::vector<int32_t> scale_exp(nq * H);    // the grid's exponent per row
     auto exponent = [&](const float* r) {
@@ -123,7 +125,6 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
     };
     // v * sc rounded to the nearest integer (sc a power of two; |v * sc| <= 2^14)
     auto grid = [](float v, float sc) { return _mm_cvtss_si32(_mm_set_ss(v * sc)); };
-    constexpr size_t kHashed = 8;  // values that pick a row's slot
     for (size_t blk = 0; blk < blocks; ++blk) {
       const size_t t0 = blk * block_tokens, t1 = std::min(nq, t0 + block_tokens);
       std::fill(slot.begin(), slot.end(), 0);
@@ -135,16 +136,14 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
           const int e = exponent(x);
           const float sc = scale_of(e);
           scale_exp[row] = e;
-          uint64_t hk = 0x9e3779b97f4a7c15ull ^ static_cast<uint32_t>(e);
-          for (size_t j = 0; j < std::min(D, kHashed); ++j) {
-            hk = (hk ^ static_cast<uint64_t>(grid(x[j], sc))) * 0x100000001b3ull;
-            hk ^= hk >> 29;
-          }
-          int64_t* table = slot.data() + h * cap;
-          size_t at = static_cast<size_t>(hk) & (cap - 1);
+          const uint64_t key = fast ? RowGridKey(x, D, sc, e) : RowGridKeyScalar(x, D, sc, e);
+          const uint64_t tag = key & 0xffffffff00000000ull;
+          uint64_t* table = slot.data() + h * cap;
+          size_t at = static_cast<size_t>(key) & (cap - 1);
           bool found = false;
           for (; table[at] != 0; at = (at + 1) & (cap - 1)) {
-            const size_t other = static_cast<size_t>(table[at] - 1) * H + h;
+            if ((table[at] & 0xffffffff00000000ull) != tag) continue;
+            const size_t other = static_cast<size_t>((table[at] & 0xffffffffu) - 1) * H + h;
             if (scale_exp[other] != e) continue;
             const float* y = rows + other * D;
             size_t j = 0;
@@ -157,7 +156,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
             }
           }
           if (!found) {
-            table[at] = static_cast<int64_t>(qi) + 1;
+            table[at] = tag | (uint64_t{qi} + 1);
             ref[row] = count[h]++;
           }
         }

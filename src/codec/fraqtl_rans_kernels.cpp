@@ -383,6 +383,42 @@ float MaxAbs(const float* x, size_t n) {
 
 namespace {
 
+// Two words of four 16-bit values and the exponent, mixed so that every input bit reaches the
+// low bits (the table index) and the high half (the tag).
+inline uint64_t MixGridKey(uint64_t w0, uint64_t w1, int32_t e) {
+  uint64_t k = (w0 ^ static_cast<uint32_t>(e)) * 0x9e3779b97f4a7c15ull;
+  k = (k ^ (k >> 31) ^ w1) * 0xbf58476d1ce4e5b9ull;
+  return k ^ (k >> 29);
+}
+
+__attribute__((target("avx2"))) uint64_t RowGridKeyAvx2(const float* x, float sc, int32_t e) {
+  // cvtps2dq rounds as cvtss2si (nearest, ties to even) and gives INT32_MIN where the product
+  // does not fit; packs saturates as the scalar clamp does.
+  const __m256i g = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x), _mm256_set1_ps(sc)));
+  const __m256i p = _mm256_packs_epi32(g, g);  // per 128-bit half: its four values, twice
+  const uint64_t w0 = static_cast<uint64_t>(_mm_cvtsi128_si64(_mm256_castsi256_si128(p)));
+  const uint64_t w1 = static_cast<uint64_t>(_mm_cvtsi128_si64(_mm256_extracti128_si256(p, 1)));
+  return MixGridKey(w0, w1, e);
+}
+
+}  // namespace
+
+uint64_t RowGridKeyScalar(const float* x, size_t d, float sc, int32_t e) {
+  uint64_t w[2] = {0, 0};
+  for (size_t j = 0; j < std::min<size_t>(d, 8); ++j) {
+    const int32_t g = std::clamp(_mm_cvtss_si32(_mm_set_ss(x[j] * sc)), -32768, 32767);
+    w[j / 4] |= uint64_t{static_cast<uint16_t>(g)} << (16 * (j % 4));
+  }
+  return MixGridKey(w[0], w[1], e);
+}
+
+uint64_t RowGridKey(const float* x, size_t d, float sc, int32_t e) {
+  if (d >= 8 && HaveAvx2()) return RowGridKeyAvx2(x, sc, e);
+  return RowGridKeyScalar(x, d, sc, e);
+}
+
+namespace {
+
 // Eight symbols (each below 2^16) to dst[l * ds].
 __attribute__((target("avx2"), always_inline)) inline void StoreSymbols(__m256i v, uint16_t* dst,
                                                                       size_t ds) {

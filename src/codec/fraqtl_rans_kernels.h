@@ -84,6 +84,13 @@ void FlattenSymbolsAvx2(const uint16_t* base, const int32_t* off, const rans::En
 // and scalar versions agree whatever the order.
 float MaxAbs(const float* x, size_t n);
 
+// The key of a row's grid: its first min(d, 8) values times sc rounded to the nearest integer
+// (ties to even), each saturated to 16 bits, mixed with e into 64 bits. Rows whose grids are
+// equal have equal keys; the repeat search hashes rows with it and compares candidates in full.
+// One definition (the scalar loop); AVX2 computes the eight values at once.
+uint64_t RowGridKey(const float* x, size_t d, float sc, int32_t e);
+uint64_t RowGridKeyScalar(const float* x, size_t d, float sc, int32_t e);
+
 // The number of thresholds (2^b - 1, ascending) strictly below u.
 inline uint32_t QuantizeRef(const std::vector<float>& th, float u) {
   uint32_t v = 0;

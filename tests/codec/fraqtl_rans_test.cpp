@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <random>
+#include <set>
 
 #include "codec/fraqtl_codec_impl.h"
 #include "codec/fraqtl_math.h"
@@ -352,6 +354,45 @@ void CheckVectorRope(void (*rotate)(const fraqtl::Rope&, float*, const float*, c
       }
     }
   }
+}
+
+// The repeat search's row key: the AVX2 version computes the scalar definition, rows on one
+// grid share a key (values that round alike, however they differ below the grid step), and
+// products too large for 16 bits (an infinite scale) saturate alike in both versions.
+TEST(FraqtlRans, RowGridKeysEqualTheScalarDefinition) {
+  std::mt19937 rng(41);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const float sc = 16384.0f;  // 2^(14 - e) for e = 0: values in (-1, 1)
+  std::vector<float> x(64), y(64);
+  std::set<uint64_t> keys;
+  for (int trial = 0; trial < 200; ++trial) {
+    for (float& v : x) v = u(rng);
+    for (size_t d : {1, 5, 8, 64}) {
+      EXPECT_EQ(fraqtl::internal::RowGridKey(x.data(), d, sc, 0),
+                fraqtl::internal::RowGridKeyScalar(x.data(), d, sc, 0))
+          << d;
+    }
+    // The same grid: each value moved by less than a quarter of a step.
+    for (size_t j = 0; j < x.size(); ++j) {
+      const float step = 1.0f / sc;
+      const float on = std::nearbyint(x[j] * sc) / sc;
+      y[j] = on + step * 0.25f * u(rng);
+    }
+    for (size_t j = 0; j < x.size(); ++j) x[j] = std::nearbyint(x[j] * sc) / sc;
+    EXPECT_EQ(fraqtl::internal::RowGridKey(x.data(), 64, sc, 0),
+              fraqtl::internal::RowGridKey(y.data(), 64, sc, 0));
+    EXPECT_NE(fraqtl::internal::RowGridKey(x.data(), 64, sc, 0),
+              fraqtl::internal::RowGridKey(x.data(), 64, sc, 1))
+        << "the exponent is part of the key";
+    keys.insert(fraqtl::internal::RowGridKey(x.data(), 64, sc, 0));
+  }
+  EXPECT_EQ(keys.size(), 200u) << "distinct grids, distinct keys";
+  // An infinite scale (rows of values below 2^-113): every product saturates.
+  const float inf = std::numeric_limits<float>::infinity();
+  for (float& v : x) v = u(rng) * 1e-36f;
+  x[3] = 0.0f;  // 0 * inf: not a number, also saturated
+  EXPECT_EQ(fraqtl::internal::RowGridKey(x.data(), 64, inf, -120),
+            fraqtl::internal::RowGridKeyScalar(x.data(), 64, inf, -120));
 }
 
 TEST(FraqtlRans, VectorRopeEqualsRopeRotate) {
