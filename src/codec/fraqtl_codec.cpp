@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "codec/fraqtl_codec_impl.h"
+#include "codec/fraqtl_rans_kernels.h"
 
 namespace kvwire::fraqtl {
 namespace internal {
@@ -28,9 +29,9 @@ __attribute__((target_clones("avx2", "default"))) void AxpyColumns(
 }
 
 // cos/sin of RoPE at positions [first, first + tokens), token t at [t * 2 * half, + 2 * half)
-// (cos half, then sin half), computed by Rope::Angles (the same floats). sincos costs more than
-// decoding a chunk, and every layer's K chunks need the same positions, on whichever thread
-// codes them: the angles are kept process-wide in pages of kPagePositions positions per
+// (cos half, then sin half), computed by RopeAnglesInto (the floats of Rope::Angles). They cost
+// more than decoding a chunk, and every layer's K chunks need the same positions, on whichever
+// thread codes them: the angles are kept process-wide in pages of kPagePositions positions per
 // (theta, rope_dim), up to kMaxCachedBytes (the oldest pages go first). A range inside one page
 // is read where it lies (the page is held until the thread's next call); one across pages is
 // copied into a buffer of the calling thread, which keeps it for the next call with the same
@@ -49,13 +50,9 @@ class AnglePages {
       std::lock_guard lock(mu_);
       if (auto it = pages_.find(key); it != pages_.end()) return it->second;
     }
-    const uint32_t half = rope.rope_dim / 2;
     const size_t floats = PageFloats(rope.rope_dim);
     std::shared_ptr<float[]> cs = std::make_shared_for_overwrite<float[]>(floats);
-    for (int64_t t = 0; t < kPagePositions; ++t) {
-      float* c = cs.get() + size_t(t) * 2 * half;
-      rope.Angles(page * kPagePositions + t, c, c + half);
-    }
+    RopeAnglesInto(rope, page * kPagePositions, kPagePositions, cs.get());
     std::lock_guard lock(mu_);
     auto [it, added] = pages_.emplace(key, std::move(cs));
     if (added) {

@@ -277,6 +277,112 @@ void RopeRotate(const Rope& rope, float* x, const float* c, const float* s, bool
   rope.Rotate(x, c, s, undo);
 }
 
+namespace {
+
+// sin and cos of r, |r| <= pi/4 (plus a little), by their Taylor series to r^15 and r^16:
+// truncation below 3e-17, Horner's rounding a few units of 2^-53.
+__attribute__((target("avx512f"), always_inline)) inline void SinCosReduced(__m512d r,
+                                                                           __m512d* s,
+                                                                           __m512d* c) {
+  const __m512d r2 = _mm512_mul_pd(r, r);
+  __m512d ps = _mm512_set1_pd(-1.0 / 1307674368000.0);  // -1/15!
+  ps = _mm512_fmadd_pd(ps, r2, _mm512_set1_pd(1.0 / 6227020800.0));
+  ps = _mm512_fmadd_pd(ps, r2, _mm512_set1_pd(-1.0 / 39916800.0));
+  ps = _mm512_fmadd_pd(ps, r2, _mm512_set1_pd(1.0 / 362880.0));
+  ps = _mm512_fmadd_pd(ps, r2, _mm512_set1_pd(-1.0 / 5040.0));
+  ps = _mm512_fmadd_pd(ps, r2, _mm512_set1_pd(1.0 / 120.0));
+  ps = _mm512_fmadd_pd(ps, r2, _mm512_set1_pd(-1.0 / 6.0));
+  *s = _mm512_fmadd_pd(_mm512_mul_pd(ps, r2), r, r);
+  __m512d pc = _mm512_set1_pd(1.0 / 20922789888000.0);  // 1/16!
+  pc = _mm512_fmadd_pd(pc, r2, _mm512_set1_pd(-1.0 / 87178291200.0));
+  pc = _mm512_fmadd_pd(pc, r2, _mm512_set1_pd(1.0 / 479001600.0));
+  pc = _mm512_fmadd_pd(pc, r2, _mm512_set1_pd(-1.0 / 3628800.0));
+  pc = _mm512_fmadd_pd(pc, r2, _mm512_set1_pd(1.0 / 40320.0));
+  pc = _mm512_fmadd_pd(pc, r2, _mm512_set1_pd(-1.0 / 720.0));
+  pc = _mm512_fmadd_pd(pc, r2, _mm512_set1_pd(1.0 / 24.0));
+  pc = _mm512_fmadd_pd(pc, r2, _mm512_set1_pd(-0.5));
+  *c = _mm512_fmadd_pd(pc, r2, _mm512_set1_pd(1.0));
+}
+
+// The float of every double within `margin` of y, in `out`; false where they are not all one
+// float (a lane to compute exactly instead).
+__attribute__((target("avx512f"), always_inline)) inline __mmask8 RoundSafely(__m512d y,
+                                                                              __m256* out) {
+  const __m512d abs = _mm512_abs_pd(y);
+  const __m512d margin =
+      _mm512_fmadd_pd(abs, _mm512_set1_pd(0x1p-40), _mm512_set1_pd(0x1p-46));
+  const __m256 lo = _mm512_cvtpd_ps(_mm512_sub_pd(y, margin));
+  const __m256 hi = _mm512_cvtpd_ps(_mm512_add_pd(y, margin));
+  *out = lo;
+  // Compared as bits: -0 and +0 are different floats.
+  const __m256i same = _mm256_cmpeq_epi32(_mm256_castps_si256(lo), _mm256_castps_si256(hi));
+  return static_cast<__mmask8>(_mm256_movemask_ps(_mm256_castsi256_ps(same)));
+}
+
+}  // namespace
+
+__attribute__((target("avx512f"))) void RopeAnglesAvx512(const Rope& rope, int64_t first,
+                                                         size_t n, float* out) {
+  const uint32_t half = rope.rope_dim / 2;
+  // pi/2 as C1 + C2 (C1: its double, C2: the rest), so a - k * C1 - k * C2 leaves r within
+  // about 2^-53 of a - k * pi/2 for |k| < 2^20.
+  const __m512d c1 = _mm512_set1_pd(1.5707963267948966);
+  const __m512d c2 = _mm512_set1_pd(6.123233995736766e-17);
+  const __m512d two_over_pi = _mm512_set1_pd(0.6366197723675814);
+  const __m512d k_max = _mm512_set1_pd(1048576.0);
+  std::vector<double> freq(half);
+  for (uint32_t i = 0; i < half; ++i) freq[i] = rope.InvFreq(i);
+  for (size_t t = 0; t < n; ++t) {
+    const int64_t pos = first + static_cast<int64_t>(t);
+    const __m512d p = _mm512_set1_pd(static_cast<double>(pos));
+    float* cos_out = out + t * 2 * half;
+    float* sin_out = cos_out + half;
+    for (uint32_t i = 0; i < half; i += 8) {
+      const __m512d a = _mm512_mul_pd(p, _mm512_loadu_pd(freq.data() + i));  // as Rope::Angles
+      const __m512d k = _mm512_roundscale_pd(_mm512_mul_pd(a, two_over_pi),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __mmask8 reducible = _mm512_cmp_pd_mask(_mm512_abs_pd(k), k_max, _CMP_LT_OQ);
+      const __m512d r = _mm512_fnmadd_pd(k, c2, _mm512_fnmadd_pd(k, c1, a));
+      __m512d sr, cr;
+      SinCosReduced(r, &sr, &cr);
+      // a = k pi/2 + r: quadrant q = k mod 4 swaps and negates.
+      const __m256i q = _mm512_cvtpd_epi32(_mm512_maskz_mov_pd(reducible, k));
+      const __mmask8 odd = static_cast<__mmask8>(
+          _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(q, 31))));
+      const __mmask8 sin_neg = static_cast<__mmask8>(
+          _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(q, 30))));
+      const __mmask8 cos_neg = static_cast<__mmask8>(_mm256_movemask_ps(
+          _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(q, _mm256_set1_epi32(1)), 30))));
+      __m512d s = _mm512_mask_blend_pd(odd, sr, cr);
+      __m512d c = _mm512_mask_blend_pd(odd, cr, sr);
+      const __m512d zero = _mm512_setzero_pd();
+      s = _mm512_mask_sub_pd(s, sin_neg, zero, s);
+      c = _mm512_mask_sub_pd(c, cos_neg, zero, c);
+      __m256 cf, sf;
+      const __mmask8 ok = reducible & RoundSafely(c, &cf) & RoundSafely(s, &sf);
+      _mm256_storeu_ps(cos_out + i, cf);
+      _mm256_storeu_ps(sin_out + i, sf);
+      if (ok != 0xff) {
+        for (uint32_t l = 0; l < 8; ++l) {
+          if ((ok >> l) & 1u) continue;
+          const double angle = static_cast<double>(pos) * freq[i + l];
+          cos_out[i + l] = static_cast<float>(std::cos(angle));
+          sin_out[i + l] = static_cast<float>(std::sin(angle));
+        }
+      }
+    }
+  }
+}
+
+void RopeAnglesInto(const Rope& rope, int64_t first, size_t n, float* out) {
+  const uint32_t half = rope.rope_dim / 2;
+  if (half % 8 == 0 && HaveAvx512()) return RopeAnglesAvx512(rope, first, n, out);
+  for (size_t t = 0; t < n; ++t) {
+    float* c = out + t * 2 * half;
+    rope.Angles(first + static_cast<int64_t>(t), c, c + half);
+  }
+}
+
 bool HaveAvx2() {
   static const bool have = [] {
     __builtin_cpu_init();

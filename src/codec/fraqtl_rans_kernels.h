@@ -62,6 +62,16 @@ void RopeRotate(const Rope& rope, float* x, const float* c, const float* s, bool
 void RopeRotateAvx2(const Rope& rope, float* x, const float* c, const float* s, bool undo);
 void RopeRotateAvx512(const Rope& rope, float* x, const float* c, const float* s, bool undo);
 
+// rope.Angles for positions [first, first + n): position first + t's cos half, then sin half,
+// at out + t * 2 * (rope_dim / 2): the same floats. With AVX-512, eight frequencies at a time:
+// a polynomial sincos in double whose error (below 2^-50) is far inside the margin it is
+// tested with (2^-40 of the value, or 2^-46), and the float that every value within that
+// margin rounds to; where the margin straddles two floats (about one value in 30,000), or the
+// angle is too large to reduce this way, the lane is computed as Rope::Angles computes it.
+void RopeAnglesInto(const Rope& rope, int64_t first, size_t n, float* out);
+// The AVX-512 version (requires HaveAvx512() and rope_dim / 2 a multiple of 8).
+void RopeAnglesAvx512(const Rope& rope, int64_t first, size_t n, float* out);
+
 bool HaveAvx2();
 bool HaveAvx2Fma();
 // AVX-512F (with AVX2 and FMA).

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <iostream>
 #include <limits>
 #include <random>
 #include <set>
@@ -517,6 +518,45 @@ TEST(FraqtlRans, CachedPositionAnglesEqualRopeAngles) {
         }
       }
     }
+  }
+}
+
+// The vector angles are Rope::Angles' floats: positions from 0 to past the range the
+// vector reduction handles (|angle| * 2 / pi >= 2^20 goes the scalar way), negative ones, the
+// frequencies of two thetas, and enough values that lanes whose margin straddles two floats
+// (about one in 30,000) occur and are computed exactly.
+TEST(FraqtlRans, VectorAnglesEqualRopeAngles) {
+  std::mt19937 rng(5);
+  for (const double theta : {10000.0, 500000.0}) {
+    for (uint32_t rope_dim : {16u, 64u, 128u}) {
+      fraqtl::Rope rope;
+      rope.theta = theta;
+      rope.rope_dim = rope_dim;
+      rope.CacheFrequencies();
+      const uint32_t half = rope_dim / 2;
+      std::vector<int64_t> firsts = {0, -700, 1647000, 5000000000};
+      for (int i = 0; i < 40; ++i) firsts.push_back(static_cast<int64_t>(rng() % 3000000));
+      std::vector<float> got(size_t{256} * rope_dim), want(half * 2);
+      for (const int64_t first : firsts) {
+        auto check = [&](const char* path) {
+          for (size_t t = 0; t < 256; ++t) {
+            rope.Angles(first + static_cast<int64_t>(t), want.data(), want.data() + half);
+            ASSERT_EQ(std::memcmp(got.data() + t * rope_dim, want.data(), 4 * rope_dim), 0)
+                << path << ": theta " << theta << ", rope_dim " << rope_dim << ", position "
+                << first + static_cast<int64_t>(t);
+          }
+        };
+        fraqtl::internal::RopeAnglesInto(rope, first, 256, got.data());
+        check("RopeAnglesInto");
+        if (fraqtl::internal::HaveAvx512()) {
+          fraqtl::internal::RopeAnglesAvx512(rope, first, 256, got.data());
+          check("AVX-512");
+        }
+      }
+    }
+  }
+  if (!fraqtl::internal::HaveAvx512()) {
+    std::cout << "[  NOTE    ] no AVX-512 on this CPU: only the scalar angles were compared\n";
   }
 }
 
