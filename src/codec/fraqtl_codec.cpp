@@ -1,11 +1,15 @@
 // The fraqtl codec: the factory, its canonical spec, and the two kernels shared by encoder and
 // decoder (fraqtl_codec_impl.h).
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <charconv>
+#include <cstdlib>
 #include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <tuple>
 
 #include "codec/fraqtl_codec_impl.h"
@@ -38,7 +42,24 @@ __attribute__((target_clones("avx2", "default"))) void AxpyColumns(
 // positions.
 namespace {
 
-constexpr int64_t kPagePositions = 2048;  // a chunk of 2048 tokens from token 0: one page
+// 2 MiB of angles at rope_dim 64: a page is one huge page where the kernel grants them (a fresh
+// 4 KiB page costs a fault each, 512 of them per page); chunks of up to 8192 tokens cut from
+// token 0 lie in one page.
+constexpr int64_t kPagePositions = 8192;
+constexpr size_t kHugePage = size_t{2} << 20;
+
+// Storage for a page: whole 2 MiB pages advised as huge pages when it is that large.
+std::shared_ptr<float[]> NewPage(size_t floats) {
+  const size_t bytes = floats * sizeof(float);
+  if (bytes < kHugePage) return std::make_shared_for_overwrite<float[]>(floats);
+  const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* p = std::aligned_alloc(kHugePage, rounded);
+  if (p == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  (void)::madvise(p, rounded, MADV_HUGEPAGE);  // advice only: 4 KiB pages work as well
+#endif
+  return std::shared_ptr<float[]>(static_cast<float*>(p), [](float* q) { std::free(q); });
+}
 constexpr size_t kMaxCachedBytes = size_t{64} << 20;
 
 class AnglePages {
@@ -51,7 +72,7 @@ class AnglePages {
       if (auto it = pages_.find(key); it != pages_.end()) return it->second;
     }
     const size_t floats = PageFloats(rope.rope_dim);
-    std::shared_ptr<float[]> cs = std::make_shared_for_overwrite<float[]>(floats);
+    std::shared_ptr<float[]> cs = NewPage(floats);
     RopeAnglesInto(rope, page * kPagePositions, kPagePositions, cs.get());
     std::lock_guard lock(mu_);
     auto [it, added] = pages_.emplace(key, std::move(cs));

@@ -507,7 +507,8 @@ TEST(FraqtlRans, CachedPositionAnglesEqualRopeAngles) {
     rope.rope_dim = rope_dim;
     rope.CacheFrequencies();
     const uint32_t half = rope_dim / 2;
-    for (int64_t first : {int64_t{0}, int64_t{100}, int64_t{255}, int64_t{256}, int64_t{70001}}) {
+    for (int64_t first : {int64_t{0}, int64_t{100}, int64_t{255}, int64_t{256}, int64_t{8000},
+                          int64_t{70001}}) {
       for (uint32_t tokens : {1u, 300u, 1000u}) {
         const float* cs = fraqtl::internal::PositionAngles(rope, first, tokens);
         std::vector<float> c(half), sn(half);
