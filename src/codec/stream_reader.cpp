@@ -62,7 +62,6 @@ struct StreamReader::Impl {
   bool done = false;
   Status error;  // sticky
 
-  std::vector<float> scratch;  // decode buffer, at most kMaxChunkElements floats
 
   Status ParseHeader(bool create_codecs);
   Status CheckChunkFields(const uint8_t* at, uint64_t offset, uint64_t index,
@@ -486,14 +485,20 @@ Status StreamReader::DecodeChunk(const ChunkRef& chunk, const KvView& dst, Codec
     return dst.WriteRaw(h.layer, h.kind, view_offset + h.token_begin, h.tokens,
                         chunk.payload.data());
   }
+  // The decoded floats, per thread and only grown: a reader per request (a receiving session)
+  // zero-filled and page-faulted a fresh buffer for its first chunk, and again for the part a
+  // smaller chunk had shed. Given back when a chunk made it larger than 64 MiB.
+  constexpr size_t kKeepFloats = size_t{16} << 20;
+  thread_local std::vector<float> scratch;
   try {
-    r.scratch.resize(elements);
+    if (scratch.size() < elements) scratch.resize(elements);
   } catch (const std::bad_alloc&) {
     return Status(StatusCode::kResourceExhausted, label + ": out of memory");
   }
-  KVWIRE_RETURN_IF_ERROR(
-      r.codecs[h.level]->Decode(desc, chunk.payload, r.scratch.data(), impl).WithContext(label));
-  return dst.WriteF32(h.layer, h.kind, view_offset + h.token_begin, h.tokens, r.scratch.data());
+  Status st = r.codecs[h.level]->Decode(desc, chunk.payload, scratch.data(), impl).WithContext(label);
+  if (st.ok()) st = dst.WriteF32(h.layer, h.kind, view_offset + h.token_begin, h.tokens, scratch.data());
+  if (scratch.size() > kKeepFloats) std::vector<float>().swap(scratch);
+  return st;
 }
 
 Status StreamReader::DecodeAll(const KvView& dst, CodecImpl impl) {
