@@ -253,6 +253,9 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
   // of G). at_sym[i] = where the symbols of row (r0 + i / H, i % H) start.
   std::vector<size_t> at_sym;
   std::vector<float> zbuf(kMulRows * D);
+  // With AVX-512 and no repeats (whose copies need the values), coded coefficients are
+  // dequantized inside the product instead of in a pass of their own.
+  const bool fuse_dequant = avx2 && !has_repeats && HaveAvx512();
   auto rebuild = [&](int s, size_t r0, size_t r1, bool use_hi, const uint32_t* sp) -> Status {
     const std::vector<std::vector<uint32_t>>& pat = use_hi ? pat_hi : pat_lo;
     at_sym.resize((r1 - r0) * H);
@@ -269,6 +272,11 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
       const float* zs[kMulRows];
       float* os[kMulRows];
       const float* css[kMulRows];
+      // Fused: the pending rows' coefficients past the protected prefix stay symbols (syms), read
+      // through the codebooks by the product itself (rows without repeats, whose coefficients
+      // nothing else reads).
+      const uint32_t* syms[kMulRows];
+      const Vectorized* fused = nullptr;
       int pending = 0;
       auto flush = [&] {
         if (pending == 0) return;
@@ -282,7 +290,10 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
             }
             rows_of = &list;
           }
-          if (avx2) {
+          if (fused != nullptr) {
+            MulRowsDequantAvx512(rows.data(), list.size(), zs, fused->prefix, scaled.data(),
+                                 fused->offsets.data(), syms, pending, D, pr.mean.data(), os);
+          } else if (avx2) {
             MulRowsSimd(rows.data(), list.size(), zs, pending, D, pr.mean.data(), os);
           } else {
             for (int r = 0; r < pending; ++r) {
@@ -302,8 +313,14 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
         const size_t row = qi * H + h;
         const std::vector<Coded>* list =
             repeat[row] ? ulist[s][size_t{ref[row]} * H + h] : (use_hi ? &hi[h] : &lo[h]);
-        if (list != plist) flush();
+        const Vectorized* fuse = nullptr;
+        if (fuse_dequant && !repeat[row]) {
+          const Vectorized& lv = use_hi ? lv_hi[h] : lv_lo[h];
+          if (lv.on) fuse = &lv;
+        }
+        if (list != plist || fuse != fused) flush();
         plist = list;
+        fused = fuse;
         const float* z;
         if (repeat[row]) {  // the unique row's coefficients, at this token's position
           z = uvals[s].data() + (size_t{ref[row]} * H + h) * D;
@@ -320,8 +337,11 @@ Status FraqtlCodec::DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> p
             // A protected coefficient is two byte symbols, its fp16 bits little-endian.
             KVWIRE_RETURN_ERROR_IF(!HalvesFromByteSymbolsF16c(q, lv.prefix, zc), kCorrupt,
                                    "fraqtl: a protected coefficient is not finite");
-            DequantizeAvx2(scaled.data(), lv.offsets.data(), q + 2 * lv.prefix,
-                           list->size() - lv.prefix, zc + lv.prefix);
+            syms[pending] = q + 2 * lv.prefix;
+            if (fuse == nullptr) {
+              DequantizeAvx2(scaled.data(), lv.offsets.data(), q + 2 * lv.prefix,
+                             list->size() - lv.prefix, zc + lv.prefix);
+            }
           } else {
             for (size_t c = 0; c < list->size(); ++c) {
               const Coded& cd = (*list)[c];

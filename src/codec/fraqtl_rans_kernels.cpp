@@ -104,11 +104,13 @@ __attribute__((target("avx2,fma"))) void MulRowsAvx2(const float* const* a, size
 namespace {
 
 // MulRowsR with 16 columns to a register: 64-column pieces (4 R accumulators, R broadcasts and
-// one row vector within AVX-512's 32 registers), then 16-column ones, then a masked 8.
-template <int R>
-__attribute__((target("avx512f"), always_inline)) inline void MulRows512R(
-    const float* const* a, size_t k, const float* const* x, size_t n, const float* add,
-    float* const* out) {
+// one row vector within AVX-512's 32 registers), then 16-column ones, then a masked 8. x(r, j)
+// is row r's value j.
+template <int R, typename X>
+__attribute__((target("avx512f"), always_inline)) inline void MulRows512R(const float* const* a,
+                                                                         size_t k, X x, size_t n,
+                                                                         const float* add,
+                                                                         float* const* out) {
   size_t c0 = 0;
   for (; c0 + 64 <= n; c0 += 64) {
     __m512 acc[R][4];
@@ -118,7 +120,7 @@ __attribute__((target("avx512f"), always_inline)) inline void MulRows512R(
     for (size_t j = 0; j < k; ++j) {
       const float* aj = a[j] + c0;
       __m512 b[R];
-      for (int r = 0; r < R; ++r) b[r] = _mm512_set1_ps(x[r][j]);
+      for (int r = 0; r < R; ++r) b[r] = _mm512_set1_ps(x(r, j));
       for (int v = 0; v < 4; ++v) {
         const __m512 av = _mm512_loadu_ps(aj + 16 * v);
         for (int r = 0; r < R; ++r) acc[r][v] = _mm512_fmadd_ps(av, b[r], acc[r][v]);
@@ -138,7 +140,7 @@ __attribute__((target("avx512f"), always_inline)) inline void MulRows512R(
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
     for (size_t j = 0; j < k; ++j) {
       const __m512 aj = _mm512_maskz_loadu_ps(m, a[j] + c0);
-      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(aj, _mm512_set1_ps(x[r][j]), acc[r]);
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(aj, _mm512_set1_ps(x(r, j)), acc[r]);
     }
     for (int r = 0; r < R; ++r) {
       __m512 o = acc[r];
@@ -148,11 +150,11 @@ __attribute__((target("avx512f"), always_inline)) inline void MulRows512R(
   }
 }
 
-}  // namespace
-
-__attribute__((target("avx512f"))) void MulRowsAvx512(const float* const* a, size_t k,
-                                                      const float* const* x, int rows, size_t n,
-                                                      const float* add, float* const* out) {
+template <typename X>
+__attribute__((target("avx512f"), always_inline)) inline void MulRows512(const float* const* a,
+                                                                        size_t k, X x, int rows,
+                                                                        size_t n, const float* add,
+                                                                        float* const* out) {
   switch (rows) {
     case 1:
       MulRows512R<1>(a, k, x, n, add, out);
@@ -167,6 +169,25 @@ __attribute__((target("avx512f"))) void MulRowsAvx512(const float* const* a, siz
       MulRows512R<4>(a, k, x, n, add, out);
       break;
   }
+}
+
+}  // namespace
+
+__attribute__((target("avx512f"))) void MulRowsAvx512(const float* const* a, size_t k,
+                                                      const float* const* x, int rows, size_t n,
+                                                      const float* add, float* const* out) {
+  MulRows512(a, k, [x](int r, size_t j) { return x[r][j]; }, rows, n, add, out);
+}
+
+__attribute__((target("avx512f"))) void MulRowsDequantAvx512(
+    const float* const* a, size_t k, const float* const* x, size_t prefix, const float* pool,
+    const int32_t* off, const uint32_t* const* sym, int rows, size_t n, const float* add,
+    float* const* out) {
+  // Dequantized as it is broadcast, never stored; a branch whose direction changes once a row.
+  auto value = [=](int r, size_t j) {
+    return j < prefix ? x[r][j] : pool[off[j - prefix] + static_cast<int32_t>(sym[r][j - prefix])];
+  };
+  MulRows512(a, k, value, rows, n, add, out);
 }
 
 void MulRowsSimd(const float* const* a, size_t k, const float* const* x, int rows, size_t n,

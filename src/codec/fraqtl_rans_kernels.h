@@ -46,6 +46,12 @@ void MulRowsAvx2(const float* const* a, size_t k, const float* const* x, int row
 // With AVX-512F, 16 columns to a register (requires HaveAvx512()).
 void MulRowsAvx512(const float* const* a, size_t k, const float* const* x, int rows, size_t n,
                    const float* add, float* const* out);
+// MulRowsAvx512 on coefficients that are dequantized as they are read: row r's value j is
+// x[r][j] for j < prefix, else pool[off[j - prefix] + sym[r][j - prefix]] (DequantizeAvx2's
+// value). The same floats as DequantizeAvx2 followed by MulRowsAvx512, one pass fewer.
+void MulRowsDequantAvx512(const float* const* a, size_t k, const float* const* x, size_t prefix,
+                          const float* pool, const int32_t* off, const uint32_t* const* sym,
+                          int rows, size_t n, const float* add, float* const* out);
 // The widest of the two this CPU has (requires HaveAvx2Fma()).
 void MulRowsSimd(const float* const* a, size_t k, const float* const* x, int rows, size_t n,
                  const float* add, float* const* out);

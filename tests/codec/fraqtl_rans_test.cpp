@@ -461,6 +461,59 @@ TEST(FraqtlRans, Avx512ProductsEqualTheScalarChain) {
   CheckVectorProduct(fraqtl::internal::MulRowsAvx512, "avx512");
 }
 
+// The product that dequantizes as it reads gives the floats of DequantizeAvx2 followed by the
+// product, for protected prefixes of every kind (none, some, all) and every row count.
+TEST(FraqtlRans, DequantizingProductEqualsDequantizeThenProduct) {
+  if (!fraqtl::internal::HaveAvx512()) GTEST_SKIP() << "SKIPPED: no AVX-512F on this CPU";
+  std::mt19937 rng(29);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  std::vector<float> pool(40 * 16);
+  for (float& v : pool) v = nd(rng);
+  for (size_t n : {8u, 24u, 64u, 128u}) {
+    for (size_t k : {1u, 9u, 40u}) {
+      std::vector<std::vector<float>> a(k, std::vector<float>(n));
+      for (auto& row : a)
+        for (float& v : row) v = nd(rng);
+      std::vector<const float*> ap;
+      for (auto& row : a) ap.push_back(row.data());
+      std::vector<float> mean(n);
+      for (float& v : mean) v = nd(rng);
+      for (size_t prefix : {size_t{0}, size_t{1}, k / 2, k}) {
+        std::vector<int32_t> off(k - prefix);
+        for (int32_t& o : off) o = static_cast<int32_t>(rng() % 40) * 16;
+        for (int rows = 1; rows <= fraqtl::internal::kMulRows; ++rows) {
+          std::vector<std::vector<float>> x(rows, std::vector<float>(k));
+          std::vector<std::vector<uint32_t>> sym(rows, std::vector<uint32_t>(k - prefix));
+          const float* xs[fraqtl::internal::kMulRows];
+          const uint32_t* ss[fraqtl::internal::kMulRows];
+          float* os[fraqtl::internal::kMulRows];
+          float* ws[fraqtl::internal::kMulRows];
+          std::vector<std::vector<float>> got(rows, std::vector<float>(n)), want = got;
+          for (int r = 0; r < rows; ++r) {
+            for (size_t j = 0; j < prefix; ++j) x[r][j] = nd(rng);
+            for (uint32_t& v : sym[r]) v = rng() % 16;
+            xs[r] = x[r].data();
+            ss[r] = sym[r].data();
+            os[r] = got[r].data();
+            ws[r] = want[r].data();
+          }
+          fraqtl::internal::MulRowsDequantAvx512(ap.data(), k, xs, prefix, pool.data(),
+                                                 off.data(), ss, rows, n, mean.data(), os);
+          for (int r = 0; r < rows; ++r) {  // the two passes, into x's own values
+            fraqtl::internal::DequantizeAvx2(pool.data(), off.data(), sym[r].data(), k - prefix,
+                                             x[r].data() + prefix);
+          }
+          fraqtl::internal::MulRowsAvx512(ap.data(), k, xs, rows, n, mean.data(), ws);
+          for (int r = 0; r < rows; ++r) {
+            ASSERT_EQ(std::memcmp(got[r].data(), want[r].data(), 4 * n), 0)
+                << "n " << n << " k " << k << " prefix " << prefix << " rows " << rows;
+          }
+        }
+      }
+    }
+  }
+}
+
 // Protected coefficients from their two byte symbols: every fp16 bit pattern, in runs of every
 // length up to 19 (vector body and tail), equals HalfToFloat; a non-finite one anywhere in a run
 // is reported.
