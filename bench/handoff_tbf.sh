@@ -133,6 +133,17 @@ wait_served() {  # wait_served ID: serve prints its line once the request is com
   rm -f "$WORK/out-$$/request-$1.safetensors"
 }
 
+# The dump's page cache made the same for every run of this script: dropped, then read once in
+# order. How its pages are cached changes what reading them costs the sender: on the VM of
+# bench/results (kernel 6.18, ext4 with large folios) a dump cached as it was written came back
+# largely in 4 KiB pages, whose first read costs each process about 1 us a page; read in order it
+# is cached in 2 MiB folios, which a mapping maps whole (docs/benchmarks.md).
+$PY -c 'import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+os.close(fd)' "$KV"
+cat "$KV" >/dev/null
+
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "KV: $KV ($(stat -c %s "$KV") bytes); link $RATE (tbf both ends); $RUNS runs; load $load_before"
 # Untimed warm-up: the dump into the page cache, and a fresh serve's first connection out of the
