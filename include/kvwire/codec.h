@@ -81,6 +81,12 @@ class Codec {
   virtual Status Encode(const ChunkDesc& desc, const float* in, std::vector<uint8_t>* out,
                         CodecImpl impl = CodecImpl::kOptimized) const = 0;
 
+  /// Encode of fp16 input: `in` holds the chunk as IEEE binary16, [tokens, kv_heads, head_dim].
+  /// The same payload as Encode of the same values as float32 (every fp16 value is a float32
+  /// value), and the same error for a non-finite one. The default converts and calls Encode; a
+  /// codec may read the halves where it reads its input, without the float32 copy.
+  virtual Status EncodeHalves(const ChunkDesc& desc, const uint16_t* in, std::vector<uint8_t>* out,
+                              CodecImpl impl = CodecImpl::kOptimized) const;
   /// Decodes `payload` (exactly one chunk's payload) into `out`: float32
   /// [tokens, kv_heads, head_dim]. Every length is validated against `desc` first; a payload of
   /// the wrong size or with invalid contents is kCorrupt, never a crash.

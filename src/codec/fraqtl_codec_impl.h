@@ -189,6 +189,9 @@ class FraqtlCodec final : public Codec {
 
   Status Encode(const ChunkDesc& desc, const float* in, std::vector<uint8_t>* out,
                 CodecImpl impl) const override;
+  // entropy=rans reads the halves where it reads its input; the other payloads convert first.
+  Status EncodeHalves(const ChunkDesc& desc, const uint16_t* in, std::vector<uint8_t>* out,
+                      CodecImpl impl) const override;
   Status Decode(const ChunkDesc& desc, std::span<const uint8_t> payload, float* out,
                 CodecImpl impl) const override;
 
@@ -451,8 +454,9 @@ class FraqtlCodec final : public Codec {
                              (kMaxCodedBits + 1) +
                          b];
   }
-  Status EncodeRans(const ChunkDesc& desc, const float* in, std::vector<uint8_t>* out,
-                    CodecImpl impl) const;
+  // The input is `in` (float32) or, when `in` is null, `halves` (fp16), [tokens, H, D].
+  Status EncodeRans(const ChunkDesc& desc, const float* in, const uint16_t* halves,
+                    std::vector<uint8_t>* out, CodecImpl impl) const;
   Status DecodeRans(const ChunkDesc& desc, std::span<const uint8_t> payload, float* out,
                     CodecImpl impl) const;
   // Index of a table in tables_ (the protected bytes' uniform table: tables_.size()).

@@ -191,9 +191,15 @@ void FraqtlCodec::QuantizeChunk(const ChunkDesc& desc, const std::vector<float>&
   w.Finish();
 }
 
+Status FraqtlCodec::EncodeHalves(const ChunkDesc& desc, const uint16_t* in,
+                                 std::vector<uint8_t>* out, CodecImpl impl) const {
+  if (cfg_.entropy == Entropy::kRans) return EncodeRans(desc, nullptr, in, out, impl);
+  return Codec::EncodeHalves(desc, in, out, impl);
+}
+
 Status FraqtlCodec::Encode(const ChunkDesc& desc, const float* in, std::vector<uint8_t>* out,
                            CodecImpl impl) const {
-  if (cfg_.entropy == Entropy::kRans) return EncodeRans(desc, in, out, impl);
+  if (cfg_.entropy == Entropy::kRans) return EncodeRans(desc, in, nullptr, out, impl);
   KVWIRE_RETURN_IF_ERROR(CheckDesc(desc));
   KVWIRE_RETURN_IF_ERROR(CheckFinite(desc, in, "fraqtl"));
   ChunkPlan plan = Plan(desc);

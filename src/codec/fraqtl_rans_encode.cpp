@@ -43,10 +43,15 @@ struct Scratch {
 
 }  // namespace
 
-Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vector<uint8_t>* out,
-                               CodecImpl impl) const {
+Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, const uint16_t* halves,
+                               std::vector<uint8_t>* out, CodecImpl impl) const {
   KVWIRE_RETURN_IF_ERROR(CheckDesc(desc));
-  KVWIRE_RETURN_IF_ERROR(CheckFinite(desc, in, "fraqtl"));
+  // fp16 input is checked as it is converted (rows below, pass-through tokens at the end); a
+  // non-finite value is then reported as CheckFinite reports it (the first one in the chunk).
+  if (in != nullptr) KVWIRE_RETURN_IF_ERROR(CheckFinite(desc, in, "fraqtl"));
+  auto non_finite = [&] {
+    return baseline::CheckFiniteHalves(desc, reinterpret_cast<const uint8_t*>(halves), "fraqtl");
+  };
   const ChunkPlan plan = Plan(desc);
   const size_t D = d_, H = kv_heads_, nq = plan.q_tokens.size(), nf = plan.fp_tokens.size();
   const RansLadder& lad = ladders_[size_t{desc.layer} * 2 + static_cast<uint32_t>(desc.kind)];
@@ -68,10 +73,31 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   // RoPE to undo, and when the quantized tokens are one run (no sink or window tokens between
   // them), they are the input itself.
   thread_local Scratch scratch;
-  const bool in_place = !rot && nq > 0 && plan.q_tokens.back() - plan.q_tokens.front() + 1 == nq;
+  const bool in_place =
+      in != nullptr && !rot && nq > 0 && plan.q_tokens.back() - plan.q_tokens.front() + 1 == nq;
   const float* rows = nullptr;
   if (in_place) {
     rows = in + size_t{plan.q_tokens.front()} * H * D;
+  } else if (in == nullptr) {  // fp16: each token's row converted (and checked), RoPE undone
+    Grow(&scratch.rows, nq * H * D);
+    float* r = scratch.rows.data();
+    bool finite = true;
+    for (size_t qi = 0; qi < nq; ++qi) {
+      const uint32_t t = plan.q_tokens[qi];
+      float* row = r + qi * H * D;
+      finite &= HalvesToFloatsFinite(halves + size_t{t} * H * D, H * D, row);
+      if (rot) {
+        const float* cs = angles_of(t);
+        for (size_t h = 0; h < H; ++h) {
+          RopeRotate(rope_, row + h * D, cs, cs + rope_.rope_dim / 2, /*undo=*/true);
+        }
+      }
+    }
+    for (const uint32_t t : plan.fp_tokens) {  // the tokens that pass through as they are
+      for (size_t i = 0; i < H * D; ++i) finite &= (halves[size_t{t} * H * D + i] & 0x7c00u) != 0x7c00u;
+    }
+    if (!finite) return non_finite();
+    rows = r;
   } else {
     Grow(&scratch.rows, nq * H * D);
     float* r = scratch.rows.data();
@@ -581,6 +607,11 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, std::vect
   StoreU32(o + 12, static_cast<uint32_t>(section.size()));
   uint8_t* fp = o + kRansPayloadHeader;
   for (size_t k = 0; k < nf; ++k) {
+    if (in == nullptr) {  // already fp16 (and checked): the bytes as they are
+      const uint16_t* r = halves + size_t{plan.fp_tokens[k]} * H * D;
+      for (size_t i = 0; i < H * D; ++i) StoreU16(fp + (k * H * D + i) * 2, r[i]);
+      continue;
+    }
     const float* r = in + size_t{plan.fp_tokens[k]} * H * D;
     fast ? baseline::StoreHalves(r, H * D, fp + k * H * D * 2)
          : baseline::StoreHalvesRef(r, H * D, fp + k * H * D * 2);

@@ -1,6 +1,7 @@
 // Kernels of fraqtl's table-driven payload (fraqtl_rans_kernels.h).
 #include "codec/fraqtl_rans_kernels.h"
 #include "codec/simd_gather.h"
+#include "common/fp16.h"
 
 #include <immintrin.h>
 
@@ -425,6 +426,38 @@ bool HaveAvx512() {
 bool HaveAvx2F16c() {
   static const bool have = HaveAvx2() && __builtin_cpu_supports("f16c") != 0;
   return have;
+}
+
+namespace {
+
+__attribute__((target("avx2,f16c"))) bool HalvesToFloatsFiniteF16c(const uint16_t* in, size_t n,
+                                                                   float* out) {
+  const __m128i exp_mask = _mm_set1_epi16(0x7c00);
+  __m128i all_ones = _mm_setzero_si128();  // lanes whose exponent is all ones (inf, NaN)
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i));
+    all_ones = _mm_or_si128(all_ones, _mm_cmpeq_epi16(_mm_and_si128(h, exp_mask), exp_mask));
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
+  }
+  bool finite = _mm_testz_si128(all_ones, all_ones) != 0;
+  for (; i < n; ++i) {
+    finite = finite && (in[i] & 0x7c00u) != 0x7c00u;
+    out[i] = HalfToFloatFast(in[i]);
+  }
+  return finite;
+}
+
+}  // namespace
+
+bool HalvesToFloatsFinite(const uint16_t* in, size_t n, float* out) {
+  if (HaveAvx2F16c()) return HalvesToFloatsFiniteF16c(in, n, out);
+  bool finite = true;
+  for (size_t i = 0; i < n; ++i) {
+    finite = finite && (in[i] & 0x7c00u) != 0x7c00u;
+    out[i] = HalfToFloatFast(in[i]);
+  }
+  return finite;
 }
 
 __attribute__((target("avx2,f16c"))) bool HalvesFromByteSymbolsF16c(const uint32_t* q, size_t n,

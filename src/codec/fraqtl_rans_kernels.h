@@ -85,6 +85,10 @@ bool HaveAvx512();
 // AVX2 and F16C.
 bool HaveAvx2F16c();
 
+// out[i] = the float of the fp16 value in[i], i < n; false when one is not finite (inf or NaN;
+// out is still written). F16C where the CPU has it.
+bool HalvesToFloatsFinite(const uint16_t* in, size_t n, float* out);
+
 // out[c] = the fp16 value whose bytes are the symbols q[2c] (low) and q[2c + 1] (high), each
 // < 256, for c < n: the coefficients of protected directions. False when one is not finite (out
 // is then unspecified). Requires HaveAvx2F16c().

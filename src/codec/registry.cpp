@@ -1,8 +1,12 @@
 #include <charconv>
 #include <cmath>
 #include <mutex>
+#include <new>
+#include <string>
+#include <vector>
 
 #include "codec/builtin.h"
+#include "common/fp16.h"
 #include "kvwire/codec.h"
 
 namespace kvwire {
@@ -24,6 +28,25 @@ std::vector<CodecFamily>& Registry() {
 }
 
 }  // namespace
+
+Status Codec::EncodeHalves(const ChunkDesc& desc, const uint16_t* in, std::vector<uint8_t>* out,
+                           CodecImpl impl) const {
+  // The float32 copy, per thread and only grown (at most kMaxChunkElements floats a chunk, given
+  // back above 64 MiB).
+  constexpr size_t kKeepFloats = size_t{16} << 20;
+  thread_local std::vector<float> values;
+  const uint64_t n = desc.elements();
+  try {
+    if (values.size() < n) values.resize(n);
+  } catch (const std::bad_alloc&) {
+    return Status(StatusCode::kResourceExhausted, "out of memory for a chunk of " +
+                                                      std::to_string(n) + " values");
+  }
+  for (uint64_t i = 0; i < n; ++i) values[i] = HalfToFloatFast(in[i]);
+  Status s = Encode(desc, values.data(), out, impl);
+  if (values.size() > kKeepFloats) std::vector<float>().swap(values);
+  return s;
+}
 
 Status ParseCodecSpec(std::string_view spec, std::string* name, CodecOptions* options) {
   const size_t colon = spec.find(':');

@@ -156,6 +156,15 @@ Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, u
         KVWIRE_RETURN_IF_ERROR(
             baseline::CheckFiniteHalves(desc, halves, codec.Spec()).WithContext(where));
       }
+    } else if (kv.dtype() == DType::kF16 && !kv.paged() && kv.rows_contiguous() &&
+               kv.strides().token == static_cast<int64_t>(kv.row_bytes())) {
+      // fp16 rows back to back (a contiguous cache, a mapped dump): the codec reads them where
+      // they lie, without a float32 copy of the chunk.
+      frame->assign(kChunkHeaderBytes, 0);
+      const auto* halves =
+          static_cast<const uint16_t*>(kv.Row(layer, kind, view_offset + token_begin));
+      KVWIRE_RETURN_IF_ERROR(
+          codec.EncodeHalves(desc, halves, frame, options.impl).WithContext(where));
     } else {
       // The float copy of the chunk, per thread and reused: a fresh zero-filled buffer per
       // chunk cost the sender ~20 % of its CPU in page clearing and faults (perf, int3-token

@@ -704,6 +704,52 @@ TEST(FraqtlRans, FullPrecisionChunkStaysBelowBudget) {
   EXPECT_LT(err / sig, 1e-4);
 }
 
+// fp16 input read where it lies (EncodeHalves) gives Encode's payload of the same values as
+// float32, byte for byte, through both implementations: K with RoPE undone and V, sink and
+// window tokens passing through, rows that repeat, a chunk past token 0; a non-finite half in a
+// coded row or in a passing-through one gives Encode's error. Codecs without a reader of their
+// own (int4-token) take the default conversion, with the same result.
+TEST(FraqtlRans, HalvesInputEncodesAsFloats) {
+  const Profile p = ToyProfile(true);
+  const uint32_t T = 300;
+  std::vector<float> x = ToyData(T, 31);
+  for (uint32_t t = 40; t < 80; ++t) {  // repeats: tokens 40-79 copy tokens 0-39
+    std::memcpy(&x[size_t{t} * kHeads * kDim], &x[size_t{t - 40} * kHeads * kDim],
+                sizeof(float) * kHeads * kDim);
+  }
+  std::vector<uint16_t> h(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    h[i] = FloatToHalf(x[i]);
+    x[i] = HalfToFloat(h[i]);  // the floats the halves are
+  }
+  for (const char* spec : {"fraqtl@2:entropy=rans", "fraqtl@1:sink=4,window=16,entropy=rans",
+                           "fraqtl@2:entropy=zstd", "int4-token"}) {
+    auto codec = std::move(CreateCodec(spec, &p)).value();
+    for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+      ChunkDesc d = Desc(1, kind, T);
+      d.token_begin = 20;
+      d.seq_tokens = T + 20;
+      for (CodecImpl impl : {CodecImpl::kReference, CodecImpl::kOptimized}) {
+        std::vector<uint8_t> a, b;
+        ASSERT_TRUE(codec->Encode(d, x.data(), &a, impl).ok()) << spec;
+        ASSERT_TRUE(codec->EncodeHalves(d, h.data(), &b, impl).ok()) << spec;
+        ASSERT_EQ(a, b) << spec << " " << KvKindName(kind);
+      }
+      for (size_t bad : {size_t{5} * kHeads * kDim + 3, size_t{T - 2} * kHeads * kDim}) {
+        std::vector<uint16_t> hb = h;
+        hb[bad] = 0x7c00;  // +inf
+        std::vector<float> xb = x;
+        xb[bad] = std::numeric_limits<float>::infinity();
+        std::vector<uint8_t> a, b;
+        const Status sa = codec->Encode(d, xb.data(), &a);
+        const Status sb = codec->EncodeHalves(d, hb.data(), &b);
+        ASSERT_FALSE(sb.ok()) << spec << " element " << bad;
+        EXPECT_EQ(sa.ToString(), sb.ToString());
+      }
+    }
+  }
+}
+
 TEST(FraqtlRans, CorruptPayloadsAreRefused) {
   const Profile p = ToyProfile(false);
   auto codec = std::move(CreateCodec("fraqtl@2:window=1,entropy=rans", &p)).value();
