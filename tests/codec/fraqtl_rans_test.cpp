@@ -404,6 +404,20 @@ TEST(FraqtlRans, VectorRopeEqualsRopeRotate) {
   CheckVectorRope(fraqtl::internal::RopeRotateAvx512, "avx512");
 }
 
+// k rows of n values, normal with standard deviation 2, and pointers to them.
+std::vector<std::vector<float>> RandomRows(size_t k, size_t n, std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  std::vector<std::vector<float>> a(k, std::vector<float>(n));
+  for (auto& row : a)
+    for (float& v : row) v = nd(rng);
+  return a;
+}
+std::vector<const float*> RowPointers(const std::vector<std::vector<float>>& a) {
+  std::vector<const float*> p;
+  for (const auto& row : a) p.push_back(row.data());
+  return p;
+}
+
 // Each vector product gives AccumulateScalar's floats bit for bit, row by row, with and
 // without the added mean, for widths that exercise every step of both versions (AVX2: 32- and
 // 8-column pieces; AVX-512: 64- and 16-column pieces and a masked 8).
@@ -415,13 +429,9 @@ void CheckVectorProduct(void (*mul)(const float* const*, size_t, const float* co
   std::normal_distribution<float> nd(0.0f, 2.0f);
   for (size_t n : {8u, 16u, 24u, 40u, 64u, 72u, 88u, 128u, 200u}) {
     for (size_t k : {1u, 7u, 33u}) {
-      std::vector<std::vector<float>> a(k, std::vector<float>(n));
-      for (auto& row : a)
-        for (float& v : row) v = nd(rng);
-      std::vector<const float*> ap;
-      for (auto& row : a) ap.push_back(row.data());
-      std::vector<float> mean(n);
-      for (float& v : mean) v = nd(rng);
+      const std::vector<std::vector<float>> a = RandomRows(k, n, rng);
+      const std::vector<const float*> ap = RowPointers(a);
+      const std::vector<float> mean = RandomRows(1, n, rng)[0];
       for (int rows = 1; rows <= fraqtl::internal::kMulRows; ++rows) {
         std::vector<std::vector<float>> x(rows, std::vector<float>(k));
         for (auto& xr : x)
@@ -471,13 +481,9 @@ TEST(FraqtlRans, DequantizingProductEqualsDequantizeThenProduct) {
   for (float& v : pool) v = nd(rng);
   for (size_t n : {8u, 24u, 64u, 128u}) {
     for (size_t k : {1u, 9u, 40u}) {
-      std::vector<std::vector<float>> a(k, std::vector<float>(n));
-      for (auto& row : a)
-        for (float& v : row) v = nd(rng);
-      std::vector<const float*> ap;
-      for (auto& row : a) ap.push_back(row.data());
-      std::vector<float> mean(n);
-      for (float& v : mean) v = nd(rng);
+      const std::vector<std::vector<float>> a = RandomRows(k, n, rng);
+      const std::vector<const float*> ap = RowPointers(a);
+      const std::vector<float> mean = RandomRows(1, n, rng)[0];
       for (size_t prefix : {size_t{0}, size_t{1}, k / 2, k}) {
         std::vector<int32_t> off(k - prefix);
         for (int32_t& o : off) o = static_cast<int32_t>(rng() % 40) * 16;
