@@ -42,7 +42,7 @@ Status Codec::EncodeHalves(const ChunkDesc& desc, const uint16_t* in, std::vecto
     return Status(StatusCode::kResourceExhausted, "out of memory for a chunk of " +
                                                       std::to_string(n) + " values");
   }
-  for (uint64_t i = 0; i < n; ++i) values[i] = HalfToFloatFast(in[i]);
+  HalvesToFloats(in, n, values.data());
   Status s = Encode(desc, values.data(), out, impl);
   if (values.size() > kKeepFloats) std::vector<float>().swap(values);
   return s;

@@ -65,6 +65,8 @@ __attribute__((target("avx2,f16c"))) void FloatsToHalvesF16c(const float* in, si
 }
 #endif
 
+}  // namespace
+
 void HalvesToFloats(const uint16_t* in, size_t n, float* out) {
 #if defined(__x86_64__)
   if (HaveF16c()) return HalvesToFloatsF16c(in, n, out);
@@ -78,8 +80,6 @@ void FloatsToHalves(const float* in, size_t n, uint16_t* out) {
 #endif
   for (size_t i = 0; i < n; ++i) out[i] = FloatToHalfFast(in[i]);
 }
-
-}  // namespace
 
 size_t DTypeSize(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
 
