@@ -1,19 +1,16 @@
 // The fraqtl codec: the factory, its canonical spec, and the two kernels shared by encoder and
 // decoder (fraqtl_codec_impl.h).
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <charconv>
-#include <cstdlib>
 #include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <new>
 #include <tuple>
 
 #include "codec/fraqtl_codec_impl.h"
 #include "codec/fraqtl_rans_kernels.h"
+#include "kvwire/kv_view.h"
 
 namespace kvwire::fraqtl {
 namespace internal {
@@ -46,19 +43,12 @@ namespace {
 // 4 KiB page costs a fault each, 512 of them per page); chunks of up to 8192 tokens cut from
 // token 0 lie in one page.
 constexpr int64_t kPagePositions = 8192;
-constexpr size_t kHugePage = size_t{2} << 20;
 
-// Storage for a page: whole 2 MiB pages advised as huge pages when it is that large.
+// Storage for a page: a KvCache's (2 MiB-aligned and advised as huge pages from 1 MiB on).
 std::shared_ptr<float[]> NewPage(size_t floats) {
   const size_t bytes = floats * sizeof(float);
-  if (bytes < kHugePage) return std::make_shared_for_overwrite<float[]>(floats);
-  const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-  void* p = std::aligned_alloc(kHugePage, rounded);
-  if (p == nullptr) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-  (void)::madvise(p, rounded, MADV_HUGEPAGE);  // advice only: 4 KiB pages work as well
-#endif
-  return std::shared_ptr<float[]>(static_cast<float*>(p), [](float* q) { std::free(q); });
+  return std::shared_ptr<float[]>(static_cast<float*>(detail::AllocateZeroed(bytes)),
+                                  [bytes](float* q) { detail::FreeZeroed(q, bytes); });
 }
 constexpr size_t kMaxCachedBytes = size_t{64} << 20;
 
@@ -105,7 +95,6 @@ int64_t FloorDiv(int64_t a, int64_t b) { return a / b - (a % b != 0 && (a < 0) !
 
 const float* PositionAngles(const Rope& rope, int64_t first, uint32_t tokens) {
   static AnglePages* const pages = new AnglePages;  // never destroyed: coders may outlive main
-  constexpr size_t kKeepBytes = size_t{64} << 20;
   const size_t row = size_t{rope.rope_dim / 2} * 2;
   thread_local AnglePages::Page page_held;  // the page a range inside one page was read from
   thread_local std::vector<float> cs;
@@ -126,10 +115,8 @@ const float* PositionAngles(const Rope& rope, int64_t first, uint32_t tokens) {
     return cs.data() + size_t(first - held.first) * row;
   }
   held.tokens = 0;
-  if (cs.capacity() * sizeof(float) > kKeepBytes) std::vector<float>().swap(cs);
-  // + 1: never empty. Only grown: a resize up to a size it had before would fill with zeros
-  // what is about to be overwritten.
-  if (cs.size() < size_t{tokens} * row + 1) cs.resize(size_t{tokens} * row + 1);
+  ShedIfLarge(&cs);
+  Grow(&cs, size_t{tokens} * row + 1);  // + 1: never empty
   for (int64_t pos = first; pos < first + int64_t{tokens};) {
     const int64_t page = FloorDiv(pos, kPagePositions);
     const int64_t end = std::min(first + int64_t{tokens}, (page + 1) * kPagePositions);

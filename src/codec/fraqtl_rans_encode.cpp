@@ -94,7 +94,8 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, const uin
       }
     }
     for (const uint32_t t : plan.fp_tokens) {  // the tokens that pass through as they are
-      for (size_t i = 0; i < H * D; ++i) finite &= (halves[size_t{t} * H * D + i] & 0x7c00u) != 0x7c00u;
+      finite &= baseline::HalvesFinite(reinterpret_cast<const uint8_t*>(halves + size_t{t} * H * D),
+                                       H * D);
     }
     if (!finite) return non_finite();
     rows = r;

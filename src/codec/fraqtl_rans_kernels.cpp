@@ -1,14 +1,16 @@
 // Kernels of fraqtl's table-driven payload (fraqtl_rans_kernels.h).
 #include "codec/fraqtl_rans_kernels.h"
-#include "codec/simd_gather.h"
-#include "common/fp16.h"
 
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <cstring>
+#include <limits>
+
+#include "codec/quant_common.h"
+#include "codec/simd_gather.h"
+#include "common/fp16.h"
 
 namespace kvwire::fraqtl::internal {
 
@@ -109,9 +111,9 @@ namespace {
 // is row r's value j.
 template <int R, typename X>
 __attribute__((target("avx512f"), always_inline)) inline void MulRows512R(const float* const* a,
-                                                                         size_t k, X x, size_t n,
-                                                                         const float* add,
-                                                                         float* const* out) {
+                                                                          size_t k, X x, size_t n,
+                                                                          const float* add,
+                                                                          float* const* out) {
   size_t c0 = 0;
   for (; c0 + 64 <= n; c0 += 64) {
     __m512 acc[R][4];
@@ -153,9 +155,9 @@ __attribute__((target("avx512f"), always_inline)) inline void MulRows512R(const 
 
 template <typename X>
 __attribute__((target("avx512f"), always_inline)) inline void MulRows512(const float* const* a,
-                                                                        size_t k, X x, int rows,
-                                                                        size_t n, const float* add,
-                                                                        float* const* out) {
+                                                                         size_t k, X x, int rows,
+                                                                         size_t n, const float* add,
+                                                                         float* const* out) {
   switch (rows) {
     case 1:
       MulRows512R<1>(a, k, x, n, add, out);
@@ -177,13 +179,16 @@ __attribute__((target("avx512f"), always_inline)) inline void MulRows512(const f
 __attribute__((target("avx512f"))) void MulRowsAvx512(const float* const* a, size_t k,
                                                       const float* const* x, int rows, size_t n,
                                                       const float* add, float* const* out) {
-  MulRows512(a, k, [x](int r, size_t j) { return x[r][j]; }, rows, n, add, out);
+  MulRows512(
+      a, k, [x](int r, size_t j) { return x[r][j]; }, rows, n, add, out);
 }
 
-__attribute__((target("avx512f"))) void MulRowsDequantAvx512(
-    const float* const* a, size_t k, const float* const* x, size_t prefix, const float* pool,
-    const int32_t* off, const uint32_t* const* sym, int rows, size_t n, const float* add,
-    float* const* out) {
+__attribute__((target("avx512f"))) void MulRowsDequantAvx512(const float* const* a, size_t k,
+                                                             const float* const* x, size_t prefix,
+                                                             const float* pool, const int32_t* off,
+                                                             const uint32_t* const* sym, int rows,
+                                                             size_t n, const float* add,
+                                                             float* const* out) {
   // Dequantized as it is broadcast, never stored; a branch whose direction changes once a row.
   auto value = [=](int r, size_t j) {
     return j < prefix ? x[r][j] : pool[off[j - prefix] + static_cast<int32_t>(sym[r][j - prefix])];
@@ -303,9 +308,8 @@ namespace {
 
 // sin and cos of r, |r| <= pi/4 (plus a little), by their Taylor series to r^15 and r^16:
 // truncation below 3e-17, Horner's rounding a few units of 2^-53.
-__attribute__((target("avx512f"), always_inline)) inline void SinCosReduced(__m512d r,
-                                                                           __m512d* s,
-                                                                           __m512d* c) {
+__attribute__((target("avx512f"), always_inline)) inline void SinCosReduced(__m512d r, __m512d* s,
+                                                                            __m512d* c) {
   const __m512d r2 = _mm512_mul_pd(r, r);
   __m512d ps = _mm512_set1_pd(-1.0 / 1307674368000.0);  // -1/15!
   ps = _mm512_fmadd_pd(ps, r2, _mm512_set1_pd(1.0 / 6227020800.0));
@@ -331,8 +335,7 @@ __attribute__((target("avx512f"), always_inline)) inline void SinCosReduced(__m5
 __attribute__((target("avx512f"), always_inline)) inline __mmask8 RoundSafely(__m512d y,
                                                                               __m256* out) {
   const __m512d abs = _mm512_abs_pd(y);
-  const __m512d margin =
-      _mm512_fmadd_pd(abs, _mm512_set1_pd(0x1p-40), _mm512_set1_pd(0x1p-46));
+  const __m512d margin = _mm512_fmadd_pd(abs, _mm512_set1_pd(0x1p-40), _mm512_set1_pd(0x1p-46));
   const __m256 lo = _mm512_cvtpd_ps(_mm512_sub_pd(y, margin));
   const __m256 hi = _mm512_cvtpd_ps(_mm512_add_pd(y, margin));
   *out = lo;
@@ -343,8 +346,8 @@ __attribute__((target("avx512f"), always_inline)) inline __mmask8 RoundSafely(__
 
 }  // namespace
 
-__attribute__((target("avx512f"))) void RopeAnglesAvx512(const Rope& rope, int64_t first,
-                                                         size_t n, float* out) {
+__attribute__((target("avx512f"))) void RopeAnglesAvx512(const Rope& rope, int64_t first, size_t n,
+                                                         float* out) {
   const uint32_t half = rope.rope_dim / 2;
   // pi/2 as C1 + C2 (C1: its double, C2: the rest), so a - k * C1 - k * C2 leaves r within
   // about 2^-53 of a - k * pi/2 for |k| < 2^20.
@@ -369,10 +372,10 @@ __attribute__((target("avx512f"))) void RopeAnglesAvx512(const Rope& rope, int64
       SinCosReduced(r, &sr, &cr);
       // a = k pi/2 + r: quadrant q = k mod 4 swaps and negates.
       const __m256i q = _mm512_cvtpd_epi32(_mm512_maskz_mov_pd(reducible, k));
-      const __mmask8 odd = static_cast<__mmask8>(
-          _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(q, 31))));
-      const __mmask8 sin_neg = static_cast<__mmask8>(
-          _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(q, 30))));
+      const __mmask8 odd =
+          static_cast<__mmask8>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(q, 31))));
+      const __mmask8 sin_neg =
+          static_cast<__mmask8>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(q, 30))));
       const __mmask8 cos_neg = static_cast<__mmask8>(_mm256_movemask_ps(
           _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(q, _mm256_set1_epi32(1)), 30))));
       __m512d s = _mm512_mask_blend_pd(odd, sr, cr);
@@ -440,24 +443,17 @@ __attribute__((target("avx2,f16c"))) bool HalvesToFloatsFiniteF16c(const uint16_
     all_ones = _mm_or_si128(all_ones, _mm_cmpeq_epi16(_mm_and_si128(h, exp_mask), exp_mask));
     _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
   }
-  bool finite = _mm_testz_si128(all_ones, all_ones) != 0;
-  for (; i < n; ++i) {
-    finite = finite && (in[i] & 0x7c00u) != 0x7c00u;
-    out[i] = HalfToFloatFast(in[i]);
-  }
-  return finite;
+  HalvesToFloats(in + i, n - i, out + i);  // the tail
+  return (_mm_testz_si128(all_ones, all_ones) != 0) &&
+         baseline::HalvesFinite(reinterpret_cast<const uint8_t*>(in + i), n - i);
 }
 
 }  // namespace
 
 bool HalvesToFloatsFinite(const uint16_t* in, size_t n, float* out) {
   if (HaveAvx2F16c()) return HalvesToFloatsFiniteF16c(in, n, out);
-  bool finite = true;
-  for (size_t i = 0; i < n; ++i) {
-    finite = finite && (in[i] & 0x7c00u) != 0x7c00u;
-    out[i] = HalfToFloatFast(in[i]);
-  }
-  return finite;
+  HalvesToFloats(in, n, out);
+  return baseline::HalvesFinite(reinterpret_cast<const uint8_t*>(in), n);
 }
 
 __attribute__((target("avx2,f16c"))) bool HalvesFromByteSymbolsF16c(const uint32_t* q, size_t n,

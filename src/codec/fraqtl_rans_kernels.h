@@ -13,6 +13,7 @@
 
 #include "codec/fraqtl_math.h"
 #include "codec/rans.h"
+#include "codec/scratch.h"
 
 namespace kvwire::fraqtl::internal {
 
@@ -146,22 +147,6 @@ uint64_t PriceColumn(int b, const float* z, size_t zs, size_t n, const float* th
                      const uint8_t* skip, const QuantLut* lut = nullptr);
 
 inline size_t RoundUp8(size_t n) { return (n + 7) & ~size_t{7}; }
-
-// Per-thread scratch of the encoder and the decoder is reused across chunks (a fresh multi-MiB
-// buffer per chunk costs its zero-filling and page faults), and given back after a chunk that
-// made it larger than kScratchKeepBytes.
-inline constexpr size_t kScratchKeepBytes = size_t{64} << 20;
-// At least n elements: scratch only grows (a resize up to a size it had before would fill with
-// zeros what is about to be overwritten).
-template <typename T>
-void Grow(std::vector<T>* v, size_t n) {
-  if (v->size() < n) v->resize(n);
-}
-// Frees v when it holds more than kScratchKeepBytes.
-template <typename T>
-void ShedIfLarge(std::vector<T>* v) {
-  if (v->capacity() * sizeof(T) > kScratchKeepBytes) std::vector<T>().swap(*v);
-}
 
 // Bits of a reference to one of `u` earlier rows.
 inline int RefBits(size_t u) {

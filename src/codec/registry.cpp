@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "codec/builtin.h"
+#include "codec/scratch.h"
 #include "common/fp16.h"
 #include "kvwire/codec.h"
 
@@ -31,20 +32,17 @@ std::vector<CodecFamily>& Registry() {
 
 Status Codec::EncodeHalves(const ChunkDesc& desc, const uint16_t* in, std::vector<uint8_t>* out,
                            CodecImpl impl) const {
-  // The float32 copy, per thread and only grown (at most kMaxChunkElements floats a chunk, given
-  // back above 64 MiB).
-  constexpr size_t kKeepFloats = size_t{16} << 20;
-  thread_local std::vector<float> values;
+  thread_local std::vector<float> values;  // the float32 copy (scratch.h)
   const uint64_t n = desc.elements();
   try {
-    if (values.size() < n) values.resize(n);
+    Grow(&values, n);
   } catch (const std::bad_alloc&) {
-    return Status(StatusCode::kResourceExhausted, "out of memory for a chunk of " +
-                                                      std::to_string(n) + " values");
+    return Status(StatusCode::kResourceExhausted,
+                  "out of memory for a chunk of " + std::to_string(n) + " values");
   }
   HalvesToFloats(in, n, values.data());
   Status s = Encode(desc, values.data(), out, impl);
-  if (values.size() > kKeepFloats) std::vector<float>().swap(values);
+  ShedIfLarge(&values);
   return s;
 }
 

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "codec/quant_common.h"
+#include "codec/scratch.h"
 #include "codec/stream_format.h"
 #include "kvwire/profile.h"
 #include "kvwire/stream.h"
@@ -61,7 +62,6 @@ struct StreamReader::Impl {
   uint32_t crc = 0;  // running CRC32C of every byte before pos
   bool done = false;
   Status error;  // sticky
-
 
   Status ParseHeader(bool create_codecs);
   Status CheckChunkFields(const uint8_t* at, uint64_t offset, uint64_t index,
@@ -485,19 +485,19 @@ Status StreamReader::DecodeChunk(const ChunkRef& chunk, const KvView& dst, Codec
     return dst.WriteRaw(h.layer, h.kind, view_offset + h.token_begin, h.tokens,
                         chunk.payload.data());
   }
-  // The decoded floats, per thread and only grown: a reader per request (a receiving session)
-  // zero-filled and page-faulted a fresh buffer for its first chunk, and again for the part a
-  // smaller chunk had shed. Given back when a chunk made it larger than 64 MiB.
-  constexpr size_t kKeepFloats = size_t{16} << 20;
+  // The decoded floats, per thread (scratch.h): a reader per request (a receiving session)
+  // used to zero-fill and page-fault a fresh buffer for its first chunk.
   thread_local std::vector<float> scratch;
   try {
-    if (scratch.size() < elements) scratch.resize(elements);
+    Grow(&scratch, elements);
   } catch (const std::bad_alloc&) {
     return Status(StatusCode::kResourceExhausted, label + ": out of memory");
   }
-  Status st = r.codecs[h.level]->Decode(desc, chunk.payload, scratch.data(), impl).WithContext(label);
-  if (st.ok()) st = dst.WriteF32(h.layer, h.kind, view_offset + h.token_begin, h.tokens, scratch.data());
-  if (scratch.size() > kKeepFloats) std::vector<float>().swap(scratch);
+  Status st =
+      r.codecs[h.level]->Decode(desc, chunk.payload, scratch.data(), impl).WithContext(label);
+  if (st.ok())
+    st = dst.WriteF32(h.layer, h.kind, view_offset + h.token_begin, h.tokens, scratch.data());
+  ShedIfLarge(&scratch);
   return st;
 }
 

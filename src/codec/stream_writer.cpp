@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "codec/quant_common.h"
+#include "codec/scratch.h"
 #include "codec/stream_format.h"
 #include "kvwire/profile.h"
 #include "kvwire/stream.h"
@@ -166,19 +167,18 @@ Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, u
       KVWIRE_RETURN_IF_ERROR(
           codec.EncodeHalves(desc, halves, frame, options.impl).WithContext(where));
     } else {
-      // The float copy of the chunk, per thread and reused: a fresh zero-filled buffer per
-      // chunk cost the sender ~20 % of its CPU in page clearing and faults (perf, int3-token
-      // session).
-      constexpr size_t kKeepFloats = size_t{16} << 20;  // 64 MiB kept at most
+      // The float copy of the chunk, per thread and reused (scratch.h): a fresh zero-filled
+      // buffer per chunk cost the sender ~20 % of its CPU in page clearing and faults (perf,
+      // int3-token session).
       thread_local std::vector<float> values;
-      if (values.size() < elements) values.resize(elements);
+      Grow(&values, elements);
       KVWIRE_RETURN_IF_ERROR(
           kv.ReadF32(layer, kind, view_offset + token_begin, tokens, values.data())
               .WithContext(where));
       frame->assign(kChunkHeaderBytes, 0);
       KVWIRE_RETURN_IF_ERROR(
           codec.Encode(desc, values.data(), frame, options.impl).WithContext(where));
-      if (values.size() > kKeepFloats) std::vector<float>().swap(values);
+      ShedIfLarge(&values);
     }
   } catch (const std::bad_alloc&) {
     return Status(StatusCode::kResourceExhausted, where + ": out of memory");

@@ -13,8 +13,8 @@
 #include "codec/fraqtl_codec_impl.h"
 #include "codec/fraqtl_math.h"
 #include "codec/fraqtl_rans_kernels.h"
-#include "codec/lloyd_max.h"
 #include "codec/fraqtl_toy.h"
+#include "codec/lloyd_max.h"
 #include "codec/rans.h"
 #include "kvwire/stream.h"
 
@@ -503,8 +503,8 @@ TEST(FraqtlRans, DequantizingProductEqualsDequantizeThenProduct) {
             os[r] = got[r].data();
             ws[r] = want[r].data();
           }
-          fraqtl::internal::MulRowsDequantAvx512(ap.data(), k, xs, prefix, pool.data(),
-                                                 off.data(), ss, rows, n, mean.data(), os);
+          fraqtl::internal::MulRowsDequantAvx512(ap.data(), k, xs, prefix, pool.data(), off.data(),
+                                                 ss, rows, n, mean.data(), os);
           for (int r = 0; r < rows; ++r) {  // the two passes, into x's own values
             fraqtl::internal::DequantizeAvx2(pool.data(), off.data(), sym[r].data(), k - prefix,
                                              x[r].data() + prefix);
@@ -566,8 +566,8 @@ TEST(FraqtlRans, CachedPositionAnglesEqualRopeAngles) {
     rope.rope_dim = rope_dim;
     rope.CacheFrequencies();
     const uint32_t half = rope_dim / 2;
-    for (int64_t first : {int64_t{0}, int64_t{100}, int64_t{255}, int64_t{256}, int64_t{8000},
-                          int64_t{70001}}) {
+    for (int64_t first :
+         {int64_t{0}, int64_t{100}, int64_t{255}, int64_t{256}, int64_t{8000}, int64_t{70001}}) {
       for (uint32_t tokens : {1u, 300u, 1000u}) {
         const float* cs = fraqtl::internal::PositionAngles(rope, first, tokens);
         std::vector<float> c(half), sn(half);
