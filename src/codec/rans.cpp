@@ -1,11 +1,13 @@
 // Static rANS tables and block framing (rans.h).
 #include "codec/rans.h"
-#include "codec/simd_gather.h"
 
 #include <immintrin.h>
 
 #include <algorithm>
 #include <array>
+#include <cstddef>
+
+#include "codec/simd_gather.h"
 
 namespace kvwire::rans {
 
@@ -119,8 +121,67 @@ void BlockEncoder::Reset() {
   used_ = 0;
 }
 
-void BlockEncoder::PutAll(const EncSym* const* sym, size_t n) {
-  Reserve(n);
+namespace {
+
+bool HaveAvx512() {
+  static const bool have = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw");
+  }();
+  return have;
+}
+
+// Whole groups of PutAll on the eight states at once, k a multiple of kLanes, the same words
+// and states as the scalar steps. Element i of the state vector holds lane 7 - i, so the words
+// a group emits, compressed in element order, come out lane 7 first, as the scalar steps store
+// them. The division is Put's: q = (y * rcp) >> 64 from two 32 x 32-bit products (y < 2^32).
+// GCC 12's AVX-512 intrinsics pass an uninitialised vector as the unused merge source of their
+// unmasked forms, which its own uninitialised-use analysis then reports; nothing reads it.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+__attribute__((target("avx512f,avx512vl,avx512bw"))) size_t PutGroupsAvx512(
+    const EncSym* const* sym, size_t k, uint32_t* x, uint16_t* w, size_t used) {
+  static_assert(sizeof(EncSym) == 16 && offsetof(EncSym, freq) == 8 && offsetof(EncSym, cum) == 12);
+  const __m512i reverse = _mm512_set_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m512i low32 = _mm512_set1_epi64(0xffffffff);
+  const __m512i eight = _mm512_set1_epi64(8);
+  __m512i X = _mm512_permutexvar_epi64(
+      reverse, _mm512_cvtepu32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x))));
+  for (; k > 0; k -= kLanes) {
+    // The group's entries, lane 7 first: rcp, and freq | cum << 32.
+    const __m512i p = _mm512_permutexvar_epi64(reverse, _mm512_loadu_si512(sym + k - kLanes));
+    const __m512i rcp = _mm512_i64gather_epi64(p, nullptr, 1);
+    const __m512i fc = _mm512_i64gather_epi64(_mm512_add_epi64(p, eight), nullptr, 1);
+    const __m512i f = _mm512_and_si512(fc, low32);
+    const __m512i c = _mm512_srli_epi64(fc, 32);
+    const __mmask8 out = _mm512_cmpge_epu64_mask(X, _mm512_slli_epi64(f, 32 - kProbBits));
+    const __m256i words = _mm256_maskz_compress_epi32(out, _mm512_cvtepi64_epi32(X));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(w + used), _mm256_cvtepi32_epi16(words));
+    used += static_cast<size_t>(__builtin_popcount(out));
+    const __m512i y = _mm512_mask_srli_epi64(X, out, X, 16);
+    const __m512i lo = _mm512_mul_epu32(y, rcp);
+    const __m512i hi = _mm512_mul_epu32(y, _mm512_srli_epi64(rcp, 32));
+    const __m512i q = _mm512_srli_epi64(_mm512_add_epi64(hi, _mm512_srli_epi64(lo, 32)), 32);
+    X = _mm512_add_epi64(_mm512_add_epi64(_mm512_slli_epi64(q, kProbBits), c),
+                         _mm512_sub_epi64(y, _mm512_mul_epu32(q, f)));
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(x),
+                      _mm512_cvtepi64_epi32(_mm512_permutexvar_epi64(reverse, X)));
+  return used;
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+}  // namespace
+
+void BlockEncoder::PutAll(const EncSym* const* sym, size_t n, bool vector) {
+  // kLanes words of slack: a vector group stores eight words and keeps those it emitted.
+  Reserve(n + kLanes);
   uint16_t* w = words_.data();
   size_t used = used_;
   // One step of Put on state x, without a branch (EncSym: f = 1 needs none either).
@@ -135,6 +196,10 @@ void BlockEncoder::PutAll(const EncSym* const* sym, size_t n) {
   static_assert(kLanes == 8);
   size_t k = n;
   for (; k % kLanes; --k) put(x_[(k - 1) % kLanes], *sym[k - 1]);
+  if (vector && k > 0 && HaveAvx512()) {
+    used_ = PutGroupsAvx512(sym, k, x_, w, used);
+    return;
+  }
   uint32_t x0 = x_[0], x1 = x_[1], x2 = x_[2], x3 = x_[3], x4 = x_[4], x5 = x_[5], x6 = x_[6],
            x7 = x_[7];
   for (; k > 0; k -= kLanes) {

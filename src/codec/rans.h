@@ -104,8 +104,9 @@ class BlockEncoder {
   }
   /// Puts n symbols at once, sym[k] the entry of symbol k (k in decoding order, 0 first):
   /// the same words and states as Put(k, ...) for k = n - 1 down to 0, with the states held in
-  /// registers. Calls Reserve itself.
-  void PutAll(const EncSym* const* sym, size_t n);
+  /// registers. Calls Reserve itself. With AVX-512 whole groups of kLanes symbols take one
+  /// vector step each (`vector` = false keeps the scalar steps, for tests).
+  void PutAll(const EncSym* const* sym, size_t n, bool vector = true);
   /// Appends the block (states, then words in decoding order) to `out`.
   void Finish(std::vector<uint8_t>* out);
   /// Bytes Finish will append.
