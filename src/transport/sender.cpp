@@ -243,7 +243,10 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
                               Connection* buffers) const;
   // Ends a kv_readers count taken under mu_ (held when called).
   void ReleaseKvLocked(SendState* s) {
-    if (--s->kv_readers == 0 && !s->status.in_progress()) cv_.notify_all();
+    if (--s->kv_readers == 0 && !s->status.in_progress()) {
+      cv_.notify_all();
+      done_cv_.notify_all();
+    }
   }
   void ReceiveLoop();
   void Handle(const control::Control& c);
@@ -314,6 +317,9 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   std::unique_ptr<Transport> transport_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
+  // WaitFor's own: notified when a request finishes or its last kv reader ends, not by every
+  // ack (cv_ is, for the back-pressure wait), so a caller in Wait sleeps through a transfer.
+  std::condition_variable done_cv_;
   std::shared_ptr<Connection> conn_;
   std::map<uint64_t, std::shared_ptr<SendState>> requests_;
   std::deque<std::pair<std::shared_ptr<SendState>, uint32_t>> jobs_;
@@ -493,9 +499,9 @@ Status SenderCore::WaitFor(SendState* s, int timeout_ms) {
   std::unique_lock lock(mu_);
   auto done = [&] { return !s->status.in_progress() && s->kv_readers == 0; };
   if (timeout_ms < 0) {
-    cv_.wait(lock, done);
+    done_cv_.wait(lock, done);
   } else {
-    cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), done);
+    done_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), done);
   }
   return s->status;
 }
@@ -513,6 +519,7 @@ void SenderCore::FinishLocked(SendState* s, Status result) {
   s->unacked.clear();
   requests_.erase(s->id);
   cv_.notify_all();
+  done_cv_.notify_all();
 }
 
 void SenderCore::FailAllLocked(const Status& why) {

@@ -108,7 +108,31 @@ void TcpConnection::MarkAuthenticated(std::string peer_name) {
 
 Status TcpConnection::Send(Message msg) {
   KVWIRE_RETURN_IF_ERROR(ValidateMessageBounds(msg));
-  return send_queue_.Push(std::move(msg));
+  // A small message with nothing ahead of it is written on the caller's thread: waking the
+  // writer thread for it would cost two context switches, a large share of a compressed chunk's
+  // or an ack's handling. Large frames (fp16 chunks) keep the writer thread, so that the caller
+  // goes on while the socket drains. Order holds: a message is counted in unwritten_ from before
+  // it is queued until the writer has written it, under write_mu_, so a caller that finds the
+  // count at zero under that lock has nothing earlier left to write.
+  if (msg.bytes() <= kInlineWriteBytes) {
+    std::unique_lock lock(write_mu_, std::try_to_lock);
+    if (lock.owns_lock() && unwritten_ == 0) {
+      if (send_queue_.closed()) return send_queue_.Push(std::move(msg));  // the close reason
+      inline_prefix_.clear();
+      AppendFramePrefix(msg, &inline_prefix_);
+      if (Status s = WriteFrame(inline_prefix_, msg); !s.ok()) {
+        lock.unlock();
+        Fail(s);
+        return s;
+      }
+      if (send_pooling_) pool_->Put(std::move(msg.payload));
+      return Status::Ok();
+    }
+  }
+  ++unwritten_;
+  Status s = send_queue_.Push(std::move(msg));
+  if (!s.ok()) --unwritten_;
+  return s;
 }
 
 Result<Message> TcpConnection::Receive(int timeout_ms) { return recv_queue_.Pop(timeout_ms); }
@@ -176,9 +200,15 @@ void TcpConnection::WriteLoop() {
   for (;;) {
     auto m = send_queue_.Pop(-1);
     if (!m.ok()) break;  // closed and drained
-    prefix.clear();
-    AppendFramePrefix(*m, &prefix);
-    if (Status s = WriteFrame(prefix, *m); !s.ok()) {
+    Status s;
+    {
+      std::lock_guard lock(write_mu_);
+      prefix.clear();
+      AppendFramePrefix(*m, &prefix);
+      s = WriteFrame(prefix, *m);
+      --unwritten_;
+    }
+    if (!s.ok()) {
       Fail(s);
       break;
     }

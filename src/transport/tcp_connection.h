@@ -1,6 +1,7 @@
 // The tcp backend's connection and acceptor, also used by the ucx backend for its
 // authenticated bootstrap/control connection. Blocking Asio I/O on two threads per connection
-// (one writer draining the send queue, one reader filling the receive queue); both queues are
+// (one writer draining the send queue, one reader filling the receive queue; a small message
+// with nothing queued ahead of it is written by the thread that sends it); both queues are
 // bounded, so a slow peer back-pressures the sender through TCP flow control. With
 // TransportOptions::tls the TLS handshake runs as the socket is dialled or accepted, before the
 // connection exists, and the two threads read and write through the TLS session (tls.h).
@@ -76,6 +77,12 @@ class TcpConnection final : public Connection {
   std::atomic<bool> authenticated_{false};
   std::atomic<bool> closing_{false};
   std::mutex close_mu_;
+  // Frames are written under write_mu_, by the writer thread or inline by Send;
+  // unwritten_ counts the messages queued and not yet written.
+  static constexpr uint64_t kInlineWriteBytes = 256 << 10;
+  std::mutex write_mu_;
+  std::atomic<uint64_t> unwritten_{0};
+  std::vector<uint8_t> inline_prefix_;  // Send's frame prefix scratch, under write_mu_
   std::mutex writer_mu_;
   std::condition_variable writer_cv_;
   bool writer_done_ = false;

@@ -165,6 +165,39 @@ TEST_P(TransportTest, MessagesArriveInOrderBothWays) {
   EXPECT_EQ(parsed->pong().nonce(), 42u);
 }
 
+// Small messages that a backend may write on the sending thread and large ones it queues for a
+// writer, interleaved by two threads at once: each thread's messages arrive in the order it
+// sent them, none lost or torn (a small one must not overtake a large one queued before it).
+TEST_P(TransportTest, SmallAndLargeMessagesOfSeveralThreadsKeepTheirOrder) {
+  auto [server, client] = Pair();
+  ASSERT_TRUE(server && client);
+  constexpr int kPerThread = 120;
+  auto size_of = [](uint32_t seq) -> size_t {
+    return seq % 7 == 3 ? (size_t{600} << 10) + seq : 1 + (seq * 131) % 5000;
+  };
+  auto run = [&, c = client.get()](uint32_t first) {
+    for (uint32_t i = 0; i < kPerThread; ++i) {
+      ASSERT_TRUE(c->Send(Data(first + i, size_of(first + i))).ok());
+    }
+  };
+  std::thread a(run, 0), b(run, 1000);
+  uint32_t next[2] = {0, 1000};
+  for (int i = 0; i < 2 * kPerThread; ++i) {
+    auto m = server->Receive(10000);
+    ASSERT_TRUE(m.ok()) << i << ": " << m.status().ToString();
+    auto d = transport::ParseChunkDescriptor(*m);
+    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    const uint32_t seq = d->seq();
+    uint32_t& want = next[seq >= 1000 ? 1 : 0];
+    ASSERT_EQ(seq, want) << "message " << i;
+    ++want;
+    ASSERT_EQ(m->payload.size(), size_of(seq));
+    EXPECT_TRUE(m->payload == Data(seq, size_of(seq)).payload) << seq;
+  }
+  a.join();
+  b.join();
+}
+
 TEST_P(TransportTest, LargeMessagesSurvive) {
   auto [server, client] = Pair();
   ASSERT_TRUE(server && client);
