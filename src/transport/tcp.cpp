@@ -118,9 +118,7 @@ Status TcpConnection::Send(Message msg) {
     std::unique_lock lock(write_mu_, std::try_to_lock);
     if (lock.owns_lock() && unwritten_ == 0) {
       if (send_queue_.closed()) return send_queue_.Push(std::move(msg));  // the close reason
-      inline_prefix_.clear();
-      AppendFramePrefix(msg, &inline_prefix_);
-      if (Status s = WriteFrame(inline_prefix_, msg); !s.ok()) {
+      if (Status s = WriteLocked(msg); !s.ok()) {
         lock.unlock();
         Fail(s);
         return s;
@@ -152,10 +150,16 @@ Status TcpConnection::ReadBytes(asio::mutable_buffer b) {
   return ec ? IoStatus("read", ec) : Status::Ok();
 }
 
+Status TcpConnection::WriteLocked(const Message& m) {
+  prefix_.clear();
+  AppendFramePrefix(m, &prefix_);
+  return WriteFrame(prefix_, m);
+}
+
 Status TcpConnection::WriteFrame(std::vector<uint8_t>& prefix, const Message& m) {
   if (tls_) {
     // The prefix and the meta in one TLS record (when they fit), the payload after them. The
-    // meta goes after the prefix in the writer's scratch buffer, which WriteLoop clears.
+    // meta goes after the prefix in the prefix scratch, which WriteLocked clears.
     prefix.insert(prefix.end(), m.meta.begin(), m.meta.end());
     KVWIRE_RETURN_IF_ERROR(tls_->WriteAll(prefix.data(), prefix.size()));
     return tls_->WriteAll(m.payload.data(), m.payload.size());
@@ -196,16 +200,13 @@ void TcpConnection::ReadLoop() {
 }
 
 void TcpConnection::WriteLoop() {
-  std::vector<uint8_t> prefix;
   for (;;) {
     auto m = send_queue_.Pop(-1);
     if (!m.ok()) break;  // closed and drained
     Status s;
     {
       std::lock_guard lock(write_mu_);
-      prefix.clear();
-      AppendFramePrefix(*m, &prefix);
-      s = WriteFrame(prefix, *m);
+      s = WriteLocked(*m);
       --unwritten_;
     }
     if (!s.ok()) {

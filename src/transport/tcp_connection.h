@@ -61,7 +61,9 @@ class TcpConnection final : public Connection {
   void WriteLoop();
   void Fail(Status why);
   Status ReadBytes(asio::mutable_buffer b);
-  // Writes one frame; `prefix` holds its prefix and is the writer's scratch (TLS appends the meta).
+  // Writes one frame (write_mu_ held): its prefix into prefix_, then WriteFrame.
+  Status WriteLocked(const Message& m);
+  // Writes one frame; `prefix` holds its prefix and is scratch (TLS appends the meta).
   Status WriteFrame(std::vector<uint8_t>& prefix, const Message& m);
 
   std::shared_ptr<asio::io_context> ctx_;
@@ -82,7 +84,7 @@ class TcpConnection final : public Connection {
   static constexpr uint64_t kInlineWriteBytes = 256 << 10;
   std::mutex write_mu_;
   std::atomic<uint64_t> unwritten_{0};
-  std::vector<uint8_t> inline_prefix_;  // Send's frame prefix scratch, under write_mu_
+  std::vector<uint8_t> prefix_;  // the frame prefix being written, under write_mu_
   std::mutex writer_mu_;
   std::condition_variable writer_cv_;
   bool writer_done_ = false;
