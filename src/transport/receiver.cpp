@@ -133,7 +133,12 @@ class ReceiverCore {
   std::unique_ptr<Transport> transport_;
   std::unique_ptr<Listener> listener_;
   mutable std::mutex mu_;
+  // Waits of the application: cv_ for a request's layers and its end (WaitLayer, Wait),
+  // notified when a layer completes or a request ends, not by every chunk; incoming_cv_ for
+  // NextRequest. A chunk that completes nothing wakes no one (a per-chunk wake-up of every
+  // waiting thread cost two context switches per chunk and contended for mu_).
   std::condition_variable cv_;
+  std::condition_variable incoming_cv_;
   std::map<uint64_t, std::shared_ptr<RecvState>> requests_;
   std::deque<uint64_t> incoming_;
   uint64_t buffered_bytes_ = 0;
@@ -401,7 +406,7 @@ Status ReceiverCore::HandleBegin(const std::shared_ptr<Connection>& conn,
         s->awaiting_profile = profile_id;
       } else {
         incoming_.push_back(id);
-        cv_.notify_all();
+        incoming_cv_.notify_all();
       }
     }
   }
@@ -569,7 +574,7 @@ void ReceiverCore::DecodeAndAck(const std::shared_ptr<RecvState>& s,
           " chunks, " + std::to_string(s->st.wire_bytes) + " bytes, " +
           std::to_string(s->st.seconds * 1000) + " ms");
     }
-    cv_.notify_all();
+    if (s->layer_chunks[d.layer()] == s->grid.chunks_per_layer()) cv_.notify_all();
   }
   SendControl(conn, ack);
   if (done.has_request_done()) {
@@ -590,6 +595,7 @@ void ReceiverCore::FailLocked(RecvState* s, Status why) {
     // Never handed out: the application learns of it, failed, and releases it.
     s->awaiting_profile.clear();
     incoming_.push_back(s->id);
+    incoming_cv_.notify_all();
   }
   cv_.notify_all();
 }
@@ -692,7 +698,7 @@ Status ReceiverCore::HandleProfileData(const std::shared_ptr<Connection>& conn,
     s->awaiting_profile.clear();
     s->last_progress = Clock::now();
     incoming_.push_back(request);
-    cv_.notify_all();
+    incoming_cv_.notify_all();
   }
   return Status::Ok();
 }
@@ -716,8 +722,8 @@ Result<IncomingRequest> ReceiverCore::NextRequest(int timeout_ms) {
   auto ready = [&] { return closed_ || !incoming_.empty(); };
   for (;;) {
     if (timeout_ms < 0) {
-      cv_.wait(lock, ready);
-    } else if (!cv_.wait_until(lock, give_up, ready)) {
+      incoming_cv_.wait(lock, ready);
+    } else if (!incoming_cv_.wait_until(lock, give_up, ready)) {
       return Status(StatusCode::kTimeout,
                     "no request within " + std::to_string(timeout_ms) + " ms");
     }
@@ -844,6 +850,7 @@ void ReceiverCore::Close() {
       FailLocked(s.get(), Status(StatusCode::kCancelled, "receiver closed"));
     for (auto& h : handlers_) conns.push_back(h.conn);
     cv_.notify_all();
+    incoming_cv_.notify_all();
   }
   if (listener_) listener_->Close();
   if (accept_.joinable()) accept_.join();
