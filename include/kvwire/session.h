@@ -102,6 +102,12 @@ struct SendRequestOptions {
   /// with the announcement as IncomingRequest::user_data: what an engine needs beside the KV,
   /// e.g. the request's next input token. kvwire neither interprets nor logs them.
   std::string user_data;
+  /// At the fp16 level, over a transport that writes lent bytes itself (tcp), send each chunk
+  /// straight from the KV's memory when its rows lie back to back: the rows are read twice (the
+  /// CRC, then the socket) instead of copied into a frame once. false copies them, which is
+  /// quicker when touching the KV's pages costs more than copying them: a dump mapped from the
+  /// page cache on a VM (kvwire send sets false for its dumps; docs/notes/data-path.md).
+  bool lend_kv = true;
 };
 
 struct SendStats {

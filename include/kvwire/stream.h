@@ -112,6 +112,19 @@ class StreamWriter {
   Status EncodeChunkInto(const KvView& kv, uint32_t layer, KvKind kind, uint32_t token_begin,
                          uint32_t tokens, uint8_t level, std::vector<uint8_t>* frame) const;
 
+  /// True when a chunk's payload at `level` is the bytes of `kv` as they lie: the fp16 level
+  /// (optimized implementation) from an fp16 view whose token rows lie back to back (a
+  /// contiguous cache, a mapped dump). Paged and head-major views are copied.
+  bool PayloadIsView(const KvView& kv, uint8_t level) const;
+  /// Like EncodeChunkInto, but where PayloadIsView holds, `frame` becomes the 40-byte chunk
+  /// header alone and `*borrowed` the payload: the chunk's rows in `kv` itself, read once for
+  /// the CRC and the finiteness check and not copied (a transport writes them straight from
+  /// there: Message::borrowed). The frame on the wire is `frame` followed by `*borrowed`, the
+  /// bytes EncodeChunkInto would make. Elsewhere `*borrowed` is empty and `frame` the whole frame.
+  Status EncodeChunkBorrowing(const KvView& kv, uint32_t layer, KvKind kind, uint32_t token_begin,
+                              uint32_t tokens, uint8_t level, std::vector<uint8_t>* frame,
+                              std::span<const uint8_t>* borrowed) const;
+
  private:
   StreamWriter();
   struct Impl;

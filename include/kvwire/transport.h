@@ -35,6 +35,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -49,20 +50,29 @@ inline constexpr uint32_t kMaxMetaBytes = 64u << 10;           // data-frame met
 
 enum class MessageKind : uint8_t { kControl = 1, kData = 2 };
 
-/// One message. Owns its bytes.
+/// One message. Owns its bytes, except `borrowed`.
 struct Message {
   MessageKind kind = MessageKind::kControl;
   std::vector<uint8_t> meta;
   std::vector<uint8_t> payload;  // empty for control messages
+  /// Sending only: bytes that follow `payload` on the wire, lent by the caller (say, a chunk of
+  /// the KV cache itself, so that it is not copied into `payload` first). They must stay valid
+  /// and unchanged until Send returns, and no longer: a connection that writes them out before
+  /// Send returns (Connection::WritesBorrowed) does so, any other copies them onto `payload`
+  /// first. The receiver sees one payload. Always empty in a received message.
+  std::span<const uint8_t> borrowed;
 
-  size_t bytes() const { return meta.size() + payload.size(); }
+  size_t bytes() const { return meta.size() + payload.size() + borrowed.size(); }
 };
 
 /// What a backend can do (answers do not change after creation).
 struct TransportCaps {
   bool remote = false;          // reaches other processes / hosts
   bool rendezvous = false;      // large payloads move by rendezvous (receiver pulls)
-  bool zero_copy_send = false;  // sends from the caller's buffer without a copy (none does yet)
+  // Sends from the caller's buffer with no copy at all (MSG_ZEROCOPY, RDMA): none does yet. tcp
+  // writes a message's borrowed bytes from the caller's memory (Connection::WritesBorrowed),
+  // which the kernel still copies into the socket.
+  bool zero_copy_send = false;
   bool gpu_memory = false;      // accepts device buffers
   bool tls = false;             // can encrypt the stream
   uint64_t max_message_bytes = kMaxDataMessageBytes;
@@ -141,6 +151,10 @@ class Connection {
   /// overwrites them. Once a caller has used it, the payloads of sent messages go back to the
   /// connection's pool when their send completes. Default: a new zero-filled buffer.
   virtual std::vector<uint8_t> TakeBuffer(size_t bytes) { return std::vector<uint8_t>(bytes); }
+
+  /// True when Send writes a message's borrowed bytes out itself before it returns, so a caller
+  /// gains by lending them instead of copying; false when Send would copy them (the default).
+  virtual bool WritesBorrowed() const { return false; }
 };
 
 /// Accepts connections on one address.

@@ -114,23 +114,48 @@ struct StreamWriter::Impl {
     bytes += written.size();
   }
 
-  // Encodes one frame (header + payload) into `frame` (replacing its contents).
+  // Encodes one frame (header + payload) into `frame` (replacing its contents). With
+  // `borrowed` non-null and the payload the view's bytes as they lie (PayloadIsView), `frame`
+  // becomes the header only and *borrowed the payload; else *borrowed stays empty.
   Status EncodeFrame(const KvView& kv, uint32_t view_offset, uint32_t layer, KvKind kind,
                      uint32_t token_begin, uint32_t tokens, uint8_t level,
-                     std::vector<uint8_t>* frame) const;
+                     std::vector<uint8_t>* frame,
+                     std::span<const uint8_t>* borrowed = nullptr) const;
+  bool PayloadIsView(const KvView& kv, uint8_t level) const {
+    return level < codecs.size() && codecs[level]->PayloadIsHalves() && kv.dtype() == DType::kF16 &&
+           options.impl == CodecImpl::kOptimized && !kv.paged() && kv.rows_contiguous() &&
+           kv.strides().token == static_cast<int64_t>(kv.row_bytes());
+  }
 };
 
 Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, uint32_t layer,
                                        KvKind kind, uint32_t token_begin, uint32_t tokens,
-                                       uint8_t level, std::vector<uint8_t>* frame) const {
+                                       uint8_t level, std::vector<uint8_t>* frame,
+                                       std::span<const uint8_t>* borrowed) const {
   const std::string where = ChunkName(layer, kind, token_begin, tokens);
   const uint64_t elements = uint64_t{tokens} * info.shape.kv_heads * info.shape.head_dim;
   const Codec& codec = *codecs[level];
   const ChunkDesc desc = format::MakeChunkDesc(info, layer, kind, token_begin, tokens);
   std::optional<uint32_t> payload_crc;  // the fp16 copy path computes it with its check
+  uint64_t payload = 0;
   try {
-    if (codec.PayloadIsHalves() && kv.dtype() == DType::kF16 &&
-        options.impl == CodecImpl::kOptimized) {
+    if (borrowed != nullptr && PayloadIsView(kv, level)) {
+      // The payload is the chunk's rows where they lie: read once, for the CRC and the
+      // finiteness check, and lent to the caller instead of copied.
+      const auto* rows =
+          static_cast<const uint8_t*>(kv.Row(layer, kind, view_offset + token_begin));
+      const std::span<const uint8_t> halves(rows, 2 * elements);
+      bool finite = false;
+      payload_crc = format::Crc32cFiniteHalves(halves, 0, &finite);
+      if (!finite) {
+        KVWIRE_RETURN_IF_ERROR(
+            baseline::CheckFiniteHalves(desc, rows, codec.Spec()).WithContext(where));
+      }
+      frame->resize(kChunkHeaderBytes);
+      *borrowed = halves;
+      payload = halves.size();
+    } else if (codec.PayloadIsHalves() && kv.dtype() == DType::kF16 &&
+               options.impl == CodecImpl::kOptimized) {
       // fp16 rows at the fp16 level: the payload is the rows as they are. (A frame of this
       // size already, say a pooled buffer from Connection::TakeBuffer, is not zero-filled.)
       frame->resize(kChunkHeaderBytes + 2 * elements);
@@ -183,7 +208,7 @@ Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, u
   } catch (const std::bad_alloc&) {
     return Status(StatusCode::kResourceExhausted, where + ": out of memory");
   }
-  const uint64_t payload = frame->size() - kChunkHeaderBytes;
+  if (payload == 0) payload = frame->size() - kChunkHeaderBytes;
   KVWIRE_RETURN_ERROR_IF(payload > kMaxChunkPayloadBytes, kResourceExhausted,
                          where + ": payload of " + std::to_string(payload) +
                              " bytes exceeds the format's bound; use a smaller chunk_tokens");
@@ -378,7 +403,19 @@ Status StreamWriter::EncodeChunk(const KvView& kv, uint32_t layer, KvKind kind,
 Status StreamWriter::EncodeChunkInto(const KvView& kv, uint32_t layer, KvKind kind,
                                      uint32_t token_begin, uint32_t tokens, uint8_t level,
                                      std::vector<uint8_t>* frame) const {
+  return EncodeChunkBorrowing(kv, layer, kind, token_begin, tokens, level, frame, nullptr);
+}
+
+bool StreamWriter::PayloadIsView(const KvView& kv, uint8_t level) const {
+  return impl_->PayloadIsView(kv, level);
+}
+
+Status StreamWriter::EncodeChunkBorrowing(const KvView& kv, uint32_t layer, KvKind kind,
+                                          uint32_t token_begin, uint32_t tokens, uint8_t level,
+                                          std::vector<uint8_t>* frame,
+                                          std::span<const uint8_t>* borrowed) const {
   const Impl& w = *impl_;
+  if (borrowed != nullptr) *borrowed = {};
   const KvShape& s = w.info.shape;
   KVWIRE_RETURN_ERROR_IF(
       level >= w.codecs.size(), kInvalidArgument,
@@ -402,7 +439,7 @@ Status StreamWriter::EncodeChunkInto(const KvView& kv, uint32_t layer, KvKind ki
                          "chunk of " + std::to_string(tokens) + " tokens exceeds " +
                              std::to_string(kMaxChunkElements) + " elements");
   KVWIRE_ASSIGN_OR_RETURN(const uint32_t view_offset, format::ViewTokenOffset(kv, w.info));
-  return w.EncodeFrame(kv, view_offset, layer, kind, token_begin, tokens, level, frame);
+  return w.EncodeFrame(kv, view_offset, layer, kind, token_begin, tokens, level, frame, borrowed);
 }
 
 Result<std::vector<uint8_t>> EncodeStream(const KvView& kv, StreamInfo info,

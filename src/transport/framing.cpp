@@ -58,7 +58,13 @@ Result<FramePrefix> ParseFramePrefix(std::span<const uint8_t, kFramePrefixBytes>
 }
 
 Status ValidateMessageBounds(const Message& msg) {
-  return CheckBounds(msg.kind, msg.meta.size(), msg.payload.size());
+  return CheckBounds(msg.kind, msg.meta.size(), msg.payload.size() + msg.borrowed.size());
+}
+
+void CopyBorrowed(Message* msg) {
+  if (msg->borrowed.empty()) return;
+  msg->payload.insert(msg->payload.end(), msg->borrowed.begin(), msg->borrowed.end());
+  msg->borrowed = {};
 }
 
 Status CheckMessageBounds(MessageKind kind, uint64_t meta_bytes, uint64_t payload_bytes) {
@@ -66,7 +72,8 @@ Status CheckMessageBounds(MessageKind kind, uint64_t meta_bytes, uint64_t payloa
 }
 
 void AppendFramePrefix(const Message& msg, std::vector<uint8_t>* out) {
-  StoreLe32(static_cast<uint32_t>(5 + msg.meta.size() + msg.payload.size()), out);
+  StoreLe32(static_cast<uint32_t>(5 + msg.meta.size() + msg.payload.size() + msg.borrowed.size()),
+            out);
   out->push_back(static_cast<uint8_t>(msg.kind));
   StoreLe32(static_cast<uint32_t>(msg.meta.size()), out);
 }
@@ -76,6 +83,7 @@ Status AppendFrame(const Message& msg, std::vector<uint8_t>* out) {
   AppendFramePrefix(msg, out);
   out->insert(out->end(), msg.meta.begin(), msg.meta.end());
   out->insert(out->end(), msg.payload.begin(), msg.payload.end());
+  out->insert(out->end(), msg.borrowed.begin(), msg.borrowed.end());
   return Status::Ok();
 }
 

@@ -35,6 +35,10 @@ Status ValidateMessageBounds(const Message& msg);
 /// The same check on sizes announced by a peer, before anything is allocated for them.
 Status CheckMessageBounds(MessageKind kind, uint64_t meta_bytes, uint64_t payload_bytes);
 
+/// Appends a message's borrowed bytes to its payload (a backend that cannot write them before
+/// Send returns owns a copy instead).
+void CopyBorrowed(Message* msg);
+
 /// Appends the prefix of `msg` (which must pass ValidateMessageBounds).
 void AppendFramePrefix(const Message& msg, std::vector<uint8_t>* out);
 

@@ -29,6 +29,7 @@ class InprocConnection final : public Connection {
 
   Status Send(Message msg) override {
     KVWIRE_RETURN_IF_ERROR(ValidateMessageBounds(msg));
+    CopyBorrowed(&msg);  // queued past Send's return
     return out_->queue.Push(std::move(msg));
   }
   Result<Message> Receive(int timeout_ms) override {

@@ -239,6 +239,8 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   // Chunk `seq` of `s` at `level` as a data message. Call with a kv_readers count held. The
   // frame goes into a buffer from `buffers`' pool (Connection::TakeBuffer) when it is given:
   // no allocation, zero-fill or page faults per chunk once the sent chunks come back to it.
+  // Where `buffers` writes borrowed bytes itself and the payload is the KV's own bytes, the
+  // message borrows them instead: the kv_readers count must then be held until it is sent.
   Result<Message> EncodeChunk(const SendState& s, uint32_t seq, uint8_t level,
                               Connection* buffers) const;
   // Ends a kv_readers count taken under mu_ (held when called).
@@ -553,12 +555,19 @@ Result<Message> SenderCore::EncodeChunk(const SendState& s, uint32_t seq, uint8_
   // levels allocate their frame as before: a pooled fp16-sized buffer per chunk in flight would
   // hold up to 16x the window in memory.
   std::vector<uint8_t> frame;
-  if (buffers != nullptr && level < s.levels.size() && s.levels[level].bits_per_element >= 8) {
+  // A connection that writes borrowed bytes itself sends the fp16 level's payload straight from
+  // the caller's KV (the rows where they lie): no copy into a frame, no frame buffer at all.
+  const bool lend = s.opts.lend_kv && buffers != nullptr && buffers->WritesBorrowed() &&
+                    s.writer->PayloadIsView(s.kv, level);
+  if (buffers != nullptr && !lend && level < s.levels.size() &&
+      s.levels[level].bits_per_element >= 8) {
     frame = buffers->TakeBuffer(kChunkHeaderBytes +
                                 2 * uint64_t{g.Tokens(idx)} * g.shape.kv_heads * g.shape.head_dim);
   }
-  KVWIRE_RETURN_IF_ERROR(s.writer->EncodeChunkInto(s.kv, layer, kind, g.TokenBegin(idx),
-                                                   g.Tokens(idx), level, &frame));
+  std::span<const uint8_t> borrowed;
+  KVWIRE_RETURN_IF_ERROR(s.writer->EncodeChunkBorrowing(s.kv, layer, kind, g.TokenBegin(idx),
+                                                        g.Tokens(idx), level, &frame,
+                                                        lend ? &borrowed : nullptr));
   control::ChunkDescriptor d;
   d.set_request_id(s.id);
   d.set_seq(seq);
@@ -567,8 +576,13 @@ Result<Message> SenderCore::EncodeChunk(const SendState& s, uint32_t seq, uint8_
   d.set_token_begin(g.TokenBegin(idx));
   d.set_tokens(g.Tokens(idx));
   d.set_level(level);
-  d.set_payload_bytes(static_cast<uint32_t>(frame.size()));
-  return transport::MakeDataMessage(d, std::move(frame));
+  d.set_payload_bytes(static_cast<uint32_t>(frame.size() + borrowed.size()));
+  KVWIRE_ASSIGN_OR_RETURN(Message m, transport::MakeDataMessage(d, std::move(frame)));
+  m.borrowed = borrowed;
+  KVWIRE_RETURN_ERROR_IF(
+      m.bytes() > kMaxDataMessageBytes, kResourceExhausted,
+      "chunk of " + std::to_string(m.bytes()) + " bytes exceeds the data message bound");
+  return m;
 }
 
 void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer) {
@@ -656,9 +670,11 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
     {
       std::shared_ptr<Connection> conn;
       control::Control level_change;
+      // A message that borrows the KV's bytes keeps its kv_readers count until it is sent.
+      const bool borrows = msg.ok() && !msg->borrowed.empty();
       {
         std::unique_lock lock(mu_);
-        ReleaseKvLocked(s.get());
+        if (!borrows) ReleaseKvLocked(s.get());
         if (!msg.ok()) {
           const Status why = msg.status().WithContext("encode");
           FailLocked(s.get(), why);
@@ -682,6 +698,7 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
         // (it reconnects over a silent link, fails a receiver that answers but never acks).
         while (!room()) cv_.wait_for(lock, std::chrono::milliseconds(200));
         if (closed_ || !s->status.in_progress()) {
+          if (borrows) ReleaseKvLocked(s.get());
           lock.unlock();
           return drain();
         }
@@ -718,6 +735,10 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
       // A failed send is not fatal here: the receive thread reconnects and resends what the
       // receiver does not hold.
       if (conn) (void)conn->Send(std::move(*msg));
+      if (borrows) {
+        std::lock_guard lock(mu_);
+        ReleaseKvLocked(s.get());
+      }
     }
   }
   if (layer + 1 == s->grid.shape.layers) {

@@ -108,6 +108,18 @@ void TcpConnection::MarkAuthenticated(std::string peer_name) {
 
 Status TcpConnection::Send(Message msg) {
   KVWIRE_RETURN_IF_ERROR(ValidateMessageBounds(msg));
+  if (!msg.borrowed.empty()) {
+    // Borrowed bytes (a chunk of the caller's KV cache) are the caller's again when Send
+    // returns: written here, straight from its memory, once the messages queued ahead of this
+    // one are out. The caller's thread blocks while the socket drains, as it would in the
+    // queue's back-pressure wait; a peer that stops reading releases it when the connection
+    // fails or is closed (the socket is shut down).
+    std::unique_lock lock(write_mu_);
+    while (unwritten_ != 0 && !send_queue_.closed()) {
+      drained_cv_.wait_for(lock, std::chrono::milliseconds(50));
+    }
+    return WriteInline(std::move(lock), msg);
+  }
   // A small message with nothing ahead of it is written on the caller's thread: waking the
   // writer thread for it would cost two context switches, a large share of a compressed chunk's
   // or an ack's handling. Large frames (fp16 chunks) keep the writer thread, so that the caller
@@ -116,21 +128,23 @@ Status TcpConnection::Send(Message msg) {
   // count at zero under that lock has nothing earlier left to write.
   if (msg.bytes() <= kInlineWriteBytes) {
     std::unique_lock lock(write_mu_, std::try_to_lock);
-    if (lock.owns_lock() && unwritten_ == 0) {
-      if (send_queue_.closed()) return send_queue_.Push(std::move(msg));  // the close reason
-      if (Status s = WriteLocked(msg); !s.ok()) {
-        lock.unlock();
-        Fail(s);
-        return s;
-      }
-      if (send_pooling_) pool_->Put(std::move(msg.payload));
-      return Status::Ok();
-    }
+    if (lock.owns_lock() && unwritten_ == 0) return WriteInline(std::move(lock), msg);
   }
   ++unwritten_;
   Status s = send_queue_.Push(std::move(msg));
   if (!s.ok()) --unwritten_;
   return s;
+}
+
+Status TcpConnection::WriteInline(std::unique_lock<std::mutex> lock, Message& msg) {
+  if (send_queue_.closed()) return send_queue_.Push(std::move(msg));  // the close reason
+  if (Status s = WriteLocked(msg); !s.ok()) {
+    lock.unlock();
+    Fail(s);
+    return s;
+  }
+  if (send_pooling_) pool_->Put(std::move(msg.payload));
+  return Status::Ok();
 }
 
 Result<Message> TcpConnection::Receive(int timeout_ms) { return recv_queue_.Pop(timeout_ms); }
@@ -162,10 +176,12 @@ Status TcpConnection::WriteFrame(std::vector<uint8_t>& prefix, const Message& m)
     // meta goes after the prefix in the prefix scratch, which WriteLocked clears.
     prefix.insert(prefix.end(), m.meta.begin(), m.meta.end());
     KVWIRE_RETURN_IF_ERROR(tls_->WriteAll(prefix.data(), prefix.size()));
-    return tls_->WriteAll(m.payload.data(), m.payload.size());
+    KVWIRE_RETURN_IF_ERROR(tls_->WriteAll(m.payload.data(), m.payload.size()));
+    return tls_->WriteAll(m.borrowed.data(), m.borrowed.size());
   }
-  std::array<asio::const_buffer, 3> bufs = {asio::buffer(prefix), asio::buffer(m.meta),
-                                            asio::buffer(m.payload)};
+  std::array<asio::const_buffer, 4> bufs = {asio::buffer(prefix), asio::buffer(m.meta),
+                                            asio::buffer(m.payload),
+                                            asio::buffer(m.borrowed.data(), m.borrowed.size())};
   asio::error_code ec;
   asio::write(socket_, bufs, ec);
   return ec ? IoStatus("write", ec) : Status::Ok();
@@ -207,7 +223,7 @@ void TcpConnection::WriteLoop() {
     {
       std::lock_guard lock(write_mu_);
       s = WriteLocked(*m);
-      --unwritten_;
+      if (--unwritten_ == 0) drained_cv_.notify_all();
     }
     if (!s.ok()) {
       Fail(s);

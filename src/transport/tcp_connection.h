@@ -45,6 +45,8 @@ class TcpConnection final : public Connection {
     send_pooling_ = true;
     return pool_->Take(bytes);
   }
+  /// A message's borrowed bytes are written by Send itself, after what is queued ahead of it.
+  bool WritesBorrowed() const override { return true; }
   /// The pool this connection uses (the ucx backend's connection shares its bootstrap's).
   const std::shared_ptr<BufferPool>& pool() const { return pool_; }
 
@@ -61,6 +63,9 @@ class TcpConnection final : public Connection {
   void WriteLoop();
   void Fail(Status why);
   Status ReadBytes(asio::mutable_buffer b);
+  // Writes `msg` on the caller's thread (`lock` holds write_mu_, nothing is left unwritten
+  // ahead of it); a failed write fails the connection.
+  Status WriteInline(std::unique_lock<std::mutex> lock, Message& msg);
   // Writes one frame (write_mu_ held): its prefix into prefix_, then WriteFrame.
   Status WriteLocked(const Message& m);
   // Writes one frame; `prefix` holds its prefix and is scratch (TLS appends the meta).
@@ -80,10 +85,12 @@ class TcpConnection final : public Connection {
   std::atomic<bool> closing_{false};
   std::mutex close_mu_;
   // Frames are written under write_mu_, by the writer thread or inline by Send;
-  // unwritten_ counts the messages queued and not yet written.
+  // unwritten_ counts the messages queued and not yet written. A message with borrowed bytes
+  // is always written inline, once unwritten_ is zero (drained_cv_, under write_mu_).
   static constexpr uint64_t kInlineWriteBytes = 256 << 10;
   std::mutex write_mu_;
   std::atomic<uint64_t> unwritten_{0};
+  std::condition_variable drained_cv_;
   std::vector<uint8_t> prefix_;  // the frame prefix being written, under write_mu_
   std::mutex writer_mu_;
   std::condition_variable writer_cv_;

@@ -87,6 +87,7 @@ class UcxConnection final : public Connection {
 
   Status Send(Message msg) override {
     KVWIRE_RETURN_IF_ERROR(ValidateMessageBounds(msg));
+    CopyBorrowed(&msg);  // sent by the progress thread, after Send returned
     KVWIRE_RETURN_IF_ERROR(send_queue_.Push(std::move(msg)));
     WakeIfSleeping();
     return Status::Ok();

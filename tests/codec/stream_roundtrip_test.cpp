@@ -24,6 +24,20 @@ namespace {
 namespace fmt = format;
 using namespace stream_testing;
 
+// A paged fp16 view of `shape`: blocks of `block` tokens in per-(layer, K|V) pools of
+// table.size() blocks each, which `pool` receives (zero-filled).
+Result<KvView> PagedView(const KvShape& shape, uint32_t block, const std::vector<int32_t>& table,
+                         std::vector<std::vector<uint8_t>>* pool) {
+  const size_t row = size_t{shape.kv_heads} * shape.head_dim * 2;
+  pool->assign(2 * shape.layers, std::vector<uint8_t>(table.size() * block * row));
+  std::vector<void*> k, v;
+  for (uint32_t l = 0; l < shape.layers; ++l) {
+    k.push_back((*pool)[2 * l].data());
+    v.push_back((*pool)[2 * l + 1].data());
+  }
+  return KvView::Paged(shape, DType::kF16, block, static_cast<uint32_t>(table.size()), k, v, table);
+}
+
 TEST_F(StreamTest, RoundTripIsExactWithPassthroughCodec) {
   const KvCache cache = MakeCache(kSmall, DType::kF32, 1);
   for (uint32_t chunk_tokens : {0u, 1u, 3u, 4u, 6u, 100u}) {
@@ -254,6 +268,57 @@ TEST_F(StreamTest, Fp16SourceThroughFp16IsLossless) {
   }
 }
 
+// EncodeChunkBorrowing lends the chunk's rows of a contiguous fp16 view at the fp16 level: the
+// header it writes followed by the lent rows is EncodeChunkInto's frame, and the rows are the
+// view's own memory. Elsewhere (paged rows, another level, float32 rows) it makes the whole frame.
+TEST_F(StreamTest, BorrowedPayloadIsTheViewsRowsAndTheSameFrame) {
+  const KvShape shape{2, 21, 2, 4};
+  KvCache cache = MakeCache(shape, DType::kF16, 13);
+  auto writer = StreamWriter::Create(MakeInfo(shape, DType::kF16, {"fp16", "int8"}));
+  ASSERT_TRUE(writer.ok());
+  const StreamWriter& w = **writer;
+  EXPECT_TRUE(w.PayloadIsView(cache.view(), 0));
+  EXPECT_FALSE(w.PayloadIsView(cache.view(), 1));
+  std::vector<uint8_t> whole, head;
+  std::span<const uint8_t> lent;
+  for (uint8_t level : {0, 1}) {
+    ASSERT_TRUE(w.EncodeChunkInto(cache.view(), 1, KvKind::kValue, 5, 9, level, &whole).ok());
+    ASSERT_TRUE(
+        w.EncodeChunkBorrowing(cache.view(), 1, KvKind::kValue, 5, 9, level, &head, &lent).ok());
+    if (level == 0) {
+      ASSERT_EQ(head.size(), kChunkHeaderBytes);
+      EXPECT_EQ(lent.data(), cache.view().Row(1, KvKind::kValue, 5));
+      head.insert(head.end(), lent.begin(), lent.end());
+    } else {
+      EXPECT_TRUE(lent.empty());
+    }
+    EXPECT_EQ(head, whole) << int(level);
+  }
+  // Paged rows are copied into the frame.
+  const size_t row = cache.view().row_bytes();
+  std::vector<std::vector<uint8_t>> pool;
+  auto paged = PagedView(shape, 4, {3, 0, 6, 1, 5, 2, 4}, &pool);
+  ASSERT_TRUE(paged.ok()) << paged.status().ToString();
+  for (uint32_t l = 0; l < shape.layers; ++l) {
+    for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+      ASSERT_TRUE(paged->WriteRaw(l, kind, 0, shape.tokens, cache.tensor(l, kind).data()).ok());
+    }
+  }
+  EXPECT_FALSE(w.PayloadIsView(*paged, 0));
+  ASSERT_TRUE(w.EncodeChunkBorrowing(*paged, 1, KvKind::kValue, 5, 9, 0, &head, &lent).ok());
+  EXPECT_TRUE(lent.empty());
+  ASSERT_TRUE(w.EncodeChunkInto(cache.view(), 1, KvKind::kValue, 5, 9, 0, &whole).ok());
+  EXPECT_EQ(head, whole);
+  // A non-finite value: refused as EncodeChunkInto refuses it, nothing lent.
+  const uint16_t inf = 0x7c00;
+  std::memcpy(cache.tensor(1, KvKind::kValue).data() + 7 * row + 2, &inf, 2);
+  const Status copied = w.EncodeChunkInto(cache.view(), 1, KvKind::kValue, 5, 9, 0, &whole);
+  const Status borrowed =
+      w.EncodeChunkBorrowing(cache.view(), 1, KvKind::kValue, 5, 9, 0, &head, &lent);
+  EXPECT_EQ(copied.code(), StatusCode::kInvalidArgument) << copied.ToString();
+  EXPECT_EQ(borrowed.ToString(), copied.ToString());
+}
+
 // An fp16 view at the fp16 level is copied, not converted (Codec::PayloadIsHalves): the bytes,
 // the decoded values and the errors must be those of the conversion path (CodecImpl::kReference
 // always converts), for contiguous and paged views, with the awkward values fp16 has.
@@ -264,19 +329,12 @@ TEST_F(StreamTest, Fp16CopyPathMatchesTheConversionPath) {
   for (size_t i = 0; i < std::size(specials); ++i) {
     std::memcpy(cache.tensor(1, KvKind::kValue).data() + 2 * (5 * i + 1), &specials[i], 2);
   }
-  const uint32_t block = 4, blocks = 7;
-  std::vector<int32_t> table(blocks);
+  std::vector<int32_t> table(7);
   std::iota(table.begin(), table.end(), 0);
   std::shuffle(table.begin(), table.end(), std::mt19937(3));
   const size_t row = cache.view().row_bytes();
-  std::vector<std::vector<uint8_t>> pool(2 * shape.layers,
-                                         std::vector<uint8_t>(size_t{blocks} * block * row));
-  std::vector<void*> k, v;
-  for (uint32_t l = 0; l < shape.layers; ++l) {
-    k.push_back(pool[2 * l].data());
-    v.push_back(pool[2 * l + 1].data());
-  }
-  auto paged = KvView::Paged(shape, DType::kF16, block, blocks, k, v, table);
+  std::vector<std::vector<uint8_t>> pool;
+  auto paged = PagedView(shape, 4, table, &pool);
   ASSERT_TRUE(paged.ok()) << paged.status().ToString();
   auto copy_into = [&](const KvView& to, const KvView& from) {
     for (uint32_t l = 0; l < shape.layers; ++l) {

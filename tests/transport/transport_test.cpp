@@ -198,6 +198,45 @@ TEST_P(TransportTest, SmallAndLargeMessagesOfSeveralThreadsKeepTheirOrder) {
   b.join();
 }
 
+// A message whose payload ends in borrowed bytes (Message::borrowed) arrives as one payload, and
+// the lender may reuse them as soon as Send returns; among queued messages it keeps its place.
+TEST_P(TransportTest, BorrowedBytesArriveAndAreTheLendersAgainWhenSendReturns) {
+  auto [server, client] = Pair();
+  ASSERT_TRUE(server && client);
+  constexpr size_t kHead = 40, kLent = size_t{3} << 20;
+  std::vector<uint8_t> lent(kLent);
+  auto lend_message = [&](uint32_t seq) {
+    Message whole = Data(seq, kHead + kLent);
+    std::copy(whole.payload.begin() + kHead, whole.payload.end(), lent.begin());
+    whole.payload.resize(kHead);
+    whole.borrowed = lent;
+    return whole;
+  };
+  // Large copied messages (queued behind one another on tcp) around borrowed ones, one thread.
+  std::thread t([&, c = client.get()] {
+    for (uint32_t seq = 0; seq < 12; ++seq) {
+      if (seq % 3 == 1) {
+        ASSERT_TRUE(c->Send(lend_message(seq)).ok());
+        std::fill(lent.begin(), lent.end(), 0xee);  // the lender's again
+      } else {
+        ASSERT_TRUE(c->Send(Data(seq, (size_t{1} << 20) + seq)).ok());
+      }
+    }
+  });
+  for (uint32_t seq = 0; seq < 12; ++seq) {
+    auto m = server->Receive(20000);
+    ASSERT_TRUE(m.ok()) << seq << ": " << m.status().ToString();
+    EXPECT_TRUE(m->borrowed.empty());
+    auto d = transport::ParseChunkDescriptor(*m);
+    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    ASSERT_EQ(d->seq(), seq);
+    const size_t bytes = seq % 3 == 1 ? kHead + kLent : (size_t{1} << 20) + seq;
+    ASSERT_EQ(m->payload.size(), bytes) << seq;
+    EXPECT_TRUE(m->payload == Data(seq, bytes).payload) << seq;
+  }
+  t.join();
+}
+
 TEST_P(TransportTest, LargeMessagesSurvive) {
   auto [server, client] = Pair();
   ASSERT_TRUE(server && client);
