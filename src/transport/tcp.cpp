@@ -250,6 +250,10 @@ void TcpConnection::Close() {
   }
   if (reader_.joinable() && reader_.get_id() != std::this_thread::get_id()) reader_.join();
   if (writer_.joinable() && writer_.get_id() != std::this_thread::get_id()) writer_.join();
+  // A Send writing on its own thread (a small message, or borrowed bytes: megabytes) holds
+  // write_mu_ until its write returns, which the shutdown above makes prompt; the descriptor is
+  // closed after it, never under it.
+  std::lock_guard write_lock(write_mu_);
   asio::error_code ec;
   socket_.close(ec);
 }
