@@ -34,7 +34,9 @@ TEST(Rans, SymbolCostIsLog2) {
   for (uint32_t f = 1; f <= 4096; ++f) {
     const double exact = -std::log2(f / 4096.0) * rans::kCostOne;
     EXPECT_NEAR(rans::SymbolCost(f), exact, 1.0) << f;
-    if (f > 1) EXPECT_LE(rans::SymbolCost(f), rans::SymbolCost(f - 1));
+    if (f > 1) {
+      EXPECT_LE(rans::SymbolCost(f), rans::SymbolCost(f - 1));
+    }
   }
 }
 
@@ -217,7 +219,9 @@ TEST(FraqtlRans, BucketQuantizerEqualsTheThresholdCount) {
     const fraqtl::internal::QuantLut lut = fraqtl::internal::BuildQuantLut(th, b);
     with_table += lut.fixups >= 0;
     // The Gaussian codebooks from 3 bits up (fraqtl's default) get a table.
-    if (&th - books.data() < 8 && b >= 3) EXPECT_GE(lut.fixups, 0) << "bits " << b;
+    if (&th - books.data() < 8 && b >= 3) {
+      EXPECT_GE(lut.fixups, 0) << "bits " << b;
+    }
     std::vector<float> z;
     for (float t : th) {
       for (float v : {t, std::nextafter(t, -1e30f), std::nextafter(t, 1e30f)}) z.push_back(v);
@@ -645,7 +649,7 @@ TEST(FraqtlRans, OnePassHitsEveryBudgetWithinOnePercent) {
   }
   double prev = 1e300;
   for (double target : {0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0}) {
-    char spec[32];
+    char spec[48];
     std::snprintf(spec, sizeof(spec), "fraqtl@%g:entropy=rans", target);
     auto codec = CreateCodec(spec, &p);
     ASSERT_TRUE(codec.ok()) << codec.status().ToString();
