@@ -121,10 +121,15 @@ struct StreamWriter::Impl {
                      uint32_t token_begin, uint32_t tokens, uint8_t level,
                      std::vector<uint8_t>* frame,
                      std::span<const uint8_t>* borrowed = nullptr) const;
-  bool PayloadIsView(const KvView& kv, uint8_t level) const {
-    return level < codecs.size() && codecs[level]->PayloadIsHalves() && kv.dtype() == DType::kF16 &&
-           options.impl == CodecImpl::kOptimized && !kv.paged() && kv.rows_contiguous() &&
+  // fp16 token rows back to back (a contiguous cache, a mapped dump): a chunk's rows are one
+  // span of the view's memory.
+  static bool Fp16RowsBackToBack(const KvView& kv) {
+    return kv.dtype() == DType::kF16 && !kv.paged() && kv.rows_contiguous() &&
            kv.strides().token == static_cast<int64_t>(kv.row_bytes());
+  }
+  bool PayloadIsView(const KvView& kv, uint8_t level) const {
+    return level < codecs.size() && codecs[level]->PayloadIsHalves() &&
+           options.impl == CodecImpl::kOptimized && Fp16RowsBackToBack(kv);
   }
 };
 
@@ -137,7 +142,6 @@ Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, u
   const Codec& codec = *codecs[level];
   const ChunkDesc desc = format::MakeChunkDesc(info, layer, kind, token_begin, tokens);
   std::optional<uint32_t> payload_crc;  // the fp16 copy path computes it with its check
-  uint64_t payload = 0;
   try {
     if (borrowed != nullptr && PayloadIsView(kv, level)) {
       // The payload is the chunk's rows where they lie: read once, for the CRC and the
@@ -153,7 +157,6 @@ Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, u
       }
       frame->resize(kChunkHeaderBytes);
       *borrowed = halves;
-      payload = halves.size();
     } else if (codec.PayloadIsHalves() && kv.dtype() == DType::kF16 &&
                options.impl == CodecImpl::kOptimized) {
       // fp16 rows at the fp16 level: the payload is the rows as they are. (A frame of this
@@ -182,8 +185,7 @@ Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, u
         KVWIRE_RETURN_IF_ERROR(
             baseline::CheckFiniteHalves(desc, halves, codec.Spec()).WithContext(where));
       }
-    } else if (kv.dtype() == DType::kF16 && !kv.paged() && kv.rows_contiguous() &&
-               kv.strides().token == static_cast<int64_t>(kv.row_bytes())) {
+    } else if (Fp16RowsBackToBack(kv)) {
       // fp16 rows back to back (a contiguous cache, a mapped dump): the codec reads them where
       // they lie, without a float32 copy of the chunk.
       frame->assign(kChunkHeaderBytes, 0);
@@ -208,7 +210,7 @@ Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, u
   } catch (const std::bad_alloc&) {
     return Status(StatusCode::kResourceExhausted, where + ": out of memory");
   }
-  if (payload == 0) payload = frame->size() - kChunkHeaderBytes;
+  const uint64_t payload = frame->size() - kChunkHeaderBytes + (borrowed ? borrowed->size() : 0);
   KVWIRE_RETURN_ERROR_IF(payload > kMaxChunkPayloadBytes, kResourceExhausted,
                          where + ": payload of " + std::to_string(payload) +
                              " bytes exceeds the format's bound; use a smaller chunk_tokens");

@@ -236,14 +236,15 @@ Result<Message> MakeControlMessage(const Control& msg) {
   return m;
 }
 
-Result<Message> MakeDataMessage(const control::ChunkDescriptor& desc,
-                                std::vector<uint8_t> payload) {
+Result<Message> MakeDataMessage(const control::ChunkDescriptor& desc, std::vector<uint8_t> payload,
+                                std::span<const uint8_t> borrowed) {
   Message m;
   m.kind = MessageKind::kData;
   m.meta.resize(desc.ByteSizeLong());
   KVWIRE_RETURN_ERROR_IF(!desc.SerializeToArray(m.meta.data(), static_cast<int>(m.meta.size())),
                          kInternal, "descriptor serialization failed");
   m.payload = std::move(payload);
+  m.borrowed = borrowed;
   KVWIRE_RETURN_ERROR_IF(
       m.bytes() > kMaxDataMessageBytes, kResourceExhausted,
       "chunk of " + std::to_string(m.bytes()) + " bytes exceeds the data message bound");

@@ -33,8 +33,9 @@ Result<control::ChunkDescriptor> ParseChunkDescriptor(const Message& msg);
 
 /// Serializes a control message (validated first: we never send what we would refuse).
 Result<Message> MakeControlMessage(const control::Control& msg);
-/// A data message: descriptor + chunk frame.
-Result<Message> MakeDataMessage(const control::ChunkDescriptor& desc, std::vector<uint8_t> payload);
+/// A data message: descriptor + chunk frame (`payload`, then `borrowed`: Message::borrowed).
+Result<Message> MakeDataMessage(const control::ChunkDescriptor& desc, std::vector<uint8_t> payload,
+                                std::span<const uint8_t> borrowed = {});
 
 /// This end's Capabilities, sent first on every session connection: its backend, the codec
 /// families it can build (their registry patterns), the profiles it holds, its bound on data in

@@ -577,12 +577,7 @@ Result<Message> SenderCore::EncodeChunk(const SendState& s, uint32_t seq, uint8_
   d.set_tokens(g.Tokens(idx));
   d.set_level(level);
   d.set_payload_bytes(static_cast<uint32_t>(frame.size() + borrowed.size()));
-  KVWIRE_ASSIGN_OR_RETURN(Message m, transport::MakeDataMessage(d, std::move(frame)));
-  m.borrowed = borrowed;
-  KVWIRE_RETURN_ERROR_IF(
-      m.bytes() > kMaxDataMessageBytes, kResourceExhausted,
-      "chunk of " + std::to_string(m.bytes()) + " bytes exceeds the data message bound");
-  return m;
+  return transport::MakeDataMessage(d, std::move(frame), borrowed);
 }
 
 void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer) {
