@@ -157,6 +157,7 @@ int RunDecode(const Args& a) {
     j["wire_bytes"] = rst->wire_bytes;
     j["chunks"] = rst->chunks;
     j["duplicate_chunks"] = rst->duplicate_chunks;
+    j["landed_chunks"] = rst->landed_chunks;
     j["tokens"] = *tokens;
     j["text"] = text;
     j["agreement"] = agreement;

@@ -151,6 +151,13 @@ class KvView {
   /// As WriteF32 from elements already in the view's dtype (tokens x row_bytes() bytes).
   Status WriteRaw(uint32_t layer, KvKind kind, uint32_t token_begin, uint32_t tokens,
                   const uint8_t* in) const;
+  /// Tokens [token_begin, token_begin + tokens) of (layer, kind) as one piece of memory laid out
+  /// exactly as ReadRaw/WriteRaw exchange them (tokens x row_bytes() bytes), when they lie so: a
+  /// view with packed rows whose token slots follow each other (a contiguous cache, slots of one
+  /// block, blocks adjacent in memory). An empty span otherwise, or for a range outside the view
+  /// or of no tokens. What a receiver reads an fp16 payload straight into.
+  std::span<uint8_t> RawSpan(uint32_t layer, KvKind kind, uint32_t token_begin,
+                             uint32_t tokens) const;
 
  private:
   KvShape shape_{};

@@ -161,6 +161,12 @@ struct ReceiverOptions {
   /// kept for later requests. The request reaches NextRequest once its profile is here. False:
   /// such a request is refused ("the stream needs profile ...").
   bool fetch_profiles = true;
+  /// fp16 chunks for an fp16 destination whose chunk rows lie back to back (a contiguous cache,
+  /// or a chunk within one block of a paged one) are read by the connection straight into those
+  /// rows, then checked there (CRC32C, finite values) before they count: one copy of every
+  /// byte fewer. Backends that cannot (ucx, inproc) receive as before. False: every chunk is
+  /// received into a buffer and copied.
+  bool receive_in_place = true;
   bool verbose = false;
 };
 
@@ -178,6 +184,7 @@ struct IncomingRequest {
 struct ReceiveStats {
   uint64_t chunks = 0;
   uint64_t duplicate_chunks = 0;
+  uint64_t landed_chunks = 0;  // received straight into the destination (receive_in_place)
   uint64_t wire_bytes = 0;
   std::vector<uint64_t> chunks_per_level;
   double seconds = 0;  // first message to complete, in seconds

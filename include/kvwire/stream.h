@@ -179,6 +179,20 @@ class StreamReader {
   /// outlive the returned ChunkRef; `offset` only appears in error messages. Open() needs only
   /// the header bytes for this use.
   Result<ChunkRef> ParseFrame(std::span<const uint8_t> frame, uint64_t offset = 0) const;
+  /// The same, for a frame whose 40-byte header and payload lie apart (a payload received
+  /// straight into its destination, PayloadDestination).
+  Result<ChunkRef> ParseFrame(std::span<const uint8_t> header, std::span<const uint8_t> payload,
+                              uint64_t offset) const;
+
+  /// Where the payload of the chunk whose frame starts with `header` (its first 40 bytes) may
+  /// be received as it is: the chunk's rows in `dst`, when the chunk is valid for this stream,
+  /// its level stores fp16 values as they are, `dst` holds fp16 and the rows lie back to back
+  /// (KvView::RawSpan). Empty otherwise. Nothing is checked of the payload: a frame received
+  /// there must still pass ParseFrame(header, payload) before it counts, and DecodeChunk of it
+  /// then only checks (the values are in place already).
+  /// `parsed`, when given, receives the header's fields (where the span is not empty).
+  std::span<uint8_t> PayloadDestination(std::span<const uint8_t> header, const KvView& dst,
+                                        ChunkHeader* parsed = nullptr) const;
 
  private:
   StreamReader();

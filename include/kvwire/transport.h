@@ -34,6 +34,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -61,9 +62,33 @@ struct Message {
   /// Send returns (Connection::WritesBorrowed) does so, any other copies them onto `payload`
   /// first. The receiver sees one payload. Always empty in a received message.
   std::span<const uint8_t> borrowed;
+  /// Receiving only: the payload's bytes after `payload`, which the connection read straight
+  /// into the memory a landing function named (Connection::SetLanding). Always empty in a
+  /// message to send.
+  std::span<const uint8_t> landed;
 
-  size_t bytes() const { return meta.size() + payload.size() + borrowed.size(); }
+  size_t bytes() const { return meta.size() + payload.size() + borrowed.size() + landed.size(); }
 };
+
+/// The first bytes of a data message's payload that a landing function sees (a chunk frame's
+/// header, docs/FORMAT.md).
+inline constexpr size_t kLandingHeadBytes = 40;
+
+/// Where the rest of a data message's payload goes (Connection::SetLanding).
+struct Landing {
+  /// Exactly the payload's bytes after its first kLandingHeadBytes; empty (or any other size):
+  /// the payload is received into the message as usual.
+  std::span<uint8_t> bytes;
+  /// Called once, when the connection is done writing `bytes` (read whole, or the read failed)
+  /// or has declined them. May be empty.
+  std::function<void()> done;
+};
+
+/// Given a data message's meta, the first kLandingHeadBytes of its payload and the payload's
+/// total size, says where the payload's remaining bytes land. Runs on the connection's receiving
+/// thread, before the message is handed to Receive; it must not block on that connection.
+using LandingFn = std::function<Landing(std::span<const uint8_t> meta,
+                                        std::span<const uint8_t> head, uint64_t payload_bytes)>;
 
 /// What a backend can do (answers do not change after creation).
 struct TransportCaps {
@@ -155,6 +180,12 @@ class Connection {
   /// True when Send writes a message's borrowed bytes out itself before it returns, so a caller
   /// gains by lending them instead of copying; false when Send would copy them (the default).
   virtual bool WritesBorrowed() const { return false; }
+
+  /// Optional: from now on, data messages whose payload is longer than kLandingHeadBytes are
+  /// offered to `fn`; where it names memory, the payload's first kLandingHeadBytes arrive in
+  /// `payload` and the rest is read straight into that memory (`landed`), saving the receiver a
+  /// copy. False (the default) when the backend cannot: messages arrive whole, as before.
+  virtual bool SetLanding(LandingFn) { return false; }
 };
 
 /// Accepts connections on one address.

@@ -423,6 +423,7 @@ void AddSessionApi(py::module_& m) {
             py::dict d;
             d["chunks"] = s.chunks;
             d["duplicate_chunks"] = s.duplicate_chunks;
+            d["landed_chunks"] = s.landed_chunks;
             d["wire_bytes"] = s.wire_bytes;
             d["chunks_per_level"] = s.chunks_per_level;
             d["seconds"] = s.seconds;

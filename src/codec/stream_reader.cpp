@@ -425,23 +425,31 @@ Result<ChunkRef> StreamReader::Next() {
 }
 
 Result<ChunkRef> StreamReader::ParseFrame(std::span<const uint8_t> frame, uint64_t offset) const {
-  const Impl& r = *impl_;
   if (frame.size() < kChunkHeaderBytes) {
     return Err(StatusCode::kTruncated, offset + frame.size(), "frame shorter than a chunk header");
   }
-  if (!format::TagAt(frame.data(), format::kChunkTag)) {
+  return ParseFrame(frame.first(kChunkHeaderBytes), frame.subspan(kChunkHeaderBytes), offset);
+}
+
+Result<ChunkRef> StreamReader::ParseFrame(std::span<const uint8_t> header,
+                                          std::span<const uint8_t> payload, uint64_t offset) const {
+  const Impl& r = *impl_;
+  if (header.size() != kChunkHeaderBytes) {
+    return Err(StatusCode::kTruncated, offset + header.size(), "frame shorter than a chunk header");
+  }
+  if (!format::TagAt(header.data(), format::kChunkTag)) {
     return Err(StatusCode::kCorrupt, offset, "frame does not start with a chunk tag");
   }
   format::ChunkWire w;
-  KVWIRE_RETURN_IF_ERROR(r.CheckChunkFields(frame.data(), offset, 0, &w));
+  KVWIRE_RETURN_IF_ERROR(r.CheckChunkFields(header.data(), offset, 0, &w));
   const uint64_t want = kChunkHeaderBytes + uint64_t{w.h.payload_bytes};
-  if (frame.size() != want) {
-    return Err(frame.size() < want ? StatusCode::kTruncated : StatusCode::kCorrupt,
-               offset + std::min<uint64_t>(frame.size(), want),
-               "frame of " + std::to_string(frame.size()) + " bytes, its header announces " +
+  const uint64_t size = kChunkHeaderBytes + payload.size();
+  if (size != want) {
+    return Err(size < want ? StatusCode::kTruncated : StatusCode::kCorrupt,
+               offset + std::min<uint64_t>(size, want),
+               "frame of " + std::to_string(size) + " bytes, its header announces " +
                    std::to_string(want));
   }
-  const std::span<const uint8_t> payload = frame.subspan(kChunkHeaderBytes);
   bool finite_halves = false;
   const uint32_t computed = r.PayloadCrc(w.h, payload, &finite_halves);
   if (computed != w.h.payload_crc32c) {
@@ -450,6 +458,26 @@ Result<ChunkRef> StreamReader::ParseFrame(std::span<const uint8_t> frame, uint64
                    Hex(computed) + ")");
   }
   return ChunkRef{w.h, offset, payload, finite_halves};
+}
+
+std::span<uint8_t> StreamReader::PayloadDestination(std::span<const uint8_t> header,
+                                                    const KvView& dst, ChunkHeader* parsed) const {
+  const Impl& r = *impl_;
+  format::ChunkWire w;
+  if (header.size() < kChunkHeaderBytes || !format::TagAt(header.data(), format::kChunkTag) ||
+      !r.CheckChunkFields(header.data(), 0, 0, &w).ok() || w.h.level >= r.codecs.size() ||
+      !r.codecs[w.h.level]->PayloadIsHalves() || dst.dtype() != DType::kF16) {
+    return {};
+  }
+  const KvShape& s = r.info.shape;
+  const uint64_t elements = uint64_t{w.h.tokens} * s.kv_heads * s.head_dim;
+  auto view_offset = format::ViewTokenOffset(dst, r.info);
+  if (!view_offset.ok() || w.h.payload_bytes != 2 * elements) return {};
+  std::span<uint8_t> rows =
+      dst.RawSpan(w.h.layer, w.h.kind, *view_offset + w.h.token_begin, w.h.tokens);
+  if (rows.size() != w.h.payload_bytes) return {};
+  if (parsed != nullptr) *parsed = w.h;
+  return rows;
 }
 
 Status StreamReader::DecodeChunk(const ChunkRef& chunk, const KvView& dst, CodecImpl impl) {
@@ -482,6 +510,10 @@ Status StreamReader::DecodeChunk(const ChunkRef& chunk, const KvView& dst, Codec
     KVWIRE_RETURN_ERROR_IF(
         !chunk.payload_finite_halves && !baseline::HalvesFinite(chunk.payload.data(), elements),
         kCorrupt, label + ": " + spec + ": payload holds a non-finite value");
+    if (chunk.payload.data() ==
+        dst.RawSpan(h.layer, h.kind, view_offset + h.token_begin, h.tokens).data()) {
+      return Status::Ok();  // received there (PayloadDestination): the values are in place
+    }
     return dst.WriteRaw(h.layer, h.kind, view_offset + h.token_begin, h.tokens,
                         chunk.payload.data());
   }

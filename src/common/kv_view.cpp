@@ -384,6 +384,23 @@ Status KvView::WriteRaw(uint32_t layer, KvKind kind, uint32_t token_begin, uint3
   return Status::Ok();
 }
 
+std::span<uint8_t> KvView::RawSpan(uint32_t layer, KvKind kind, uint32_t token_begin,
+                                   uint32_t tokens) const {
+  if (tokens == 0 || !CheckRange(shape_, layer, token_begin, tokens).ok() || !rows_contiguous() ||
+      (tokens > 1 && strides_.token != static_cast<int64_t>(row_bytes()))) {
+    return {};
+  }
+  auto* start = static_cast<uint8_t*>(Row(layer, kind, token_begin));
+  if (block_size_ != 0) {  // each later block must start where the one before it ends
+    const size_t row = row_bytes();
+    for (uint32_t t = (token_begin / block_size_ + 1) * block_size_; t < token_begin + tokens;
+         t += block_size_) {
+      if (Row(layer, kind, t) != start + size_t{t - token_begin} * row) return {};
+    }
+  }
+  return {start, size_t{tokens} * row_bytes()};
+}
+
 namespace {
 // A KvCache's tensors start at 64-byte boundaries of its one block.
 size_t Padded64(size_t n) { return (n + 63) / 64 * 64; }

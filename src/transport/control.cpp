@@ -205,11 +205,15 @@ Result<Control> ParseControl(std::span<const uint8_t> bytes) {
 
 Result<control::ChunkDescriptor> ParseChunkDescriptor(const Message& msg) {
   KVWIRE_RETURN_ERROR_IF(msg.kind != MessageKind::kData, kCorrupt, "expected a data message");
-  KVWIRE_RETURN_ERROR_IF(msg.meta.size() > kMaxMetaBytes, kResourceExhausted,
-                         "descriptor too large");
+  return ParseChunkDescriptor(msg.meta, uint64_t{msg.payload.size()} + msg.landed.size());
+}
+
+Result<control::ChunkDescriptor> ParseChunkDescriptor(std::span<const uint8_t> meta,
+                                                      uint64_t payload_bytes) {
+  KVWIRE_RETURN_ERROR_IF(meta.size() > kMaxMetaBytes, kResourceExhausted, "descriptor too large");
   control::ChunkDescriptor d;
-  KVWIRE_RETURN_ERROR_IF(!d.ParseFromArray(msg.meta.data(), static_cast<int>(msg.meta.size())),
-                         kCorrupt, "chunk descriptor is not a valid protobuf");
+  KVWIRE_RETURN_ERROR_IF(!d.ParseFromArray(meta.data(), static_cast<int>(meta.size())), kCorrupt,
+                         "chunk descriptor is not a valid protobuf");
   KVWIRE_RETURN_IF_ERROR(CheckRequestId(d.request_id()));
   CHECK_FIELD(d.seq() < kMaxChunkSeq, "chunk seq out of range");
   CHECK_FIELD(d.layer() < kMaxLayers, "chunk layer out of range");
@@ -218,9 +222,9 @@ Result<control::ChunkDescriptor> ParseChunkDescriptor(const Message& msg) {
       d.tokens() >= 1 && d.tokens() <= kMaxTokens && d.token_begin() <= kMaxTokens - d.tokens(),
       "chunk token range out of range");
   CHECK_FIELD(d.level() < kMaxLevels, "chunk level out of range");
-  CHECK_FIELD(d.payload_bytes() == msg.payload.size(),
+  CHECK_FIELD(d.payload_bytes() == payload_bytes,
               "chunk descriptor says " + std::to_string(d.payload_bytes()) +
-                  " payload bytes, frame has " + std::to_string(msg.payload.size()));
+                  " payload bytes, frame has " + std::to_string(payload_bytes));
   return d;
 }
 

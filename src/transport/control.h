@@ -28,8 +28,12 @@ Result<control::Control> ParseControl(std::span<const uint8_t> bytes);
 /// Validates an already parsed Control (what ParseControl runs after parsing).
 Status ValidateControl(const control::Control& msg);
 
-/// Parses and validates a data message's descriptor against its payload.
+/// Parses and validates a data message's descriptor against its payload (`payload`, then
+/// `landed`: Message::landed).
 Result<control::ChunkDescriptor> ParseChunkDescriptor(const Message& msg);
+/// The same from a data message's meta and its payload's size.
+Result<control::ChunkDescriptor> ParseChunkDescriptor(std::span<const uint8_t> meta,
+                                                      uint64_t payload_bytes);
 
 /// Serializes a control message (validated first: we never send what we would refuse).
 Result<Message> MakeControlMessage(const control::Control& msg);

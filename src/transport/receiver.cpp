@@ -59,6 +59,13 @@ struct RecvState {
   // The profile the stream needs, while it is fetched from the sender: the request is known
   // (its chunks are buffered) but not handed to the application yet.
   std::string awaiting_profile;
+  // Chunks being read straight into dst by a connection's reading thread (receive_in_place):
+  // claimed per seq, so nothing else writes those rows meanwhile, and counted per connection,
+  // so that a request that ends can close the connections still writing into its dst and wait
+  // for them (ReceiverCore::DrainLandings) before the application may free it.
+  std::vector<uint8_t> landing;
+  uint32_t landing_total = 0;
+  std::map<const Connection*, std::pair<std::weak_ptr<Connection>, uint32_t>> landing_conns;
 };
 
 // Profiles fetched from senders: at most this many kept for later requests (a request holds
@@ -110,6 +117,17 @@ class ReceiverCore {
     c.mutable_profile_request()->set_profile_id(id);
     SendControl(conn, c);
   }
+  // The landing function of `conn` (Connection::SetLanding): the chunk's rows in dst when the
+  // chunk is an fp16 one of a request in progress that holds no copy of it and whose dst takes
+  // it as it is; the claim ends when the connection calls `done`.
+  Landing Land(const std::weak_ptr<Connection>& conn, std::span<const uint8_t> meta,
+               std::span<const uint8_t> head, uint64_t payload_bytes);
+  // Connections still writing into s's dst (mu_ held), except `keep`.
+  static std::vector<std::shared_ptr<Connection>> LandingConnectionsLocked(const RecvState& s,
+                                                                           const Connection* keep);
+  // Once s has ended: closes the connections still writing into its dst and waits until none
+  // is (no lock held; closing a connection joins its reading thread).
+  void DrainLandings(const std::shared_ptr<RecvState>& s);
   // Decodes one validated chunk (decode_mu held) and acknowledges it.
   void DecodeAndAck(const std::shared_ptr<RecvState>& s, const control::ChunkDescriptor& d,
                     const Message& msg);
@@ -139,6 +157,9 @@ class ReceiverCore {
   // waiting thread cost two context switches per chunk and contended for mu_).
   std::condition_variable cv_;
   std::condition_variable incoming_cv_;
+  // Signalled when a chunk read into a destination ends (RecvState::landing) and when a request
+  // fails; waited on by the rare caller that must not touch those rows meanwhile.
+  std::condition_variable landing_cv_;
   std::map<uint64_t, std::shared_ptr<RecvState>> requests_;
   std::deque<uint64_t> incoming_;
   uint64_t buffered_bytes_ = 0;
@@ -222,6 +243,11 @@ bool ReceiverCore::PruneHandlersLocked() {
 }
 
 void ReceiverCore::ServeConnection(std::shared_ptr<Connection> conn) {
+  if (opts_.receive_in_place) {
+    conn->SetLanding([this, weak = std::weak_ptr<Connection>(conn)](
+                         std::span<const uint8_t> meta, std::span<const uint8_t> head,
+                         uint64_t payload_bytes) { return Land(weak, meta, head, payload_bytes); });
+  }
   {
     std::vector<std::string> held;
     if (!local_profile_id_.empty()) held.push_back(local_profile_id_);
@@ -268,8 +294,12 @@ Status ReceiverCore::HandleBegin(const std::shared_ptr<Connection>& conn,
     Status status;
     bool ask = false;
     std::string profile_id;
+    std::vector<std::shared_ptr<Connection>> stale;
     {
       std::lock_guard lock(mu_);
+      // A connection the sender gave up on may still be reading a chunk into dst: it is closed,
+      // so that the resent chunk does not wait for it (HandleData) and nothing writes after.
+      stale = LandingConnectionsLocked(*existing, conn.get());
       existing->conn = conn;
       existing->last_progress = Clock::now();
       for (uint32_t i = 0; i < existing->have.size(); ++i)
@@ -281,6 +311,8 @@ Status ReceiverCore::HandleBegin(const std::shared_ptr<Connection>& conn,
         (void)StartFetchLocked(profile_id, id, conn, &ask);
       }
     }
+    for (auto& c : stale) c->Close();
+    stale.clear();
     if (ask) AskForProfile(conn, profile_id);
     Log("request " + std::to_string(id) + " resumed with " +
         std::to_string(acc.request_accept().have_chunks_size()) + " chunks held");
@@ -378,6 +410,7 @@ Status ReceiverCore::HandleBegin(const std::shared_ptr<Connection>& conn,
   s->info.peer = conn->peer_name();
   s->info.user_data = b.user_data();
   s->have.assign(s->grid.total(), false);
+  s->landing.assign(s->grid.total(), 0);
   s->layer_chunks.assign(shape.layers, 0);
   s->st.chunks_per_level.assign(info.levels.size(), 0);
   s->start = s->last_progress = Clock::now();
@@ -502,7 +535,12 @@ Status ReceiverCore::HandleData(const std::shared_ptr<Connection>& conn, Message
                              " does not match request " + std::to_string(d.request_id()));
   std::lock_guard decode_lock(s->decode_mu);
   {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
+    if (msg.landed.empty() && s->landing[d.seq()]) {
+      // Another connection is reading this chunk into dst (a resend raced it): its rows are
+      // written once that read ends; a request that ends meanwhile takes the late path below.
+      landing_cv_.wait(lock, [&] { return !s->landing[d.seq()] || !s->status.in_progress(); });
+    }
     s->st.wire_bytes += msg.bytes();
     if (!s->status.in_progress() || s->have[d.seq()]) {
       // Duplicate (a resend after a resume) or late: harmless, acknowledge again.
@@ -515,6 +553,8 @@ Status ReceiverCore::HandleData(const std::shared_ptr<Connection>& conn, Message
       return Status::Ok();
     }
     if (!s->has_dst) {
+      // A chunk read into a destination always finds it set (Land): this one outlived it.
+      if (!msg.landed.empty()) return Status::Ok();
       if (buffered_bytes_ + msg.bytes() > opts_.max_buffered_bytes) {
         FailLocked(s.get(), Status(StatusCode::kResourceExhausted,
                                    "more than " + std::to_string(opts_.max_buffered_bytes) +
@@ -534,7 +574,8 @@ Status ReceiverCore::HandleData(const std::shared_ptr<Connection>& conn, Message
 void ReceiverCore::DecodeAndAck(const std::shared_ptr<RecvState>& s,
                                 const control::ChunkDescriptor& d, const Message& msg) {
   Status st;
-  auto ref = s->reader->ParseFrame(msg.payload);
+  auto ref = msg.landed.empty() ? s->reader->ParseFrame(msg.payload)
+                                : s->reader->ParseFrame(msg.payload, msg.landed, 0);
   if (!ref.ok()) {
     st = ref.status();
   } else {
@@ -561,6 +602,7 @@ void ReceiverCore::DecodeAndAck(const std::shared_ptr<RecvState>& s,
     ++s->layer_chunks[d.layer()];
     ++s->st.chunks;
     ++s->st.chunks_per_level[d.level()];
+    if (!msg.landed.empty()) ++s->st.landed_chunks;
     s->last_progress = Clock::now();
     conn = s->conn;
     ack.mutable_ack()->set_request_id(s->id);
@@ -598,6 +640,73 @@ void ReceiverCore::FailLocked(RecvState* s, Status why) {
     incoming_cv_.notify_all();
   }
   cv_.notify_all();
+  landing_cv_.notify_all();
+}
+
+Landing ReceiverCore::Land(const std::weak_ptr<Connection>& conn, std::span<const uint8_t> meta,
+                           std::span<const uint8_t> head, uint64_t payload_bytes) {
+  auto d = transport::ParseChunkDescriptor(meta, payload_bytes);
+  if (!d.ok()) return {};  // HandleData refuses it, with the reason
+  auto s = Find(d->request_id());
+  auto c = conn.lock();
+  if (!s || !c) return {};
+  std::lock_guard lock(mu_);
+  const ChunkGrid& g = s->grid;
+  // dst and the reader are set under both locks (SetDestination), so mu_ alone may read them.
+  if (!s->status.in_progress() || !s->has_dst || d->seq() >= g.total() || s->have[d->seq()] ||
+      s->landing[d->seq()] || d->layer() != g.LayerOf(d->seq()) ||
+      d->kind() != static_cast<uint32_t>(g.KindOf(d->seq())) ||
+      d->token_begin() != g.TokenBegin(g.IndexOf(d->seq())) ||
+      d->tokens() != g.Tokens(g.IndexOf(d->seq()))) {
+    return {};
+  }
+  ChunkHeader h;
+  const std::span<uint8_t> rows = s->reader->PayloadDestination(head, s->dst, &h);
+  // The frame header must name this very chunk, as DecodeAndAck checks again.
+  if (rows.size() != payload_bytes - kLandingHeadBytes || h.layer != d->layer() ||
+      static_cast<uint32_t>(h.kind) != d->kind() || h.token_begin != d->token_begin() ||
+      h.tokens != d->tokens() || h.level != d->level()) {
+    return {};
+  }
+  const uint64_t seq = d->seq();
+  s->landing[seq] = 1;
+  ++s->landing_total;
+  auto& entry = s->landing_conns[c.get()];
+  entry.first = c;
+  ++entry.second;
+  const Connection* key = c.get();
+  return {rows, [this, s, seq, key] {
+            std::lock_guard done_lock(mu_);
+            s->landing[seq] = 0;
+            --s->landing_total;
+            auto it = s->landing_conns.find(key);
+            if (it != s->landing_conns.end() && --it->second.second == 0)
+              s->landing_conns.erase(it);
+            landing_cv_.notify_all();
+          }};
+}
+
+std::vector<std::shared_ptr<Connection>> ReceiverCore::LandingConnectionsLocked(
+    const RecvState& s, const Connection* keep) {
+  std::vector<std::shared_ptr<Connection>> out;
+  for (const auto& [key, entry] : s.landing_conns) {
+    if (key == keep) continue;
+    if (auto c = entry.first.lock()) out.push_back(std::move(c));
+  }
+  return out;
+}
+
+void ReceiverCore::DrainLandings(const std::shared_ptr<RecvState>& s) {
+  std::vector<std::shared_ptr<Connection>> writing;
+  {
+    std::lock_guard lock(mu_);
+    if (s->landing_total == 0) return;
+    writing = LandingConnectionsLocked(*s, nullptr);
+  }
+  for (auto& c : writing) c->Close();  // its reading thread has returned once Close does
+  writing.clear();
+  std::unique_lock lock(mu_);
+  landing_cv_.wait(lock, [&] { return s->landing_total == 0; });
 }
 
 bool ReceiverCore::StartFetchLocked(const std::string& id, uint64_t request,
@@ -793,7 +902,10 @@ Status ReceiverCore::WaitLayer(uint64_t id, uint32_t layer, int timeout_ms) {
   }
   if (s->layer_chunks[layer] == s->grid.chunks_per_layer()) return Status::Ok();
   if (closed_ && s->status.in_progress()) return Status(StatusCode::kCancelled, "receiver closed");
-  return s->status;
+  const Status failed = s->status;
+  lock.unlock();
+  DrainLandings(s);  // the caller may free dst once it learns of the failure
+  return failed;
 }
 
 Status ReceiverCore::Wait(uint64_t id, int timeout_ms) {
@@ -809,7 +921,10 @@ Status ReceiverCore::Wait(uint64_t id, int timeout_ms) {
     return Status::InProgress();
   }
   if (closed_ && s->status.in_progress()) return Status(StatusCode::kCancelled, "receiver closed");
-  return s->status;
+  const Status over = s->status;
+  lock.unlock();
+  DrainLandings(s);  // the caller may free dst now
+  return over;
 }
 
 Result<ReceiveStats> ReceiverCore::stats(uint64_t id) const {
@@ -822,8 +937,8 @@ Result<ReceiveStats> ReceiverCore::stats(uint64_t id) const {
 Status ReceiverCore::Release(uint64_t id) {
   auto s = Find(id);
   KVWIRE_RETURN_ERROR_IF(!s, kNotFound, "no request " + std::to_string(id));
-  std::lock_guard decode_lock(s->decode_mu);
-  std::lock_guard lock(mu_);
+  std::unique_lock decode_lock(s->decode_mu);
+  std::unique_lock lock(mu_);
   if (s->status.in_progress())
     FailLocked(s.get(), Status(StatusCode::kCancelled, "released by the receiver"));
   for (auto& m : s->pending) buffered_bytes_ -= m.bytes();
@@ -837,6 +952,9 @@ Status ReceiverCore::Release(uint64_t id) {
     }
   }
   requests_.erase(id);
+  lock.unlock();
+  decode_lock.unlock();
+  DrainLandings(s);  // no new claims: it is over and no longer found
   return Status::Ok();
 }
 

@@ -1,8 +1,12 @@
 // tcp backend (Asio): frames of framing.h on one TCP connection per peer pair.
 #include <sys/socket.h>
 
+#include <array>
 #include <chrono>
+#include <cstring>
+#include <functional>
 #include <iostream>
+#include <utility>
 
 #include "transport/auth.h"
 #include "transport/backends.h"
@@ -200,6 +204,18 @@ void TcpConnection::ReadLoop() {
     Message m;
     m.kind = p->kind;
     m.meta.resize(p->meta_bytes);
+    std::shared_ptr<const LandingFn> land;
+    if (p->kind == MessageKind::kData && p->payload_bytes > kLandingHeadBytes) {
+      std::lock_guard lock(landing_mu_);
+      land = landing_;
+    }
+    if (land) {
+      Status s = ReadBytes(asio::buffer(m.meta));
+      if (s.ok()) s = ReadPayload(*land, p->payload_bytes, m);
+      if (!s.ok()) return Fail(s);
+      if (!recv_queue_.Push(std::move(m)).ok()) return;
+      continue;
+    }
     m.payload = pool_->Take(p->payload_bytes);  // bounds checked by ParseFramePrefix
     if (tls_) {
       Status s = ReadBytes(asio::buffer(m.meta));
@@ -213,6 +229,37 @@ void TcpConnection::ReadLoop() {
     }
     if (!recv_queue_.Push(std::move(m)).ok()) return;
   }
+}
+
+bool TcpConnection::SetLanding(LandingFn fn) {
+  auto f = fn ? std::make_shared<const LandingFn>(std::move(fn)) : nullptr;
+  std::lock_guard lock(landing_mu_);
+  landing_ = std::move(f);
+  return true;
+}
+
+Status TcpConnection::ReadPayload(const LandingFn& land, uint32_t payload_bytes, Message& m) {
+  std::array<uint8_t, kLandingHeadBytes> head{};
+  KVWIRE_RETURN_IF_ERROR(ReadBytes(asio::buffer(head)));
+  Landing l = land(m.meta, head, payload_bytes);
+  // `done` runs once, whatever happens to the read.
+  struct Done {
+    std::function<void()> f;
+    ~Done() {
+      if (f) f();
+    }
+  } done{std::move(l.done)};
+  const size_t rest = payload_bytes - kLandingHeadBytes;
+  if (l.bytes.size() == rest) {
+    KVWIRE_RETURN_IF_ERROR(ReadBytes(asio::buffer(l.bytes.data(), rest)));
+    m.payload.assign(head.begin(), head.end());
+    m.landed = l.bytes;
+    return Status::Ok();
+  }
+  if (done.f) std::exchange(done.f, nullptr)();  // declined: nothing will be written there
+  m.payload = pool_->Take(payload_bytes);
+  std::memcpy(m.payload.data(), head.data(), head.size());
+  return ReadBytes(asio::buffer(m.payload.data() + head.size(), rest));
 }
 
 void TcpConnection::WriteLoop() {

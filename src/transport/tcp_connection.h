@@ -47,6 +47,9 @@ class TcpConnection final : public Connection {
   }
   /// A message's borrowed bytes are written by Send itself, after what is queued ahead of it.
   bool WritesBorrowed() const override { return true; }
+  /// Data payloads go where `fn` says: the reading thread reads the first kLandingHeadBytes,
+  /// asks, and reads the rest there (TLS too).
+  bool SetLanding(LandingFn fn) override;
   /// The pool this connection uses (the ucx backend's connection shares its bootstrap's).
   const std::shared_ptr<BufferPool>& pool() const { return pool_; }
 
@@ -60,6 +63,9 @@ class TcpConnection final : public Connection {
 
  private:
   void ReadLoop();
+  // Reads a data message's payload (its meta already read) into `m`: straight into what the
+  // landing function names, or into a pooled buffer.
+  Status ReadPayload(const LandingFn& land, uint32_t payload_bytes, Message& m);
   void WriteLoop();
   void Fail(Status why);
   Status ReadBytes(asio::mutable_buffer b);
@@ -83,6 +89,8 @@ class TcpConnection final : public Connection {
   std::atomic<bool> send_pooling_{false};
   std::atomic<bool> authenticated_{false};
   std::atomic<bool> closing_{false};
+  std::mutex landing_mu_;
+  std::shared_ptr<const LandingFn> landing_;  // under landing_mu_; null: none
   std::mutex close_mu_;
   // Frames are written under write_mu_, by the writer thread or inline by Send;
   // unwritten_ counts the messages queued and not yet written. A message with borrowed bytes

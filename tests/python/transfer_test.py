@@ -124,6 +124,23 @@ class Lifetimes(unittest.TestCase):
 
 
 class InProcess(unittest.TestCase):
+    def test_fp16_chunks_are_read_straight_into_a_float16_array(self):
+        key = os.urandom(32)
+        kv = numpy.random.default_rng(3).standard_normal((2, 2, 64, 2, 16)).astype("float16")
+        with kvwire.Receiver.listen(key=key) as rx, \
+                kvwire.Sender.connect(rx.address, key=key) as tx:
+            req = tx.open(kv, request_id=12, codec="fp16", chunk_tokens=32)
+            incoming = rx.next_request(timeout_ms=TIMEOUT_MS)
+            out = numpy.zeros(incoming.shape, "float16")
+            rx.set_destination(12, out)
+            req.push_all()
+            rx.wait(12, timeout_ms=TIMEOUT_MS)
+            req.wait(timeout_ms=TIMEOUT_MS)
+            stats = rx.stats(12)
+            self.assertEqual(stats["chunks"], 2 * 2 * 2)
+            self.assertEqual(stats["landed_chunks"], stats["chunks"])
+            self.assertTrue(numpy.array_equal(out, kv))
+
     def test_level_ladder(self):
         key = os.urandom(32)
         kv = numpy.random.default_rng(2).standard_normal((2, 2, 96, 2, 32)).astype("float32")

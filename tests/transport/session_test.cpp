@@ -106,8 +106,88 @@ TEST_P(SessionTest, Fp16RoundTripIsExactLayerByLayer) {
   auto rs = (*r)->stats(11);
   ASSERT_TRUE(rs.ok());
   EXPECT_EQ(rs->chunks, 4u * 2 * 4);
+  // tcp reads every chunk straight into the contiguous fp16 destination; the others copy.
+  EXPECT_EQ(rs->landed_chunks, GetParam() == "tcp" ? rs->chunks : 0u);
   EXPECT_EQ((*req)->stats().chunks, 4u * 2 * 4);
   EXPECT_TRUE((*r)->Release(11).ok());
+}
+
+// Where a chunk's rows lie back to back in an fp16 destination (a contiguous cache, a chunk
+// within one block, blocks that follow each other), tcp reads it there; anywhere else (blocks
+// apart, bf16, receive_in_place off) it is copied. The bytes are the same either way.
+TEST_P(SessionTest, Fp16ChunksAreReadIntoTheDestinationWhereTheirRowsLieBackToBack) {
+  const KvShape shape{2, 64, 2, 16};
+  KvCache src = RandomCache(shape, 4);
+  struct Case {
+    const char* name;
+    bool in_place;
+    uint32_t chunk_tokens;
+    std::vector<int32_t> table;  // blocks of 16 tokens; empty: a contiguous cache
+    DType dtype;
+    uint64_t landed;  // on tcp, of 2 x 2 x (64 / chunk_tokens) chunks
+  };
+  const std::vector<Case> cases = {
+      {"contiguous", true, 16, {}, DType::kF16, 16},
+      {"off", false, 16, {}, DType::kF16, 0},
+      {"bf16", true, 16, {}, DType::kBF16, 0},
+      {"a block per chunk", true, 16, {3, 0, 2, 1}, DType::kF16, 16},
+      // 32-token chunks: over blocks {3, 0} and {2, 1} they lie apart; over {1, 2} they follow
+      // each other, over {0, 4} not.
+      {"blocks apart", true, 32, {3, 0, 2, 1}, DType::kF16, 0},
+      {"adjacent blocks", true, 32, {1, 2, 0, 4}, DType::kF16, 4},
+  };
+  uint64_t id = 40;
+  for (const Case& c : cases) {
+    ReceiverOptions ro = RecvOpts();
+    ro.receive_in_place = c.in_place;
+    auto r = Receiver::Listen(ro);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    auto s = Sender::Connect(SendOpts(**r));
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    SendRequestOptions q;
+    q.request_id = ++id;
+    q.levels = {{"fp16", 16, 0}};
+    q.chunk_tokens = c.chunk_tokens;
+    auto req = (*s)->Open(src.view(), q);
+    ASSERT_TRUE(req.ok()) << req.status().ToString();
+    auto in = (*r)->NextRequest(5000);
+    ASSERT_TRUE(in.ok()) << in.status().ToString();
+    auto cache = KvCache::Create(shape, c.dtype);
+    ASSERT_TRUE(cache.ok());
+    const uint32_t block = 16, blocks = 5;
+    const size_t block_bytes = size_t{block} * shape.kv_heads * shape.head_dim * 2;
+    std::vector<std::vector<uint8_t>> store(2 * shape.layers,
+                                            std::vector<uint8_t>(blocks * block_bytes, 0));
+    std::vector<void*> kp, vp;
+    for (uint32_t l = 0; l < shape.layers; ++l) {
+      kp.push_back(store[2 * l].data());
+      vp.push_back(store[2 * l + 1].data());
+    }
+    auto view = c.table.empty() ? Result<KvView>(cache->view())
+                                : KvView::Paged(shape, c.dtype, block, blocks, kp, vp, c.table);
+    ASSERT_TRUE(view.ok()) << view.status().ToString();
+    ASSERT_TRUE((*r)->SetDestination(q.request_id, *view).ok());
+    ASSERT_TRUE((*req)->PushAll().ok());
+    ASSERT_TRUE((*req)->Wait(10000).ok()) << c.name << ": " << (*req)->Poll().ToString();
+    ASSERT_TRUE((*r)->Wait(q.request_id, 10000).ok()) << c.name;
+    auto rs = (*r)->stats(q.request_id);
+    ASSERT_TRUE(rs.ok());
+    EXPECT_EQ(rs->landed_chunks, GetParam() == "tcp" ? c.landed : 0u) << c.name;
+    std::vector<float> a(shape.tensor_elements()), b(shape.tensor_elements());
+    for (uint32_t l = 0; l < shape.layers; ++l) {
+      for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+        ASSERT_TRUE(src.view().ReadF32(l, kind, 0, shape.tokens, a.data()).ok());
+        ASSERT_TRUE(view->ReadF32(l, kind, 0, shape.tokens, b.data()).ok());
+        if (c.dtype == DType::kF16) {
+          ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << c.name << " layer " << l;
+        } else {
+          for (size_t i = 0; i < a.size(); ++i) {
+            ASSERT_NEAR(a[i], b[i], std::abs(a[i]) * 4e-3) << c.name << " layer " << l;
+          }
+        }
+      }
+    }
+  }
 }
 
 // A decode node that closes its Receiver as soon as Wait says a request is done must not cut
@@ -670,6 +750,50 @@ TEST(SessionResume, ReconnectsAndResumesAfterTheConnectionIsCut) {
     s->Close();
     r->Close();
   }
+}
+
+// A chunk damaged on the wire after it was read straight into the destination fails its
+// request with the CRC's reason, at both ends; the receiver serves the next request whole.
+TEST(SessionLanding, ADamagedChunkReadIntoTheDestinationFailsItsRequest) {
+  ThroughProxy t = ConnectThroughProxy({});
+  ASSERT_TRUE(t.ok);
+  const KvShape shape{3, 64, 2, 32};
+  KvCache src = RandomCache(shape, 9);
+  // Eight bytes from the middle of layer 1's V rows: they cross the wire as they are.
+  const auto v1 = src.tensor(1, KvKind::kValue);
+  t.proxy->CorruptFirst(std::vector<uint8_t>(v1.begin() + 1000, v1.begin() + 1008));
+  auto dst = KvCache::Create(shape, DType::kF16);
+  SendRequestOptions q;
+  q.request_id = 90;
+  q.levels = {{"fp16", 16, 0}};
+  q.chunk_tokens = 32;
+  auto req = t.sender->Open(src.view(), q);
+  ASSERT_TRUE(req.ok());
+  auto in = t.receiver->NextRequest(5000);
+  ASSERT_TRUE(in.ok()) << in.status().ToString();
+  ASSERT_TRUE(t.receiver->SetDestination(90, dst->view()).ok());
+  ASSERT_TRUE((*req)->PushAll().ok());
+  const Status got = t.receiver->Wait(90, 10000);
+  EXPECT_TRUE(t.proxy->corrupted());
+  EXPECT_EQ(got.code(), StatusCode::kCorrupt) << got.ToString();
+  EXPECT_NE(got.ToString().find("CRC32C"), std::string::npos) << got.ToString();
+  const Status sent = (*req)->Wait(10000);
+  EXPECT_FALSE(sent.ok());
+  EXPECT_FALSE(sent.in_progress());
+  ASSERT_TRUE(t.receiver->Release(90).ok());
+
+  q.request_id = 91;
+  auto again = t.sender->Open(src.view(), q);
+  ASSERT_TRUE(again.ok());
+  auto in2 = t.receiver->NextRequest(5000);
+  ASSERT_TRUE(in2.ok()) << in2.status().ToString();
+  auto dst2 = KvCache::Create(shape, DType::kF16);
+  ASSERT_TRUE(t.receiver->SetDestination(91, dst2->view()).ok());
+  ASSERT_TRUE((*again)->PushAll().ok());
+  ASSERT_TRUE((*again)->Wait(10000).ok());
+  ASSERT_TRUE(t.receiver->Wait(91, 10000).ok());
+  EXPECT_TRUE(SameBytes(src, *dst2));
+  EXPECT_EQ(t.receiver->stats(91)->landed_chunks, 3u * 2 * 2);
 }
 
 // Retries go by time: an outage far longer than a few backoffs (the proxy refuses every

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -64,6 +65,13 @@ class CuttableProxy {
     return last_cut_;
   }
   int refused() const { return refused_; }
+  /// Flips a bit of the last byte of the first occurrence of `pattern` (at least two bytes) that
+  /// a client sends from now on, as a damaged link would.
+  void CorruptFirst(std::vector<uint8_t> pattern) {
+    std::lock_guard lock(mu_);
+    corrupt_ = std::move(pattern);
+  }
+  bool corrupted() const { return corrupted_; }
   /// What the clients sent so far (empty unless constructed with record_upstream).
   std::vector<uint8_t> upstream_bytes() {
     std::lock_guard lock(mu_);
@@ -109,9 +117,11 @@ class CuttableProxy {
   }
   void Pump(int from, int to, bool upstream) {
     std::vector<char> buf(64 << 10);
+    std::vector<char> tail;  // the last bytes before buf, for a pattern across two reads
     for (;;) {
       ssize_t n = ::read(from, buf.data(), buf.size());
       if (n <= 0) break;
+      if (upstream) Corrupt(buf.data(), static_cast<size_t>(n), &tail);
       if (upstream && record_upstream_) {
         std::lock_guard lock(mu_);
         upstream_.insert(upstream_.end(), buf.begin(), buf.begin() + n);
@@ -132,6 +142,24 @@ class CuttableProxy {
     ::shutdown(to, SHUT_RDWR);
   }
 
+  void Corrupt(char* data, size_t n, std::vector<char>* tail) {
+    std::lock_guard lock(mu_);
+    if (corrupt_.empty()) return;
+    std::vector<char> window(*tail);
+    window.insert(window.end(), data, data + n);
+    auto at = std::search(window.begin(), window.end(), corrupt_.begin(), corrupt_.end(),
+                          [](char a, uint8_t b) { return static_cast<uint8_t>(a) == b; });
+    if (at != window.end()) {
+      // The pattern's last byte is in this read: a match within the tail was seen last time.
+      data[(at - window.begin()) + corrupt_.size() - 1 - tail->size()] ^= 0x10;
+      corrupt_.clear();
+      corrupted_ = true;
+      return;
+    }
+    const size_t keep = std::min(window.size(), corrupt_.size() - 1);
+    tail->assign(window.end() - static_cast<long>(keep), window.end());
+  }
+
   std::atomic<uint16_t> target_;
   uint16_t port_ = 0;
   const bool record_upstream_;
@@ -144,6 +172,8 @@ class CuttableProxy {
   std::mutex mu_;
   std::vector<int> fds_;
   std::vector<uint8_t> upstream_;
+  std::vector<uint8_t> corrupt_;  // under mu_
+  std::atomic<bool> corrupted_{false};
   std::vector<std::thread> pumps_;
   std::thread acceptor_;
 };

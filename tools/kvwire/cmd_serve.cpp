@@ -34,6 +34,7 @@ struct ServeArgs {
   std::string out_dir = ".";
   std::string profile;
   bool no_fetch_profiles = false;
+  bool no_receive_in_place = false;
   int count = 0;  // 0: serve forever
   int stall_timeout_ms = 30000;
   uint32_t busy_poll_us = 0;
@@ -218,17 +219,18 @@ class Server {
     const uint64_t raw = sh.elements() * DTypeSize(in.info.dtype);
     // One write for both lines: the receiver's threads log to stderr meanwhile, and a log that
     // holds both streams must not get their lines spliced into this one.
-    WriteLogLine(stdout,
-                 "request " + std::to_string(id) + " from '" + in.peer + "': " +
-                     std::to_string(sh.layers) + " layers x " + std::to_string(sh.tokens) +
-                     " tokens -> " + path + "\n  " +
-                     (st.ok() ? Thousands(st->wire_bytes) : std::string("?")) +
-                     " bytes on the wire (" +
-                     (st.ok() && st->wire_bytes
-                          ? Format("%.2fx", double(raw) / double(st->wire_bytes))
-                          : std::string("?")) +
-                     " vs " + std::string(DTypeName(in.info.dtype)) + "), " +
-                     Format("%.1f ms", seconds * 1000) + " to KV-ready; levels: " + levels);
+    WriteLogLine(
+        stdout,
+        "request " + std::to_string(id) + " from '" + in.peer + "': " + std::to_string(sh.layers) +
+            " layers x " + std::to_string(sh.tokens) + " tokens -> " + path + "\n  " +
+            (st.ok() ? Thousands(st->wire_bytes) : std::string("?")) + " bytes on the wire (" +
+            (st.ok() && st->wire_bytes ? Format("%.2fx", double(raw) / double(st->wire_bytes))
+                                       : std::string("?")) +
+            " vs " + std::string(DTypeName(in.info.dtype)) + "), " +
+            Format("%.1f ms", seconds * 1000) + " to KV-ready; levels: " + levels +
+            (st.ok() && st->landed_chunks
+                 ? "; " + std::to_string(st->landed_chunks) + " read in place"
+                 : std::string()));
     return Status::Ok();
   }
 
@@ -257,6 +259,7 @@ int RunServe(const ServeArgs& a) {
   if (!profile.ok()) return FailStatus(cmd, profile.status().WithContext("--profile " + a.profile));
   o.profile = profile->get();
   o.fetch_profiles = !a.no_fetch_profiles;
+  o.receive_in_place = !a.no_receive_in_place;
   auto tls = MakeTlsOptions(a.tls, a.backend);
   if (!tls.ok()) return FailStatus(cmd, tls.status());
   o.transport.tls = std::move(*tls);
@@ -333,6 +336,9 @@ const CommandRegistrar kRegister(
                       "is fetched from the sender and checked against its content hash");
       sub->add_flag("--no-fetch-profiles", a->no_fetch_profiles,
                     "refuse requests whose profile is not --profile instead of fetching it");
+      sub->add_flag("--no-receive-in-place", a->no_receive_in_place,
+                    "receive every chunk into a buffer and copy it into the KV cache (by "
+                    "default tcp reads fp16 chunks straight into the cache)");
       sub->add_option("--count", a->count, "exit after this many requests (0: serve forever)");
       sub->add_option("--max-concurrent", a->max_concurrent,
                       "requests served at once, each into a KV cache of its own")
