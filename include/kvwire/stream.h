@@ -112,9 +112,11 @@ class StreamWriter {
   Status EncodeChunkInto(const KvView& kv, uint32_t layer, KvKind kind, uint32_t token_begin,
                          uint32_t tokens, uint8_t level, std::vector<uint8_t>* frame) const;
 
-  /// True when a chunk's payload at `level` is the bytes of `kv` as they lie: the fp16 level
-  /// (optimized implementation) from an fp16 view whose token rows lie back to back (a
-  /// contiguous cache, a mapped dump). Paged and head-major views are copied.
+  /// True when a chunk's payload at `level` may be the bytes of `kv` as they lie: the fp16 level
+  /// (optimized implementation) from an fp16 view with packed token rows one after another (a
+  /// contiguous cache, a mapped dump, the blocks of a paged cache). It is, for each chunk whose
+  /// rows form one span (KvView::RawSpan: in a paged cache, rows within one block or adjacent
+  /// blocks); other chunks, and head-major views, are copied.
   bool PayloadIsView(const KvView& kv, uint8_t level) const;
   /// Like EncodeChunkInto, but where PayloadIsView holds, `frame` becomes the 40-byte chunk
   /// header alone and `*borrowed` the payload: the chunk's rows in `kv` itself, read once for

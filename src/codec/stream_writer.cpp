@@ -129,7 +129,8 @@ struct StreamWriter::Impl {
   }
   bool PayloadIsView(const KvView& kv, uint8_t level) const {
     return level < codecs.size() && codecs[level]->PayloadIsHalves() &&
-           options.impl == CodecImpl::kOptimized && Fp16RowsBackToBack(kv);
+           options.impl == CodecImpl::kOptimized && kv.dtype() == DType::kF16 &&
+           kv.rows_contiguous() && kv.strides().token == static_cast<int64_t>(kv.row_bytes());
   }
 };
 
@@ -142,13 +143,18 @@ Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, u
   const Codec& codec = *codecs[level];
   const ChunkDesc desc = format::MakeChunkDesc(info, layer, kind, token_begin, tokens);
   std::optional<uint32_t> payload_crc;  // the fp16 copy path computes it with its check
+  // The chunk's rows as one span of the view (a contiguous cache, or rows within one block or
+  // adjacent blocks of a paged one), where the payload may be lent.
+  const std::span<const uint8_t> lendable =
+      borrowed != nullptr && PayloadIsView(kv, level)
+          ? kv.RawSpan(layer, kind, view_offset + token_begin, tokens)
+          : std::span<uint8_t>();
   try {
-    if (borrowed != nullptr && PayloadIsView(kv, level)) {
+    if (!lendable.empty()) {
       // The payload is the chunk's rows where they lie: read once, for the CRC and the
       // finiteness check, and lent to the caller instead of copied.
-      const auto* rows =
-          static_cast<const uint8_t*>(kv.Row(layer, kind, view_offset + token_begin));
-      const std::span<const uint8_t> halves(rows, 2 * elements);
+      const uint8_t* rows = lendable.data();
+      const std::span<const uint8_t> halves = lendable;
       bool finite = false;
       payload_crc = format::Crc32cFiniteHalves(halves, 0, &finite);
       if (!finite) {

@@ -294,21 +294,36 @@ TEST_F(StreamTest, BorrowedPayloadIsTheViewsRowsAndTheSameFrame) {
     }
     EXPECT_EQ(head, whole) << int(level);
   }
-  // Paged rows are copied into the frame.
+  // A paged cache (blocks of 4 tokens): a chunk within one block, or over blocks that follow
+  // each other in memory, is lent; one over blocks apart is copied into the frame. The frame
+  // is the same either way.
   const size_t row = cache.view().row_bytes();
   std::vector<std::vector<uint8_t>> pool;
-  auto paged = PagedView(shape, 4, {3, 0, 6, 1, 5, 2, 4}, &pool);
+  auto paged = PagedView(shape, 4, {3, 0, 6, 1, 2, 5, 4}, &pool);
   ASSERT_TRUE(paged.ok()) << paged.status().ToString();
   for (uint32_t l = 0; l < shape.layers; ++l) {
     for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
       ASSERT_TRUE(paged->WriteRaw(l, kind, 0, shape.tokens, cache.tensor(l, kind).data()).ok());
     }
   }
-  EXPECT_FALSE(w.PayloadIsView(*paged, 0));
-  ASSERT_TRUE(w.EncodeChunkBorrowing(*paged, 1, KvKind::kValue, 5, 9, 0, &head, &lent).ok());
-  EXPECT_TRUE(lent.empty());
-  ASSERT_TRUE(w.EncodeChunkInto(cache.view(), 1, KvKind::kValue, 5, 9, 0, &whole).ok());
-  EXPECT_EQ(head, whole);
+  EXPECT_TRUE(w.PayloadIsView(*paged, 0));
+  struct Chunk {
+    uint32_t begin, tokens;
+    bool lent;
+  };
+  // Tokens 4-7: block 0; 5-13: blocks 0, 6, 1 (apart); 12-19: blocks 1, 2 (adjacent).
+  for (const Chunk c : {Chunk{4, 4, true}, Chunk{5, 9, false}, Chunk{12, 8, true}}) {
+    ASSERT_TRUE(
+        w.EncodeChunkBorrowing(*paged, 1, KvKind::kValue, c.begin, c.tokens, 0, &head, &lent).ok());
+    EXPECT_EQ(!lent.empty(), c.lent) << c.begin;
+    if (c.lent) {
+      EXPECT_EQ(lent.data(), paged->Row(1, KvKind::kValue, c.begin));
+      head.insert(head.end(), lent.begin(), lent.end());
+    }
+    ASSERT_TRUE(
+        w.EncodeChunkInto(cache.view(), 1, KvKind::kValue, c.begin, c.tokens, 0, &whole).ok());
+    EXPECT_EQ(head, whole) << c.begin;
+  }
   // A non-finite value: refused as EncodeChunkInto refuses it, nothing lent.
   const uint16_t inf = 0x7c00;
   std::memcpy(cache.tensor(1, KvKind::kValue).data() + 7 * row + 2, &inf, 2);
