@@ -128,7 +128,8 @@ class ReceiverCore {
   // Once s has ended: closes the connections still writing into its dst and waits until none
   // is (no lock held; closing a connection joins its reading thread).
   void DrainLandings(const std::shared_ptr<RecvState>& s);
-  // Decodes one validated chunk (decode_mu held) and acknowledges it.
+  // Decodes one validated chunk (decode_mu held) and acknowledges it; a chunk received into a
+  // buffer first waits for a read of the same chunk into dst (RecvState::landing) to end.
   void DecodeAndAck(const std::shared_ptr<RecvState>& s, const control::ChunkDescriptor& d,
                     const Message& msg);
   void FailLocked(RecvState* s, Status why);
@@ -535,12 +536,7 @@ Status ReceiverCore::HandleData(const std::shared_ptr<Connection>& conn, Message
                              " does not match request " + std::to_string(d.request_id()));
   std::lock_guard decode_lock(s->decode_mu);
   {
-    std::unique_lock lock(mu_);
-    if (msg.landed.empty() && s->landing[d.seq()]) {
-      // Another connection is reading this chunk into dst (a resend raced it): its rows are
-      // written once that read ends; a request that ends meanwhile takes the late path below.
-      landing_cv_.wait(lock, [&] { return !s->landing[d.seq()] || !s->status.in_progress(); });
-    }
+    std::lock_guard lock(mu_);
     s->st.wire_bytes += msg.bytes();
     if (!s->status.in_progress() || s->have[d.seq()]) {
       // Duplicate (a resend after a resume) or late: harmless, acknowledge again.
@@ -573,6 +569,13 @@ Status ReceiverCore::HandleData(const std::shared_ptr<Connection>& conn, Message
 
 void ReceiverCore::DecodeAndAck(const std::shared_ptr<RecvState>& s,
                                 const control::ChunkDescriptor& d, const Message& msg) {
+  if (msg.landed.empty()) {
+    std::unique_lock lock(mu_);
+    // Another connection may be reading this chunk into dst (a resend raced it): its rows are
+    // written once that read ends; a request that ends meanwhile is not decoded into.
+    landing_cv_.wait(lock, [&] { return !s->landing[d.seq()] || !s->status.in_progress(); });
+    if (!s->status.in_progress()) return;
+  }
   Status st;
   auto ref = msg.landed.empty() ? s->reader->ParseFrame(msg.payload)
                                 : s->reader->ParseFrame(msg.payload, msg.landed, 0);
