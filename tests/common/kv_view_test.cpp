@@ -285,6 +285,40 @@ TEST(KvViewStridesTest, RowsContiguousOnlyForNhd) {
   }
 }
 
+// RawSpan: the tokens' bytes as one piece exactly where they lie so, and nowhere else.
+TEST(KvViewStridesTest, RawSpanIsTheRowsWhereTheyLieAsOnePiece) {
+  const KvShape shape{2, 10, 2, 4};
+  auto cache = KvCache::Create(shape, DType::kF16);
+  ASSERT_TRUE(cache.ok());
+  const KvView c = cache->view();
+  const size_t row = c.row_bytes();
+  const auto whole = c.RawSpan(1, KvKind::kValue, 0, 10);
+  EXPECT_EQ(whole.data(), c.Row(1, KvKind::kValue, 0));
+  EXPECT_EQ(whole.size(), 10 * row);
+  const auto part = c.RawSpan(1, KvKind::kKey, 3, 4);
+  EXPECT_EQ(part.data(), c.Row(1, KvKind::kKey, 3));
+  EXPECT_EQ(part.size(), 4 * row);
+  EXPECT_TRUE(c.RawSpan(1, KvKind::kKey, 3, 0).empty());  // no tokens
+  EXPECT_TRUE(c.RawSpan(1, KvKind::kKey, 7, 4).empty());  // past the end
+  EXPECT_TRUE(c.RawSpan(2, KvKind::kKey, 0, 1).empty());  // no such layer
+  // Paged, blocks of 4 tokens: tokens 0-3 in block 2, 4-7 in block 3, 8-9 in block 0.
+  std::vector<std::vector<uint8_t>> mem(4, std::vector<uint8_t>(4 * 4 * row));
+  const std::vector<uint8_t>& k = mem[0];
+  const std::vector<int32_t> table = {2, 3, 0};
+  auto paged = KvView::Paged(shape, DType::kF16, 4, 4, {mem[0].data(), mem[1].data()},
+                             {mem[2].data(), mem[3].data()}, table);
+  ASSERT_TRUE(paged.ok()) << paged.status().ToString();
+  EXPECT_EQ(paged->RawSpan(0, KvKind::kKey, 1, 3).data(), k.data() + (2 * 4 + 1) * row);
+  EXPECT_EQ(paged->RawSpan(0, KvKind::kKey, 2, 5).size(), 5 * row);  // blocks 2, 3 adjacent
+  EXPECT_TRUE(paged->RawSpan(0, KvKind::kKey, 6, 3).empty());        // blocks 3, 0 apart
+  // Head-major rows are never one piece.
+  Memory m{Layout::kFlashHnd, DType::kF16, {}};
+  FillRandom(m, 2);
+  auto hnd = m.View();
+  ASSERT_TRUE(hnd.ok());
+  EXPECT_TRUE(hnd->RawSpan(0, KvKind::kKey, 0, 1).empty());
+}
+
 // A flash-attention HND description over 16-bit elements, for the rejection tests to break.
 StridedKv HndDescription(std::vector<uint8_t>& buf) {
   const int64_t D = kDim * 2;
