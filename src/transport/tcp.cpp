@@ -210,9 +210,7 @@ void TcpConnection::ReadLoop() {
       land = landing_;
     }
     if (land) {
-      Status s = ReadBytes(asio::buffer(m.meta));
-      if (s.ok()) s = ReadPayload(*land, p->payload_bytes, m);
-      if (!s.ok()) return Fail(s);
+      if (Status s = ReadLanding(*land, p->payload_bytes, m); !s.ok()) return Fail(s);
       if (!recv_queue_.Push(std::move(m)).ok()) return;
       continue;
     }
@@ -238,9 +236,17 @@ bool TcpConnection::SetLanding(LandingFn fn) {
   return true;
 }
 
-Status TcpConnection::ReadPayload(const LandingFn& land, uint32_t payload_bytes, Message& m) {
+Status TcpConnection::ReadLanding(const LandingFn& land, uint32_t payload_bytes, Message& m) {
   std::array<uint8_t, kLandingHeadBytes> head{};
-  KVWIRE_RETURN_IF_ERROR(ReadBytes(asio::buffer(head)));
+  if (tls_) {
+    KVWIRE_RETURN_IF_ERROR(ReadBytes(asio::buffer(m.meta)));
+    KVWIRE_RETURN_IF_ERROR(ReadBytes(asio::buffer(head)));
+  } else {  // the meta and the chunk header in one read
+    std::array<asio::mutable_buffer, 2> bufs = {asio::buffer(m.meta), asio::buffer(head)};
+    asio::error_code ec;
+    asio::read(socket_, bufs, ec);
+    if (ec) return IoStatus("read", ec);
+  }
   Landing l = land(m.meta, head, payload_bytes);
   // `done` runs once, whatever happens to the read.
   struct Done {

@@ -63,9 +63,9 @@ class TcpConnection final : public Connection {
 
  private:
   void ReadLoop();
-  // Reads a data message's payload (its meta already read) into `m`: straight into what the
-  // landing function names, or into a pooled buffer.
-  Status ReadPayload(const LandingFn& land, uint32_t payload_bytes, Message& m);
+  // Reads a data message's meta and payload (its prefix already read) into `m`: the payload
+  // straight into what the landing function names, or into a pooled buffer.
+  Status ReadLanding(const LandingFn& land, uint32_t payload_bytes, Message& m);
   void WriteLoop();
   void Fail(Status why);
   Status ReadBytes(asio::mutable_buffer b);
