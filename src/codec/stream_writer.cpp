@@ -121,16 +121,18 @@ struct StreamWriter::Impl {
                      uint32_t token_begin, uint32_t tokens, uint8_t level,
                      std::vector<uint8_t>* frame,
                      std::span<const uint8_t>* borrowed = nullptr) const;
-  // fp16 token rows back to back (a contiguous cache, a mapped dump): a chunk's rows are one
-  // span of the view's memory.
-  static bool Fp16RowsBackToBack(const KvView& kv) {
-    return kv.dtype() == DType::kF16 && !kv.paged() && kv.rows_contiguous() &&
+  // fp16 token rows packed one after another in the view's token slots (of the sequence, or
+  // of each block of a paged view).
+  static bool Fp16RowsPacked(const KvView& kv) {
+    return kv.dtype() == DType::kF16 && kv.rows_contiguous() &&
            kv.strides().token == static_cast<int64_t>(kv.row_bytes());
   }
+  // fp16 token rows back to back (a contiguous cache, a mapped dump): every chunk's rows are
+  // one span of the view's memory.
+  static bool Fp16RowsBackToBack(const KvView& kv) { return !kv.paged() && Fp16RowsPacked(kv); }
   bool PayloadIsView(const KvView& kv, uint8_t level) const {
     return level < codecs.size() && codecs[level]->PayloadIsHalves() &&
-           options.impl == CodecImpl::kOptimized && kv.dtype() == DType::kF16 &&
-           kv.rows_contiguous() && kv.strides().token == static_cast<int64_t>(kv.row_bytes());
+           options.impl == CodecImpl::kOptimized && Fp16RowsPacked(kv);
   }
 };
 
@@ -154,15 +156,14 @@ Status StreamWriter::Impl::EncodeFrame(const KvView& kv, uint32_t view_offset, u
       // The payload is the chunk's rows where they lie: read once, for the CRC and the
       // finiteness check, and lent to the caller instead of copied.
       const uint8_t* rows = lendable.data();
-      const std::span<const uint8_t> halves = lendable;
       bool finite = false;
-      payload_crc = format::Crc32cFiniteHalves(halves, 0, &finite);
+      payload_crc = format::Crc32cFiniteHalves(lendable, 0, &finite);
       if (!finite) {
         KVWIRE_RETURN_IF_ERROR(
             baseline::CheckFiniteHalves(desc, rows, codec.Spec()).WithContext(where));
       }
       frame->resize(kChunkHeaderBytes);
-      *borrowed = halves;
+      *borrowed = lendable;
     } else if (codec.PayloadIsHalves() && kv.dtype() == DType::kF16 &&
                options.impl == CodecImpl::kOptimized) {
       // fp16 rows at the fp16 level: the payload is the rows as they are. (A frame of this

@@ -68,6 +68,21 @@ struct RecvState {
   std::map<const Connection*, std::pair<std::weak_ptr<Connection>, uint32_t>> landing_conns;
 };
 
+// Whether `d` names a chunk of s's grid exactly, at one of its levels.
+bool NamesGridChunk(const RecvState& s, const control::ChunkDescriptor& d) {
+  const ChunkGrid& g = s.grid;
+  return d.seq() < g.total() && d.layer() == g.LayerOf(d.seq()) &&
+         d.kind() == static_cast<uint32_t>(g.KindOf(d.seq())) &&
+         d.token_begin() == g.TokenBegin(g.IndexOf(d.seq())) &&
+         d.tokens() == g.Tokens(g.IndexOf(d.seq())) && d.level() < s.info.levels.size();
+}
+
+// Whether a chunk frame's header names the chunk its descriptor does.
+bool HeaderMatches(const ChunkHeader& h, const control::ChunkDescriptor& d) {
+  return h.layer == d.layer() && static_cast<uint32_t>(h.kind) == d.kind() &&
+         h.token_begin == d.token_begin() && h.tokens == d.tokens() && h.level == d.level();
+}
+
 // Profiles fetched from senders: at most this many kept for later requests (a request holds
 // its own reference), and at most this many fetches at once.
 constexpr size_t kMaxFetchedProfiles = 4;
@@ -524,14 +539,7 @@ Status ReceiverCore::HandleData(const std::shared_ptr<Connection>& conn, Message
                                            Status(StatusCode::kNotFound, "unknown request")));
     return Status::Ok();
   }
-  const ChunkGrid& g = s->grid;
-  // The descriptor must name a chunk of this request's grid exactly.
-  KVWIRE_RETURN_ERROR_IF(d.seq() >= g.total() || d.layer() != g.LayerOf(d.seq()) ||
-                             d.kind() != static_cast<uint32_t>(g.KindOf(d.seq())) ||
-                             d.token_begin() != g.TokenBegin(g.IndexOf(d.seq())) ||
-                             d.tokens() != g.Tokens(g.IndexOf(d.seq())) ||
-                             d.level() >= s->info.levels.size(),
-                         kCorrupt,
+  KVWIRE_RETURN_ERROR_IF(!NamesGridChunk(*s, d), kCorrupt,
                          "chunk descriptor " + std::to_string(d.seq()) +
                              " does not match request " + std::to_string(d.request_id()));
   std::lock_guard decode_lock(s->decode_mu);
@@ -582,9 +590,7 @@ void ReceiverCore::DecodeAndAck(const std::shared_ptr<RecvState>& s,
   if (!ref.ok()) {
     st = ref.status();
   } else {
-    const ChunkHeader& h = ref->header;
-    if (h.layer != d.layer() || static_cast<uint32_t>(h.kind) != d.kind() ||
-        h.token_begin != d.token_begin() || h.tokens != d.tokens() || h.level != d.level()) {
+    if (!HeaderMatches(ref->header, d)) {
       st = Status(StatusCode::kCorrupt, "chunk frame disagrees with its descriptor");
     } else {
       st = s->reader->DecodeChunk(*ref, s->dst);
@@ -654,21 +660,15 @@ Landing ReceiverCore::Land(const std::weak_ptr<Connection>& conn, std::span<cons
   auto c = conn.lock();
   if (!s || !c) return {};
   std::lock_guard lock(mu_);
-  const ChunkGrid& g = s->grid;
   // dst and the reader are set under both locks (SetDestination), so mu_ alone may read them.
-  if (!s->status.in_progress() || !s->has_dst || d->seq() >= g.total() || s->have[d->seq()] ||
-      s->landing[d->seq()] || d->layer() != g.LayerOf(d->seq()) ||
-      d->kind() != static_cast<uint32_t>(g.KindOf(d->seq())) ||
-      d->token_begin() != g.TokenBegin(g.IndexOf(d->seq())) ||
-      d->tokens() != g.Tokens(g.IndexOf(d->seq()))) {
+  if (!s->status.in_progress() || !s->has_dst || !NamesGridChunk(*s, *d) || s->have[d->seq()] ||
+      s->landing[d->seq()]) {
     return {};
   }
   ChunkHeader h;
   const std::span<uint8_t> rows = s->reader->PayloadDestination(head, s->dst, &h);
   // The frame header must name this very chunk, as DecodeAndAck checks again.
-  if (rows.size() != payload_bytes - kLandingHeadBytes || h.layer != d->layer() ||
-      static_cast<uint32_t>(h.kind) != d->kind() || h.token_begin != d->token_begin() ||
-      h.tokens != d->tokens() || h.level != d->level()) {
+  if (rows.size() != payload_bytes - kLandingHeadBytes || !HeaderMatches(h, *d)) {
     return {};
   }
   const uint64_t seq = d->seq();
