@@ -78,27 +78,18 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, const uin
   const float* rows = nullptr;
   if (in_place) {
     rows = in + size_t{plan.q_tokens.front()} * H * D;
-  } else if (in == nullptr) {  // fp16: each token's row converted (and checked), RoPE undone
+  } else if (in == nullptr) {
+    // fp16: each token's row is converted (and checked) and RoPE undone a rANS block of tokens
+    // at a time, just before the repeat search reads that block (convert_block below), so the
+    // search and the product find its rows in the cache.
     Grow(&scratch.rows, nq * H * D);
-    float* r = scratch.rows.data();
     bool finite = true;
-    for (size_t qi = 0; qi < nq; ++qi) {
-      const uint32_t t = plan.q_tokens[qi];
-      float* row = r + qi * H * D;
-      finite &= HalvesToFloatsFinite(halves + size_t{t} * H * D, H * D, row);
-      if (rot) {
-        const float* cs = angles_of(t);
-        for (size_t h = 0; h < H; ++h) {
-          RopeRotate(rope_, row + h * D, cs, cs + rope_.rope_dim / 2, /*undo=*/true);
-        }
-      }
-    }
     for (const uint32_t t : plan.fp_tokens) {  // the tokens that pass through as they are
       finite &= baseline::HalvesFinite(reinterpret_cast<const uint8_t*>(halves + size_t{t} * H * D),
                                        H * D);
     }
     if (!finite) return non_finite();
-    rows = r;
+    rows = scratch.rows.data();
   } else {
     Grow(&scratch.rows, nq * H * D);
     float* r = scratch.rows.data();
@@ -110,6 +101,26 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, const uin
     }
     rows = r;
   }
+
+  // Converts the quantized tokens [t0, t1) of fp16 input into `rows`; false if one of them is
+  // not finite. Float input was loaded above.
+  auto convert_block = [&](size_t t0, size_t t1) {
+    if (in != nullptr) return true;
+    float* r = scratch.rows.data();
+    bool finite = true;
+    for (size_t qi = t0; qi < t1; ++qi) {
+      const uint32_t t = plan.q_tokens[qi];
+      float* row = r + qi * H * D;
+      finite &= HalvesToFloatsFinite(halves + size_t{t} * H * D, H * D, row);
+      if (rot) {
+        const float* cs = angles_of(t);
+        for (size_t h = 0; h < H; ++h) {
+          RopeRotate(rope_, row + h * D, cs, cs + rope_.rope_dim / 2, /*undo=*/true);
+        }
+      }
+    }
+    return finite;
+  };
 
   // Repeats: within a block, a (token, head) row whose values round to the same grid as an
   // earlier row's (multiples of 2^(e - 14), e the exponent of the row's largest magnitude) codes
@@ -154,6 +165,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, const uin
     auto grid = [](float v, float sc) { return _mm_cvtss_si32(_mm_set_ss(v * sc)); };
     for (size_t blk = 0; blk < blocks; ++blk) {
       const size_t t0 = blk * block_tokens, t1 = std::min(nq, t0 + block_tokens);
+      if (!convert_block(t0, t1)) return non_finite();
       std::fill(slot.begin(), slot.end(), 0);
       std::fill(count.begin(), count.end(), 0);
       for (size_t qi = t0; qi < t1; ++qi) {
@@ -286,6 +298,8 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, const uin
       }
     }
     // Per head, the rows to project (not repeats) kMulRows at a time: they share the loads of F.
+    // The product centres them as it reads them where it can; otherwise each goes through xc.
+    const bool centered = avx2 && HaveAvx512();
     std::vector<float> xc(kMulRows * D), zrow(kMulRows * D);
     std::vector<const float*> ft_rows(D);
     for (size_t h = 0; h < H; ++h) {
@@ -297,7 +311,9 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, const uin
       int pending = 0;
       auto flush = [&] {
         if (pending == 0) return;
-        if (avx2) {
+        if (centered) {
+          MulRowsCenteredAvx512(ft_rows.data(), D, xs, p.mean.data(), pending, width[h], zs);
+        } else if (avx2) {
           MulRowsSimd(ft_rows.data(), D, xs, pending, width[h], nullptr, zs);
         } else if (fast) {
           for (int r = 0; r < pending; ++r) ProjectScalar(ft[h].data(), xs[r], D, width[h], zs[r]);
@@ -351,9 +367,13 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, const uin
           continue;
         }
         const float* x = rows + row * D;
-        float* xr = xc.data() + pending * D;
-        for (size_t j = 0; j < D; ++j) xr[j] = x[j] - p.mean[j];
-        xs[pending] = xr;
+        if (centered) {
+          xs[pending] = x;
+        } else {
+          float* xr = xc.data() + pending * D;
+          for (size_t j = 0; j < D; ++j) xr[j] = x[j] - p.mean[j];
+          xs[pending] = xr;
+        }
         zs[pending] = zrow.data() + pending * width[h];
         rs[pending] = row;
         qs[pending] = qi;

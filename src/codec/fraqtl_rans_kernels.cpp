@@ -106,9 +106,48 @@ __attribute__((target("avx2,fma"))) void MulRowsAvx2(const float* const* a, size
 
 namespace {
 
+// The last n - c0 < 64 columns of MulRows512R in one pass over j: V 16-column vectors per row
+// (the last one masked to 8 columns where n % 16 == 8), R x V accumulators, so that each
+// broadcast serves every vector and up to 16 independent chains hide the latency of the
+// multiply-adds (one 16-column piece at a time has only R of them).
+template <int R, int V, typename X>
+__attribute__((target("avx512f"), always_inline)) inline void MulRows512Tail(
+    const float* const* a, size_t k, X x, size_t c0, __mmask16 last, const float* add,
+    float* const* out) {
+  __m512 acc[R][V];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+  for (size_t j = 0; j < k; ++j) {
+    const float* aj = a[j] + c0;
+    __m512 b[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) b[r] = _mm512_set1_ps(x(r, j));
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      const __m512 av =
+          v + 1 < V ? _mm512_loadu_ps(aj + 16 * v) : _mm512_maskz_loadu_ps(last, aj + 16 * v);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r][v] = _mm512_fmadd_ps(av, b[r], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      const __mmask16 m = v + 1 < V ? __mmask16(0xffff) : last;
+      __m512 o = acc[r][v];
+      if (add) o = _mm512_add_ps(_mm512_maskz_loadu_ps(m, add + c0 + 16 * v), o);
+      _mm512_mask_storeu_ps(out[r] + c0 + 16 * v, m, o);
+    }
+  }
+}
+
 // MulRowsR with 16 columns to a register: 64-column pieces (4 R accumulators, R broadcasts and
-// one row vector within AVX-512's 32 registers), then 16-column ones, then a masked 8. x(r, j)
-// is row r's value j.
+// one row vector within AVX-512's 32 registers), then the rest in one pass (MulRows512Tail).
+// x(r, j) is row r's value j.
 template <int R, typename X>
 __attribute__((target("avx512f"), always_inline)) inline void MulRows512R(const float* const* a,
                                                                           size_t k, X x, size_t n,
@@ -137,19 +176,23 @@ __attribute__((target("avx512f"), always_inline)) inline void MulRows512R(const 
       }
     }
   }
-  for (; c0 < n; c0 += 16) {
-    const __mmask16 m = n - c0 >= 16 ? __mmask16(0xffff) : __mmask16(0x00ff);  // n % 8 == 0
-    __m512 acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-    for (size_t j = 0; j < k; ++j) {
-      const __m512 aj = _mm512_maskz_loadu_ps(m, a[j] + c0);
-      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(aj, _mm512_set1_ps(x(r, j)), acc[r]);
-    }
-    for (int r = 0; r < R; ++r) {
-      __m512 o = acc[r];
-      if (add) o = _mm512_add_ps(_mm512_maskz_loadu_ps(m, add + c0), o);
-      _mm512_mask_storeu_ps(out[r] + c0, m, o);
-    }
+  const size_t rest = n - c0;  // a multiple of 8 below 64: up to four vectors
+  const __mmask16 last = rest % 16 != 0 ? __mmask16(0x00ff) : __mmask16(0xffff);
+  switch ((rest + 15) / 16) {
+    case 0:
+      break;
+    case 1:
+      MulRows512Tail<R, 1>(a, k, x, c0, last, add, out);
+      break;
+    case 2:
+      MulRows512Tail<R, 2>(a, k, x, c0, last, add, out);
+      break;
+    case 3:
+      MulRows512Tail<R, 3>(a, k, x, c0, last, add, out);
+      break;
+    default:
+      MulRows512Tail<R, 4>(a, k, x, c0, last, add, out);
+      break;  // 56 columns
   }
 }
 
@@ -194,6 +237,14 @@ __attribute__((target("avx512f"))) void MulRowsDequantAvx512(const float* const*
     return j < prefix ? x[r][j] : pool[off[j - prefix] + static_cast<int32_t>(sym[r][j - prefix])];
   };
   MulRows512(a, k, value, rows, n, add, out);
+}
+
+__attribute__((target("avx512f"))) void MulRowsCenteredAvx512(const float* const* a, size_t k,
+                                                              const float* const* x,
+                                                              const float* center, int rows,
+                                                              size_t n, float* const* out) {
+  MulRows512(
+      a, k, [x, center](int r, size_t j) { return x[r][j] - center[j]; }, rows, n, nullptr, out);
 }
 
 void MulRowsSimd(const float* const* a, size_t k, const float* const* x, int rows, size_t n,

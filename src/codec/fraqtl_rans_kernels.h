@@ -53,6 +53,11 @@ void MulRowsAvx512(const float* const* a, size_t k, const float* const* x, int r
 void MulRowsDequantAvx512(const float* const* a, size_t k, const float* const* x, size_t prefix,
                           const float* pool, const int32_t* off, const uint32_t* const* sym,
                           int rows, size_t n, const float* add, float* const* out);
+// MulRowsAvx512 on rows that are centred as they are read: row r's value j is
+// x[r][j] - center[j] (one float subtraction). The same floats as subtracting into a copy and
+// then the product, without the copy.
+void MulRowsCenteredAvx512(const float* const* a, size_t k, const float* const* x,
+                           const float* center, int rows, size_t n, float* const* out);
 // The widest of the two this CPU has (requires HaveAvx2Fma()).
 void MulRowsSimd(const float* const* a, size_t k, const float* const* x, int rows, size_t n,
                  const float* add, float* const* out);

@@ -430,14 +430,15 @@ std::vector<const float*> RowPointers(const std::vector<std::vector<float>>& a) 
 
 // Each vector product gives AccumulateScalar's floats bit for bit, row by row, with and
 // without the added mean, for widths that exercise every step of both versions (AVX2: 32- and
-// 8-column pieces; AVX-512: 64- and 16-column pieces and a masked 8).
+// 8-column pieces; AVX-512: 64-column pieces, then one to three 16-column vectors in one pass,
+// the last one whole or masked to 8).
 void CheckVectorProduct(void (*mul)(const float* const*, size_t, const float* const*, int, size_t,
                                     const float*, float* const*),
                         const char* name) {
   SCOPED_TRACE(name);
   std::mt19937 rng(23);
   std::normal_distribution<float> nd(0.0f, 2.0f);
-  for (size_t n : {8u, 16u, 24u, 40u, 64u, 72u, 88u, 128u, 200u}) {
+  for (size_t n : {8u, 16u, 24u, 32u, 40u, 48u, 56u, 64u, 72u, 88u, 112u, 128u, 200u}) {
     for (size_t k : {1u, 7u, 33u}) {
       const std::vector<std::vector<float>> a = RandomRows(k, n, rng);
       const std::vector<const float*> ap = RowPointers(a);
@@ -524,6 +525,45 @@ TEST(FraqtlRans, DequantizingProductEqualsDequantizeThenProduct) {
             ASSERT_EQ(std::memcmp(got[r].data(), want[r].data(), 4 * n), 0)
                 << "n " << n << " k " << k << " prefix " << prefix << " rows " << rows;
           }
+        }
+      }
+    }
+  }
+}
+
+// The product that centres its rows as it reads them gives the floats of the product of the
+// centred copies, for every row count and for widths through each of its column pieces.
+TEST(FraqtlRans, CenteringProductEqualsCenterThenProduct) {
+  if (!fraqtl::internal::HaveAvx512()) GTEST_SKIP() << "SKIPPED: no AVX-512F on this CPU";
+  std::mt19937 rng(31);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  for (size_t n : {8u, 24u, 40u, 48u, 64u, 88u, 128u}) {
+    for (size_t k : {1u, 9u, 64u}) {
+      const std::vector<std::vector<float>> a = RandomRows(k, n, rng);
+      const std::vector<const float*> ap = RowPointers(a);
+      const std::vector<float> center = RandomRows(1, k, rng)[0];
+      for (int rows = 1; rows <= fraqtl::internal::kMulRows; ++rows) {
+        std::vector<std::vector<float>> x(rows, std::vector<float>(k)), xc = x;
+        std::vector<std::vector<float>> got(rows, std::vector<float>(n, -1.0f)), want = got;
+        const float* xs[fraqtl::internal::kMulRows];
+        const float* cs[fraqtl::internal::kMulRows];
+        float* os[fraqtl::internal::kMulRows];
+        float* ws[fraqtl::internal::kMulRows];
+        for (int r = 0; r < rows; ++r) {
+          for (size_t j = 0; j < k; ++j) {
+            x[r][j] = nd(rng) + center[j];
+            xc[r][j] = x[r][j] - center[j];
+          }
+          xs[r] = x[r].data();
+          cs[r] = xc[r].data();
+          os[r] = got[r].data();
+          ws[r] = want[r].data();
+        }
+        fraqtl::internal::MulRowsCenteredAvx512(ap.data(), k, xs, center.data(), rows, n, os);
+        fraqtl::internal::MulRowsAvx512(ap.data(), k, cs, rows, n, nullptr, ws);
+        for (int r = 0; r < rows; ++r) {
+          ASSERT_EQ(std::memcmp(got[r].data(), want[r].data(), 4 * n), 0)
+              << "n " << n << " k " << k << " rows " << rows << " row " << r;
         }
       }
     }
