@@ -394,6 +394,10 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, const uin
     const float* g = cfg_.gain ? gains.data() + h : nullptr;
     const uint8_t* skip = has_repeats ? repeat.data() + h : nullptr;
     if (b == kProtectedBits) {
+      if (fast && !skip && stride == 1) {
+        SaturateToHalves(zc + t0, t1 - t0, dst + t0);
+        return kProtectedCost * (t1 - t0);
+      }
       uint64_t n = 0;
       for (size_t qi = t0; qi < t1; ++qi) {
         if (skip && skip[qi * H]) continue;

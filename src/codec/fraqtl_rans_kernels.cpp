@@ -484,6 +484,33 @@ bool HaveAvx2F16c() {
 
 namespace {
 
+__attribute__((target("avx2,f16c"))) void SaturateToHalvesF16c(const float* in, size_t n,
+                                                               uint16_t* out) {
+  const __m256 hi = _mm256_set1_ps(baseline::kHalfMax), lo = _mm256_set1_ps(-baseline::kHalfMax);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(in + i);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0) {
+      for (size_t k = i; k < i + 8; ++k)
+        out[k] = baseline::HalfSaturate(in[k]);  // a NaN: as HalfSaturate
+      continue;
+    }
+    const __m256 c = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(c, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < n; ++i) out[i] = baseline::HalfSaturate(in[i]);
+}
+
+}  // namespace
+
+void SaturateToHalves(const float* in, size_t n, uint16_t* out) {
+  if (HaveAvx2F16c()) return SaturateToHalvesF16c(in, n, out);
+  for (size_t i = 0; i < n; ++i) out[i] = baseline::HalfSaturate(in[i]);
+}
+
+namespace {
+
 __attribute__((target("avx2,f16c"))) bool HalvesToFloatsFiniteF16c(const uint16_t* in, size_t n,
                                                                    float* out) {
   const __m128i exp_mask = _mm_set1_epi16(0x7c00);

@@ -95,6 +95,11 @@ bool HaveAvx2F16c();
 // out is still written). F16C where the CPU has it.
 bool HalvesToFloatsFinite(const uint16_t* in, size_t n, float* out);
 
+// out[i] = HalfSaturate(in[i]) for i < n (the value clamped to +-65504, then rounded to the
+// nearest fp16, ties to even): the protected coefficients of a column, eight at a time with
+// F16C where the CPU has it.
+void SaturateToHalves(const float* in, size_t n, uint16_t* out);
+
 // out[c] = the fp16 value whose bytes are the symbols q[2c] (low) and q[2c + 1] (high), each
 // < 256, for c < n: the coefficients of protected directions. False when one is not finite (out
 // is then unspecified). Requires HaveAvx2F16c().

@@ -15,6 +15,7 @@
 #include "codec/fraqtl_rans_kernels.h"
 #include "codec/fraqtl_toy.h"
 #include "codec/lloyd_max.h"
+#include "codec/quant_common.h"
 #include "codec/rans.h"
 #include "kvwire/stream.h"
 
@@ -566,6 +567,35 @@ TEST(FraqtlRans, CenteringProductEqualsCenterThenProduct) {
               << "n " << n << " k " << k << " rows " << rows << " row " << r;
         }
       }
+    }
+  }
+}
+
+// Protected coefficients to fp16: floats spread over every exponent and sign (and the values
+// around the saturation point, the subnormal halves, infinities and NaNs), in runs of every
+// length up to 19 (vector body and tail), equal HalfSaturate bit for bit.
+TEST(FraqtlRans, SaturatedHalvesEqualHalfSaturate) {
+  std::vector<float> v;
+  for (uint64_t bits = 0; bits < (uint64_t{1} << 32); bits += 4093) {
+    uint32_t b = static_cast<uint32_t>(bits);
+    float f;
+    std::memcpy(&f, &b, 4);
+    v.push_back(f);
+  }
+  for (float f :
+       {65504.0f, 65505.0f, 65519.0f, 65520.0f, 1e30f, 5.96e-8f, 2.98e-8f, 6.1e-5f,
+        std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN(), 0.0f}) {
+    v.push_back(f);
+    v.push_back(-f);
+  }
+  std::vector<uint16_t> got(v.size());
+  for (size_t len = 1; len <= 19; ++len) {
+    for (size_t i = 0; i < v.size(); i += len) {
+      const size_t n = std::min(len, v.size() - i);
+      fraqtl::internal::SaturateToHalves(v.data() + i, n, got.data() + i);
+    }
+    for (size_t i = 0; i < v.size(); ++i) {
+      ASSERT_EQ(got[i], baseline::HalfSaturate(v[i])) << "float " << v[i] << " run length " << len;
     }
   }
 }
