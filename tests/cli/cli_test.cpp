@@ -322,7 +322,7 @@ TEST_F(CliTest, BenchCodecWritesResults) {
   const std::string dir = Path("bench").string();
   const RunResult r =
       Ok("bench codec --layers 1 --kv-heads 1 --head-dim 32 --tokens 64 "
-         "--codecs fp16,q4_0 --repeat 1 --out-dir " +
+         "--codecs fp16,q4_0 --repeat 2 --out-dir " +
          dir);
   EXPECT_NE(r.err.find("[bench]"), std::string::npos) << "progress goes to stderr";
   const Json j = Json::parse(Slurp(Path("bench") / "codec_cpu.json"), nullptr, false);
@@ -333,7 +333,34 @@ TEST_F(CliTest, BenchCodecWritesResults) {
   EXPECT_GT(j["memcpy_gbps"].get<double>(), 0.0);
   EXPECT_GT(j["codecs"][1]["encode_gbps"].get<double>(), 0.0);
   EXPECT_NE(j["command"].get<std::string>().find("bench codec"), std::string::npos);
-  EXPECT_NE(Slurp(Path("bench") / "codec_cpu.md").find("| q4_0 |"), std::string::npos);
+  const std::string md = Slurp(Path("bench") / "codec_cpu.md");
+  EXPECT_NE(md.find("| q4_0 |"), std::string::npos);
+  EXPECT_NE(md.find("encode vs q4_0"), std::string::npos);
+  // Each codec's rounds, and its ratio to q4_0: the median (here the mean of two) of the
+  // per-round ratios of q4_0's time to its own.
+  EXPECT_EQ(j["baseline"], "q4_0");
+  const Json& fp16 = j["codecs"][0];
+  const Json& q4 = j["codecs"][1];
+  for (const Json* c : {&fp16, &q4}) {
+    ASSERT_EQ((*c)["encode_s_rounds"].size(), 2u);
+    ASSERT_EQ((*c)["decode_s_rounds"].size(), 2u);
+  }
+  EXPECT_DOUBLE_EQ(q4["encode_vs_baseline"].get<double>(), 1.0);
+  auto ratio = [&](const char* key, int i) {
+    return q4[key][i].get<double>() / fp16[key][i].get<double>();
+  };
+  EXPECT_NEAR(fp16["encode_vs_baseline"].get<double>(),
+              0.5 * (ratio("encode_s_rounds", 0) + ratio("encode_s_rounds", 1)), 1e-12);
+  EXPECT_NEAR(fp16["decode_vs_baseline"].get<double>(),
+              0.5 * (ratio("decode_s_rounds", 0) + ratio("decode_s_rounds", 1)), 1e-12);
+  // No ratios when the baseline is not benched.
+  Ok("bench codec --layers 1 --kv-heads 1 --head-dim 32 --tokens 64 --codecs fp16 --repeat 1 "
+     "--out-dir " +
+     dir);
+  const Json alone = Json::parse(Slurp(Path("bench") / "codec_cpu.json"), nullptr, false);
+  ASSERT_FALSE(alone.is_discarded());
+  EXPECT_FALSE(alone.contains("baseline"));
+  EXPECT_FALSE(alone["codecs"][0].contains("encode_vs_baseline"));
 
   ExpectOneLineError("bench codec --codecs nosuch --tokens 8 --layers 1 --out-dir " + dir,
                      "bench codec", "unknown codec");

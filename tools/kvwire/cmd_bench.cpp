@@ -38,6 +38,7 @@ struct BenchArgs {
   uint32_t layers = 32, kv_heads = 8, head_dim = 128, tokens = 4096;
   int threads = 1;
   int repeat = 3;
+  std::string baseline = "q4_0";  // per-round ratios to this codec, when it is benched
   uint64_t seed = 1;
   std::string out_dir = "bench/results";
   std::string device = "cpu";  // "cuda": delegate to kvwire_cuda_bench (kernels/)
@@ -49,6 +50,9 @@ struct CodecResult {
   double bits_per_element = 0;
   double encode_s = 0, decode_s = 0;  // medians
   double rel_rmse = 0, rel_rmse_k = 0, rel_rmse_v = 0;
+  std::vector<double> enc, dec;  // per round
+  // Medians over rounds of this codec's GB/s over the baseline's in the same round (0: none).
+  double encode_vs_baseline = 0, decode_vs_baseline = 0;
 };
 
 double Median(std::vector<double> v) {
@@ -98,56 +102,58 @@ void RelativeRmse(const KvCache& ref, const KvCache& got, CodecResult* r) {
   r->rel_rmse = rel(err[0] + err[1], sig[0] + sig[1]);
 }
 
-Result<CodecResult> BenchOne(const std::string& spec, const KvCache& input, KvCache* output,
-                             const BenchArgs& a, const LoadedProfile& profile) {
+// A codec under test: its writer settings, the stream of its untimed first round (every timed
+// encode must reproduce it) and its results.
+struct Bench {
   StreamInfo info;
-  info.shape = input.shape();
-  info.dtype = input.dtype();
-  info.metadata = input.metadata();
-  info.levels = {spec};
-  if (profile.get()) info.profile_id = profile.id;
   StreamWriterOptions options;
-  options.threads = a.threads;
-  CodecResult r;
-  r.spec = spec;
-  std::vector<double> enc, dec;
-  // One untimed round first: the first codec of a run would otherwise pay the page faults of
-  // the process's first large allocations (measured: q4_0 encode 0.6 GB/s in first place, 1.4
-  // GB/s in second place of the same run), and the ratios between codecs would depend on their
-  // order. A round of its own, whose stream is freed before the timed runs: folded into the
-  // timed loops as their untimed first pass (its stream still alive when the next one is
-  // allocated), it left fp16, listed first, at 0.35 GB/s instead of 4.2.
-  {
-    auto warm = EncodeStream(input.view(), info, options, profile.get());
-    if (!warm.ok()) return warm.status().WithContext("encode " + spec);
-    auto reader = StreamReader::Open(*warm, profile.get());
-    if (!reader.ok()) return reader.status().WithContext("decode " + spec);
-    KVWIRE_RETURN_IF_ERROR((*reader)->DecodeAll(output->view()).WithContext("decode " + spec));
-  }
   std::vector<uint8_t> stream;
-  for (int i = 0; i < a.repeat; ++i) {
-    const double t0 = NowSeconds();
-    auto s = EncodeStream(input.view(), info, options, profile.get());
-    enc.push_back(NowSeconds() - t0);
-    if (!s.ok()) return s.status().WithContext("encode " + spec);
-    if (i > 0 && *s != stream) {
-      return Status(StatusCode::kInternal, spec + ": encoding is not deterministic across runs");
-    }
-    stream = std::move(s).value();
+  CodecResult r;
+};
+
+// The untimed first round of one codec: encode, decode into `output`, the round-trip error.
+// It pays the page faults of the codec's first large allocations, which would otherwise land on
+// whichever codec comes first (measured: q4_0 encode 0.6 GB/s in first place, 1.4 GB/s in
+// second place of the same run).
+Result<Bench> PrepareBench(const std::string& spec, const KvCache& input, KvCache* output,
+                           const BenchArgs& a, const LoadedProfile& profile) {
+  Bench b;
+  b.info.shape = input.shape();
+  b.info.dtype = input.dtype();
+  b.info.metadata = input.metadata();
+  b.info.levels = {spec};
+  if (profile.get()) b.info.profile_id = profile.id;
+  b.options.threads = a.threads;
+  b.r.spec = spec;
+  auto s = EncodeStream(input.view(), b.info, b.options, profile.get());
+  if (!s.ok()) return s.status().WithContext("encode " + spec);
+  b.stream = std::move(s).value();
+  auto reader = StreamReader::Open(b.stream, profile.get());
+  if (!reader.ok()) return reader.status().WithContext("decode " + spec);
+  KVWIRE_RETURN_IF_ERROR((*reader)->DecodeAll(output->view()).WithContext("decode " + spec));
+  b.r.bytes = b.stream.size();
+  b.r.bits_per_element = double(b.stream.size()) * 8.0 / double(input.shape().elements());
+  RelativeRmse(input, *output, &b.r);
+  return b;
+}
+
+// One timed round of one codec: an encode (which must give the first round's bytes) and a
+// decode of that stream into `output`.
+Status BenchRound(Bench& b, const KvCache& input, KvCache* output, const LoadedProfile& profile) {
+  const std::string& spec = b.r.spec;
+  double t0 = NowSeconds();
+  auto s = EncodeStream(input.view(), b.info, b.options, profile.get());
+  b.r.enc.push_back(NowSeconds() - t0);
+  if (!s.ok()) return s.status().WithContext("encode " + spec);
+  if (*s != b.stream) {
+    return Status(StatusCode::kInternal, spec + ": encoding is not deterministic across runs");
   }
-  for (int i = 0; i < a.repeat; ++i) {
-    const double t0 = NowSeconds();
-    auto reader = StreamReader::Open(stream, profile.get());
-    if (!reader.ok()) return reader.status().WithContext("decode " + spec);
-    KVWIRE_RETURN_IF_ERROR((*reader)->DecodeAll(output->view()).WithContext("decode " + spec));
-    dec.push_back(NowSeconds() - t0);
-  }
-  r.bytes = stream.size();
-  r.bits_per_element = double(stream.size()) * 8.0 / double(input.shape().elements());
-  r.encode_s = Median(enc);
-  r.decode_s = Median(dec);
-  RelativeRmse(input, *output, &r);
-  return r;
+  t0 = NowSeconds();
+  auto reader = StreamReader::Open(b.stream, profile.get());
+  if (!reader.ok()) return reader.status().WithContext("decode " + spec);
+  KVWIRE_RETURN_IF_ERROR((*reader)->DecodeAll(output->view()).WithContext("decode " + spec));
+  b.r.dec.push_back(NowSeconds() - t0);
+  return Status::Ok();
 }
 
 std::string MarkdownReport(const BenchArgs& a, const Json& j, const std::vector<CodecResult>& rs,
@@ -155,6 +161,7 @@ std::string MarkdownReport(const BenchArgs& a, const Json& j, const std::vector<
   std::ostringstream md;
   const KvShape s{j["shape"]["layers"].get<uint32_t>(), j["shape"]["tokens"].get<uint32_t>(),
                   j["shape"]["kv_heads"].get<uint32_t>(), j["shape"]["head_dim"].get<uint32_t>()};
+  const bool ratios = j.contains("baseline");
   md << "# kvwire codec speed, CPU\n\n"
      << "Command: `" << j["command"].get<std::string>() << "`\n\n"
      << "Machine: " << j["machine"]["cpu"].get<std::string>() << ", nproc "
@@ -163,20 +170,31 @@ std::string MarkdownReport(const BenchArgs& a, const Json& j, const std::vector<
      << "Data: " << j["data"].get<std::string>() << ", " << s.layers << " layers x " << s.tokens
      << " tokens x " << s.kv_heads << " kv heads x " << s.head_dim
      << " head_dim, fp16 = " << Format("%.3f", gb) << " GB. Encode threads " << a.threads
-     << ", decode single-threaded, median of " << a.repeat << " runs after one untimed run.\n\n"
+     << ", decode single-threaded. One untimed run of every codec, then " << a.repeat
+     << " timed rounds, each timing memcpy and then every codec once in the order listed; "
+        "medians over the rounds.\n\n"
      << "GB/s = fp16 input bytes (elements x 2) / seconds, whole stream (EncodeStream, "
         "StreamReader::DecodeAll into an fp16 cache). memcpy of the same bytes in this run ("
      << a.threads << (a.threads == 1 ? " thread" : " threads") << "): **"
-     << Format("%.2f", memcpy_gbps) << " GB/s**.\n\n"
-     << "| codec | bits/elem (all-in) | encode GB/s | vs memcpy | decode GB/s | vs memcpy | "
-        "rel. RMSE | K rel. RMSE | V rel. RMSE |\n"
-     << "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+     << Format("%.2f", memcpy_gbps) << " GB/s**.";
+  if (ratios) {
+    md << " *vs " << a.baseline << "*: the median over rounds of the codec's GB/s over "
+       << a.baseline << "'s in the same round.";
+  }
+  md << "\n\n| codec | bits/elem (all-in) | encode GB/s | vs memcpy | decode GB/s | vs memcpy | ";
+  if (ratios) md << "encode vs " << a.baseline << " | decode vs " << a.baseline << " | ";
+  md << "rel. RMSE | K rel. RMSE | V rel. RMSE |\n"
+     << "|---|---:|---:|---:|---:|---:|" << (ratios ? "---:|---:|" : "") << "---:|---:|---:|\n";
   for (const CodecResult& r : rs) {
     const double e = gb / r.encode_s, d = gb / r.decode_s;
     md << "| " << r.spec << " | " << Format("%.4f", r.bits_per_element) << " | "
        << Format("%.2f", e) << " | " << Format("%.3f", e / memcpy_gbps) << " | "
-       << Format("%.2f", d) << " | " << Format("%.3f", d / memcpy_gbps) << " | "
-       << Format("%.4g", r.rel_rmse) << " | " << Format("%.4g", r.rel_rmse_k) << " | "
+       << Format("%.2f", d) << " | " << Format("%.3f", d / memcpy_gbps) << " | ";
+    if (ratios) {
+      md << Format("%.3f", r.encode_vs_baseline) << " | " << Format("%.3f", r.decode_vs_baseline)
+         << " | ";
+    }
+    md << Format("%.4g", r.rel_rmse) << " | " << Format("%.4g", r.rel_rmse_k) << " | "
        << Format("%.4g", r.rel_rmse_v) << " |\n";
   }
   md << "\nrel. RMSE = sqrt(sum (decoded - input)^2 / sum input^2) on this data; it is a "
@@ -240,24 +258,51 @@ int RunBenchCodec(const BenchArgs& a) {
 
   std::vector<double> copies;
   CopyAll(*input, &*output, a.threads);  // warm-up: first touch of the destination pages
-  for (int i = 0; i < std::max(a.repeat, 5); ++i) {
-    const double t0 = NowSeconds();
+
+  // Every codec's untimed round first, then the timed rounds: each round times every codec once
+  // (and memcpy), one after another, so that a change in the machine's speed during the run
+  // (it is shared) falls on every codec alike and the per-round ratios stay fair.
+  std::vector<Bench> benches;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto b = PrepareBench(specs[i], *input, &*output, a, *profile);
+    if (!b.ok()) return FailStatus(cmd, b.status());
+    benches.push_back(std::move(b).value());
+  }
+  for (int round = 0; round < a.repeat; ++round) {
+    double t0 = NowSeconds();
     CopyAll(*input, &*output, a.threads);
     copies.push_back(NowSeconds() - t0);
+    for (Bench& b : benches) {
+      const Status st = BenchRound(b, *input, &*output, *profile);
+      if (!st.ok()) return FailStatus(cmd, st);
+    }
+    std::cerr << "[bench] round " << round + 1 << "/" << a.repeat << " done\n";
   }
   const double memcpy_gbps = gb / Median(copies);
-  std::cerr << "[bench] memcpy: " << Format("%.2f GB/s", memcpy_gbps) << "\n";
-
+  const Bench* base = nullptr;
+  for (const Bench& b : benches) {
+    if (b.r.spec == a.baseline) base = &b;
+  }
   std::vector<CodecResult> results;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    auto r = BenchOne(specs[i], *input, &*output, a, *profile);
-    if (!r.ok()) return FailStatus(cmd, r.status());
-    std::cerr << "[bench] " << i + 1 << "/" << specs.size() << " "
+  for (Bench& b : benches) {
+    CodecResult& r = b.r;
+    r.encode_s = Median(r.enc);
+    r.decode_s = Median(r.dec);
+    if (base != nullptr) {
+      std::vector<double> e, d;  // the baseline's time over this codec's: its GB/s ratio
+      for (int i = 0; i < a.repeat; ++i) {
+        e.push_back(base->r.enc[size_t(i)] / r.enc[size_t(i)]);
+        d.push_back(base->r.dec[size_t(i)] / r.dec[size_t(i)]);
+      }
+      r.encode_vs_baseline = Median(e);
+      r.decode_vs_baseline = Median(d);
+    }
+    std::cerr << "[bench] "
               << Format("%-16s %8.4f b/e  encode %7.3f GB/s  decode %7.3f GB/s  rel RMSE %.4g",
-                        r->spec.c_str(), r->bits_per_element, gb / r->encode_s, gb / r->decode_s,
-                        r->rel_rmse)
+                        r.spec.c_str(), r.bits_per_element, gb / r.encode_s, gb / r.decode_s,
+                        r.rel_rmse)
               << "\n";
-    results.push_back(*r);
+    results.push_back(r);
   }
 
   Json j;
@@ -275,6 +320,8 @@ int RunBenchCodec(const BenchArgs& a) {
   j["encode_threads"] = a.threads;
   j["decode_threads"] = 1;
   j["repeat"] = a.repeat;
+  j["rounds"] = "each timed round runs every codec once, in the order listed, after memcpy";
+  if (base != nullptr) j["baseline"] = a.baseline;
   j["gb_definition"] = "1e9 bytes of fp16 input (elements x 2)";
   j["memcpy_gbps"] = memcpy_gbps;
   Json list = Json::array();
@@ -290,7 +337,13 @@ int RunBenchCodec(const BenchArgs& a) {
                     {"decode_vs_memcpy", gb / r.decode_s / memcpy_gbps},
                     {"rel_rmse", r.rel_rmse},
                     {"rel_rmse_k", r.rel_rmse_k},
-                    {"rel_rmse_v", r.rel_rmse_v}});
+                    {"rel_rmse_v", r.rel_rmse_v},
+                    {"encode_s_rounds", r.enc},
+                    {"decode_s_rounds", r.dec}});
+    if (base != nullptr) {
+      list.back()["encode_vs_baseline"] = r.encode_vs_baseline;
+      list.back()["decode_vs_baseline"] = r.decode_vs_baseline;
+    }
   }
   j["codecs"] = std::move(list);
   const std::string md = MarkdownReport(a, j, results, memcpy_gbps, gb);
@@ -343,8 +396,10 @@ const CommandRegistrar kRegistrar(
       codec->footer(
           "Generates one SYNTHETIC fp16 KV cache (see `kvwire synth --help`), then for each codec\n"
           "times EncodeStream and StreamReader::DecodeAll (into an fp16 cache) of the whole\n"
-          "stream, median of --repeat runs after one untimed run, and memcpy of the same fp16\n"
-          "bytes in the same run.\n"
+          "stream, and memcpy of the same fp16 bytes. After one untimed run of each codec, every\n"
+          "one of the --repeat rounds times memcpy and each codec once, in turn, so that the\n"
+          "machine's changes of speed fall on all of them; medians over the rounds, and each\n"
+          "codec's per-round ratio to --baseline (median over rounds).\n"
           "GB/s counts fp16 input bytes (elements x 2) / seconds. Progress goes to stderr; the\n"
           "table to stdout and <out-dir>/codec_cpu.md, all numbers to <out-dir>/codec_cpu.json.\n"
           "Example (small): kvwire bench codec --layers 4 --tokens 1024 --codecs fp16,q4_0,kivi2");
@@ -369,9 +424,14 @@ const CommandRegistrar kRegistrar(
       codec->add_option("--threads", a->threads, "Encoder (and memcpy) threads")
           ->capture_default_str()
           ->check(CLI::Range(1, 1024));
-      codec->add_option("--repeat", a->repeat, "Timed runs per codec (median reported)")
+      codec->add_option("--repeat", a->repeat, "Timed rounds (medians reported)")
           ->capture_default_str()
           ->check(CLI::Range(1, 1000));
+      codec
+          ->add_option("--baseline", a->baseline,
+                       "Codec the others are compared with round by round, when it is among "
+                       "--codecs")
+          ->capture_default_str();
       codec->add_option("--seed", a->seed, "Seed of the synthetic data")->capture_default_str();
       codec->add_option("--out-dir", a->out_dir, "Where codec_cpu.json/.md go")
           ->capture_default_str();
