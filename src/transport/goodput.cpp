@@ -8,7 +8,9 @@ void GoodputEstimator::AddSample(double bytes, double seconds) {
   last_rate_ = rate;
   ++samples_;
   if (ready_) {
-    estimate_ = (1 - kWeight) * estimate_ + kWeight * rate;
+    recent_[samples_ % kWindow] = rate;
+    estimate_ = 0;
+    for (double r : recent_) estimate_ = r > estimate_ ? r : estimate_;
     return;
   }
   if (rate > kGrowth * best_) {
@@ -20,6 +22,9 @@ void GoodputEstimator::AddSample(double bytes, double seconds) {
   estimate_ = best_;
   ready_ = (samples_ >= kMinProbeSamples && flat_ >= kFlatSamples) ||
            samples_ >= kMaxProbeSamples;
+  if (ready_) {
+    for (double& r : recent_) r = best_;  // the probe's best stands until kWindow samples
+  }
 }
 
 }  // namespace kvwire::transport

@@ -13,8 +13,11 @@
 //     least kMinProbeSamples samples are in and the last kFlatSamples of them did not raise the
 //     best by kGrowth (the rate stopped growing: the link, not the start-up, sets it), or after
 //     kMaxProbeSamples. Before that the chooser sees no estimate.
-//   - Then: an exponential average of the samples (weight kWeight on the newest), so a link
-//     that slows down is followed.
+//   - Then: the best of the last kWindow samples, so a link that slows down is followed after
+//     kWindow samples, and a low sample alone (a scheduling hiccup of either process, a bunch of
+//     acks) does not make the link look slower than it is. An average of the samples did: on an
+//     unshaped loopback, where the link outruns every codec, its dips made the chooser take
+//     compressed levels that ended the transfer later than fp16 alone.
 #pragma once
 
 #include <cstdint>
@@ -27,7 +30,7 @@ class GoodputEstimator {
   static constexpr int kFlatSamples = 3;
   static constexpr int kMaxProbeSamples = 12;
   static constexpr double kGrowth = 1.25;
-  static constexpr double kWeight = 0.3;
+  static constexpr int kWindow = 4;
 
   /// A sample of `bytes` acknowledged over `seconds` (> 0).
   void AddSample(double bytes, double seconds);
@@ -43,6 +46,7 @@ class GoodputEstimator {
 
  private:
   double estimate_ = 0, best_ = 0, last_rate_ = 0;
+  double recent_[kWindow] = {};  // the last samples' rates after the probe, a ring
   int samples_ = 0, flat_ = 0;
   bool ready_ = false;
 };

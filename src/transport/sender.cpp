@@ -102,6 +102,9 @@ constexpr double kProbeWindowSeconds = 0.02;
 // A level limited by its codec is timed over periods of at least this long (its acks come one
 // chunk at a time, after decoding).
 constexpr double kDeliverySampleSeconds = 0.005;
+// Its delivery rate is an exponential average of those periods, this weight on the newest: an
+// error low only makes the chooser leave that level sooner, the safe side.
+constexpr double kDeliveredWeight = 0.3;
 // The next wait between connection attempts: doubled, capped by the options (and by a minute,
 // whatever the options say).
 int NextBackoff(int ms, const SenderOptions& o) {
@@ -968,8 +971,7 @@ void SenderCore::Handle(const control::Control& c) {
         if (dt >= kDeliverySampleSeconds) {
           double& d = s->delivered[sample_key_.second];
           const double rate = double(sample_elements_) / dt;
-          constexpr double w = transport::GoodputEstimator::kWeight;  // as the link's average
-          d = d > 0 ? (1 - w) * d + w * rate : rate;
+          d = d > 0 ? (1 - kDeliveredWeight) * d + kDeliveredWeight * rate : rate;
           StartSampleLocked(*s, sample_key_.second, now);
         }
         cv_.notify_all();

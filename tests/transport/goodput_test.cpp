@@ -59,6 +59,22 @@ TEST(Goodput, AfterTheProbeASlowerLinkIsFollowed) {
   EXPECT_NEAR(e.for_chooser(), 100e6, 1e6);
 }
 
+// A dip of fewer samples than the window leaves the estimate at the link's rate; the window
+// then follows a link that stays slower.
+TEST(Goodput, AfterTheProbeADipIsIgnoredAndASlowdownFollowedByTheWindow) {
+  E e;
+  for (int i = 0; i < 4; ++i) e.AddSample(500e3, 1e-3);  // 500 MB/s
+  ASSERT_TRUE(e.ready());
+  for (int i = 0; i < E::kWindow - 1; ++i) {
+    e.AddSample(100e3, 1e-3);
+    EXPECT_DOUBLE_EQ(e.for_chooser(), 500e6) << "after " << i + 1 << " low samples";
+  }
+  e.AddSample(100e3, 1e-3);
+  EXPECT_DOUBLE_EQ(e.for_chooser(), 100e6);
+  e.AddSample(300e3, 1e-3);  // faster again: at once
+  EXPECT_DOUBLE_EQ(e.for_chooser(), 300e6);
+}
+
 TEST(Goodput, EmptyOrTimelessSamplesAreIgnored) {
   E e;
   e.AddSample(0, 1);
