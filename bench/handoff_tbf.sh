@@ -50,7 +50,7 @@ mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 command_line="$0 $*"
 # Paths inside the repository are recorded relative to it, so a report names no machine's layout.
-env_line="KVWIRE=$(rel "$KVWIRE") RUNS=$RUNS WINDOWS=$WINDOWS RATE=$RATE ENCODE_THREADS=$ENCODE_THREADS WORK=$(rel "$WORK")"
+env_line="KVWIRE=$(rel "$KVWIRE") RUNS=$RUNS WINDOWS=$WINDOWS RATE=$RATE ENCODE_THREADS=$ENCODE_THREADS WORK=$(rel "$WORK") CODECS='$CODECS'"
 
 # --- data: WINDOWS x 512 tokens of the eval text, fp16 -------------------------------------
 KV=$WORK/kv-${WINDOWS}w.safetensors
