@@ -81,7 +81,7 @@ Status FraqtlCodec::EncodeRans(const ChunkDesc& desc, const float* in, const uin
   } else if (in == nullptr) {
     // fp16: each token's row is converted (and checked) and RoPE undone a rANS block of tokens
     // at a time, just before the repeat search reads that block (convert_block below), so the
-    // search and the product find its rows in the cache.
+    // search finds its rows in the cache.
     Grow(&scratch.rows, nq * H * D);
     bool finite = true;
     for (const uint32_t t : plan.fp_tokens) {  // the tokens that pass through as they are
