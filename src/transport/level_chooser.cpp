@@ -49,10 +49,11 @@ LevelChoice ChooseLevel(const LevelChoiceInput& in) {
     }
   }
   // Predicted seconds to finish at level i (goodput measured): its slowest pipelined stage.
-  auto finish_s = [&](uint32_t i) {
+  // With `drain`, the wire stage first carries the bytes already in flight.
+  auto stage_s = [&](uint32_t i, bool drain) {
     const LevelInfo& l = in.levels[i];
     const double elements = double(in.remaining_elements);
-    double t = (elements * l.bits_per_element / 8.0 + double(in.inflight_bytes)) /
+    double t = (elements * l.bits_per_element / 8.0 + (drain ? double(in.inflight_bytes) : 0.0)) /
                in.goodput_bytes_per_s;
     if (l.encode_elements_per_s > 0) t = std::max(t, elements / l.encode_elements_per_s);
     if (l.decode_elements_per_s > 0) t = std::max(t, elements / l.decode_elements_per_s);
@@ -63,12 +64,19 @@ LevelChoice ChooseLevel(const LevelChoiceInput& in) {
     }
     return t;
   };
+  auto finish_s = [&](uint32_t i) { return stage_s(i, true); };
   // The level predicted to finish first; a less accurate one (later in `allowed`) must beat
-  // the current pick by kSwitchGain.
-  auto fastest = [&] {
+  // the current pick by kSwitchGain. With drain = false, levels are compared on what is left
+  // to send alone: the bytes in flight drain whichever level comes next, and counting them on
+  // the wire stage only made a codec-bound level look as if its coding overlapped their drain
+  // for free. Near the end of a transfer on a fast link that let it win against the level that
+  // measures the link, though on shared cores the coding takes the CPU the drain needs
+  // (measured: with a deadline no level could meet, an unshaped loopback mixed in fraqtl
+  // chunks and ended at 0.85x of fp16 alone).
+  auto fastest = [&](bool drain) {
     uint32_t f = allowed.front();
     for (uint32_t i : allowed) {
-      if (finish_s(i) < kSwitchGain * finish_s(f)) f = i;
+      if (stage_s(i, drain) < kSwitchGain * stage_s(f, drain)) f = i;
     }
     return f;
   };
@@ -93,7 +101,7 @@ LevelChoice ChooseLevel(const LevelChoiceInput& in) {
       return out;
     }
     if (in.max_kl > 0 && in.goodput_bytes_per_s > 0) {
-      const double first = finish_s(fastest());
+      const double first = finish_s(fastest(true));
       for (auto it = allowed.rbegin(); it != allowed.rend(); ++it) {  // cheapest first
         if (finish_s(*it) <= 1.05 * first) {
           out.level = *it;
@@ -132,7 +140,7 @@ LevelChoice ChooseLevel(const LevelChoiceInput& in) {
       return out;
     }
   }
-  out.level = fastest();
+  out.level = fastest(false);
   out.reason = Fmt("deadline at risk: no allowed level fits %.1f ms at %.3g MB/s", in.remaining_ms,
                    in.goodput_bytes_per_s / 1e6) +
                Fmt("; the one that finishes first (%.1f ms)", finish_s(out.level) * 1000);
