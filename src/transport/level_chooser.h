@@ -9,15 +9,16 @@
 //      finishes first ("deadline at risk"), where a less accurate level must be predicted to
 //      finish at least kSwitchGain sooner to be taken over a more accurate one (the goodput
 //      the prediction rests on comes from a short probe, which underestimates a fast link
-//      still ramping up; a near tie is not worth the accuracy). A level's predicted finish is its slowest pipelined
-//      stage: the bytes still to send at that level + bytes in flight at the measured goodput,
-//      and, where the level's codec throughput is known, encoding and decoding the elements
-//      left, or at the rate the level was seen to deliver during this transfer where that is
-//      slower; a level not seen yet at its codec speed times the smallest share of its codec
-//      speed a seen level delivered. So a level that compresses more but computes slower than
-//      the link is not taken for a faster one, one that turned out slower than its codec speeds
-//      promised (its cores shared with other work) is left again, and not for another whose
-//      codec would share the same cores.
+//      still ramping up; a near tie is not worth the accuracy), the levels compared on what is
+//      left to send (the bytes in flight drain whichever level comes next). A level's
+//      predicted finish is its slowest pipelined stage: the bytes still to send at that level
+//      + bytes in flight at the measured goodput, and, where the level's codec throughput is
+//      known, encoding and decoding the elements left, or at the rate the level was seen to
+//      deliver during this transfer where that is slower; a level not seen yet at its codec
+//      speed times the smallest share of its codec speed a seen level delivered. So a level
+//      that compresses more but computes slower than the link is not taken for a faster one,
+//      one that turned out slower than its codec speeds promised (its cores shared with other
+//      work) is left again, and not for another whose codec would share the same cores.
 //   3. With a deadline but no goodput measured yet: the allowed level quickest to compute where
 //      codec speeds are known (a codec-bound level would measure its codec, not the link), else
 //      the cheapest allowed level (be safe first, climb once the link is measured).
