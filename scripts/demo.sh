@@ -163,6 +163,7 @@ else
   chmod 600 "$bulk/key"
   ip netns exec "$ns_a" "$bin/kvwire" serve --listen "$ip_a:47810" --backend tcp \
     --key-file "$bulk/key" --discard --profile "$profile" >"$bulk/serve.log" 2>&1 &
+  serve_pid=$!
   for _ in $(seq 100); do grep -q "listening on" "$bulk/serve.log" && break; sleep 0.05; done
   id=0
   for run in 0 $(seq "$shaped_runs"); do  # run 0: a warm-up, not reported
@@ -179,6 +180,10 @@ else
     done
   done
   rm -f "$bulk"/w*.safetensors
+  # Stopped and reaped here, so the shell does not report it as killed when netns_down clears
+  # the namespace.
+  kill "$serve_pid" 2>/dev/null || true
+  wait "$serve_pid" 2>/dev/null || true
   netns_down
 fi
 
