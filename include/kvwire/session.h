@@ -163,9 +163,9 @@ struct ReceiverOptions {
   bool fetch_profiles = true;
   /// fp16 chunks for an fp16 destination whose chunk rows lie back to back (a contiguous cache,
   /// or a chunk within one block of a paged one) are read by the connection straight into those
-  /// rows, then checked there (CRC32C, finite values) before they count: one copy of every
-  /// byte fewer. Backends that cannot (ucx, inproc) receive as before. False: every chunk is
-  /// received into a buffer and copied.
+  /// rows (tcp reads them there, ucx pulls them there), then checked there (CRC32C, finite
+  /// values) before they count: one copy of every byte fewer. inproc receives as before.
+  /// False: every chunk is received into a buffer and copied.
   bool receive_in_place = true;
   bool verbose = false;
 };

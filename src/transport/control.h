@@ -14,7 +14,9 @@
 
 namespace kvwire::transport {
 
-inline constexpr uint32_t kProtocolVersion = 2;  // docs/PROTOCOL.md; 2: the chunk grid's phase
+// docs/PROTOCOL.md; 2: the chunk grid's phase; 3: ucx data messages carry the chunk header in
+// the AM header.
+inline constexpr uint32_t kProtocolVersion = 3;
 inline constexpr size_t kNonceBytes = 32;
 inline constexpr size_t kMacBytes = 32;
 inline constexpr uint32_t kMaxChunkSeq = 1u << 24;

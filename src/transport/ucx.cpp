@@ -1,6 +1,8 @@
 // ucx backend: UCP active messages on one endpoint per connection; large messages by
 // rendezvous (the receiver pulls the payload straight into a buffer of the connection's pool,
-// buffer_pool.h; the meta rides in the AM header, so the data is one contiguous buffer).
+// buffer_pool.h, or into the memory its landing function names, Connection::SetLanding; the
+// meta, and a data message's chunk header, ride in the AM header, so the data is one contiguous
+// buffer).
 // Bootstrap: an authenticated TCP connection (tcp_connection.h) on which both ends exchange
 // their UCP worker address; it stays open as the liveness channel.
 //
@@ -18,11 +20,13 @@
 #include <ucp/api/ucp.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "transport/auth.h"
@@ -45,6 +49,10 @@ constexpr uint8_t kGoodbye = 3;
 // alone, one contiguous buffer on both ends (UCX moves a contiguous buffer faster than an IOV).
 // Without it, the data is meta then payload (a meta too large for the AM header).
 constexpr uint8_t kMetaInHeader = 1;
+// With kMetaInHeader on a data message: the payload's first kLandingHeadBytes (the chunk header)
+// follow the meta in the AM header and the AM data is the rest of the payload, so the receiver
+// can choose where the rest lands (SetLanding) before it pulls it.
+constexpr uint8_t kHeadInHeader = 2;
 
 struct AmHeader {
   uint64_t seq;
@@ -104,6 +112,12 @@ class UcxConnection final : public Connection {
     send_pooling_ = true;
     return pool_->Take(bytes);
   }
+  bool SetLanding(LandingFn fn) override {
+    auto f = fn ? std::make_shared<const LandingFn>(std::move(fn)) : nullptr;
+    std::lock_guard lock(landing_mu_);
+    landing_ = std::move(f);
+    return true;
+  }
 
  private:
   struct PendingSend {
@@ -117,6 +131,7 @@ class UcxConnection final : public Connection {
     uint64_t seq;
     Message msg;
     ucp_dt_iov_t iov[2];
+    std::function<void()> landed_done;  // Landing::done of a pull into msg.landed
   };
   // A rendezvous message announced by the peer, not pulled yet (sizes already validated).
   struct Announced {
@@ -124,8 +139,10 @@ class UcxConnection final : public Connection {
     MessageKind kind;
     std::vector<uint8_t> meta;  // the meta when it came in the AM header
     uint32_t data_meta_bytes;   // else its size, at the start of the data
-    size_t payload_bytes;
-    void* data;  // UCP's descriptor
+    size_t payload_bytes;       // the whole payload's, head included
+    bool has_head;              // the payload's first kLandingHeadBytes came in the AM header
+    std::array<uint8_t, kLandingHeadBytes> head;
+    void* data;  // UCP's descriptor: the payload after the head (after the meta, without it)
   };
 
   UcxConnection(std::unique_ptr<TcpConnection> tcp, const TransportOptions& options)
@@ -155,6 +172,12 @@ class UcxConnection final : public Connection {
   void PostOne(Message msg, uint8_t kind);
   void Deliver(uint64_t seq, Message msg);
   void PullRendezvous(Announced a);
+  // The landing function's answer for a data message (Connection::SetLanding): `bytes` empty
+  // where it declined (its done then already ran), else `done` callable.
+  Landing Land(std::span<const uint8_t> meta, std::span<const uint8_t> head, size_t payload_bytes);
+  // Runs the Landing::done of every pull into a destination still in flight (Close, once UCP
+  // can no longer write there).
+  void EndLandings();
   void PostDeferredReceives();
   ucs_status_t OnAm(const void* header, size_t header_length, void* data, size_t length,
                     const ucp_am_recv_param_t* param);
@@ -182,6 +205,7 @@ class UcxConnection final : public Connection {
   std::map<uint64_t, Message> reorder_;
   size_t pending_recvs_ = 0;
   std::deque<Announced> deferred_;  // not pulled yet (receive queue full); no buffers held
+  std::set<PendingRecv*> landing_recvs_;  // pulls into a landing function's memory
   std::atomic<bool> has_deferred_{false};
   std::atomic<bool> peer_said_goodbye_{false};
   std::atomic<bool> sleeping_{false};  // the progress thread is in (or entering) poll()
@@ -190,6 +214,8 @@ class UcxConnection final : public Connection {
   std::atomic<bool> stop_{false};     // progress thread exits
   std::atomic<bool> failed_{false};
   std::mutex close_mu_;
+  std::mutex landing_mu_;
+  std::shared_ptr<const LandingFn> landing_;  // under landing_mu_; null: none
   std::mutex done_mu_;
   std::condition_variable done_cv_;
   bool flushed_ = false;
@@ -346,8 +372,11 @@ ucs_status_t UcxConnection::OnAm(const void* header, size_t header_length, void*
   if (h.seq < next_deliver_seq_ || h.seq >= next_deliver_seq_ + (1u << 20) || reorder_.count(h.seq))
     return refuse(Status(StatusCode::kCorrupt, "AM sequence number out of window"));
   const bool meta_in_header = h.flags & kMetaInHeader;
-  if ((h.flags & ~kMetaInHeader) != 0 ||
-      header_length != sizeof(AmHeader) + (meta_in_header ? h.meta_bytes : 0))
+  const bool head_in_header = h.flags & kHeadInHeader;
+  if ((h.flags & ~(kMetaInHeader | kHeadInHeader)) != 0 ||
+      (head_in_header && (!meta_in_header || h.kind != uint8_t(MessageKind::kData))) ||
+      header_length != sizeof(AmHeader) + (meta_in_header ? h.meta_bytes : 0) +
+                           (head_in_header ? kLandingHeadBytes : 0))
     return refuse(Status(StatusCode::kCorrupt, "bad AM header size or flags"));
   if (h.kind == kGoodbye) {
     if (length != 0 || h.meta_bytes != 0)
@@ -363,10 +392,12 @@ ucs_status_t UcxConnection::OnAm(const void* header, size_t header_length, void*
   if (data_meta_bytes > length)
     return refuse(Status(StatusCode::kCorrupt, "AM meta longer than message"));
   const auto kind = static_cast<MessageKind>(h.kind);
-  const size_t payload_bytes = length - data_meta_bytes;
+  const size_t head_bytes = head_in_header ? kLandingHeadBytes : 0;
+  const size_t payload_bytes = length - data_meta_bytes + head_bytes;
   Status bounds = CheckMessageBounds(kind, h.meta_bytes, payload_bytes);
   if (!bounds.ok()) return refuse(bounds);  // before anything is allocated
   const auto* bytes = static_cast<const uint8_t*>(data);
+  const auto* head = static_cast<const uint8_t*>(header) + sizeof(AmHeader) + h.meta_bytes;
   Message msg;
   msg.kind = kind;
   if (meta_in_header) {
@@ -375,13 +406,31 @@ ucs_status_t UcxConnection::OnAm(const void* header, size_t header_length, void*
   }
   if (!rndv) {
     if (!meta_in_header) msg.meta.assign(bytes, bytes + data_meta_bytes);
+    if (head_in_header) {  // an eager chunk: copied once, where the landing function says
+      Landing land = Land(msg.meta, {head, kLandingHeadBytes}, payload_bytes);
+      if (!land.bytes.empty()) {
+        std::memcpy(land.bytes.data(), bytes, land.bytes.size());
+        land.done();
+        msg.payload.assign(head, head + kLandingHeadBytes);
+        msg.landed = land.bytes;
+        Deliver(h.seq, std::move(msg));
+        return UCS_OK;
+      }
+    }
     msg.payload = pool_->Take(payload_bytes);
-    if (payload_bytes != 0) std::memcpy(msg.payload.data(), bytes + data_meta_bytes, payload_bytes);
+    if (head_bytes != 0) std::memcpy(msg.payload.data(), head, head_bytes);
+    if (payload_bytes != head_bytes) {
+      std::memcpy(msg.payload.data() + head_bytes, bytes + data_meta_bytes,
+                  payload_bytes - head_bytes);
+    }
     Deliver(h.seq, std::move(msg));
     return UCS_OK;
   }
-  // The header is only valid during this call: its meta is copied; the data stays with UCP.
-  Announced a{h.seq, kind, std::move(msg.meta), data_meta_bytes, payload_bytes, data};
+  // The header is only valid during this call: its meta and head are copied; the data stays
+  // with UCP.
+  Announced a{h.seq, kind, std::move(msg.meta), data_meta_bytes, payload_bytes, head_in_header,
+              {},    data};
+  if (head_in_header) std::memcpy(a.head.data(), head, kLandingHeadBytes);
   if (recv_queue_.bytes() >= max_inflight_ || !deferred_.empty()) {
     deferred_.push_back(std::move(a));
     has_deferred_ = true;
@@ -407,11 +456,27 @@ void UcxConnection::PullRendezvous(Announced a) {
   msg.kind = a.kind;
   msg.meta = std::move(a.meta);
   if (a.data_meta_bytes != 0) msg.meta.resize(a.data_meta_bytes);
-  msg.payload = pool_->Take(a.payload_bytes);
-  auto* pending = new PendingRecv{this, a.seq, std::move(msg), {}};  // owned by the callback
+  const size_t head_bytes = a.has_head ? kLandingHeadBytes : 0;
+  const size_t rest = a.payload_bytes - head_bytes;
+  // With the chunk header at hand, the landing function may name where the rest goes.
+  Landing land;
+  if (a.has_head) land = Land(msg.meta, a.head, a.payload_bytes);
+  uint8_t* into;
+  if (!land.bytes.empty()) {
+    msg.payload.assign(a.head.begin(), a.head.end());
+    msg.landed = land.bytes;
+    into = land.bytes.data();
+  } else {
+    msg.payload = pool_->Take(a.payload_bytes);
+    if (head_bytes != 0) std::memcpy(msg.payload.data(), a.head.data(), head_bytes);
+    into = msg.payload.data() + head_bytes;
+  }
+  // Owned by the callback.
+  auto* pending = new PendingRecv{this, a.seq, std::move(msg), {}, std::move(land.done)};
+  if (pending->landed_done) landing_recvs_.insert(pending);
   size_t n = 0;
   if (a.data_meta_bytes != 0) pending->iov[n++] = {pending->msg.meta.data(), a.data_meta_bytes};
-  if (a.payload_bytes != 0) pending->iov[n++] = {pending->msg.payload.data(), a.payload_bytes};
+  if (rest != 0) pending->iov[n++] = {into, rest};
   ucp_request_param_t rp{};
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                     UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
@@ -421,6 +486,10 @@ void UcxConnection::PullRendezvous(Announced a) {
     std::unique_ptr<PendingRecv> p(static_cast<PendingRecv*>(user_data));
     UcxConnection* self = p->self;
     --self->pending_recvs_;
+    if (p->landed_done) {  // written whole, or the pull failed: UCP writes no more there
+      self->landing_recvs_.erase(p.get());
+      std::exchange(p->landed_done, nullptr)();
+    }
     if (status != UCS_OK) {
       self->Fail(UcsStatus("UCX rendezvous receive", status));
     } else {
@@ -434,11 +503,39 @@ void UcxConnection::PullRendezvous(Announced a) {
   const size_t count = n == 2 ? 2 : n == 1 ? pending->iov[0].length : 0;
   ucs_status_ptr_t sp = ucp_am_recv_data_nbx(worker_.h, a.data, buffer, count, &rp);
   if (UCS_PTR_IS_ERR(sp)) {
+    if (pending->landed_done) {
+      landing_recvs_.erase(pending);
+      pending->landed_done();
+    }
     delete pending;
     Fail(UcsStatus("ucp_am_recv_data_nbx", UCS_PTR_STATUS(sp)));
     return;
   }
   ++pending_recvs_;
+}
+
+Landing UcxConnection::Land(std::span<const uint8_t> meta, std::span<const uint8_t> head,
+                            size_t payload_bytes) {
+  std::shared_ptr<const LandingFn> fn;
+  {
+    std::lock_guard lock(landing_mu_);
+    fn = landing_;
+  }
+  Landing land;
+  if (fn) land = (*fn)(meta, head, payload_bytes);
+  if (land.bytes.size() != payload_bytes - kLandingHeadBytes) {
+    if (land.done) std::exchange(land.done, nullptr)();  // declined: nothing lands there
+    land.bytes = {};
+  }
+  if (!land.bytes.empty() && !land.done) land.done = [] {};
+  return land;
+}
+
+void UcxConnection::EndLandings() {
+  for (PendingRecv* p : landing_recvs_) {
+    if (p->landed_done) std::exchange(p->landed_done, nullptr)();
+  }
+  landing_recvs_.clear();
 }
 
 void UcxConnection::Deliver(uint64_t seq, Message msg) {
@@ -460,18 +557,30 @@ void UcxConnection::PostOne(Message msg, uint8_t kind) {
   const Message& m = p->msg;
   // The meta rides in the AM header when it fits, so the data is one contiguous buffer.
   const bool meta_in_header = sizeof(AmHeader) + m.meta.size() <= max_am_header_;
+  // A data message's chunk header too (kHeadInHeader), so the receiver can land the rest.
+  const bool head_in_header =
+      meta_in_header && kind == uint8_t(MessageKind::kData) &&
+      m.payload.size() > kLandingHeadBytes &&
+      sizeof(AmHeader) + m.meta.size() + kLandingHeadBytes <= max_am_header_;
+  const size_t head_bytes = head_in_header ? kLandingHeadBytes : 0;
   const AmHeader h{next_send_seq_++,
                    static_cast<uint32_t>(m.meta.size()),
                    kind,
-                   static_cast<uint8_t>(meta_in_header ? kMetaInHeader : 0),
+                   static_cast<uint8_t>((meta_in_header ? kMetaInHeader : 0) |
+                                        (head_in_header ? kHeadInHeader : 0)),
                    {}};
-  p->header.resize(sizeof h + (meta_in_header ? m.meta.size() : 0));
+  p->header.resize(sizeof h + (meta_in_header ? m.meta.size() : 0) + head_bytes);
   std::memcpy(p->header.data(), &h, sizeof h);
   if (meta_in_header && !m.meta.empty())
     std::memcpy(p->header.data() + sizeof h, m.meta.data(), m.meta.size());
+  if (head_in_header) {
+    std::memcpy(p->header.data() + sizeof h + m.meta.size(), m.payload.data(), head_bytes);
+  }
   size_t n = 0;
   if (!meta_in_header && !m.meta.empty()) p->iov[n++] = {p->msg.meta.data(), m.meta.size()};
-  if (!m.payload.empty()) p->iov[n++] = {p->msg.payload.data(), m.payload.size()};
+  if (m.payload.size() > head_bytes) {
+    p->iov[n++] = {p->msg.payload.data() + head_bytes, m.payload.size() - head_bytes};
+  }
   const size_t bytes = p->msg.bytes();
   ucp_request_param_t rp{};
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
@@ -604,6 +713,13 @@ void UcxConnection::Close() {
     ucp_request_free(sp);
   }
   ep_ = nullptr;
+  // The closed endpoint's pulls complete (cancelled); a pull into a landing function's memory
+  // must have ended before Close returns (the receiver may then free that memory).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (pending_recvs_ != 0 && std::chrono::steady_clock::now() < deadline) {
+    ucp_worker_progress(worker_.h);
+  }
+  EndLandings();
   tcp_->Close();
   if (watcher_.joinable()) watcher_.join();
 }

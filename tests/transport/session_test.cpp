@@ -62,6 +62,8 @@ class SessionTest : public ::testing::TestWithParam<std::string> {
     o.transport.node_name = "decode";
     return o;
   }
+  // The backend receives chunks into the destination (Connection::SetLanding).
+  static bool Lands() { return GetParam() == "tcp" || GetParam() == "ucx"; }
   SenderOptions SendOpts(const Receiver& r) {
     SenderOptions o;
     o.backend = GetParam();
@@ -106,15 +108,16 @@ TEST_P(SessionTest, Fp16RoundTripIsExactLayerByLayer) {
   auto rs = (*r)->stats(11);
   ASSERT_TRUE(rs.ok());
   EXPECT_EQ(rs->chunks, 4u * 2 * 4);
-  // tcp reads every chunk straight into the contiguous fp16 destination; the others copy.
-  EXPECT_EQ(rs->landed_chunks, GetParam() == "tcp" ? rs->chunks : 0u);
+  // tcp and ucx put every chunk straight into the contiguous fp16 destination; inproc copies.
+  EXPECT_EQ(rs->landed_chunks, Lands() ? rs->chunks : 0u);
   EXPECT_EQ((*req)->stats().chunks, 4u * 2 * 4);
   EXPECT_TRUE((*r)->Release(11).ok());
 }
 
 // Where a chunk's rows lie back to back in an fp16 destination (a contiguous cache, a chunk
-// within one block, blocks that follow each other), tcp reads it there; anywhere else (blocks
-// apart, bf16, receive_in_place off) it is copied. The bytes are the same either way.
+// within one block, blocks that follow each other), tcp reads it there and ucx pulls or copies
+// it there; anywhere else (blocks apart, bf16, receive_in_place off) it goes through a buffer
+// first. The bytes are the same either way.
 TEST_P(SessionTest, Fp16ChunksAreReadIntoTheDestinationWhereTheirRowsLieBackToBack) {
   const KvShape shape{2, 64, 2, 16};
   KvCache src = RandomCache(shape, 4);
@@ -124,7 +127,7 @@ TEST_P(SessionTest, Fp16ChunksAreReadIntoTheDestinationWhereTheirRowsLieBackToBa
     uint32_t chunk_tokens;
     std::vector<int32_t> table;  // blocks of 16 tokens; empty: a contiguous cache
     DType dtype;
-    uint64_t landed;  // on tcp, of 2 x 2 x (64 / chunk_tokens) chunks
+    uint64_t landed;  // on tcp and ucx, of 2 x 2 x (64 / chunk_tokens) chunks
   };
   const std::vector<Case> cases = {
       {"contiguous", true, 16, {}, DType::kF16, 16},
@@ -172,7 +175,7 @@ TEST_P(SessionTest, Fp16ChunksAreReadIntoTheDestinationWhereTheirRowsLieBackToBa
     ASSERT_TRUE((*r)->Wait(q.request_id, 10000).ok()) << c.name;
     auto rs = (*r)->stats(q.request_id);
     ASSERT_TRUE(rs.ok());
-    EXPECT_EQ(rs->landed_chunks, GetParam() == "tcp" ? c.landed : 0u) << c.name;
+    EXPECT_EQ(rs->landed_chunks, Lands() ? c.landed : 0u) << c.name;
     std::vector<float> a(shape.tensor_elements()), b(shape.tensor_elements());
     for (uint32_t l = 0; l < shape.layers; ++l) {
       for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
@@ -186,6 +189,45 @@ TEST_P(SessionTest, Fp16ChunksAreReadIntoTheDestinationWhereTheirRowsLieBackToBa
           }
         }
       }
+    }
+  }
+}
+
+// Chunks large enough to go by rendezvous over ucx (256 KiB here) land in the destination too,
+// where the receiver takes them in place; without receive_in_place they arrive whole (chunk
+// header and rows in one buffer). The same bytes either way, over a few requests on one
+// connection.
+TEST_P(SessionTest, LargeFp16ChunksLandInTheDestinationOrArriveWhole) {
+  const KvShape shape{2, 2048, 2, 64};
+  KvCache src = RandomCache(shape, 6);
+  for (bool in_place : {true, false}) {
+    ReceiverOptions ro = RecvOpts();
+    ro.receive_in_place = in_place;
+    auto r = Receiver::Listen(ro);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    auto s = Sender::Connect(SendOpts(**r));
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    for (uint64_t id = 1; id <= 3; ++id) {
+      SendRequestOptions q;
+      q.request_id = id;
+      q.levels = {{"fp16", 16, 0}};
+      q.chunk_tokens = 1024;
+      auto req = (*s)->Open(src.view(), q);
+      ASSERT_TRUE(req.ok()) << req.status().ToString();
+      auto in = (*r)->NextRequest(5000);
+      ASSERT_TRUE(in.ok()) << in.status().ToString();
+      auto dst = KvCache::Create(shape, DType::kF16);
+      ASSERT_TRUE(dst.ok());
+      ASSERT_TRUE((*r)->SetDestination(id, dst->view()).ok());
+      ASSERT_TRUE((*req)->PushAll().ok());
+      ASSERT_TRUE((*req)->Wait(10000).ok()) << (*req)->Poll().ToString();
+      ASSERT_TRUE((*r)->Wait(id, 10000).ok());
+      EXPECT_TRUE(SameBytes(src, *dst)) << "in place " << in_place << ", request " << id;
+      auto rs = (*r)->stats(id);
+      ASSERT_TRUE(rs.ok());
+      EXPECT_EQ(rs->chunks, 2u * 2 * 2);
+      EXPECT_EQ(rs->landed_chunks, in_place && Lands() ? rs->chunks : 0u) << in_place;
+      EXPECT_TRUE((*r)->Release(id).ok());
     }
   }
 }
