@@ -61,7 +61,14 @@ struct Message {
   /// and unchanged until Send returns, and no longer: a connection that writes them out before
   /// Send returns (Connection::WritesBorrowed) does so, any other copies them onto `payload`
   /// first. The receiver sees one payload. Always empty in a received message.
+  /// Except with `sent` (below).
   std::span<const uint8_t> borrowed;
+  /// Sending only, with `borrowed`, on a connection whose LendsUntilSent() is true (others
+  /// ignore it): the bytes must then stay valid and unchanged until the connection calls
+  /// `sent`, which it does exactly once when it reads them no more (the message sent, failed,
+  /// or dropped by a close), on any thread, before or after Send returns. It must not block
+  /// on the connection (nor wait for a thread that closes it).
+  std::function<void()> sent;
   /// Receiving only: the payload's bytes after `payload`, which the connection read straight
   /// into the memory a landing function named (Connection::SetLanding). Always empty in a
   /// message to send.
@@ -96,7 +103,8 @@ struct TransportCaps {
   bool rendezvous = false;      // large payloads move by rendezvous (receiver pulls)
   // Sends from the caller's buffer with no copy at all (MSG_ZEROCOPY, RDMA): none does yet. tcp
   // writes a message's borrowed bytes from the caller's memory (Connection::WritesBorrowed),
-  // which the kernel still copies into the socket.
+  // and ucx sends them from there after Send returned (Connection::LendsUntilSent); the kernel
+  // or UCX's copy-based protocol still copies them once.
   bool zero_copy_send = false;
   bool gpu_memory = false;      // accepts device buffers
   bool tls = false;             // can encrypt the stream
@@ -180,6 +188,11 @@ class Connection {
   /// True when Send writes a message's borrowed bytes out itself before it returns, so a caller
   /// gains by lending them instead of copying; false when Send would copy them (the default).
   virtual bool WritesBorrowed() const { return false; }
+
+  /// True when Send sends a message's borrowed bytes from the caller's memory after it returned,
+  /// if the message has a `sent` callback, which says when they are the caller's again (else
+  /// Send copies them). False by default.
+  virtual bool LendsUntilSent() const { return false; }
 
   /// Optional: from now on, data messages whose payload is longer than kLandingHeadBytes are
   /// offered to `fn`; where it names memory, the payload's first kLandingHeadBytes arrive in

@@ -242,8 +242,9 @@ class SenderCore : public std::enable_shared_from_this<SenderCore> {
   // Chunk `seq` of `s` at `level` as a data message. Call with a kv_readers count held. The
   // frame goes into a buffer from `buffers`' pool (Connection::TakeBuffer) when it is given:
   // no allocation, zero-fill or page faults per chunk once the sent chunks come back to it.
-  // Where `buffers` writes borrowed bytes itself and the payload is the KV's own bytes, the
-  // message borrows them instead: the kv_readers count must then be held until it is sent.
+  // Where `buffers` writes borrowed bytes itself (or lends them until sent) and the payload is
+  // the KV's own bytes, the message borrows them instead: the kv_readers count must then be
+  // held until it is sent (until Message::sent runs, on a connection that lends until sent).
   Result<Message> EncodeChunk(const SendState& s, uint32_t seq, uint8_t level,
                               Connection* buffers) const;
   // Ends a kv_readers count taken under mu_ (held when called).
@@ -558,9 +559,11 @@ Result<Message> SenderCore::EncodeChunk(const SendState& s, uint32_t seq, uint8_
   // levels allocate their frame as before: a pooled fp16-sized buffer per chunk in flight would
   // hold up to 16x the window in memory.
   std::vector<uint8_t> frame;
-  // A connection that writes borrowed bytes itself sends the fp16 level's payload straight from
-  // the caller's KV (the rows where they lie): no copy into a frame, no frame buffer at all.
-  const bool lend = s.opts.lend_kv && buffers != nullptr && buffers->WritesBorrowed() &&
+  // A connection that writes borrowed bytes itself, or sends them later from where they lie
+  // (LendsUntilSent), sends the fp16 level's payload straight from the caller's KV (the rows
+  // where they lie): no copy into a frame, no frame buffer at all.
+  const bool lend = s.opts.lend_kv && buffers != nullptr &&
+                    (buffers->WritesBorrowed() || buffers->LendsUntilSent()) &&
                     s.writer->PayloadIsView(s.kv, level);
   if (buffers != nullptr && !lend && level < s.levels.size() &&
       s.levels[level].bits_per_element >= 8) {
@@ -732,10 +735,20 @@ void SenderCore::EncodeLayer(const std::shared_ptr<SendState>& s, uint32_t layer
       if (level_change.has_level_change()) SendOn(conn, level_change);
       // A failed send is not fatal here: the receive thread reconnects and resends what the
       // receiver does not hold.
-      if (conn) (void)conn->Send(std::move(*msg));
-      if (borrows) {
-        std::lock_guard lock(mu_);
-        ReleaseKvLocked(s.get());
+      if (conn && borrows && conn->LendsUntilSent()) {
+        // The connection sends the KV's rows after Send returns; the count ends when it is
+        // done with them (it calls this on its own thread, or in Close: never with mu_ held).
+        msg->sent = [this, s] {
+          std::lock_guard lock(mu_);
+          ReleaseKvLocked(s.get());
+        };
+        (void)conn->Send(std::move(*msg));
+      } else {
+        if (conn) (void)conn->Send(std::move(*msg));
+        if (borrows) {
+          std::lock_guard lock(mu_);
+          ReleaseKvLocked(s.get());
+        }
       }
     }
   }
@@ -819,9 +832,11 @@ void SenderCore::ReceiveLoop() {
       }
       bad = c.status();
     }
-    std::lock_guard lock(mu_);
-    FailAllLocked(bad.WithContext("protocol violation by the receiver"));
-    conn->Close();
+    {
+      std::lock_guard lock(mu_);
+      FailAllLocked(bad.WithContext("protocol violation by the receiver"));
+    }
+    conn->Close();  // not under mu_: a connection's Close may end lent sends (Message::sent)
     return;
   }
 }
@@ -1096,8 +1111,9 @@ bool SenderCore::Reconnect(const Status& why) {
     }
     std::shared_ptr<Connection> conn = std::move(*c);
     {
-      std::lock_guard lock(mu_);
+      std::unique_lock lock(mu_);
       if (closed_) {
+        lock.unlock();
         conn->Close();
         return false;
       }

@@ -95,11 +95,26 @@ class UcxConnection final : public Connection {
 
   Status Send(Message msg) override {
     KVWIRE_RETURN_IF_ERROR(ValidateMessageBounds(msg));
-    CopyBorrowed(&msg);  // sent by the progress thread, after Send returned
-    KVWIRE_RETURN_IF_ERROR(send_queue_.Push(std::move(msg)));
+    // Sent by the progress thread, after Send returned: borrowed bytes are copied, unless the
+    // caller lends them until `sent` (LendsUntilSent).
+    if (!msg.sent || msg.borrowed.empty()) {
+      if (msg.sent) std::exchange(msg.sent, nullptr)();  // nothing lent
+      CopyBorrowed(&msg);
+      KVWIRE_RETURN_IF_ERROR(send_queue_.Push(std::move(msg)));
+    } else {
+      // `sent` runs once: here if the message never reaches the queue, else where it leaves it.
+      auto cb = std::make_shared<std::function<void()>>(std::exchange(msg.sent, nullptr));
+      msg.sent = [cb] { std::exchange(*cb, nullptr)(); };
+      Status st = send_queue_.Push(std::move(msg));
+      if (!st.ok()) {
+        if (*cb) std::exchange(*cb, nullptr)();
+        return st;
+      }
+    }
     WakeIfSleeping();
     return Status::Ok();
   }
+  bool LendsUntilSent() const override { return true; }
   Result<Message> Receive(int timeout_ms) override {
     auto m = recv_queue_.Pop(timeout_ms);
     if (has_deferred_) Wake();  // room again for a deferred rendezvous pull
@@ -123,8 +138,8 @@ class UcxConnection final : public Connection {
   struct PendingSend {
     UcxConnection* self;
     Message msg;
-    std::vector<uint8_t> header;  // AmHeader, then the meta with kMetaInHeader
-    ucp_dt_iov_t iov[2];
+    std::vector<uint8_t> header;  // AmHeader, then the meta (and head) with kMetaInHeader
+    ucp_dt_iov_t iov[3];
   };
   struct PendingRecv {
     UcxConnection* self;
@@ -175,6 +190,8 @@ class UcxConnection final : public Connection {
   // The landing function's answer for a data message (Connection::SetLanding): `bytes` empty
   // where it declined (its done then already ran), else `done` callable.
   Landing Land(std::span<const uint8_t> meta, std::span<const uint8_t> head, size_t payload_bytes);
+  // Ends a send (completion callback, in-place completion): its `sent`, if lent.
+  void SendDone(PendingSend* p);
   // Runs the Landing::done of every pull into a destination still in flight (Close, once UCP
   // can no longer write there).
   void EndLandings();
@@ -206,6 +223,7 @@ class UcxConnection final : public Connection {
   size_t pending_recvs_ = 0;
   std::deque<Announced> deferred_;  // not pulled yet (receive queue full); no buffers held
   std::set<PendingRecv*> landing_recvs_;  // pulls into a landing function's memory
+  std::set<PendingSend*> lent_sends_;     // sends of lent bytes (Message::sent) in flight
   std::atomic<bool> has_deferred_{false};
   std::atomic<bool> peer_said_goodbye_{false};
   std::atomic<bool> sleeping_{false};  // the progress thread is in (or entering) poll()
@@ -531,6 +549,12 @@ Landing UcxConnection::Land(std::span<const uint8_t> meta, std::span<const uint8
   return land;
 }
 
+void UcxConnection::SendDone(PendingSend* p) {
+  if (!p->msg.sent) return;
+  lent_sends_.erase(p);
+  std::exchange(p->msg.sent, nullptr)();  // UCX reads the lent bytes no more
+}
+
 void UcxConnection::EndLandings() {
   for (PendingRecv* p : landing_recvs_) {
     if (p->landed_done) std::exchange(p->landed_done, nullptr)();
@@ -558,9 +582,11 @@ void UcxConnection::PostOne(Message msg, uint8_t kind) {
   // The meta rides in the AM header when it fits, so the data is one contiguous buffer.
   const bool meta_in_header = sizeof(AmHeader) + m.meta.size() <= max_am_header_;
   // A data message's chunk header too (kHeadInHeader), so the receiver can land the rest.
+  // (With lent bytes, `payload` itself must hold the head.)
   const bool head_in_header =
       meta_in_header && kind == uint8_t(MessageKind::kData) &&
-      m.payload.size() > kLandingHeadBytes &&
+      m.payload.size() + m.borrowed.size() > kLandingHeadBytes &&
+      (m.borrowed.empty() || m.payload.size() >= kLandingHeadBytes) &&
       sizeof(AmHeader) + m.meta.size() + kLandingHeadBytes <= max_am_header_;
   const size_t head_bytes = head_in_header ? kLandingHeadBytes : 0;
   const AmHeader h{next_send_seq_++,
@@ -581,11 +607,16 @@ void UcxConnection::PostOne(Message msg, uint8_t kind) {
   if (m.payload.size() > head_bytes) {
     p->iov[n++] = {p->msg.payload.data() + head_bytes, m.payload.size() - head_bytes};
   }
+  // Lent bytes (Message::sent) go from the caller's memory.
+  if (!m.borrowed.empty()) {
+    p->iov[n++] = {const_cast<uint8_t*>(m.borrowed.data()), m.borrowed.size()};
+  }
+  if (m.sent) lent_sends_.insert(p);
   const size_t bytes = p->msg.bytes();
   ucp_request_param_t rp{};
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                     UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FIELD_FLAGS;
-  rp.datatype = n == 2 ? ucp_dt_make_iov() : ucp_dt_make_contig(1);
+  rp.datatype = n >= 2 ? ucp_dt_make_iov() : ucp_dt_make_contig(1);
   rp.flags = bytes >= kForceRndvBytes ? UCP_AM_SEND_FLAG_RNDV : 0;
   rp.user_data = p;
   rp.cb.send = [](void* request, ucs_status_t status, void* user_data) {
@@ -594,13 +625,14 @@ void UcxConnection::PostOne(Message msg, uint8_t kind) {
     self->inflight_bytes_ -= ps->msg.bytes();
     --self->inflight_sends_;
     if (status != UCS_OK) self->Fail(UcsStatus("UCX send", status));
+    self->SendDone(ps.get());
     if (self->send_pooling_) self->pool_->Put(std::move(ps->msg.payload));
     ucp_request_free(request);
   };
   ++inflight_sends_;
   inflight_bytes_ += bytes;
-  const void* buffer = n == 2 ? static_cast<void*>(p->iov) : n == 1 ? p->iov[0].buffer : nullptr;
-  const size_t count = n == 2 ? 2 : n == 1 ? p->iov[0].length : 0;
+  const void* buffer = n >= 2 ? static_cast<void*>(p->iov) : n == 1 ? p->iov[0].buffer : nullptr;
+  const size_t count = n >= 2 ? n : n == 1 ? p->iov[0].length : 0;
   ucs_status_ptr_t sp =
       ucp_am_send_nbx(ep_, kAmId, p->header.data(), p->header.size(), buffer, count, &rp);
   if (sp == nullptr || UCS_PTR_IS_ERR(sp)) {
@@ -608,6 +640,7 @@ void UcxConnection::PostOne(Message msg, uint8_t kind) {
     --inflight_sends_;
     inflight_bytes_ -= bytes;
     ucs_status_t st = UCS_PTR_STATUS(sp);
+    SendDone(p);
     if (st == UCS_OK && send_pooling_) pool_->Put(std::move(p->msg.payload));
     delete p;
     if (st != UCS_OK) Fail(UcsStatus("ucp_am_send_nbx", st));
@@ -716,10 +749,18 @@ void UcxConnection::Close() {
   // The closed endpoint's pulls complete (cancelled); a pull into a landing function's memory
   // must have ended before Close returns (the receiver may then free that memory).
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-  while (pending_recvs_ != 0 && std::chrono::steady_clock::now() < deadline) {
+  while ((pending_recvs_ != 0 || !lent_sends_.empty()) &&
+         std::chrono::steady_clock::now() < deadline) {
     ucp_worker_progress(worker_.h);
   }
   EndLandings();
+  // Lent bytes: of messages never posted, and of sends that did not complete (the endpoint and
+  // its socket are closed: UCX reads them no more).
+  Message left;
+  while (send_queue_.TryPop(&left)) {
+    if (left.sent) std::exchange(left.sent, nullptr)();
+  }
+  while (!lent_sends_.empty()) SendDone(*lent_sends_.begin());
   tcp_->Close();
   if (watcher_.joinable()) watcher_.join();
 }

@@ -237,6 +237,56 @@ TEST_P(TransportTest, BorrowedBytesArriveAndAreTheLendersAgainWhenSendReturns) {
   t.join();
 }
 
+// A connection that lends until sent (Connection::LendsUntilSent) sends borrowed bytes from the
+// lender's memory after Send returns and calls Message::sent exactly once when it reads them no
+// more: once sent, or when its close drops them (the peer gone). The others ignore `sent`.
+TEST_P(TransportTest, LentBytesStayLentUntilSentRunsOnce) {
+  auto [server, client] = Pair();
+  ASSERT_TRUE(server && client);
+  constexpr size_t kHead = 40, kLent = size_t{2} << 20;
+  constexpr uint32_t kSent = 6, kDropped = 4;
+  std::vector<std::vector<uint8_t>> lent(kSent + kDropped);
+  std::vector<std::atomic<int>> calls(kSent + kDropped);
+  auto lend_message = [&](uint32_t seq) {
+    Message whole = Data(seq, kHead + kLent);
+    lent[seq].assign(whole.payload.begin() + kHead, whole.payload.end());
+    whole.payload.resize(kHead);
+    whole.borrowed = lent[seq];
+    whole.sent = [&calls, seq] { ++calls[seq]; };
+    return whole;
+  };
+  const bool lends = client->LendsUntilSent();
+  for (uint32_t seq = 0; seq < kSent; ++seq) ASSERT_TRUE(client->Send(lend_message(seq)).ok());
+  for (uint32_t seq = 0; seq < kSent; ++seq) {
+    auto m = server->Receive(20000);
+    ASSERT_TRUE(m.ok()) << seq << ": " << m.status().ToString();
+    auto d = transport::ParseChunkDescriptor(*m);
+    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    ASSERT_EQ(d->seq(), seq);
+    EXPECT_TRUE(m->payload == Data(seq, kHead + kLent).payload) << seq;
+  }
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  auto all_once = [&](uint32_t from, uint32_t to) {
+    for (uint32_t i = from; i < to; ++i) {
+      if (calls[i] != 1) return false;
+    }
+    return true;
+  };
+  if (!lends) {
+    for (uint32_t i = 0; i < kSent; ++i) EXPECT_EQ(calls[i], 0) << i;
+    return;
+  }
+  while (!all_once(0, kSent) && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  for (uint32_t i = 0; i < kSent; ++i) EXPECT_EQ(calls[i], 1) << i;
+  // The peer goes away: what is lent now is never pulled; Close ends each lend, once.
+  server->Close();
+  for (uint32_t seq = kSent; seq < kSent + kDropped; ++seq) (void)client->Send(lend_message(seq));
+  client->Close();
+  for (uint32_t i = 0; i < kSent + kDropped; ++i) EXPECT_EQ(calls[i], 1) << i;
+}
+
 TEST_P(TransportTest, LargeMessagesSurvive) {
   auto [server, client] = Pair();
   ASSERT_TRUE(server && client);

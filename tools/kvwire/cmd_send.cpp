@@ -334,9 +334,9 @@ const CommandRegistrar kRegister(
                       "write levels chosen, bytes and timings (load, connect, send) as JSON");
       sub->add_flag("--verbose,-v", a->verbose, "log level choices and reconnects");
       sub->add_flag("--lend-dump", a->lend_dump,
-                    "tcp, fp16 level: send chunks straight from the mapped dump (read twice: the "
-                    "CRC, then the socket) instead of copying each into a frame (read once, then "
-                    "the copy read); quicker where reading the dump's pages is cheap");
+                    "tcp and ucx, fp16 level: send chunks straight from the mapped dump (read "
+                    "twice: the CRC, then the socket) instead of copying each into a frame (read "
+                    "once, then the copy read); quicker where reading the dump's pages is cheap");
       return [a] { return RunSend(*a); };
     });
 
