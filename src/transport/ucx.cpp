@@ -415,7 +415,9 @@ ucs_status_t UcxConnection::OnAm(const void* header, size_t header_length, void*
   Status bounds = CheckMessageBounds(kind, h.meta_bytes, payload_bytes);
   if (!bounds.ok()) return refuse(bounds);  // before anything is allocated
   const auto* bytes = static_cast<const uint8_t*>(data);
-  const auto* head = static_cast<const uint8_t*>(header) + sizeof(AmHeader) + h.meta_bytes;
+  const auto* head = head_in_header
+                         ? static_cast<const uint8_t*>(header) + sizeof(AmHeader) + h.meta_bytes
+                         : nullptr;
   Message msg;
   msg.kind = kind;
   if (meta_in_header) {
