@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <string>
+#include <utility>
 
 namespace kvwire::transport {
 namespace {
@@ -69,6 +70,16 @@ void CopyBorrowed(Message* msg) {
 
 Status CheckMessageBounds(MessageKind kind, uint64_t meta_bytes, uint64_t payload_bytes) {
   return CheckBounds(kind, meta_bytes, payload_bytes);
+}
+
+Landing AskLanding(const LandingFn& fn, std::span<const uint8_t> meta,
+                   std::span<const uint8_t> head, uint64_t payload_bytes) {
+  Landing l = fn(meta, head, payload_bytes);
+  if (l.bytes.size() != payload_bytes - kLandingHeadBytes) {
+    if (l.done) std::exchange(l.done, nullptr)();  // declined: nothing will be written there
+    l.bytes = {};
+  }
+  return l;
 }
 
 void AppendFramePrefix(const Message& msg, std::vector<uint8_t>* out) {

@@ -39,6 +39,12 @@ Status CheckMessageBounds(MessageKind kind, uint64_t meta_bytes, uint64_t payloa
 /// Send returns owns a copy instead).
 void CopyBorrowed(Message* msg);
 
+/// A landing function's answer for a data message (Connection::SetLanding), as a backend uses
+/// it: `bytes` exactly the payload after its first kLandingHeadBytes, or empty where the
+/// function declined or named memory of another size (its `done` has then already run).
+Landing AskLanding(const LandingFn& fn, std::span<const uint8_t> meta,
+                   std::span<const uint8_t> head, uint64_t payload_bytes);
+
 /// Appends the prefix of `msg` (which must pass ValidateMessageBounds).
 void AppendFramePrefix(const Message& msg, std::vector<uint8_t>* out);
 

@@ -247,7 +247,7 @@ Status TcpConnection::ReadLanding(const LandingFn& land, uint32_t payload_bytes,
     asio::read(socket_, bufs, ec);
     if (ec) return IoStatus("read", ec);
   }
-  Landing l = land(m.meta, head, payload_bytes);
+  Landing l = AskLanding(land, m.meta, head, payload_bytes);
   // `done` runs once, whatever happens to the read.
   struct Done {
     std::function<void()> f;
@@ -256,13 +256,12 @@ Status TcpConnection::ReadLanding(const LandingFn& land, uint32_t payload_bytes,
     }
   } done{std::move(l.done)};
   const size_t rest = payload_bytes - kLandingHeadBytes;
-  if (l.bytes.size() == rest) {
+  if (!l.bytes.empty()) {
     KVWIRE_RETURN_IF_ERROR(ReadBytes(asio::buffer(l.bytes.data(), rest)));
     m.payload.assign(head.begin(), head.end());
     m.landed = l.bytes;
     return Status::Ok();
   }
-  if (done.f) std::exchange(done.f, nullptr)();  // declined: nothing will be written there
   m.payload = pool_->Take(payload_bytes);
   std::memcpy(m.payload.data(), head.data(), head.size());
   return ReadBytes(asio::buffer(m.payload.data() + head.size(), rest));

@@ -542,11 +542,7 @@ Landing UcxConnection::Land(std::span<const uint8_t> meta, std::span<const uint8
     fn = landing_;
   }
   Landing land;
-  if (fn) land = (*fn)(meta, head, payload_bytes);
-  if (land.bytes.size() != payload_bytes - kLandingHeadBytes) {
-    if (land.done) std::exchange(land.done, nullptr)();  // declined: nothing lands there
-    land.bytes = {};
-  }
+  if (fn) land = AskLanding(*fn, meta, head, payload_bytes);
   if (!land.bytes.empty() && !land.done) land.done = [] {};
   return land;
 }
